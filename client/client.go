@@ -1,0 +1,196 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/local"
+
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// DefaultCacheTTL is how long published keys are trusted before a refresh.
+const DefaultCacheTTL = 5 * time.Minute
+
+// Client signs through the local sidecar and verifies with cached public
+// keys. It is safe for concurrent use.
+type Client struct {
+	cc    *grpc.ClientConn
+	rpc   signerv1.SignerServiceClient
+	cache *cache
+}
+
+type options struct {
+	ttl  time.Duration
+	now  func() time.Time
+	dial []grpc.DialOption
+}
+
+// Option configures Dial.
+type Option func(*options)
+
+// WithCacheTTL sets how long fetched public keys are used before a refresh
+// (an unknown key id always triggers one).
+func WithCacheTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
+
+// WithDialOptions adds gRPC dial options (interceptors, stats handlers).
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dial = append(o.dial, opts...) }
+}
+
+// WithClock replaces time.Now for the cache (tests).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// Dial connects to the sidecar at target: "unix:///path/to.sock" or a
+// loopback "127.0.0.1:port" / "[::1]:port" / "localhost:port". Any other
+// target is refused: the core reaches the signer only through its sidecar.
+// The connection is made lazily; ctx bounds nothing but validation today and
+// is kept for symmetry with future eager dialing.
+func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
+	if err := checkLocal(target); err != nil {
+		return nil, err
+	}
+	o := options{ttl: DefaultCacheTTL, now: time.Now}
+	for _, f := range opts {
+		f(&o)
+	}
+	dial := append([]grpc.DialOption{
+		// local credentials refuse, at handshake, any peer that is not a Unix
+		// socket or loopback: a second guard behind checkLocal.
+		grpc.WithTransportCredentials(local.NewCredentials()),
+	}, o.dial...)
+	cc, err := grpc.NewClient(target, dial...)
+	if err != nil {
+		return nil, fmt.Errorf("client: dial %s: %w", target, err)
+	}
+	c := &Client{cc: cc, rpc: signerv1.NewSignerServiceClient(cc)}
+	c.cache = newCache(o.ttl, o.now, c.fetch)
+	return c, nil
+}
+
+func checkLocal(target string) error {
+	if path, ok := strings.CutPrefix(target, "unix://"); ok && path != "" {
+		return nil
+	}
+	if path, ok := strings.CutPrefix(target, "unix:"); ok && path != "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(strings.TrimPrefix(target, "passthrough:///"))
+	if err == nil {
+		if host == "localhost" {
+			return nil
+		}
+		if ip, perr := netip.ParseAddr(host); perr == nil && ip.IsLoopback() {
+			return nil
+		}
+	}
+	return fmt.Errorf("client: target %q is not local: use unix:///path or a loopback host:port (the sidecar's address): %w", target, ErrInvalidArgument)
+}
+
+// Close releases the connection.
+func (c *Client) Close() error { return c.cc.Close() }
+
+// Signature is a signature and the key that made it.
+type Signature struct {
+	Bytes []byte
+	KeyID string
+}
+
+// Sign signs payload with the scope's ACTIVE key.
+func (c *Client) Sign(ctx context.Context, scope string, payload []byte) (Signature, error) {
+	return c.sign(ctx, scope, payload, nil)
+}
+
+func (c *Client) sign(ctx context.Context, scope string, payload []byte, keyID *string) (Signature, error) {
+	resp, err := c.rpc.Sign(ctx, &signerv1.SignRequest{Scope: scope, Payload: payload, KeyId: keyID})
+	if err != nil {
+		return Signature{}, fromStatus(err)
+	}
+	return Signature{Bytes: resp.GetSignature(), KeyID: resp.GetKeyId()}, nil
+}
+
+// PublicKey is a published key.
+type PublicKey struct {
+	KeyID     string
+	Key       ed25519.PublicKey
+	State     signerv1.KeyState
+	CreatedAt time.Time
+	// ActivatedAt is zero for a key that has not signed yet.
+	ActivatedAt time.Time
+}
+
+func (c *Client) fetch(ctx context.Context, scope string) ([]PublicKey, error) {
+	resp, err := c.rpc.PublicKey(ctx, &signerv1.PublicKeyRequest{Scope: scope})
+	if err != nil {
+		return nil, fromStatus(err)
+	}
+	keys := make([]PublicKey, 0, len(resp.GetKeys()))
+	for _, k := range resp.GetKeys() {
+		if len(k.GetPublicKey()) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("client: key %q has a %d-byte public key: %w", k.GetKeyId(), len(k.GetPublicKey()), ErrInternal)
+		}
+		pk := PublicKey{KeyID: k.GetKeyId(), Key: ed25519.PublicKey(k.GetPublicKey()), State: k.GetState(), CreatedAt: k.GetCreatedAt().AsTime()}
+		if k.GetActivatedAt() != nil {
+			pk.ActivatedAt = k.GetActivatedAt().AsTime()
+		}
+		keys = append(keys, pk)
+	}
+	return keys, nil
+}
+
+// PublicKeys returns the scope's published keys (PENDING, ACTIVE, PREVIOUS)
+// from the cache, refreshing it when it is older than the TTL. If a refresh
+// fails, the last keys fetched are returned.
+func (c *Client) PublicKeys(ctx context.Context, scope string) ([]PublicKey, error) {
+	return c.cache.keys(ctx, scope)
+}
+
+// Verify checks sig over payload against key keyID of scope. An unknown key
+// id refreshes the scope's keys once (one fetch in flight per scope) before
+// it is reported as ErrKeyNotFound. A mismatch is ErrInvalidSignature.
+func (c *Client) Verify(ctx context.Context, scope, keyID string, payload, sig []byte) error {
+	k, err := c.cache.key(ctx, scope, keyID)
+	if err != nil {
+		return err
+	}
+	if !ed25519.Verify(k.Key, payload, sig) {
+		return ErrInvalidSignature
+	}
+	return nil
+}
+
+// errNoActive is returned when a scope has published keys but none ACTIVE.
+var errNoActive = fmt.Errorf("client: scope has no ACTIVE key: %w", ErrKeyNotFound)
+
+// active returns the scope's ACTIVE key, refreshing once if the cache has
+// none.
+func (c *Client) active(ctx context.Context, scope string) (PublicKey, error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		keys, err := c.cache.keys(ctx, scope)
+		if err != nil {
+			return PublicKey{}, err
+		}
+		for _, k := range keys {
+			if k.State == signerv1.KeyState_KEY_STATE_ACTIVE {
+				return k, nil
+			}
+		}
+		if attempt == 0 {
+			c.cache.expire(scope)
+		}
+	}
+	return PublicKey{}, errNoActive
+}
+
+// IsRetryable reports whether err is a transient condition worth retrying
+// with backoff (the signer, its store or its HSM unreachable).
+func IsRetryable(err error) bool {
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrProviderUnavailable)
+}

@@ -1,0 +1,112 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// Errors a call can match with errors.Is. Each mirrors the signer's sentinel
+// of the same name; the mapping uses the wire reason the signer attaches,
+// so it does not depend on message text.
+var (
+	// ErrClientIdentityDenied: the pod's identity (or this process's uid, at
+	// the sidecar) may not call the signer.
+	ErrClientIdentityDenied = errors.New("client: identity denied")
+	// ErrKeyNotFound: no such key, or the scope has no key.
+	ErrKeyNotFound = errors.New("client: key not found")
+	// ErrScopeMismatch: the key belongs to another scope.
+	ErrScopeMismatch = errors.New("client: key belongs to another scope")
+	// ErrInvariant: the signer found its key store in an impossible state.
+	ErrInvariant = errors.New("client: signer invariant violated")
+	// ErrKeyRetired: the key is PREVIOUS or RETIRED and cannot sign.
+	ErrKeyRetired = errors.New("client: key retired")
+	// ErrRotationInProgress: the key is PENDING, or a rotation is open.
+	ErrRotationInProgress = errors.New("client: rotation in progress")
+	// ErrProviderUnavailable: the signer's HSM or KMS cannot serve now.
+	ErrProviderUnavailable = errors.New("client: key provider unavailable")
+	// ErrInvalidArgument: malformed scope or key id, or payload too large.
+	ErrInvalidArgument = errors.New("client: invalid argument")
+	// ErrUnavailable: the sidecar, the signer or its audit store cannot be
+	// reached now; retrying later may succeed.
+	ErrUnavailable = errors.New("client: signer unavailable")
+	// ErrInternal: anything else the signer refused.
+	ErrInternal = errors.New("client: internal error")
+	// ErrInvalidSignature: Verify found the signature does not match.
+	ErrInvalidSignature = errors.New("client: invalid signature")
+)
+
+var byReason = map[signerv1.ErrorReason]error{
+	signerv1.ErrorReason_ERROR_REASON_CLIENT_IDENTITY_DENIED: ErrClientIdentityDenied,
+	signerv1.ErrorReason_ERROR_REASON_KEY_NOT_FOUND:          ErrKeyNotFound,
+	signerv1.ErrorReason_ERROR_REASON_SCOPE_MISMATCH:         ErrScopeMismatch,
+	signerv1.ErrorReason_ERROR_REASON_INVARIANT:              ErrInvariant,
+	signerv1.ErrorReason_ERROR_REASON_KEY_RETIRED:            ErrKeyRetired,
+	signerv1.ErrorReason_ERROR_REASON_ROTATION_IN_PROGRESS:   ErrRotationInProgress,
+	signerv1.ErrorReason_ERROR_REASON_PROVIDER_UNAVAILABLE:   ErrProviderUnavailable,
+	signerv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT:       ErrInvalidArgument,
+	signerv1.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE:      ErrUnavailable,
+	signerv1.ErrorReason_ERROR_REASON_KEY_ACTIVE:             ErrInternal,
+	signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY:     ErrInternal,
+	signerv1.ErrorReason_ERROR_REASON_INTERNAL:               ErrInternal,
+}
+
+// byCode covers errors without a wire reason: transport failures and the
+// sidecar's own refusals.
+var byCode = map[codes.Code]error{
+	codes.Unavailable:       ErrUnavailable,
+	codes.PermissionDenied:  ErrClientIdentityDenied,
+	codes.InvalidArgument:   ErrInvalidArgument,
+	codes.ResourceExhausted: ErrInvalidArgument,
+	codes.NotFound:          ErrKeyNotFound,
+}
+
+// Error is a failed call: errors.Is matches its sentinel, and status.Code
+// still sees the gRPC status.
+type Error struct {
+	Sentinel error
+	Status   *status.Status
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%v (%s: %s)", e.Sentinel, e.Status.Code(), e.Status.Message())
+}
+
+func (e *Error) Unwrap() error { return e.Sentinel }
+
+// GRPCStatus lets status.FromError see through.
+func (e *Error) GRPCStatus() *status.Status { return e.Status }
+
+// fromStatus maps a call error to an *Error; context errors pass through.
+func fromStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.Canceled:
+		return &Error{Sentinel: context.Canceled, Status: st}
+	case codes.DeadlineExceeded:
+		return &Error{Sentinel: context.DeadlineExceeded, Status: st}
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			if s, ok := byReason[signerv1.ErrorReason(signerv1.ErrorReason_value[info.Reason])]; ok {
+				return &Error{Sentinel: s, Status: st}
+			}
+		}
+	}
+	if s, ok := byCode[st.Code()]; ok {
+		return &Error{Sentinel: s, Status: st}
+	}
+	return &Error{Sentinel: ErrInternal, Status: st}
+}

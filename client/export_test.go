@@ -1,0 +1,4 @@
+package client
+
+// FromStatusForTest exposes the status mapping to the external tests.
+var FromStatusForTest = fromStatus

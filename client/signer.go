@@ -1,0 +1,104 @@
+package client
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// ScopeSigner is a crypto.Signer for one scope, so JWT, SSH and X.509
+// libraries can sign through the signer unchanged. It binds to the scope's
+// ACTIVE key on first use (Public, KeyID or Sign) and pins every signature to
+// that key id, so Public() always matches what Sign produced. After a
+// rotation Sign fails with ErrKeyRetired; take a new Signer then.
+type ScopeSigner struct {
+	c       *Client
+	scope   string
+	timeout time.Duration
+
+	mu  sync.Mutex
+	key *PublicKey
+}
+
+var _ crypto.Signer = (*ScopeSigner)(nil)
+
+// Signer returns a crypto.Signer for scope. Public and Sign carry no context,
+// so each call is bounded by a 10-second timeout.
+func (c *Client) Signer(scope string) *ScopeSigner {
+	return &ScopeSigner{c: c, scope: scope, timeout: 10 * time.Second}
+}
+
+func (s *ScopeSigner) bind(ctx context.Context) (PublicKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.key != nil {
+		return *s.key, nil
+	}
+	k, err := s.c.active(ctx, s.scope)
+	if err != nil {
+		return PublicKey{}, err
+	}
+	s.key = &k
+	return k, nil
+}
+
+// KeyID is the pinned key's id (for a JWT "kid" header), or "" if the key
+// cannot be resolved.
+func (s *ScopeSigner) KeyID() string {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	k, err := s.bind(ctx)
+	if err != nil {
+		return ""
+	}
+	return k.KeyID
+}
+
+// Public returns the pinned key's public half, or nil if it cannot be
+// resolved (crypto.Signer has no error return; Sign will report why).
+func (s *ScopeSigner) Public() crypto.PublicKey {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	k, err := s.bind(ctx)
+	if err != nil {
+		return nil
+	}
+	return k.Key
+}
+
+// Sign signs message (pure Ed25519: opts.HashFunc() must be 0, and message
+// is the whole message, not a digest) with the pinned key.
+func (s *ScopeSigner) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	return s.SignContext(ctx, message, opts)
+}
+
+// SignContext is Sign with the caller's context.
+func (s *ScopeSigner) SignContext(ctx context.Context, message []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts != nil && opts.HashFunc() != 0 {
+		return nil, fmt.Errorf("client: Ed25519 signs whole messages; pre-hashed (%v) is not supported: %w", opts.HashFunc(), ErrInvalidArgument)
+	}
+	if o, ok := opts.(*ed25519.Options); ok && o.Context != "" {
+		return nil, fmt.Errorf("client: Ed25519ctx is not supported: %w", ErrInvalidArgument)
+	}
+	k, err := s.bind(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id := k.KeyID
+	sig, err := s.c.sign(ctx, s.scope, message, &id)
+	if err != nil {
+		if errors.Is(err, ErrKeyRetired) {
+			// The scope rotated: make the next Signer bind to the new key.
+			s.c.cache.expire(s.scope)
+		}
+		return nil, err
+	}
+	return sig.Bytes, nil
+}

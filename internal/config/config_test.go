@@ -1,0 +1,124 @@
+package config_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/plexsphere/signer/internal/config"
+)
+
+// valid returns the environment of a signer that passes Validate.
+func valid(t *testing.T) {
+	t.Setenv("SIGNER_SVID_CERT_FILE", "/id/svid.crt")
+	t.Setenv("SIGNER_SVID_KEY_FILE", "/id/svid.key")
+	t.Setenv("SIGNER_TRUST_BUNDLE_FILE", "/id/bundle.crt")
+	t.Setenv("SIGNER_LOCAL_KEK_FILE", "/secrets/kek")
+}
+
+func load(t *testing.T, args ...string) (config.Signer, error) {
+	var c config.Signer
+	if err := config.Load("test", "SIGNER_", &c, args); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// The allow-list merges the variable and every repeated flag.
+func TestAllowListMergesEnvAndFlags(t *testing.T) {
+	valid(t)
+	t.Setenv("SIGNER_ALLOW_SPIFFE_IDS", "spiffe://td/a,spiffe://td/b")
+	c, err := load(t, "--allow-spiffe-id", "spiffe://td/c", "--allow-spiffe-id", "spiffe://td/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"spiffe://td/a", "spiffe://td/b", "spiffe://td/c", "spiffe://td/d"}; !slices.Equal(c.AllowSPIFFEIDs, want) {
+		t.Fatalf("allow-list = %v, want %v", c.AllowSPIFFEIDs, want)
+	}
+}
+
+// A flag overrides its variable; a repeated flag replaces a built-in
+// default list instead of adding to it.
+func TestFlagsOverrideEnvAndDefaults(t *testing.T) {
+	valid(t)
+	t.Setenv("SIGNER_MAX_PAYLOAD_BYTES", "1000")
+	c, err := load(t, "--max-payload-bytes", "2000")
+	if err != nil || c.MaxPayloadBytes != 2000 {
+		t.Fatalf("MaxPayloadBytes = %d, %v", c.MaxPayloadBytes, err)
+	}
+	var s config.Sidecar
+	t.Setenv("SIDECAR_UPSTREAM", "signer:8443")
+	if err := config.Load("test", "SIDECAR_", &s, []string{"--listen", "unix:///tmp/a.sock"}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.Listen, []string{"unix:///tmp/a.sock"}) {
+		t.Fatalf("Listen = %v: the default was not replaced", s.Listen)
+	}
+}
+
+// Every invalid setting is named by its flag and its variable.
+func TestValidateNamesTheSetting(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"bad spiffe id", nil, []string{"--allow-spiffe-id", "not-a-spiffe-id"}, "--allow-spiffe-id / SIGNER_ALLOW_SPIFFE_IDS"},
+		{"core may not rotate", map[string]string{"SIGNER_ALLOW_SPIFFE_IDS": "spiffe://td/core"}, []string{"--rotation-allow-spiffe-id", "spiffe://td/core"}, "--rotation-allow-spiffe-id / SIGNER_ROTATION_ALLOW_SPIFFE_IDS"},
+		{"unknown store", map[string]string{"SIGNER_STORE": "mysql"}, nil, "--store / SIGNER_STORE"},
+		{"postgres without dsn", nil, []string{"--store", "postgres"}, "--postgres-dsn-file / SIGNER_POSTGRES_DSN_FILE"},
+		{"payload limit", nil, []string{"--max-payload-bytes", "0"}, "--max-payload-bytes / SIGNER_MAX_PAYLOAD_BYTES"},
+		{"payload not a number", map[string]string{"SIGNER_MAX_PAYLOAD_BYTES": "lots"}, nil, "--max-payload-bytes / SIGNER_MAX_PAYLOAD_BYTES"},
+		{"listen", nil, []string{"--listen", "8443"}, "--listen / SIGNER_LISTEN"},
+		{"bootstrap scope", nil, []string{"--bootstrap-scope", "a:b"}, "--bootstrap-scope / SIGNER_BOOTSTRAP_SCOPES"},
+		{"two KEKs", map[string]string{"SIGNER_LOCAL_KEK": "x"}, nil, "--local-kek-file / SIGNER_LOCAL_KEK_FILE"},
+		{"pkcs11 without module", nil, []string{"--provider", "pkcs11"}, "--pkcs11-module / SIGNER_PKCS11_MODULE"},
+		{"log level", nil, []string{"--log-level", "loud"}, "--log-level / SIGNER_LOG_LEVEL"},
+		{"misspelt variable", map[string]string{"SIGNER_ALLOW_SPIFE_IDS": "x"}, nil, "unknown setting SIGNER_ALLOW_SPIFE_IDS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			valid(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			_, err := load(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to name %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestIdentityChoice(t *testing.T) {
+	t.Setenv("SIGNER_LOCAL_KEK_FILE", "/secrets/kek")
+	if _, err := load(t); err == nil || !strings.Contains(err.Error(), "no identity") {
+		t.Fatalf("no identity: %v", err)
+	}
+	valid(t)
+	if _, err := load(t, "--workload-api-addr", "unix:///run/spire/agent.sock"); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Fatalf("two identities: %v", err)
+	}
+}
+
+func TestSidecarRefusesNonLoopbackListen(t *testing.T) {
+	t.Setenv("SIDECAR_UPSTREAM", "signer:8443")
+	t.Setenv("SIDECAR_SIGNER_SPIFFE_ID", "spiffe://td/signer")
+	t.Setenv("SIDECAR_WORKLOAD_API_ADDR", "unix:///run/spire/agent.sock")
+	for _, addr := range []string{"0.0.0.0:7000", ":7000", "10.0.0.1:7000"} {
+		var s config.Sidecar
+		if err := config.Load("test", "SIDECAR_", &s, []string{"--listen", addr}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "--listen / SIDECAR_LISTEN") {
+			t.Errorf("listen %s: %v", addr, err)
+		}
+	}
+	var s config.Sidecar
+	if err := config.Load("test", "SIDECAR_", &s, []string{"--listen", "127.0.0.1:7000", "--allow-uid", "1000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "--allow-uid / SIDECAR_ALLOW_UIDS") {
+		t.Errorf("uid list with TCP: %v", err)
+	}
+}

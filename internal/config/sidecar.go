@@ -1,0 +1,95 @@
+package config
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/plexsphere/signer/sidecar"
+)
+
+// Sidecar is plexsphere-sidecar's configuration.
+type Sidecar struct {
+	Listen     []string `envconfig:"SIDECAR_LISTEN" flag:"listen" default:"unix:///run/plexsphere/signer.sock" desc:"where the core connects: unix:///path or a loopback IP:port"`
+	SocketMode string   `envconfig:"SIDECAR_SOCKET_MODE" flag:"socket-mode" default:"0660" desc:"permissions of the Unix socket (octal)"`
+	AllowUIDs  []int    `envconfig:"SIDECAR_ALLOW_UIDS" flag:"allow-uid" desc:"uid allowed to connect over the Unix socket (checked with SO_PEERCRED); empty admits any"`
+	OpsListen  string   `envconfig:"SIDECAR_OPS_LISTEN" flag:"ops-listen" desc:"plain HTTP address for /metrics and gRPC health (empty disables)"`
+
+	Upstream       string `envconfig:"SIDECAR_UPSTREAM" flag:"upstream" desc:"the signer: a gRPC target such as dns:///plexsphere-signer-headless.ns.svc:8443, or host:port[,host:port...]"`
+	SignerSPIFFEID string `envconfig:"SIDECAR_SIGNER_SPIFFE_ID" flag:"signer-spiffe-id" desc:"the SPIFFE ID the signer must present"`
+
+	SVIDCertFile    string        `envconfig:"SIDECAR_SVID_CERT_FILE" flag:"svid-cert" desc:"PEM X.509-SVID certificate chain file"`
+	SVIDKeyFile     string        `envconfig:"SIDECAR_SVID_KEY_FILE" flag:"svid-key" desc:"PEM X.509-SVID private key file"`
+	TrustBundleFile string        `envconfig:"SIDECAR_TRUST_BUNDLE_FILE" flag:"trust-bundle" desc:"PEM SPIFFE trust bundle file"`
+	IdentityReload  time.Duration `envconfig:"SIDECAR_IDENTITY_RELOAD" flag:"identity-reload" default:"5s" desc:"how often the SVID files are checked for changes"`
+	WorkloadAPIAddr string        `envconfig:"SIDECAR_WORKLOAD_API_ADDR" flag:"workload-api-addr" desc:"SPIFFE Workload API address (unix:///path); instead of the SVID files"`
+
+	MaxMessageBytes int           `envconfig:"SIDECAR_MAX_MESSAGE_BYTES" flag:"max-message-bytes" default:"327680" desc:"largest message relayed either way"`
+	ShutdownTimeout time.Duration `envconfig:"SIDECAR_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"how long shutdown waits for in-flight calls"`
+	LogLevel        string        `envconfig:"SIDECAR_LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+}
+
+// Validate checks every setting; errors name the flag and the variable.
+func (c *Sidecar) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(c.Listen) == 0 {
+		add(Errorf(c, "Listen", "required"))
+	}
+	hasTCP := false
+	for _, l := range c.Listen {
+		a, err := sidecar.ParseListen(l)
+		if err != nil {
+			add(Errorf(c, "Listen", "%v", err))
+		}
+		hasTCP = hasTCP || a.TCP != ""
+	}
+	if _, err := c.Mode(); err != nil {
+		add(Errorf(c, "SocketMode", "%q is not an octal mode such as 0660", c.SocketMode))
+	}
+	if len(c.AllowUIDs) > 0 && hasTCP {
+		add(Errorf(c, "AllowUIDs", "a uid allow-list needs Unix-socket-only listening: remove the loopback TCP address from %s", Name(c, "Listen")))
+	}
+	for _, uid := range c.AllowUIDs {
+		if uid < 0 {
+			add(Errorf(c, "AllowUIDs", "%d is not a uid", uid))
+		}
+	}
+	if c.OpsListen != "" {
+		add(checkAddr(c, "OpsListen", c.OpsListen))
+	}
+	if c.Upstream == "" {
+		add(Errorf(c, "Upstream", "required: the signer's address"))
+	}
+	if c.SignerSPIFFEID == "" {
+		add(Errorf(c, "SignerSPIFFEID", "required: the sidecar must know which identity the signer presents"))
+	} else if _, err := spiffeid.FromString(c.SignerSPIFFEID); err != nil {
+		add(Errorf(c, "SignerSPIFFEID", "%q is not a SPIFFE ID: %v", c.SignerSPIFFEID, err))
+	}
+	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
+	if c.MaxMessageBytes < 1024 || c.MaxMessageBytes > 16<<20 {
+		add(Errorf(c, "MaxMessageBytes", "%d is outside 1024..%d", c.MaxMessageBytes, 16<<20))
+	}
+	if c.ShutdownTimeout <= 0 {
+		add(Errorf(c, "ShutdownTimeout", "must be positive"))
+	}
+	if _, err := ParseLevel(c.LogLevel); err != nil {
+		add(Errorf(c, "LogLevel", "%v", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Mode parses SocketMode.
+func (c *Sidecar) Mode() (uint32, error) {
+	m, err := strconv.ParseUint(c.SocketMode, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, errors.New("bad mode")
+	}
+	return uint32(m), nil
+}

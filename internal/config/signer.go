@@ -1,0 +1,185 @@
+package config
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/plexsphere/signer/internal/store"
+)
+
+// Signer is plexsphere-signer's configuration. Helm values map to these
+// variables one to one.
+type Signer struct {
+	Listen    string `envconfig:"SIGNER_LISTEN" flag:"listen" default:":8443" desc:"mTLS gRPC listen address"`
+	OpsListen string `envconfig:"SIGNER_OPS_LISTEN" flag:"ops-listen" default:":9090" desc:"plain HTTP address for /metrics and gRPC health (empty disables)"`
+
+	AllowSPIFFEIDs         []string `envconfig:"SIGNER_ALLOW_SPIFFE_IDS" flag:"allow-spiffe-id" desc:"SPIFFE ID allowed to call SignerService; an empty list admits nobody"`
+	RotationAllowSPIFFEIDs []string `envconfig:"SIGNER_ROTATION_ALLOW_SPIFFE_IDS" flag:"rotation-allow-spiffe-id" desc:"SPIFFE ID allowed to call RotationService and AuditService (operators)"`
+
+	SVIDCertFile    string        `envconfig:"SIGNER_SVID_CERT_FILE" flag:"svid-cert" desc:"PEM X.509-SVID certificate chain file"`
+	SVIDKeyFile     string        `envconfig:"SIGNER_SVID_KEY_FILE" flag:"svid-key" desc:"PEM X.509-SVID private key file"`
+	TrustBundleFile string        `envconfig:"SIGNER_TRUST_BUNDLE_FILE" flag:"trust-bundle" desc:"PEM SPIFFE trust bundle file"`
+	IdentityReload  time.Duration `envconfig:"SIGNER_IDENTITY_RELOAD" flag:"identity-reload" default:"5s" desc:"how often the SVID files are checked for changes"`
+	WorkloadAPIAddr string        `envconfig:"SIGNER_WORKLOAD_API_ADDR" flag:"workload-api-addr" desc:"SPIFFE Workload API address (unix:///path); instead of the SVID files"`
+
+	Store            string `envconfig:"SIGNER_STORE" flag:"store" default:"bbolt" desc:"key and audit store: bbolt (embedded, one replica) or postgres"`
+	BboltPath        string `envconfig:"SIGNER_BBOLT_PATH" flag:"bbolt-path" default:"signer.db" desc:"bbolt database file"`
+	PostgresDSN      string `envconfig:"SIGNER_POSTGRES_DSN" secret:"true" desc:"Postgres connection string (may hold a password: environment only)"`
+	PostgresDSNFile  string `envconfig:"SIGNER_POSTGRES_DSN_FILE" flag:"postgres-dsn-file" desc:"file holding the Postgres connection string"`
+	PostgresMaxConns int    `envconfig:"SIGNER_POSTGRES_MAX_CONNS" flag:"postgres-max-conns" default:"8" desc:"Postgres pool size"`
+	AuditMaxBatch    int    `envconfig:"SIGNER_AUDIT_MAX_BATCH" flag:"audit-max-batch" default:"256" desc:"most audit entries committed in one transaction"`
+
+	Provider     string `envconfig:"SIGNER_PROVIDER" flag:"provider" default:"local" desc:"key provider: local (sealed keys in the store) or pkcs11 (HSM)"`
+	LocalKEK     string `envconfig:"SIGNER_LOCAL_KEK" secret:"true" desc:"local provider key-encryption key: 32 bytes as hex or base64 (environment only)"`
+	LocalKEKFile string `envconfig:"SIGNER_LOCAL_KEK_FILE" flag:"local-kek-file" desc:"file holding the local provider key-encryption key"`
+
+	PKCS11Module     string `envconfig:"SIGNER_PKCS11_MODULE" flag:"pkcs11-module" desc:"PKCS#11 module (.so) path"`
+	PKCS11TokenLabel string `envconfig:"SIGNER_PKCS11_TOKEN_LABEL" flag:"pkcs11-token-label" desc:"label of the token holding the keys"`
+	PKCS11PIN        string `envconfig:"SIGNER_PKCS11_PIN" secret:"true" desc:"user PIN of the token (environment only)"`
+	PKCS11PINFile    string `envconfig:"SIGNER_PKCS11_PIN_FILE" flag:"pkcs11-pin-file" desc:"file holding the token's user PIN"`
+	PKCS11Sessions   int    `envconfig:"SIGNER_PKCS11_SESSIONS" flag:"pkcs11-sessions" default:"8" desc:"PKCS#11 sessions kept open for concurrent signing"`
+
+	BootstrapScopes []string      `envconfig:"SIGNER_BOOTSTRAP_SCOPES" flag:"bootstrap-scope" desc:"scope given an ACTIVE key at start-up if it has none"`
+	MaxPayloadBytes int           `envconfig:"SIGNER_MAX_PAYLOAD_BYTES" flag:"max-payload-bytes" default:"65536" desc:"largest payload Sign accepts"`
+	KeyCacheTTL     time.Duration `envconfig:"SIGNER_KEY_CACHE_TTL" flag:"key-cache-ttl" default:"2s" desc:"how long a replica trusts a cached key record"`
+	PrePublish      time.Duration `envconfig:"SIGNER_ROTATION_PREPUBLISH" flag:"rotation-prepublish" default:"5m" desc:"how long a PENDING key is published before Commit accepts it"`
+	VerifyOnly      time.Duration `envconfig:"SIGNER_ROTATION_VERIFY_ONLY" flag:"rotation-verify-only" default:"24h" desc:"how long a key stays PREVIOUS before Retire accepts it"`
+
+	ShutdownTimeout time.Duration `envconfig:"SIGNER_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"20s" desc:"how long shutdown waits for in-flight RPCs"`
+	LogLevel        string        `envconfig:"SIGNER_LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+}
+
+// MaxPayloadLimit bounds SIGNER_MAX_PAYLOAD_BYTES (the gRPC message limit is
+// derived from it).
+const MaxPayloadLimit = 4 << 20
+
+// Validate checks every setting and cross-setting rule; the error names each
+// bad setting by its flag and variable.
+func (c *Signer) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	add(checkAddr(c, "Listen", c.Listen))
+	if c.OpsListen != "" {
+		add(checkAddr(c, "OpsListen", c.OpsListen))
+	}
+	add(checkIDs(c, "AllowSPIFFEIDs", c.AllowSPIFFEIDs))
+	add(checkIDs(c, "RotationAllowSPIFFEIDs", c.RotationAllowSPIFFEIDs))
+	for _, id := range c.AllowSPIFFEIDs {
+		for _, op := range c.RotationAllowSPIFFEIDs {
+			if id == op {
+				add(Errorf(c, "RotationAllowSPIFFEIDs", "%s is also on %s: the core's identity must never rotate keys; use a separate operator identity", id, Name(c, "AllowSPIFFEIDs")))
+			}
+		}
+	}
+	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
+
+	switch c.Store {
+	case "bbolt":
+		if c.BboltPath == "" {
+			add(Errorf(c, "BboltPath", "required with the bbolt store"))
+		}
+	case "postgres":
+		if (c.PostgresDSN == "") == (c.PostgresDSNFile == "") {
+			add(Errorf(c, "PostgresDSNFile", "set exactly one of %s and %s with the postgres store", Name(c, "PostgresDSN"), Name(c, "PostgresDSNFile")))
+		}
+		if c.PostgresMaxConns < 1 {
+			add(Errorf(c, "PostgresMaxConns", "must be at least 1"))
+		}
+	default:
+		add(Errorf(c, "Store", "%q is not a store; use bbolt or postgres", c.Store))
+	}
+	if c.AuditMaxBatch < 1 {
+		add(Errorf(c, "AuditMaxBatch", "must be at least 1"))
+	}
+
+	switch c.Provider {
+	case "local":
+		if (c.LocalKEK == "") == (c.LocalKEKFile == "") {
+			add(Errorf(c, "LocalKEKFile", "set exactly one of %s and %s with the local provider (generate one with: head -c32 /dev/urandom | base64)", Name(c, "LocalKEK"), Name(c, "LocalKEKFile")))
+		}
+	case "pkcs11":
+		if c.PKCS11Module == "" {
+			add(Errorf(c, "PKCS11Module", "required with the pkcs11 provider"))
+		}
+		if c.PKCS11TokenLabel == "" {
+			add(Errorf(c, "PKCS11TokenLabel", "required with the pkcs11 provider"))
+		}
+		if (c.PKCS11PIN == "") == (c.PKCS11PINFile == "") {
+			add(Errorf(c, "PKCS11PINFile", "set exactly one of %s and %s with the pkcs11 provider", Name(c, "PKCS11PIN"), Name(c, "PKCS11PINFile")))
+		}
+		if c.PKCS11Sessions < 1 {
+			add(Errorf(c, "PKCS11Sessions", "must be at least 1"))
+		}
+	default:
+		add(Errorf(c, "Provider", "%q is not a provider; use local or pkcs11", c.Provider))
+	}
+
+	for _, s := range c.BootstrapScopes {
+		if err := store.CheckScope(s); err != nil {
+			add(Errorf(c, "BootstrapScopes", "%q: %v", s, errors.Unwrap(err)))
+		}
+	}
+	if c.MaxPayloadBytes < 1 || c.MaxPayloadBytes > MaxPayloadLimit {
+		add(Errorf(c, "MaxPayloadBytes", "%d is outside 1..%d", c.MaxPayloadBytes, MaxPayloadLimit))
+	}
+	if c.KeyCacheTTL < 0 {
+		add(Errorf(c, "KeyCacheTTL", "must not be negative"))
+	}
+	if c.PrePublish < 0 {
+		add(Errorf(c, "PrePublish", "must not be negative"))
+	}
+	if c.VerifyOnly < 0 {
+		add(Errorf(c, "VerifyOnly", "must not be negative"))
+	}
+	if c.ShutdownTimeout <= 0 {
+		add(Errorf(c, "ShutdownTimeout", "must be positive"))
+	}
+	if _, err := ParseLevel(c.LogLevel); err != nil {
+		add(Errorf(c, "LogLevel", "%v", err))
+	}
+	return errors.Join(errs...)
+}
+
+func checkAddr(cfg any, fieldName, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return Errorf(cfg, fieldName, "%q is not host:port: %v", addr, err)
+	}
+	return nil
+}
+
+func checkIDs(cfg any, fieldName string, ids []string) error {
+	for _, id := range ids {
+		if _, err := spiffeid.FromString(id); err != nil {
+			return Errorf(cfg, fieldName, "%q is not a SPIFFE ID: %v", id, err)
+		}
+	}
+	return nil
+}
+
+// checkIdentity accepts either the Workload API or all three SVID files.
+func checkIdentity(cfg any, workloadAPI, cert, key, bundle string, reload time.Duration) error {
+	files := cert != "" || key != "" || bundle != ""
+	switch {
+	case workloadAPI != "" && files:
+		return Errorf(cfg, "WorkloadAPIAddr", "set either the Workload API address or the SVID files, not both")
+	case workloadAPI == "" && !files:
+		return Errorf(cfg, "SVIDCertFile", "no identity: set the SVID files (%s, %s, %s) or %s",
+			Name(cfg, "SVIDCertFile"), Name(cfg, "SVIDKeyFile"), Name(cfg, "TrustBundleFile"), Name(cfg, "WorkloadAPIAddr"))
+	case files && cert == "":
+		return Errorf(cfg, "SVIDCertFile", "required with the other SVID files")
+	case files && key == "":
+		return Errorf(cfg, "SVIDKeyFile", "required with the other SVID files")
+	case files && bundle == "":
+		return Errorf(cfg, "TrustBundleFile", "required with the other SVID files")
+	case reload < 0:
+		return Errorf(cfg, "IdentityReload", "must not be negative")
+	}
+	return nil
+}

@@ -1,0 +1,51 @@
+// Package identity supplies the workload's SPIFFE X.509-SVID and trust bundle
+// (from files a CSI driver or script writes, or from the SPIFFE Workload
+// API) and builds the TLS configurations the signer, sidecar and signerctl
+// use. Sources rotate: every handshake asks for the current SVID and bundle.
+package identity
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Source is a rotating SVID plus the bundles to verify peers with.
+type Source interface {
+	x509svid.Source
+	x509bundle.Source
+	Close() error
+}
+
+// ServerTLS is the signer's listener configuration. It presents the current
+// SVID and verifies any client certificate against the trust bundle (a
+// certificate from another trust domain, expired, or not chaining to the
+// bundle fails the handshake). A client with no certificate is let through on
+// purpose: the peeridentity interceptor denies it and the denial is audited.
+// Who may call what is decided there, not here.
+func ServerTLS(src Source) *tls.Config {
+	verify := tlsconfig.VerifyPeerCertificate(src, tlsconfig.AuthorizeAny())
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: tlsconfig.GetCertificate(src),
+		ClientAuth:     tls.RequestClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, chains [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return nil
+			}
+			return verify(raw, chains)
+		},
+	}
+}
+
+// ClientTLS dials with the current SVID and accepts only a server whose SVID
+// verifies against the bundle and satisfies authorize (typically
+// tlsconfig.AuthorizeID of the expected signer).
+func ClientTLS(src Source, authorize tlsconfig.Authorizer) *tls.Config {
+	c := tlsconfig.MTLSClientConfig(src, src, authorize)
+	c.MinVersion = tls.VersionTLS13
+	return c
+}

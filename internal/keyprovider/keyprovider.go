@@ -1,0 +1,39 @@
+// Package keyprovider is the boundary to wherever private keys live. A
+// provider generates Ed25519 keys and signs with them by handle; the signer
+// stores only the handle and the public half. With an HSM provider the
+// private half never leaves the token; with the local provider it exists
+// only in this process, sealed at rest.
+//
+// Providers return signerr.ErrProviderUnavailable (wrapped) when they cannot
+// serve, so callers see Unavailable and the audit log caveat_violation.
+package keyprovider
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+)
+
+// Key is a provider-held Ed25519 key. Sign (crypto.Signer) signs the whole
+// message (opts.HashFunc() must be 0: pure Ed25519); SignContext is the same
+// with the caller's deadline and cancellation.
+type Key interface {
+	crypto.Signer
+	ID() string
+	SignContext(ctx context.Context, message []byte) ([]byte, error)
+}
+
+// Provider generates and loads keys.
+type Provider interface {
+	// Name is stored with each key so the signer can refuse a key made by
+	// another provider.
+	Name() string
+	// Generate makes a new key for id and returns the handle to store and
+	// the public half.
+	Generate(ctx context.Context, id string) (handle []byte, pub ed25519.PublicKey, err error)
+	// Load returns the key for a handle Generate returned.
+	Load(ctx context.Context, id string, handle []byte) (Key, error)
+	// Health reports whether the provider can sign now.
+	Health(ctx context.Context) error
+	Close() error
+}

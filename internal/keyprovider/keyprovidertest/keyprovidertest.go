@@ -1,0 +1,146 @@
+// Package keyprovidertest is the conformance suite every key provider passes.
+package keyprovidertest
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/plexsphere/signer/internal/keyprovider"
+)
+
+// Run runs the suite. open returns a provider; calls to open within one Run
+// must share their backing (same KEK, same token), so a handle from one
+// instance loads in another.
+func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider) {
+	ctx := context.Background()
+	p := open(t)
+	t.Cleanup(func() { p.Close() })
+
+	newKey := func(t *testing.T, id string) ([]byte, ed25519.PublicKey, keyprovider.Key) {
+		t.Helper()
+		h, pub, err := p.Generate(ctx, id)
+		if err != nil {
+			t.Fatalf("Generate(%s): %v", id, err)
+		}
+		if len(pub) != ed25519.PublicKeySize {
+			t.Fatalf("public key is %d bytes", len(pub))
+		}
+		k, err := p.Load(ctx, id, h)
+		if err != nil {
+			t.Fatalf("Load(%s): %v", id, err)
+		}
+		return h, pub, k
+	}
+
+	t.Run("GenerateLoadSign", func(t *testing.T) {
+		_, pub, k := newKey(t, "conf-a")
+		if k.ID() != "conf-a" {
+			t.Fatalf("ID = %q", k.ID())
+		}
+		if got, ok := k.Public().(ed25519.PublicKey); !ok || !got.Equal(pub) {
+			t.Fatalf("Public() = %v, want %x", k.Public(), pub)
+		}
+		msg := []byte("conformance message")
+		sig, err := k.SignContext(ctx, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ed25519.Verify(pub, msg, sig) {
+			t.Fatal("SignContext signature does not verify")
+		}
+		if ed25519.Verify(pub, []byte("other message"), sig) {
+			t.Fatal("signature verifies for another message")
+		}
+		sig2, err := k.Sign(rand.Reader, msg, crypto.Hash(0))
+		if err != nil || !ed25519.Verify(pub, msg, sig2) {
+			t.Fatalf("crypto.Signer Sign: err=%v", err)
+		}
+		if _, err := k.Sign(rand.Reader, msg, crypto.SHA256); err == nil {
+			t.Fatal("Sign with a pre-hash option must be refused (pure Ed25519 only)")
+		}
+	})
+
+	t.Run("DistinctKeys", func(t *testing.T) {
+		_, a, _ := newKey(t, "conf-b1")
+		_, b, _ := newKey(t, "conf-b2")
+		if a.Equal(b) {
+			t.Fatal("two generated keys are equal")
+		}
+	})
+
+	t.Run("HandleLoadsInAnotherInstance", func(t *testing.T) {
+		h, pub, _ := newKey(t, "conf-c")
+		p2 := open(t)
+		defer p2.Close()
+		k, err := p2.Load(ctx, "conf-c", h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, err := k.SignContext(ctx, []byte("m"))
+		if err != nil || !ed25519.Verify(pub, []byte("m"), sig) {
+			t.Fatalf("key from another instance: err=%v", err)
+		}
+	})
+
+	t.Run("BadHandleRefused", func(t *testing.T) {
+		h, _, _ := newKey(t, "conf-d")
+		bad := bytes.Clone(h)
+		bad[len(bad)-1] ^= 0xff
+		if _, err := p.Load(ctx, "conf-d", bad); err == nil {
+			t.Fatal("a tampered handle loaded")
+		}
+		if _, err := p.Load(ctx, "conf-d", nil); err == nil {
+			t.Fatal("an empty handle loaded")
+		}
+	})
+
+	t.Run("CanceledContext", func(t *testing.T) {
+		_, _, k := newKey(t, "conf-e")
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := k.SignContext(cctx, []byte("m")); err == nil {
+			t.Fatal("SignContext signed with a canceled context")
+		}
+	})
+
+	t.Run("Concurrent", func(t *testing.T) {
+		_, pub, k := newKey(t, "conf-f")
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 50 {
+					msg := fmt.Appendf(nil, "g%d-%d", g, i)
+					sig, err := k.SignContext(ctx, msg)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if !ed25519.Verify(pub, msg, sig) {
+						errs <- fmt.Errorf("signature %d/%d does not verify", g, i)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("Health", func(t *testing.T) {
+		if err := p.Health(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -1,0 +1,221 @@
+package signing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/store"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// Windows make rotation safe by construction.
+type Windows struct {
+	// PrePublish: Commit refuses until the PENDING key has been published
+	// this long, so verifiers' caches learn it before it signs.
+	PrePublish time.Duration
+	// VerifyOnly: Retire refuses until the key has been PREVIOUS this long,
+	// so signatures it made keep verifying. Never shorter than the keyring
+	// TTL: a replica with a stale cache may still sign with a key demoted
+	// elsewhere, and that signature must still verify.
+	VerifyOnly time.Duration
+}
+
+// Rotation implements RotationService and start-up bootstrap.
+type Rotation struct {
+	signerv1.UnimplementedRotationServiceServer
+	store    store.Store
+	provider keyprovider.Provider
+	keys     *Keyring
+	windows  Windows
+	now      func() time.Time
+}
+
+// NewRotation returns the control plane over s and p; kr is invalidated on
+// every change.
+func NewRotation(s store.Store, p keyprovider.Provider, kr *Keyring, w Windows, now func() time.Time) *Rotation {
+	if now == nil {
+		now = time.Now
+	}
+	w.VerifyOnly = max(w.VerifyOnly, kr.TTL())
+	return &Rotation{store: s, provider: p, keys: kr, windows: w, now: now}
+}
+
+// newKey generates a key in the provider and returns its record in state st.
+func (r *Rotation) newKey(ctx context.Context, scope string, st store.State) (store.Key, error) {
+	id := store.NewKeyID()
+	handle, pub, err := r.provider.Generate(ctx, id)
+	if err != nil {
+		return store.Key{}, err
+	}
+	now := r.now().UTC()
+	k := store.Key{ID: id, Scope: scope, State: st, Public: pub, Provider: r.provider.Name(), Handle: handle, CreatedAt: now}
+	if st == store.Active {
+		k.ActivatedAt = now
+	}
+	return k, nil
+}
+
+// Open creates a PENDING key: published at once, signing only after Commit.
+func (r *Rotation) Open(ctx context.Context, req *signerv1.OpenRequest) (*signerv1.OpenResponse, error) {
+	n := noteOf(ctx)
+	if err := store.CheckScope(req.GetScope()); err != nil {
+		return nil, err
+	}
+	n.scope = req.GetScope()
+	// Refuse before generating: a refused Open must not leave an orphan
+	// object in an HSM. The store's unique constraint still decides races.
+	keys, err := r.store.Keys(ctx, n.scope)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if k.State == store.Pending {
+			n.keyID = k.ID
+			return nil, fmt.Errorf("scope %q has PENDING key %q: %w", n.scope, k.ID, signerr.ErrRotationInProgress)
+		}
+	}
+	k, err := r.newKey(ctx, n.scope, store.Pending)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.store.CreateKey(ctx, k); err != nil {
+		return nil, err
+	}
+	n.keyID = k.ID
+	r.keys.Invalidate(n.scope)
+	return &signerv1.OpenResponse{Key: KeyProto(k), CommittableAt: timestamppb.New(k.CreatedAt.Add(r.windows.PrePublish))}, nil
+}
+
+// target validates a (scope, key_id) request and notes it.
+func target(ctx context.Context, scope, id string) (*note, error) {
+	n := noteOf(ctx)
+	if err := store.CheckScope(scope); err != nil {
+		return n, err
+	}
+	n.scope = scope
+	if err := store.CheckKeyID(id); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// transition applies op after checking its waiting window against the
+// current record.
+func (r *Rotation) transition(ctx context.Context, op store.Op, scope, id string) ([]store.Key, error) {
+	n, err := target(ctx, scope, id)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := r.store.Key(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	n.keyID = rec.ID
+	now := r.now().UTC()
+	if rec.Scope == scope {
+		switch {
+		case op == store.OpCommit && rec.State == store.Pending && now.Before(rec.CreatedAt.Add(r.windows.PrePublish)):
+			return nil, fmt.Errorf("key %q is committable at %s: %w", id, rec.CreatedAt.Add(r.windows.PrePublish).Format(time.RFC3339), signerr.ErrRotationNotReady)
+		case op == store.OpRetire && rec.State == store.Previous && now.Before(rec.DeactivatedAt.Add(r.windows.VerifyOnly)):
+			return nil, fmt.Errorf("key %q is retirable at %s: %w", id, rec.DeactivatedAt.Add(r.windows.VerifyOnly).Format(time.RFC3339), signerr.ErrRotationNotReady)
+		}
+	}
+	changed, err := r.store.Transition(ctx, op, scope, id, now)
+	if err != nil {
+		return nil, err
+	}
+	r.keys.Invalidate(scope)
+	return changed, nil
+}
+
+// Commit makes the PENDING key ACTIVE and demotes the ACTIVE key.
+func (r *Rotation) Commit(ctx context.Context, req *signerv1.CommitRequest) (*signerv1.CommitResponse, error) {
+	changed, err := r.transition(ctx, store.OpCommit, req.GetScope(), req.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &signerv1.CommitResponse{Activated: KeyProto(changed[0])}
+	if len(changed) > 1 {
+		resp.Previous = KeyProto(changed[1])
+	}
+	return resp, nil
+}
+
+// Abort retires the PENDING key unused.
+func (r *Rotation) Abort(ctx context.Context, req *signerv1.AbortRequest) (*signerv1.AbortResponse, error) {
+	changed, err := r.transition(ctx, store.OpAbort, req.GetScope(), req.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	return &signerv1.AbortResponse{Key: KeyProto(changed[0])}, nil
+}
+
+// Retire unpublishes a PREVIOUS key; the ACTIVE key is refused.
+func (r *Rotation) Retire(ctx context.Context, req *signerv1.RetireRequest) (*signerv1.RetireResponse, error) {
+	changed, err := r.transition(ctx, store.OpRetire, req.GetScope(), req.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	return &signerv1.RetireResponse{Key: KeyProto(changed[0])}, nil
+}
+
+// ListKeys lists keys in every state.
+func (r *Rotation) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) (*signerv1.ListKeysResponse, error) {
+	n := noteOf(ctx)
+	if req.GetScope() != "" {
+		if err := store.CheckScope(req.GetScope()); err != nil {
+			return nil, err
+		}
+		n.scope = req.GetScope()
+	}
+	keys, err := r.store.Keys(ctx, req.GetScope())
+	if err != nil {
+		return nil, err
+	}
+	resp := &signerv1.ListKeysResponse{}
+	for _, k := range keys {
+		resp.Keys = append(resp.Keys, KeyProto(k))
+	}
+	return resp, nil
+}
+
+// Bootstrap gives scope its first ACTIVE key if it has none, and audits the
+// creation like any other rotation. created is false when the scope already
+// had a key (another replica may have won the race).
+func (r *Rotation) Bootstrap(ctx context.Context, scope string, sink audit.Sink) (store.Key, bool, error) {
+	if err := store.CheckScope(scope); err != nil {
+		return store.Key{}, false, err
+	}
+	if k, err := r.store.ActiveKey(ctx, scope); err == nil {
+		return k, false, nil
+	} else if !errors.Is(err, signerr.ErrKeyNotFound) {
+		return store.Key{}, false, err
+	}
+	k, err := r.newKey(ctx, scope, store.Active)
+	if err != nil {
+		return store.Key{}, false, err
+	}
+	if err := r.store.CreateKey(ctx, k); err != nil {
+		if errors.Is(err, signerr.ErrInvariant) {
+			if won, werr := r.store.ActiveKey(ctx, scope); werr == nil {
+				return won, false, nil
+			}
+		}
+		return store.Key{}, false, err
+	}
+	e := audit.Entry{ID: audit.NewID(), RequestID: audit.NewID(), Subject: audit.SubjectSigner, Relation: audit.RelationRotate,
+		Object: audit.Object(scope, k.ID), Reason: audit.ReasonGranted, CaveatContext: []string{},
+		Timestamp: k.CreatedAt, Method: "bootstrap", Code: "OK"}
+	if err := sink.Submit(ctx, e).Wait(ctx); err != nil {
+		return k, true, fmt.Errorf("bootstrap %s: key %s created but not audited: %w", scope, k.ID, err)
+	}
+	r.keys.Invalidate(scope)
+	return k, true, nil
+}

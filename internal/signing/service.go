@@ -1,0 +1,128 @@
+package signing
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/store"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// DefaultMaxPayload is the Sign payload limit unless configured.
+const DefaultMaxPayload = 64 << 10
+
+// Service implements SignerService.
+type Service struct {
+	signerv1.UnimplementedSignerServiceServer
+	keys       *Keyring
+	maxPayload int
+}
+
+// NewService serves keys from kr; payloads over maxPayload bytes are refused.
+func NewService(kr *Keyring, maxPayload int) *Service {
+	if maxPayload <= 0 {
+		maxPayload = DefaultMaxPayload
+	}
+	return &Service{keys: kr, maxPayload: maxPayload}
+}
+
+// Sign signs with the scope's ACTIVE key (or the pinned key_id, which must be
+// it). PENDING → ErrRotationInProgress; PREVIOUS/RETIRED → ErrKeyRetired;
+// another scope's key → ErrScopeMismatch; unknown → ErrKeyNotFound.
+func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
+	n := noteOf(ctx)
+	if err := store.CheckScope(req.GetScope()); err != nil {
+		return nil, err
+	}
+	n.scope = req.GetScope()
+	if len(req.GetPayload()) > s.maxPayload {
+		return nil, fmt.Errorf("payload is %d bytes, limit %d: %w", len(req.GetPayload()), s.maxPayload, signerr.ErrInvalidArgument)
+	}
+	if req.KeyId != nil {
+		if err := store.CheckKeyID(req.GetKeyId()); err != nil {
+			return nil, err
+		}
+	}
+	n.payloadSHA256 = digest(req.GetPayload())
+	rec, resolved, err := s.keys.Signing(ctx, n.scope, req.GetKeyId())
+	n.keyID = resolved
+	if err != nil {
+		return nil, err
+	}
+	key, err := s.keys.Load(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := key.SignContext(ctx, req.GetPayload())
+	if err != nil {
+		return nil, err
+	}
+	n.signatureSHA256 = digest(sig)
+	return &signerv1.SignResponse{Signature: sig, KeyId: rec.ID, Scope: n.scope}, nil
+}
+
+// PublicKey returns the scope's published keys, or the one pinned key.
+func (s *Service) PublicKey(ctx context.Context, req *signerv1.PublicKeyRequest) (*signerv1.PublicKeyResponse, error) {
+	n := noteOf(ctx)
+	if err := store.CheckScope(req.GetScope()); err != nil {
+		return nil, err
+	}
+	n.scope = req.GetScope()
+	if req.KeyId != nil {
+		if err := store.CheckKeyID(req.GetKeyId()); err != nil {
+			return nil, err
+		}
+		rec, err := s.keys.Record(ctx, req.GetKeyId())
+		if err != nil {
+			return nil, err
+		}
+		n.keyID = rec.ID
+		switch {
+		case rec.Scope != n.scope:
+			return nil, fmt.Errorf("key %q is not in scope %q: %w", rec.ID, n.scope, signerr.ErrScopeMismatch)
+		case !rec.State.Published():
+			return nil, fmt.Errorf("key %q is %s: %w", rec.ID, rec.State, signerr.ErrKeyRetired)
+		}
+		return &signerv1.PublicKeyResponse{Scope: n.scope, Keys: []*signerv1.Key{KeyProto(rec)}}, nil
+	}
+	keys, err := s.keys.Published(ctx, n.scope)
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("scope %q has no published key: %w", n.scope, signerr.ErrKeyNotFound)
+	}
+	resp := &signerv1.PublicKeyResponse{Scope: n.scope}
+	for _, k := range keys {
+		if k.State == store.Active {
+			n.keyID = k.ID
+		}
+		resp.Keys = append(resp.Keys, KeyProto(k))
+	}
+	return resp, nil
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// KeyProto is a key's public wire form; the handle never leaves the signer.
+func KeyProto(k store.Key) *signerv1.Key {
+	return &signerv1.Key{
+		KeyId:         k.ID,
+		Scope:         k.Scope,
+		PublicKey:     k.Public,
+		State:         signerv1.KeyState(k.State),
+		CreatedAt:     ts(k.CreatedAt),
+		ActivatedAt:   ts(k.ActivatedAt),
+		DeactivatedAt: ts(k.DeactivatedAt),
+		RetiredAt:     ts(k.RetiredAt),
+	}
+}

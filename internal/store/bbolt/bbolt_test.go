@@ -1,0 +1,34 @@
+package bbolt_test
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/store/bbolt"
+	"github.com/plexsphere/signer/internal/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+func TestSecondProcessIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "signer.db")
+	s, err := bbolt.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = bbolt.Open(path)
+	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+		t.Fatalf("second open: %v", err)
+	}
+}

@@ -1,0 +1,60 @@
+package store
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+
+	"github.com/plexsphere/signer/internal/signerr"
+)
+
+// Limits on names. Scopes and key ids appear in audit objects
+// ("signing-key:<scope>:<key_id>"), metric labels and JWKS, so they are kept
+// to a small, separator-free alphabet.
+const (
+	MaxScopeLen = 128
+	MaxKeyIDLen = 64
+)
+
+func validName(s string, max int) bool {
+	if len(s) == 0 || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// CheckScope accepts 1–128 characters of [A-Za-z0-9._-], starting with a
+// letter or digit.
+func CheckScope(scope string) error {
+	if !validName(scope, MaxScopeLen) {
+		return fmt.Errorf("scope must be 1-%d characters of [A-Za-z0-9._-] starting with a letter or digit: %w", MaxScopeLen, signerr.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// CheckKeyID accepts 1–64 characters of [A-Za-z0-9._-], starting with a
+// letter or digit.
+func CheckKeyID(id string) error {
+	if !validName(id, MaxKeyIDLen) {
+		return fmt.Errorf("key_id must be 1-%d characters of [A-Za-z0-9._-] starting with a letter or digit: %w", MaxKeyIDLen, signerr.ErrInvalidArgument)
+	}
+	return nil
+}
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// NewKeyID returns a fresh random key id (24 characters, 120 bits).
+func NewKeyID() string {
+	var b [15]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("store: crypto/rand failed: " + err.Error())
+	}
+	return idEncoding.EncodeToString(b[:])
+}

@@ -1,0 +1,283 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
+
+	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/ops"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// Forwarded are the only methods the sidecar passes to the signer. Anything
+// else (RotationService, AuditService, unknown methods) is refused here and
+// never reaches the signer.
+var Forwarded = map[string]bool{
+	signerv1.SignerService_Sign_FullMethodName:      true,
+	signerv1.SignerService_PublicKey_FullMethodName: true,
+}
+
+// HealthService is the health service name that tracks the upstream.
+const HealthService = "plexsphere.sidecar"
+
+// Config is a sidecar's wiring.
+type Config struct {
+	Listen     []Addr
+	SocketMode os.FileMode
+	// AllowUIDs, if not empty, admits only these uids on the Unix socket.
+	AllowUIDs []int
+	// Upstream is a gRPC target ("dns:///signer-headless.ns.svc:8443", or
+	// host:port), or a comma-separated list of host:port balanced round robin.
+	Upstream string
+	// SignerID is the only SPIFFE ID the upstream may present.
+	SignerID        spiffeid.ID
+	Identity        identity.Source
+	MaxMessageBytes int
+	Log             *slog.Logger
+	// Observe, if set, is told the outcome of every call (for metrics).
+	Observe func(method string, code codes.Code, took time.Duration)
+}
+
+// Proxy is a running sidecar.
+type Proxy struct {
+	cfg      Config
+	allowUID map[int]bool
+	upstream *grpc.ClientConn
+	server   *grpc.Server
+	health   *health.Server
+}
+
+// New checks cfg and dials the upstream lazily.
+func New(cfg Config) (*Proxy, error) {
+	if len(cfg.Listen) == 0 {
+		return nil, errors.New("sidecar: no listen address")
+	}
+	hasTCP := false
+	for _, a := range cfg.Listen {
+		if _, err := ParseListen(a.String()); err != nil {
+			return nil, err
+		}
+		hasTCP = hasTCP || a.TCP != ""
+	}
+	if len(cfg.AllowUIDs) > 0 && hasTCP {
+		return nil, errors.New("sidecar: a uid allow-list needs Unix-socket-only listening (a loopback TCP caller has no uid to check)")
+	}
+	if cfg.SignerID.IsZero() {
+		return nil, errors.New("sidecar: the signer's SPIFFE ID is required")
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = 320 << 10
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = 0o660
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer()}
+	for _, uid := range cfg.AllowUIDs {
+		p.allowUID[uid] = true
+	}
+
+	target, res := upstreamTarget(cfg.Upstream)
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLS(cfg.Identity, tlsconfig.AuthorizeID(cfg.SignerID)))),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxCallSendMsgSize(cfg.MaxMessageBytes),
+			grpc.ForceCodecV2(codec{})),
+		// Stay connected: readiness means "the upstream handshake works now".
+		grpc.WithIdleTimeout(0),
+	}
+	if res != nil {
+		dial = append(dial, grpc.WithResolvers(res))
+	}
+	cc, err := grpc.NewClient(target, dial...)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: upstream %q: %w", cfg.Upstream, err)
+	}
+	p.upstream = cc
+
+	p.server = grpc.NewServer(
+		grpc.Creds(localCreds{}),
+		grpc.ForceServerCodecV2(codec{}),
+		grpc.UnknownServiceHandler(p.forward),
+		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
+		grpc.UnaryInterceptor(p.admitUnary),
+	)
+	healthpb.RegisterHealthServer(p.server, p.health)
+	ops.SetAll(p.health, false, HealthService)
+	return p, nil
+}
+
+// upstreamTarget turns a comma-separated address list into a manual
+// resolver; anything else is a gRPC target as given.
+func upstreamTarget(up string) (string, resolver.Builder) {
+	if !strings.Contains(up, ",") {
+		return up, nil
+	}
+	r := manual.NewBuilderWithScheme("sidecar-upstream")
+	var addrs []resolver.Address
+	for _, a := range strings.Split(up, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, resolver.Address{Addr: a})
+		}
+	}
+	r.InitialState(resolver.State{Addresses: addrs})
+	return r.Scheme() + ":///signer", r
+}
+
+// admit applies the uid allow-list to a caller on the Unix socket.
+func (p *Proxy) admit(ctx context.Context) error {
+	if len(p.allowUID) == 0 {
+		return nil
+	}
+	info, ok := callerOf(ctx)
+	if !ok || !info.HasCred || !p.allowUID[info.UID] {
+		p.cfg.Log.Warn("caller refused: uid not on the socket allow-list", "uid", info.UID, "pid", info.PID)
+		return status.Errorf(codes.PermissionDenied, "sidecar: caller uid %d is not allowed", info.UID)
+	}
+	return nil
+}
+
+// admitUnary guards the registered (health) service with the same uid rule.
+func (p *Proxy) admitUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := p.admit(ctx); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+// forward relays one unary call as raw bytes. The caller's deadline and
+// cancellation travel with ctx; no caller metadata is passed on.
+func (p *Proxy) forward(_ any, ss grpc.ServerStream) (err error) {
+	start := time.Now()
+	method, _ := grpc.MethodFromServerStream(ss)
+	if p.cfg.Observe != nil {
+		defer func() { p.cfg.Observe(method, status.Code(err), time.Since(start)) }()
+	}
+	ctx := ss.Context()
+	if err := p.admit(ctx); err != nil {
+		return err
+	}
+	if !Forwarded[method] {
+		p.cfg.Log.Warn("method refused: not forwarded to the signer", "method", method)
+		return status.Errorf(codes.PermissionDenied, "sidecar: method %s is not forwarded to the signer", method)
+	}
+	req := new(frame)
+	if err := ss.RecvMsg(req); err != nil {
+		return err
+	}
+	resp := new(frame)
+	if err := p.upstream.Invoke(ctx, method, req, resp); err != nil {
+		return err
+	}
+	return ss.SendMsg(resp)
+}
+
+// Listen opens the configured listeners.
+func (p *Proxy) Listen() ([]net.Listener, error) {
+	var ls []net.Listener
+	for _, a := range p.cfg.Listen {
+		l, err := listen(a, p.cfg.SocketMode)
+		if err != nil {
+			for _, o := range ls {
+				o.Close()
+			}
+			return nil, fmt.Errorf("sidecar: listen %s: %w", a, err)
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+// Health is the health server (SERVING once the upstream is connected).
+func (p *Proxy) Health() *health.Server { return p.health }
+
+// Ready reports whether the upstream connection is up.
+func (p *Proxy) Ready(context.Context) error {
+	if st := p.upstream.GetState(); st != connectivity.Ready {
+		return fmt.Errorf("sidecar: upstream %s", st)
+	}
+	return nil
+}
+
+func (p *Proxy) watchUpstream(ctx context.Context) {
+	p.upstream.Connect()
+	last := connectivity.State(-1)
+	for {
+		st := p.upstream.GetState()
+		if st != last {
+			ops.SetAll(p.health, st == connectivity.Ready, HealthService)
+			p.cfg.Log.Info("upstream state", "state", st.String())
+			last = st
+		}
+		if st == connectivity.Idle {
+			p.upstream.Connect()
+		}
+		if !p.upstream.WaitForStateChange(ctx, st) {
+			return
+		}
+	}
+}
+
+// Serve serves ls until ctx ends, then drains in-flight calls (up to
+// grace) and closes the upstream.
+func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duration) error {
+	wctx, stopWatch := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); p.watchUpstream(wctx) }()
+
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errc <- p.server.Serve(l) }()
+		p.cfg.Log.Info("sidecar listening", "addr", l.Addr().String(), "upstream", p.cfg.Upstream, "signer_id", p.cfg.SignerID.String())
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	p.health.Shutdown()
+	done := make(chan struct{})
+	go func() { p.server.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		p.server.Stop()
+		<-done
+	}
+	stopWatch()
+	wg.Wait()
+	p.upstream.Close()
+	for _, a := range p.cfg.Listen {
+		if a.Unix != "" {
+			os.Remove(a.Unix)
+		}
+	}
+	if errors.Is(err, grpc.ErrServerStopped) {
+		err = nil
+	}
+	return err
+}
