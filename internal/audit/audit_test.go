@@ -77,7 +77,7 @@ func TestWriterGroupsConcurrentEntries(t *testing.T) {
 	if len(log.batches) != 2 || log.batches[0] != 1 || log.batches[1] != 99 {
 		t.Fatalf("batches = %v, want [1 99]", log.batches)
 	}
-	if got := pend[98].Committed(); got.Seq != 100 || got.Hash == "" {
+	if got := pend[98].Committed()[0]; got.Seq != 100 || got.Hash == "" {
 		t.Fatalf("committed entry = %+v", got)
 	}
 }
@@ -111,6 +111,32 @@ func TestWriterFailsOnlyTheFailedBatch(t *testing.T) {
 	}
 	if len(log.entries) != 2 {
 		t.Fatalf("%d entries stored, want 2", len(log.entries))
+	}
+}
+
+// Entries submitted together share a commit and stay in order.
+func TestWriterKeepsGroupsTogether(t *testing.T) {
+	log := &memLog{}
+	w := audit.NewWriter(log, audit.WriterOptions{MaxBatch: 3})
+	ctx := context.Background()
+	var pend []*audit.Pending
+	for i := range 10 {
+		pend = append(pend, w.Submit(ctx, entry(2*i), entry(2*i+1)))
+	}
+	w.Close()
+	for i, p := range pend {
+		if err := p.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c := p.Committed()
+		if len(c) != 2 || c[0].ID != fmt.Sprint("e", 2*i) || c[1].Seq != c[0].Seq+1 {
+			t.Fatalf("group %d committed as %+v", i, c)
+		}
+	}
+	for _, n := range log.batches {
+		if n%2 != 0 {
+			t.Fatalf("a group was split across commits: batches %v", log.batches)
+		}
 	}
 }
 

@@ -22,16 +22,17 @@ type Appender interface {
 }
 
 // Sink takes entries for durable storage. Submit never waits for the commit;
-// the returned Pending does.
+// the returned Pending does. Entries submitted together are committed in
+// one transaction, in order, with adjacent seqs.
 type Sink interface {
-	Submit(ctx context.Context, e Entry) *Pending
+	Submit(ctx context.Context, entries ...Entry) *Pending
 }
 
-// Pending is an entry on its way to the store.
+// Pending is a group of entries on its way to the store.
 type Pending struct {
-	entry Entry
-	done  chan struct{}
-	err   error
+	entries []Entry
+	done    chan struct{}
+	err     error
 }
 
 // Wait blocks until the entry is committed (nil) or failed (wrapping
@@ -46,8 +47,8 @@ func (p *Pending) Wait(ctx context.Context) error {
 	}
 }
 
-func failed(e Entry, err error) *Pending {
-	p := &Pending{entry: e, done: make(chan struct{}), err: err}
+func failed(es []Entry, err error) *Pending {
+	p := &Pending{entries: es, done: make(chan struct{}), err: err}
 	close(p.done)
 	return p
 }
@@ -93,26 +94,26 @@ func NewWriter(app Appender, opts WriterOptions) *Writer {
 	return w
 }
 
-// Submit queues e. It blocks only while the queue is full, and gives up with
-// ctx.
-func (w *Writer) Submit(ctx context.Context, e Entry) *Pending {
+// Submit queues entries as one unit. It blocks only while the queue is
+// full, and gives up with ctx.
+func (w *Writer) Submit(ctx context.Context, entries ...Entry) *Pending {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.closed {
-		return failed(e, fmt.Errorf("%w: %w", ErrUnavailable, ErrClosed))
+		return failed(entries, fmt.Errorf("%w: %w", ErrUnavailable, ErrClosed))
 	}
-	p := &Pending{entry: e, done: make(chan struct{})}
+	p := &Pending{entries: entries, done: make(chan struct{})}
 	select {
 	case w.queue <- p:
 		return p
 	case <-ctx.Done():
-		return failed(e, fmt.Errorf("%w: queue full: %w", ErrUnavailable, ctx.Err()))
+		return failed(entries, fmt.Errorf("%w: queue full: %w", ErrUnavailable, ctx.Err()))
 	}
 }
 
-// Write submits e and waits for its commit.
-func (w *Writer) Write(ctx context.Context, e Entry) error {
-	return w.Submit(ctx, e).Wait(ctx)
+// Write submits entries and waits for their commit.
+func (w *Writer) Write(ctx context.Context, entries ...Entry) error {
+	return w.Submit(ctx, entries...).Wait(ctx)
 }
 
 // Close stops accepting entries, commits everything already queued and waits.
@@ -132,29 +133,33 @@ func (w *Writer) loop() {
 	entries := make([]Entry, 0, w.opts.MaxBatch)
 	for first := range w.queue {
 		batch = append(batch[:0], first)
+		n := len(first.entries)
 	drain:
-		for len(batch) < w.opts.MaxBatch {
+		for n < w.opts.MaxBatch {
 			select {
 			case p, ok := <-w.queue:
 				if !ok {
 					break drain
 				}
 				batch = append(batch, p)
+				n += len(p.entries)
 			default:
 				break drain
 			}
 		}
 		entries = entries[:0]
 		for _, p := range batch {
-			entries = append(entries, p.entry)
+			entries = append(entries, p.entries...)
 		}
 		err := w.commit(entries)
-		for i, p := range batch {
+		i := 0
+		for _, p := range batch {
 			if err != nil {
 				p.err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 			} else {
-				p.entry = entries[i]
+				p.entries = append(p.entries[:0:0], entries[i:i+len(p.entries)]...)
 			}
+			i += len(p.entries)
 			close(p.done)
 		}
 	}
@@ -171,6 +176,6 @@ func (w *Writer) commit(entries []Entry) error {
 	return err
 }
 
-// Committed returns the entry as stored (with Seq and Hash) once Wait has
+// Committed returns the entries as stored (with Seq and Hash) once Wait has
 // returned nil.
-func (p *Pending) Committed() Entry { return p.entry }
+func (p *Pending) Committed() []Entry { return p.entries }

@@ -57,8 +57,10 @@ var relations = map[string]string{
 // with Subject "service:signer", the method's relation, Object
 // "signing-key:<scope>:<key_id>" ("-" where nothing was resolved), the reason
 // from signerr.Classify, an empty non-nil CaveatContext and the clock's time
-// at admission in UTC. The response is released only after the entry is
-// committed; if it cannot be, the caller gets Unavailable and no response.
+// at admission in UTC. The call's admission entry, if the peeridentity
+// interceptor granted one, is committed in the same transaction, first. The
+// response is released only after both are committed; if they cannot be, the
+// caller gets Unavailable and no response.
 func AuditInterceptor(sink audit.Sink, clock func() time.Time, log *slog.Logger) grpc.UnaryServerInterceptor {
 	if clock == nil {
 		clock = time.Now
@@ -67,9 +69,14 @@ func AuditInterceptor(sink audit.Sink, clock func() time.Time, log *slog.Logger)
 		log = slog.Default()
 	}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		adm := audit.AdmissionOf(ctx)
+		reqID := audit.NewID()
+		if adm != nil {
+			reqID = adm.Entry.RequestID
+		}
 		e := audit.Entry{
 			ID:            audit.NewID(),
-			RequestID:     audit.RequestID(ctx),
+			RequestID:     reqID,
 			Subject:       audit.SubjectSigner,
 			Relation:      relations[info.FullMethod],
 			CaveatContext: []string{},
@@ -93,7 +100,11 @@ func AuditInterceptor(sink audit.Sink, clock func() time.Time, log *slog.Logger)
 		if err == nil {
 			e.SignatureSHA256 = n.signatureSHA256
 		}
-		if werr := sink.Submit(ctx, e).Wait(ctx); werr != nil {
+		entries := []audit.Entry{e}
+		if adm != nil && adm.Claim() {
+			entries = []audit.Entry{adm.Entry, e}
+		}
+		if werr := sink.Submit(ctx, entries...).Wait(ctx); werr != nil {
 			log.Error("rpc withheld: audit entry not committed", "method", info.FullMethod, "request_id", e.RequestID, "err", werr)
 			return nil, signerr.Status(werr)
 		}

@@ -5,9 +5,12 @@
 // service (an empty or missing list admits nobody: fail closed), and write one
 // audit entry per outcome (granted, denied-not-on-list, denied-no-client-cert)
 // under Subject "service:signer:peer=<spiffe-id>" and Relation "connect".
-// The entry is emitted before method dispatch; the handler never sees a
-// denied call, and a denial is codes.PermissionDenied with the message
-// "signing: client identity denied" and audit reason insufficient_relation.
+// The decision and its entry are made before method dispatch; the handler
+// never sees a denied call. A denial is committed before the caller sees
+// codes.PermissionDenied with the message "signing: client identity denied"
+// and audit reason insufficient_relation. A grant's entry, stamped at
+// admission, is committed by the audit middleware in the same transaction as
+// the call's outcome entry, admission first (see audit.Admission).
 package peeridentity
 
 import (
@@ -111,9 +114,9 @@ func objectOf(req any) string {
 	return audit.Object(scope, "")
 }
 
-// admit decides, audits and returns the context for the handler plus the
-// pending admission entry, or the denial status.
-func (c *Config) admit(ctx context.Context, fullMethod string, req any) (context.Context, *audit.Pending, error) {
+// admit decides and returns the context for the handler carrying the
+// granted admission, or the denial status after committing its entry.
+func (c *Config) admit(ctx context.Context, fullMethod string, req any) (context.Context, *audit.Admission, error) {
 	id, hasCert := PeerID(ctx)
 	svc := Service(fullMethod)
 	outcome := OutcomeGranted
@@ -149,15 +152,17 @@ func (c *Config) admit(ctx context.Context, fullMethod string, req any) (context
 		return nil, nil, signerr.Status(signerr.ErrClientIdentityDenied)
 	}
 	e.Reason, e.Code = audit.ReasonGranted, codes.OK.String()
-	return audit.WithRequestID(ctx, reqID), c.Sink.Submit(ctx, e), nil
+	a := &audit.Admission{Entry: e}
+	return audit.WithAdmission(ctx, a), a, nil
 }
 
-// finish holds the handler's result until the admission entry is committed:
-// the writer commits in order, so this rarely waits, but a failed commit
-// withdraws the result.
-func finish(ctx context.Context, p *audit.Pending, err error) error {
-	if werr := p.Wait(ctx); werr != nil {
-		return signerr.Status(werr)
+// finish commits the admission entry if no audit middleware took it (a
+// method served without one), and withholds the result if that fails.
+func (c *Config) finish(ctx context.Context, a *audit.Admission, err error) error {
+	if a.Claim() {
+		if werr := c.Sink.Submit(ctx, a.Entry).Wait(ctx); werr != nil {
+			return signerr.Status(werr)
+		}
 	}
 	return err
 }
@@ -166,12 +171,12 @@ func finish(ctx context.Context, p *audit.Pending, err error) error {
 func UnaryInterceptor(c Config) grpc.UnaryServerInterceptor {
 	c.defaults()
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		ctx, pending, err := c.admit(ctx, info.FullMethod, req)
+		ctx, adm, err := c.admit(ctx, info.FullMethod, req)
 		if err != nil {
 			return nil, err
 		}
 		resp, err := handler(ctx, req)
-		if err = finish(ctx, pending, err); err != nil {
+		if err = c.finish(ctx, adm, err); err != nil {
 			return nil, err
 		}
 		return resp, nil
@@ -183,11 +188,11 @@ func UnaryInterceptor(c Config) grpc.UnaryServerInterceptor {
 func StreamInterceptor(c Config) grpc.StreamServerInterceptor {
 	c.defaults()
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		ctx, pending, err := c.admit(ss.Context(), info.FullMethod, nil)
+		ctx, adm, err := c.admit(ss.Context(), info.FullMethod, nil)
 		if err != nil {
 			return err
 		}
-		return finish(ctx, pending, handler(srv, &stream{ServerStream: ss, ctx: ctx}))
+		return c.finish(ctx, adm, handler(srv, &stream{ServerStream: ss, ctx: ctx}))
 	}
 }
 
