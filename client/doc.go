@@ -6,7 +6,7 @@
 // target: the sidecar owns the pod's mTLS identity and forwards to the
 // signer. The client caches public halves only, so it can verify locally.
 //
-// This package never holds private key material: no ed25519.PrivateKey, no
+// This package never holds private key material: no Ed25519 private key, no
 // seed, no TLS key. tests/integration/signer_core_binary_no_material_test.go
 // enforces that for this package and everything it imports.
 package client
