@@ -121,6 +121,8 @@ func (e *Entry) ComputeHash() string {
 // inside the transaction that appends the batch.
 func Chain(batch []Entry, lastSeq uint64, lastHash string) (uint64, string) {
 	for i := range batch {
+		// Stores keep microseconds (Postgres timestamptz); hash what they keep.
+		batch[i].Timestamp = batch[i].Timestamp.UTC().Truncate(time.Microsecond)
 		lastSeq++
 		batch[i].Seq = lastSeq
 		batch[i].PrevHash = lastHash

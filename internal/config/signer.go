@@ -30,6 +30,7 @@ type Signer struct {
 	PostgresDSN      string `envconfig:"SIGNER_POSTGRES_DSN" secret:"true" desc:"Postgres connection string (may hold a password: environment only)"`
 	PostgresDSNFile  string `envconfig:"SIGNER_POSTGRES_DSN_FILE" flag:"postgres-dsn-file" desc:"file holding the Postgres connection string"`
 	PostgresMaxConns int    `envconfig:"SIGNER_POSTGRES_MAX_CONNS" flag:"postgres-max-conns" default:"8" desc:"Postgres pool size"`
+	PostgresMigrate  bool   `envconfig:"SIGNER_POSTGRES_MIGRATE" flag:"postgres-migrate" default:"true" desc:"apply the embedded schema migrations at start-up (needs DDL rights; see docs/postgres.md)"`
 	AuditMaxBatch    int    `envconfig:"SIGNER_AUDIT_MAX_BATCH" flag:"audit-max-batch" default:"256" desc:"most audit entries committed in one transaction"`
 
 	Provider     string `envconfig:"SIGNER_PROVIDER" flag:"provider" default:"local" desc:"key provider: local (sealed keys in the store) or pkcs11 (HSM)"`

@@ -93,17 +93,13 @@ func Check(fset *token.FileSet, pkgPath string, files []*ast.File, info *types.I
 	return out
 }
 
-// Scan loads patterns (relative to dir) with their whole import graph and
-// checks every non-test file of every package that belongs to the same
-// module as the roots. It returns the findings and the packages it checked.
+// Scan walks the import graph of patterns (relative to dir) and checks every
+// non-test file of every package that belongs to the roots' module. It
+// returns the findings and the packages it checked.
 func Scan(dir string, patterns ...string) ([]Finding, []string, error) {
-	cfg := &packages.Config{
-		Mode: packages.NeedName | packages.NeedFiles | packages.NeedSyntax | packages.NeedTypes |
-			packages.NeedTypesInfo | packages.NeedDeps | packages.NeedImports | packages.NeedModule,
-		Dir:   dir,
-		Tests: false,
-	}
-	roots, err := packages.Load(cfg, patterns...)
+	// First the graph alone (go list: cheap), to find our packages...
+	graph := &packages.Config{Mode: packages.NeedName | packages.NeedImports | packages.NeedDeps | packages.NeedModule, Dir: dir}
+	roots, err := packages.Load(graph, patterns...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -120,13 +116,29 @@ func Scan(dir string, patterns ...string) ([]Finding, []string, error) {
 		}
 		modules[r.Module.Path] = true
 	}
-	var findings []Finding
-	var checked []string
+	var ours []string
 	packages.Visit(roots, nil, func(p *packages.Package) {
-		if p.Module == nil || !modules[p.Module.Path] {
-			return // standard library and third-party modules are not ours to vet
+		// The standard library and third-party modules are not ours to vet.
+		if p.Module != nil && modules[p.Module.Path] {
+			ours = append(ours, p.PkgPath)
 		}
-		checked = append(checked, p.PkgPath)
+	})
+	sort.Strings(ours)
+	// ...then type-check only those from source; their imports come from
+	// compiler export data.
+	typed := &packages.Config{
+		Mode: packages.NeedName | packages.NeedFiles | packages.NeedSyntax | packages.NeedTypes | packages.NeedTypesInfo,
+		Dir:  dir,
+	}
+	pkgs, err := packages.Load(typed, ours...)
+	if err != nil {
+		return nil, nil, err
+	}
+	var findings []Finding
+	for _, p := range pkgs {
+		if len(p.Errors) > 0 {
+			return nil, nil, fmt.Errorf("nomaterial: %s: %v", p.PkgPath, p.Errors[0])
+		}
 		var files []*ast.File
 		for _, f := range p.Syntax {
 			if !strings.HasSuffix(p.Fset.Position(f.Pos()).Filename, "_test.go") {
@@ -134,7 +146,6 @@ func Scan(dir string, patterns ...string) ([]Finding, []string, error) {
 			}
 		}
 		findings = append(findings, Check(p.Fset, p.PkgPath, files, p.TypesInfo)...)
-	})
-	sort.Strings(checked)
-	return findings, checked, nil
+	}
+	return findings, ours, nil
 }

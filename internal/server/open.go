@@ -3,21 +3,23 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
+	"github.com/plexsphere/signer/internal/store/postgres"
 )
 
 // openStore is the one place a store implementation is chosen.
-func openStore(ctx context.Context, cfg *config.Signer) (store.Store, error) {
+func openStore(ctx context.Context, cfg *config.Signer, log *slog.Logger) (store.Store, error) {
 	switch cfg.Store {
 	case "bbolt":
 		return bbolt.Open(cfg.BboltPath)
 	case "postgres":
-		return openPostgres(ctx, cfg)
+		return openPostgres(ctx, cfg, log)
 	}
 	return nil, config.Errorf(cfg, "Store", "%q is not a store", cfg.Store)
 }
@@ -41,8 +43,12 @@ func openProvider(cfg *config.Signer) (keyprovider.Provider, error) {
 	return nil, config.Errorf(cfg, "Provider", "%q is not a provider", cfg.Provider)
 }
 
-func openPostgres(context.Context, *config.Signer) (store.Store, error) {
-	return nil, fmt.Errorf("the postgres store is not built yet")
+func openPostgres(ctx context.Context, cfg *config.Signer, log *slog.Logger) (store.Store, error) {
+	dsn, err := config.ReadSecret(cfg.PostgresDSN, cfg.PostgresDSNFile)
+	if err != nil {
+		return nil, config.Errorf(cfg, "PostgresDSNFile", "%v", err)
+	}
+	return postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: int32(cfg.PostgresMaxConns), Migrate: cfg.PostgresMigrate, Log: log})
 }
 
 func openPKCS11(*config.Signer) (keyprovider.Provider, error) {

@@ -84,7 +84,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		s.owned = append(s.owned, s.ident.Close)
 	}
 	if s.store = opts.Store; s.store == nil {
-		if s.store, err = openStore(ctx, &cfg); err != nil {
+		if s.store, err = openStore(ctx, &cfg, s.log); err != nil {
 			return nil, err
 		}
 		s.owned = append(s.owned, s.store.Close)
@@ -204,6 +204,14 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.watchHealth(hctx, 5*time.Second) }()
+	// A store shared by replicas announces key changes: drop stale cache
+	// entries at once instead of waiting out the TTL.
+	if w, ok := s.store.(interface {
+		WatchKeys(context.Context, func(string))
+	}); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.WatchKeys(hctx, s.keys.Invalidate) }()
+	}
 	defer func() { stopHealth(); wg.Wait() }()
 
 	errc := make(chan error, 2)

@@ -1,0 +1,308 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/plexsphere/signer/internal/config"
+	"github.com/plexsphere/signer/internal/pgtest"
+	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/store/postgres"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// replicas starts n signers on one database, sharing a CA and a KEK as a
+// Deployment's replicas do.
+func replicas(t *testing.T, srv *pgtest.Server, dsn string, n int, opts ...signertest.Option) []*signertest.Env {
+	t.Helper()
+	ca := signertest.NewCA(t)
+	provider := signertest.NewLocalProvider(t)
+	var envs []*signertest.Env
+	for range n {
+		st, err := postgres.Open(context.Background(), postgres.Config{DSN: dsn, MaxConns: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		envs = append(envs, signertest.Start(t, append([]signertest.Option{signertest.WithStore(st), signertest.WithCA(ca), signertest.WithProvider(provider)}, opts...)...))
+	}
+	return envs
+}
+
+type signedRow struct {
+	seq    int64
+	id     string
+	sigSHA string
+}
+
+func grantedSignRows(t *testing.T, dsn string) []signedRow {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT seq, id, signature_sha256 FROM audit_entries
+		WHERE relation = 'sign' AND reason = 'granted' ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (signedRow, error) {
+		var x signedRow
+		return x, r.Scan(&x.seq, &x.id, &x.sigSHA)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func allSeqs(t *testing.T, dsn string) []int64 {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, `SELECT seq FROM audit_entries ORDER BY seq`)
+	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seqs
+}
+
+func sigSHA(sig []byte) string {
+	s := sha256.Sum256(sig)
+	return hex.EncodeToString(s[:])
+}
+
+// N goroutines × M signs spread over two signers on one database: exactly
+// N×M granted sign rows, no duplicates, no gaps in the chain's seqs, and
+// every returned signature matched to its own row.
+func TestTwoReplicasAuditEverySignOnce(t *testing.T) {
+	srv := pgtest.Require(t)
+	db := srv.NewDatabase(t)
+	envs := replicas(t, srv, db.AppDSN, 2)
+	const N, M = 8, 40
+	clients := make([]signerv1.SignerServiceClient, len(envs))
+	for i, e := range envs {
+		clients[i] = signerv1.NewSignerServiceClient(e.Dial(t, e.Issue(t, signertest.CoreID)))
+	}
+	sigs := make(chan string, N*M)
+	errs := make(chan error, N*M)
+	var wg sync.WaitGroup
+	for g := range N {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range M {
+				c := clients[(g+i)%len(clients)]
+				resp, err := c.Sign(context.Background(), &signerv1.SignRequest{Scope: signertest.Scope, Payload: fmt.Appendf(nil, "%d/%d", g, i)})
+				if err != nil {
+					errs <- err
+					continue
+				}
+				sigs <- sigSHA(resp.Signature)
+			}
+		}()
+	}
+	wg.Wait()
+	close(sigs)
+	close(errs)
+	for err := range errs {
+		t.Fatalf("sign: %v", err)
+	}
+	rows := grantedSignRows(t, db.AdminDSN)
+	if len(rows) != N*M {
+		t.Fatalf("%d granted sign rows, want %d", len(rows), N*M)
+	}
+	bySig := map[string]int{}
+	ids := map[string]bool{}
+	for _, r := range rows {
+		bySig[r.sigSHA]++
+		if ids[r.id] {
+			t.Fatalf("duplicate entry id %s", r.id)
+		}
+		ids[r.id] = true
+	}
+	for s := range sigs {
+		if bySig[s] != 1 {
+			t.Fatalf("returned signature %s… has %d rows, want 1", s[:12], bySig[s])
+		}
+		delete(bySig, s)
+	}
+	if len(bySig) != 0 {
+		t.Fatalf("%d rows match no returned signature", len(bySig))
+	}
+	for i, s := range allSeqs(t, db.AdminDSN) {
+		if s != int64(i+1) {
+			t.Fatalf("seq %d at position %d: the chain has a gap", s, i)
+		}
+	}
+	// One chain across both replicas.
+	verify, err := signerv1.NewAuditServiceClient(envs[1].Dial(t, envs[1].Issue(t, signertest.OperatorID))).Verify(context.Background(), &signerv1.VerifyAuditRequest{})
+	if err != nil || !verify.Ok {
+		t.Fatalf("chain verify: %v %v", verify, err)
+	}
+}
+
+// A key activated through one replica is used by the other without a
+// restart (the store's change notice drops its cached ACTIVE key).
+func TestKeyActivatedOnOneReplicaUsedByTheOther(t *testing.T) {
+	srv := pgtest.Require(t)
+	db := srv.NewDatabase(t)
+	clock := signertest.NewClock(time.Now())
+	envs := replicas(t, srv, db.AppDSN, 2, signertest.WithClock(clock),
+		signertest.WithConfig(func(c *config.Signer) { c.KeyCacheTTL = time.Hour; c.PrePublish = time.Hour }))
+	a, b := envs[0], envs[1]
+	ctx := context.Background()
+	bSign := signerv1.NewSignerServiceClient(b.Dial(t, b.Issue(t, signertest.CoreID)))
+	first, err := bSign.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: []byte("before")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := signerv1.NewRotationServiceClient(a.Dial(t, a.Issue(t, signertest.OperatorID)))
+	opened, err := op.Open(ctx, &signerv1.OpenRequest{Scope: signertest.Scope})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour)
+	if _, err := op.Commit(ctx, &signerv1.CommitRequest{Scope: signertest.Scope, KeyId: opened.Key.KeyId}); err != nil {
+		t.Fatal(err)
+	}
+	// B's cache would hold the old key for an hour; the notice must beat it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := bSign.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: []byte("after")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.KeyId == opened.Key.KeyId {
+			break
+		}
+		if resp.KeyId != first.KeyId || time.Now().After(deadline) {
+			t.Fatalf("replica B signs with %s, want %s", resp.KeyId, opened.Key.KeyId)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Postgres stopped mid-load: every Sign fails Unavailable with no
+// signature; when it returns, signing resumes without a restart. Throughout,
+// every returned signature has exactly one granted row.
+func TestPostgresOutage(t *testing.T) {
+	pgtest.Require(t)
+	ctx := context.Background()
+	srv, err := pgtest.Start(ctx, pgtest.FixedPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	db := srv.NewDatabase(t)
+	env := replicas(t, srv, db.AppDSN, 1)[0]
+	c := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
+
+	var mu sync.Mutex
+	var n atomic.Int64 // Ed25519 is deterministic: distinct payloads, distinct signatures
+	returned := map[string]int{}
+	failures := map[codes.Code]int{}
+	sign := func() error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		resp, err := c.Sign(cctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: fmt.Appendf(nil, "outage %d", n.Add(1))})
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			if resp != nil {
+				t.Errorf("a response with an error")
+			}
+			failures[status.Code(err)]++
+			return err
+		}
+		returned[sigSHA(resp.Signature)]++
+		return nil
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					sign()
+				}
+			}
+		}()
+	}
+	waitFor := func(cond func() bool) {
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatal("condition not reached in 30s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	count := func() (ok, failed int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, n := range returned {
+			ok += n
+		}
+		for _, n := range failures {
+			failed += n
+		}
+		return ok, failed
+	}
+	waitFor(func() bool { ok, _ := count(); return ok >= 50 })
+	timeout := 5 * time.Second
+	if err := srv.Container.Stop(ctx, &timeout); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(func() bool { _, failed := count(); return failed >= 20 })
+	if err := srv.Container.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	okBefore, _ := count()
+	waitFor(func() bool { ok, _ := count(); return ok >= okBefore+50 })
+	close(stop)
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	for code, n := range failures {
+		if code != codes.Unavailable {
+			t.Errorf("%d failures with %v, want only Unavailable", n, code)
+		}
+	}
+	bySig := map[string]int{}
+	for _, r := range grantedSignRows(t, db.AdminDSN) {
+		bySig[r.sigSHA]++
+	}
+	for s, n := range returned {
+		if n != 1 || bySig[s] != 1 {
+			t.Fatalf("signature %s… returned %d times with %d granted rows", s[:12], n, bySig[s])
+		}
+	}
+	t.Logf("outage: %d signatures returned, failures by code %v, %d granted rows", len(returned), failures, len(bySig))
+}
