@@ -21,9 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
-	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -117,7 +117,7 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 		// The image has no shell tools for a port probe from inside; the log
 		// line plus a real connection (below) is the readiness check.
 		testcontainers.WithWaitStrategy(
-			wait.ForLog("database system is ready to accept connections").WithStartupTimeout(60*time.Second)),
+			wait.ForLog("database system is ready to accept connections").WithStartupTimeout(60 * time.Second)),
 	}
 	if o.fixedPort {
 		port, err := freePort()
