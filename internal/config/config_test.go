@@ -75,6 +75,10 @@ func TestValidateNamesTheSetting(t *testing.T) {
 		{"two KEKs", map[string]string{"SIGNER_LOCAL_KEK": "x"}, nil, "--local-kek-file / SIGNER_LOCAL_KEK_FILE"},
 		{"pkcs11 without module", nil, []string{"--provider", "pkcs11"}, "--pkcs11-module / SIGNER_PKCS11_MODULE"},
 		{"log level", nil, []string{"--log-level", "loud"}, "--log-level / SIGNER_LOG_LEVEL"},
+		{"grant for an identity not on the list", nil, []string{"--scope-grant", "spiffe://td/other=payments"}, "--scope-grant / SIGNER_SCOPE_GRANTS"},
+		{"grant without scope", map[string]string{"SIGNER_ALLOW_SPIFFE_IDS": "spiffe://td/core"}, []string{"--scope-grant", "spiffe://td/core"}, "--scope-grant / SIGNER_SCOPE_GRANTS"},
+		{"auto-rotate window below the floor", nil, []string{"--auto-rotate", "payments:720h:1m:48h"}, "--auto-rotate / SIGNER_AUTO_ROTATE"},
+		{"auto-rotate period too short", nil, []string{"--auto-rotate", "payments:10m:1h:48h"}, "--auto-rotate / SIGNER_AUTO_ROTATE"},
 		{"misspelt variable", map[string]string{"SIGNER_ALLOW_SPIFE_IDS": "x"}, nil, "unknown setting SIGNER_ALLOW_SPIFE_IDS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,7 +2,9 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -18,6 +20,8 @@ type Signer struct {
 
 	AllowSPIFFEIDs         []string `envconfig:"SIGNER_ALLOW_SPIFFE_IDS" flag:"allow-spiffe-id" desc:"SPIFFE ID allowed to call SignerService; an empty list admits nobody"`
 	RotationAllowSPIFFEIDs []string `envconfig:"SIGNER_ROTATION_ALLOW_SPIFFE_IDS" flag:"rotation-allow-spiffe-id" desc:"SPIFFE ID allowed to call RotationService and AuditService (operators)"`
+	ScopeGrants            []string `envconfig:"SIGNER_SCOPE_GRANTS" flag:"scope-grant" desc:"<spiffe-id>=<scope|*>: once any is set, each SignerService caller may use only its granted scopes"`
+	AutoRotate             []string `envconfig:"SIGNER_AUTO_ROTATE" flag:"auto-rotate" desc:"<scope>:<period>:<prepublish>:<verify-only>, e.g. payments:720h:1h:48h: rotate the scope automatically"`
 
 	SVIDCertFile    string        `envconfig:"SIGNER_SVID_CERT_FILE" flag:"svid-cert" desc:"PEM X.509-SVID certificate chain file"`
 	SVIDKeyFile     string        `envconfig:"SIGNER_SVID_KEY_FILE" flag:"svid-key" desc:"PEM X.509-SVID private key file"`
@@ -78,6 +82,12 @@ func (c *Signer) Validate() error {
 				add(Errorf(c, "RotationAllowSPIFFEIDs", "%s is also on %s: the core's identity must never rotate keys; use a separate operator identity", id, Name(c, "AllowSPIFFEIDs")))
 			}
 		}
+	}
+	if _, err := c.Grants(); err != nil {
+		add(Errorf(c, "ScopeGrants", "%v", err))
+	}
+	if _, err := c.AutoRotations(); err != nil {
+		add(Errorf(c, "AutoRotate", "%v", err))
 	}
 	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
 
@@ -183,4 +193,76 @@ func checkIdentity(cfg any, workloadAPI, cert, key, bundle string, reload time.D
 		return Errorf(cfg, "IdentityReload", "must not be negative")
 	}
 	return nil
+}
+
+// Grants parses ScopeGrants into identity → scopes. Every granted identity
+// must also be on the SignerService allow-list: a grant cannot admit anyone.
+func (c *Signer) Grants() (map[string]map[string]bool, error) {
+	allowed := map[string]bool{}
+	for _, id := range c.AllowSPIFFEIDs {
+		allowed[id] = true
+	}
+	out := map[string]map[string]bool{}
+	for _, g := range c.ScopeGrants {
+		id, scope, ok := strings.Cut(g, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q is not <spiffe-id>=<scope>", g)
+		}
+		if _, err := spiffeid.FromString(id); err != nil {
+			return nil, fmt.Errorf("%q: %v", id, err)
+		}
+		if !allowed[id] {
+			return nil, fmt.Errorf("%s is granted a scope but is not on %s", id, Name(c, "AllowSPIFFEIDs"))
+		}
+		if scope != "*" && store.CheckScope(scope) != nil {
+			return nil, fmt.Errorf("%q is not a scope (or *)", scope)
+		}
+		if out[id] == nil {
+			out[id] = map[string]bool{}
+		}
+		out[id][scope] = true
+	}
+	return out, nil
+}
+
+// AutoRotation is one scope's automatic rotation schedule.
+type AutoRotation struct {
+	Scope                          string
+	Period, PrePublish, VerifyOnly time.Duration
+}
+
+// AutoRotations parses AutoRotate. Each window must be at least the
+// signer-wide one (which Commit and Retire enforce), and the period must
+// leave room for the pre-publication.
+func (c *Signer) AutoRotations() ([]AutoRotation, error) {
+	var out []AutoRotation
+	seen := map[string]bool{}
+	for _, s := range c.AutoRotate {
+		f := strings.Split(s, ":")
+		if len(f) != 4 {
+			return nil, fmt.Errorf("%q is not <scope>:<period>:<prepublish>:<verify-only>", s)
+		}
+		a := AutoRotation{Scope: f[0]}
+		if store.CheckScope(a.Scope) != nil || seen[a.Scope] {
+			return nil, fmt.Errorf("%q: bad or repeated scope", s)
+		}
+		seen[a.Scope] = true
+		for i, d := range []*time.Duration{&a.Period, &a.PrePublish, &a.VerifyOnly} {
+			v, err := time.ParseDuration(f[i+1])
+			if err != nil || v <= 0 {
+				return nil, fmt.Errorf("%q: %q is not a positive duration", s, f[i+1])
+			}
+			*d = v
+		}
+		switch {
+		case a.PrePublish < c.PrePublish:
+			return nil, fmt.Errorf("%q: pre-publication %v is shorter than %s (%v)", s, a.PrePublish, Name(c, "PrePublish"), c.PrePublish)
+		case a.VerifyOnly < c.VerifyOnly:
+			return nil, fmt.Errorf("%q: verify-only %v is shorter than %s (%v)", s, a.VerifyOnly, Name(c, "VerifyOnly"), c.VerifyOnly)
+		case a.Period <= a.PrePublish:
+			return nil, fmt.Errorf("%q: the period must be longer than the pre-publication window", s)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }

@@ -35,6 +35,10 @@ import (
 // is refused by gRPC itself (ResourceExhausted) before it is read.
 const envelope = 256 << 10
 
+// autoRotateEvery is how often due automatic rotation steps are taken; the
+// windows are hours, so a minute's lateness is immaterial.
+const autoRotateEvery = 30 * time.Second
+
 // Options replace what New would open from the configuration; tests use them.
 type Options struct {
 	Log      *slog.Logger
@@ -54,6 +58,7 @@ type Signer struct {
 	writer   *audit.Writer
 	keys     *signing.Keyring
 	rotation *signing.Rotation
+	auto     *signing.AutoRotator // nil without schedules
 	grpc     *grpc.Server
 	health   *health.Server
 	owned    []func() error // closed in reverse order
@@ -115,6 +120,21 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		s.log.Warn("no SPIFFE ID may call SignerService: the allow-list is empty, every Sign is denied",
 			"setting", config.Name(&cfg, "AllowSPIFFEIDs"))
 	}
+	grants, err := cfg.Grants()
+	if err != nil {
+		return nil, config.Errorf(&cfg, "ScopeGrants", "%v", err)
+	}
+	autos, err := cfg.AutoRotations()
+	if err != nil {
+		return nil, config.Errorf(&cfg, "AutoRotate", "%v", err)
+	}
+	var schedules []signing.Schedule
+	for _, a := range autos {
+		schedules = append(schedules, signing.Schedule(a))
+	}
+	if len(schedules) > 0 {
+		s.auto = signing.NewAutoRotator(s.rotation, s.writer, schedules, s.log)
+	}
 	operators := peeridentity.NewAllowList(cfg.RotationAllowSPIFFEIDs...)
 	admission := peeridentity.Config{
 		Lists: map[string]peeridentity.AllowList{
@@ -122,9 +142,11 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 			signerv1.RotationService_ServiceDesc.ServiceName: operators,
 			signerv1.AuditService_ServiceDesc.ServiceName:    operators,
 		},
-		Sink:  s.writer,
-		Clock: clock,
-		Log:   s.log,
+		Grants:         grants,
+		GrantedService: signerv1.SignerService_ServiceDesc.ServiceName,
+		Sink:           s.writer,
+		Clock:          clock,
+		Log:            s.log,
 	}
 	// No reflection service is registered: the wire schema is the committed
 	// .proto, and a peer cannot enumerate methods.
@@ -211,6 +233,10 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	}); ok {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.WatchKeys(hctx, s.keys.Invalidate) }()
+	}
+	if s.auto != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.auto.Run(hctx, autoRotateEvery) }()
 	}
 	defer func() { stopHealth(); wg.Wait() }()
 

@@ -54,7 +54,7 @@ func (r *Rotation) newKey(ctx context.Context, scope string, st store.State) (st
 	if err != nil {
 		return store.Key{}, err
 	}
-	now := r.now().UTC()
+	now := r.now().UTC().Truncate(time.Microsecond) // what every store keeps
 	k := store.Key{ID: id, Scope: scope, State: st, Public: pub, Provider: r.provider.Name(), Handle: handle, CreatedAt: now}
 	if st == store.Active {
 		k.ActivatedAt = now
@@ -64,33 +64,41 @@ func (r *Rotation) newKey(ctx context.Context, scope string, st store.State) (st
 
 // Open creates a PENDING key: published at once, signing only after Commit.
 func (r *Rotation) Open(ctx context.Context, req *signerv1.OpenRequest) (*signerv1.OpenResponse, error) {
-	n := noteOf(ctx)
-	if err := store.CheckScope(req.GetScope()); err != nil {
-		return nil, err
-	}
-	n.scope = req.GetScope()
-	// Refuse before generating: a refused Open must not leave an orphan
-	// object in an HSM. The store's unique constraint still decides races.
-	keys, err := r.store.Keys(ctx, n.scope)
+	k, err := r.open(ctx, req.GetScope())
 	if err != nil {
 		return nil, err
+	}
+	return &signerv1.OpenResponse{Key: KeyProto(k), CommittableAt: timestamppb.New(k.CreatedAt.Add(r.windows.PrePublish))}, nil
+}
+
+func (r *Rotation) open(ctx context.Context, scope string) (store.Key, error) {
+	n := noteOf(ctx)
+	if err := store.CheckScope(scope); err != nil {
+		return store.Key{}, err
+	}
+	n.scope = scope
+	// Refuse before generating: a refused Open must not leave an orphan
+	// object in an HSM. The store's unique constraint still decides races.
+	keys, err := r.store.Keys(ctx, scope)
+	if err != nil {
+		return store.Key{}, err
 	}
 	for _, k := range keys {
 		if k.State == store.Pending {
 			n.keyID = k.ID
-			return nil, fmt.Errorf("scope %q has PENDING key %q: %w", n.scope, k.ID, signerr.ErrRotationInProgress)
+			return store.Key{}, fmt.Errorf("scope %q has PENDING key %q: %w", scope, k.ID, signerr.ErrRotationInProgress)
 		}
 	}
-	k, err := r.newKey(ctx, n.scope, store.Pending)
+	k, err := r.newKey(ctx, scope, store.Pending)
 	if err != nil {
-		return nil, err
+		return store.Key{}, err
 	}
 	if err := r.store.CreateKey(ctx, k); err != nil {
-		return nil, err
+		return store.Key{}, err
 	}
 	n.keyID = k.ID
-	r.keys.Invalidate(n.scope)
-	return &signerv1.OpenResponse{Key: KeyProto(k), CommittableAt: timestamppb.New(k.CreatedAt.Add(r.windows.PrePublish))}, nil
+	r.keys.Invalidate(scope)
+	return k, nil
 }
 
 // target validates a (scope, key_id) request and notes it.
@@ -118,7 +126,7 @@ func (r *Rotation) transition(ctx context.Context, op store.Op, scope, id string
 		return nil, err
 	}
 	n.keyID = rec.ID
-	now := r.now().UTC()
+	now := r.now().UTC().Truncate(time.Microsecond)
 	if rec.Scope == scope {
 		switch {
 		case op == store.OpCommit && rec.State == store.Pending && now.Before(rec.CreatedAt.Add(r.windows.PrePublish)):

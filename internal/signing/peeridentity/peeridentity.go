@@ -59,15 +59,34 @@ type Config struct {
 	Sink  audit.Sink
 	Clock func() time.Time
 	Log   *slog.Logger
+	// Grants, if not empty, restricts each identity to scopes on the service
+	// GrantedService: an identity admitted by the list but not granted the
+	// request's scope is denied like one not on the list. "*" grants all.
+	Grants         map[string]map[string]bool
+	GrantedService string
 	// Observe, if set, is told every admission outcome (for metrics).
 	Observe func(service, outcome string)
 }
 
+// granted reports whether id may use the request's scope.
+func (c *Config) granted(id, svc string, req any) bool {
+	if len(c.Grants) == 0 || svc != c.GrantedService {
+		return true
+	}
+	r, ok := req.(interface{ GetScope() string })
+	if !ok {
+		return false
+	}
+	g := c.Grants[id]
+	return g[r.GetScope()] || g["*"]
+}
+
 // Outcomes, as logged and counted.
 const (
-	OutcomeGranted      = "granted"
-	OutcomeNotOnList    = "denied_not_on_list"
-	OutcomeNoClientCert = "denied_no_client_cert"
+	OutcomeGranted         = "granted"
+	OutcomeNotOnList       = "denied_not_on_list"
+	OutcomeNoClientCert    = "denied_no_client_cert"
+	OutcomeScopeNotGranted = "denied_scope_not_granted"
 )
 
 // PeerID returns the first spiffe:// URI SAN of the peer's verified leaf
@@ -125,6 +144,8 @@ func (c *Config) admit(ctx context.Context, fullMethod string, req any) (context
 		outcome = OutcomeNoClientCert
 	case !c.Lists[svc].Allows(id):
 		outcome = OutcomeNotOnList
+	case !c.granted(id, svc, req):
+		outcome = OutcomeScopeNotGranted
 	}
 	reqID := audit.NewID()
 	e := audit.Entry{

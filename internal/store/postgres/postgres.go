@@ -381,3 +381,22 @@ func (s *Store) listen(ctx context.Context, changed func(string)) error {
 		changed(n.Payload)
 	}
 }
+
+// TryLock runs fn while holding the named session advisory lock, if no
+// other replica holds it; it reports whether fn ran.
+func (s *Store) TryLock(ctx context.Context, name string, fn func(context.Context) error) (bool, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return false, classify(err)
+	}
+	defer conn.Release()
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, name).Scan(&got); err != nil {
+		return false, classify(err)
+	}
+	if !got {
+		return false, nil
+	}
+	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock(hashtext($1))`, name)
+	return true, fn(ctx)
+}
