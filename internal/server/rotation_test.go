@@ -92,7 +92,10 @@ func TestRotationLifecycle(t *testing.T) {
 	if len(published.Keys) != 2 {
 		t.Fatalf("a PENDING key must be published at once: %v", published.Keys)
 	}
-	step("second Open", func() (string, error) { _, err := op.Open(ctx, &signerv1.OpenRequest{Scope: scope}); return pending, err }, fp, caveat, "")
+	step("second Open", func() (string, error) {
+		_, err := op.Open(ctx, &signerv1.OpenRequest{Scope: scope})
+		return pending, err
+	}, fp, caveat, "")
 	step("Commit inside the pre-publication window", commit(pending), fp, caveat, "")
 	step("Commit of the ACTIVE key", commit(first), fp, caveat, "")
 	step("Commit of an unknown key", commit("nosuchkey"), codes.NotFound, insufficient, "signing-key:payments:-")
