@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string) error {
 	src, err := identity.Open(ctx, identity.Config{WorkloadAPIAddr: cfg.WorkloadAPIAddr, CertFile: cfg.SVIDCertFile,
 		KeyFile: cfg.SVIDKeyFile, BundleFile: cfg.TrustBundleFile, Reload: cfg.IdentityReload}, log)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", config.IdentitySettings(&cfg, cfg.WorkloadAPIAddr), err)
 	}
 	defer src.Close()
 	var addrs []sidecar.Addr

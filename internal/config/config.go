@@ -214,3 +214,12 @@ func ReadSecret(inline, file string) (string, error) {
 	}
 	return strings.TrimSpace(string(b)), nil
 }
+
+// IdentitySettings names the settings an identity error is about: the
+// Workload API address if one is set, else the three SVID files.
+func IdentitySettings(cfg any, workloadAPI string) string {
+	if workloadAPI != "" {
+		return Name(cfg, "WorkloadAPIAddr")
+	}
+	return Name(cfg, "SVIDCertFile") + ", " + Name(cfg, "SVIDKeyFile") + ", " + Name(cfg, "TrustBundleFile")
+}

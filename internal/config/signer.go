@@ -53,8 +53,9 @@ type Signer struct {
 	PrePublish      time.Duration `envconfig:"SIGNER_ROTATION_PREPUBLISH" flag:"rotation-prepublish" default:"5m" desc:"how long a PENDING key is published before Commit accepts it"`
 	VerifyOnly      time.Duration `envconfig:"SIGNER_ROTATION_VERIFY_ONLY" flag:"rotation-verify-only" default:"24h" desc:"how long a key stays PREVIOUS before Retire accepts it"`
 
-	ShutdownTimeout time.Duration `envconfig:"SIGNER_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"20s" desc:"how long shutdown waits for in-flight RPCs"`
-	LogLevel        string        `envconfig:"SIGNER_LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+	MaxConnectionAge time.Duration `envconfig:"SIGNER_MAX_CONNECTION_AGE" flag:"max-connection-age" default:"10m" desc:"clients reconnect (and re-handshake with their current SVID) after this long; keep it under half the SVID TTL"`
+	ShutdownTimeout  time.Duration `envconfig:"SIGNER_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"20s" desc:"how long shutdown waits for in-flight RPCs"`
+	LogLevel         string        `envconfig:"SIGNER_LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
 }
 
 // MaxPayloadLimit bounds SIGNER_MAX_PAYLOAD_BYTES (the gRPC message limit is
@@ -151,6 +152,9 @@ func (c *Signer) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		add(Errorf(c, "ShutdownTimeout", "must be positive"))
+	}
+	if c.MaxConnectionAge < time.Second {
+		add(Errorf(c, "MaxConnectionAge", "must be at least 1s"))
 	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		add(Errorf(c, "LogLevel", "%v", err))

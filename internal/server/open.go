@@ -2,12 +2,13 @@ package server
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"log/slog"
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
+	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
 	"github.com/plexsphere/signer/internal/store/postgres"
@@ -25,7 +26,7 @@ func openStore(ctx context.Context, cfg *config.Signer, log *slog.Logger) (store
 }
 
 // openProvider is the one place a key provider is chosen.
-func openProvider(cfg *config.Signer) (keyprovider.Provider, error) {
+func openProvider(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, error) {
 	switch cfg.Provider {
 	case "local":
 		raw, err := config.ReadSecret(cfg.LocalKEK, cfg.LocalKEKFile)
@@ -38,7 +39,7 @@ func openProvider(cfg *config.Signer) (keyprovider.Provider, error) {
 		}
 		return local.New(kek)
 	case "pkcs11":
-		return openPKCS11(cfg)
+		return openPKCS11(cfg, log)
 	}
 	return nil, config.Errorf(cfg, "Provider", "%q is not a provider", cfg.Provider)
 }
@@ -51,6 +52,16 @@ func openPostgres(ctx context.Context, cfg *config.Signer, log *slog.Logger) (st
 	return postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: int32(cfg.PostgresMaxConns), Migrate: cfg.PostgresMigrate, Log: log})
 }
 
-func openPKCS11(*config.Signer) (keyprovider.Provider, error) {
-	return nil, fmt.Errorf("the pkcs11 provider is not built yet")
+func openPKCS11(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, error) {
+	// Read at every (re)connection, so a corrected PIN file needs no restart.
+	pin := func() (string, error) { return config.ReadSecret(cfg.PKCS11PIN, cfg.PKCS11PINFile) }
+	if _, err := pin(); err != nil {
+		return nil, config.Errorf(cfg, "PKCS11PINFile", "%v", err)
+	}
+	p, err := pkcs11.Open(pkcs11.Config{Module: cfg.PKCS11Module, TokenLabel: cfg.PKCS11TokenLabel, PIN: pin,
+		Sessions: cfg.PKCS11Sessions, Log: log})
+	if errors.Is(err, pkcs11.ErrNotBuilt) {
+		return nil, config.Errorf(cfg, "Provider", "%v", err)
+	}
+	return p, err
 }

@@ -476,3 +476,24 @@ func TestGracefulShutdownDrains(t *testing.T) {
 		t.Fatalf("%d signatures returned but %d granted entries", ok, granted-1)
 	}
 }
+
+// A connection opened with a valid certificate is refused once that
+// certificate expires: a connection must not outlive its identity.
+func TestCertificateExpiringMidConnection(t *testing.T) {
+	env := signertest.Start(t)
+	notAfter := time.Now().Add(1500 * time.Millisecond)
+	cc := env.Dial(t, env.Issue(t, signertest.CoreID, devpki.Validity(time.Now().Add(-time.Minute), notAfter)))
+	if _, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")}); err != nil {
+		t.Fatalf("while valid: %v", err)
+	}
+	// Wait out the certificate's validity (wall-clock time is the subject
+	// here), then call again on the same connection.
+	time.Sleep(time.Until(notAfter) + 100*time.Millisecond)
+	seq := env.LastSeq(t)
+	_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
+	adm, mw := rpcEntriesAny(t, env, seq)
+	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || len(mw) != 0 {
+		t.Fatalf("entries %+v %+v", adm, mw)
+	}
+}

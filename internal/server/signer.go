@@ -84,7 +84,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	if s.ident = opts.Identity; s.ident == nil {
 		if s.ident, err = identity.Open(ctx, identity.Config{WorkloadAPIAddr: cfg.WorkloadAPIAddr, CertFile: cfg.SVIDCertFile,
 			KeyFile: cfg.SVIDKeyFile, BundleFile: cfg.TrustBundleFile, Reload: cfg.IdentityReload}, s.log); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", config.IdentitySettings(&cfg, cfg.WorkloadAPIAddr), err)
 		}
 		s.owned = append(s.owned, s.ident.Close)
 	}
@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		s.owned = append(s.owned, s.store.Close)
 	}
 	if s.provider = opts.Provider; s.provider == nil {
-		if s.provider, err = openProvider(&cfg); err != nil {
+		if s.provider, err = openProvider(&cfg, s.log); err != nil {
 			return nil, err
 		}
 		s.owned = append(s.owned, s.provider.Close)
@@ -159,6 +159,10 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		grpc.ChainStreamInterceptor(peeridentity.StreamInterceptor(admission)),
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes+envelope),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Connections end (gracefully: GOAWAY, in-flight calls finish) so that
+		// clients re-handshake with their rotated SVIDs and re-resolve the
+		// signer's replicas.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: 30 * time.Second}),
 	)
 	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, cfg.MaxPayloadBytes))
 	signerv1.RegisterRotationServiceServer(s.grpc, s.rotation)

@@ -27,6 +27,7 @@ import (
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/devpki"
+	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/server"
@@ -92,7 +93,12 @@ type options struct {
 	clock    *Clock
 	ca       *devpki.CA
 	lis      net.Listener
+	identity identity.Source
 }
+
+// WithIdentity serves with src (a SPIRE Workload API source, say) instead
+// of the SVID files of the test PKI.
+func WithIdentity(src identity.Source) Option { return func(o *options) { o.identity = src } }
 
 // WithListener serves on l (so a test can hand out the address before the
 // signer starts).
@@ -157,6 +163,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 		Provider: "local", LocalKEKFile: kekFile, PKCS11Sessions: 1,
 		BootstrapScopes: []string{Scope}, MaxPayloadBytes: 64 << 10, KeyCacheTTL: time.Second,
 		PrePublish: time.Minute, VerifyOnly: time.Hour, ShutdownTimeout: 5 * time.Second, LogLevel: "info",
+		MaxConnectionAge: 10 * time.Minute,
 	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
@@ -184,7 +191,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 	ctx, cancel := context.WithCancel(context.Background())
 	env.cancel = cancel
 	srv, err := server.New(ctx, cfg, server.Options{Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Clock: o.clock.Now, Store: o.store, Provider: o.provider})
+		Clock: o.clock.Now, Store: o.store, Provider: o.provider, Identity: o.identity})
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -15,6 +15,7 @@ package peeridentity
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -87,21 +88,32 @@ const (
 	OutcomeNotOnList       = "denied_not_on_list"
 	OutcomeNoClientCert    = "denied_no_client_cert"
 	OutcomeScopeNotGranted = "denied_scope_not_granted"
+	// The certificate verified at the handshake has expired since: a
+	// connection must not outlive the identity it was opened with.
+	OutcomeExpired = "denied_certificate_expired"
 )
 
 // PeerID returns the first spiffe:// URI SAN of the peer's verified leaf
 // certificate; ok is false when the peer presented no certificate (or the
 // transport is not TLS at all).
 func PeerID(ctx context.Context) (id string, ok bool) {
+	leaf := peerLeaf(ctx)
+	if leaf == nil {
+		return "", false
+	}
+	return FirstSPIFFEID(leaf.URIs), true
+}
+
+func peerLeaf(ctx context.Context) *x509.Certificate {
 	p, found := peer.FromContext(ctx)
 	if !found {
-		return "", false
+		return nil
 	}
 	info, isTLS := p.AuthInfo.(credentials.TLSInfo)
 	if !isTLS || !info.State.HandshakeComplete || len(info.State.PeerCertificates) == 0 {
-		return "", false
+		return nil
 	}
-	return FirstSPIFFEID(info.State.PeerCertificates[0].URIs), true
+	return info.State.PeerCertificates[0]
 }
 
 // FirstSPIFFEID returns the first URI SAN whose scheme is spiffe, or "".
@@ -138,10 +150,13 @@ func objectOf(req any) string {
 func (c *Config) admit(ctx context.Context, fullMethod string, req any) (context.Context, *audit.Admission, error) {
 	id, hasCert := PeerID(ctx)
 	svc := Service(fullMethod)
+	now := c.Clock()
 	outcome := OutcomeGranted
 	switch {
 	case !hasCert:
 		outcome = OutcomeNoClientCert
+	case peerLeaf(ctx).NotAfter.Before(time.Now()):
+		outcome = OutcomeExpired
 	case !c.Lists[svc].Allows(id):
 		outcome = OutcomeNotOnList
 	case !c.granted(id, svc, req):
@@ -155,7 +170,7 @@ func (c *Config) admit(ctx context.Context, fullMethod string, req any) (context
 		Relation:      audit.RelationConnect,
 		Object:        objectOf(req),
 		CaveatContext: []string{},
-		Timestamp:     c.Clock().UTC(),
+		Timestamp:     now.UTC(),
 		Method:        fullMethod,
 	}
 	if c.Observe != nil {

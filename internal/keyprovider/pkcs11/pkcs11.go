@@ -1,0 +1,472 @@
+//go:build cgo && pkcs11
+
+package pkcs11
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/signerr"
+)
+
+// Ed25519 in PKCS#11 3.0; miekg/pkcs11 predates these constants.
+const (
+	ckkECEdwards           = 0x40
+	ckmECEdwardsKeyPairGen = 0x1055
+	ckmEdDSA               = 0x1057
+)
+
+// ed25519Params is CKA_EC_PARAMS for Ed25519: the DER OID 1.3.101.112.
+var ed25519Params = []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
+
+// Provider signs inside a PKCS#11 token through a pool of sessions. A
+// failure that looks like the token or library going away drops the whole
+// connection; the next call (or Health) reconnects, at most once a second,
+// so the provider recovers without a restart when the token returns.
+type Provider struct {
+	cfg Config
+	log *slog.Logger
+
+	conn    atomic.Pointer[conn]
+	mu      sync.Mutex // serialises reconnects
+	lastTry time.Time
+	lastErr error
+	module  *module
+}
+
+// module is a loaded PKCS#11 library. C_Initialize and C_Finalize act on
+// the whole process, so providers sharing a library share one module and
+// only the last one out finalises it.
+type module struct {
+	*p11.Ctx
+	path  string
+	users int
+	ready bool // initialised
+}
+
+var (
+	modulesMu sync.Mutex
+	modules   = map[string]*module{}
+)
+
+func loadModule(path string) (*module, error) {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m, ok := modules[path]; ok {
+		m.users++
+		return m, nil
+	}
+	c := p11.New(path)
+	if c == nil {
+		return nil, fmt.Errorf("pkcs11: cannot load module %s", path)
+	}
+	m := &module{Ctx: c, path: path, users: 1}
+	modules[path] = m
+	return m, nil
+}
+
+// reinitialise finalises and initialises the library again, which is what
+// makes a library notice a token that went away and came back; with other
+// users of the library it only makes sure it is initialised.
+func (m *module) reinitialise() error {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m.ready && m.users == 1 {
+		m.Finalize()
+		m.ready = false
+	}
+	if !m.ready {
+		if err := m.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+			return err
+		}
+		m.ready = true
+	}
+	return nil
+}
+
+func (m *module) release() {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m.users--; m.users > 0 {
+		return
+	}
+	if m.ready {
+		m.Finalize()
+	}
+	m.Destroy()
+	delete(modules, m.path)
+}
+
+// conn is one initialised, logged-in connection to the token.
+type conn struct {
+	slot     uint
+	sessions chan p11.SessionHandle
+	all      []p11.SessionHandle
+	objects  sync.Map // CKA_ID (string) → private key ObjectHandle
+	broken   atomic.Bool
+}
+
+var _ keyprovider.Provider = (*Provider)(nil)
+
+// Open loads the module and connects. A token that cannot be reached now is
+// not fatal: the provider reports unavailable until it can.
+func Open(cfg Config) (keyprovider.Provider, error) {
+	if cfg.Sessions <= 0 {
+		cfg.Sessions = 8
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	m, err := loadModule(cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	p := &Provider{cfg: cfg, log: cfg.Log, module: m}
+	if _, err := p.current(true); err != nil {
+		p.log.Error("pkcs11 token unavailable at start-up; will retry", "module", cfg.Module, "token", cfg.TokenLabel, "err", err)
+	}
+	return p, nil
+}
+
+func (p *Provider) Name() string { return Name }
+
+// unavailable wraps a PKCS#11 failure; the caller sees only the sentinel.
+func unavailable(op string, err error) error {
+	return fmt.Errorf("pkcs11: %s: %w: %w", op, err, signerr.ErrProviderUnavailable)
+}
+
+// current returns a working connection, reconnecting if the last one broke.
+func (p *Provider) current(force bool) (*conn, error) {
+	if c := p.conn.Load(); c != nil && !c.broken.Load() {
+		return c, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.conn.Load(); c != nil && !c.broken.Load() {
+		return c, nil
+	}
+	if !force && time.Since(p.lastTry) < time.Second {
+		if p.lastErr == nil {
+			return nil, fmt.Errorf("pkcs11: reconnecting: %w", signerr.ErrProviderUnavailable)
+		}
+		return nil, p.lastErr
+	}
+	p.lastTry = time.Now()
+	c, err := p.connect()
+	if err != nil {
+		p.lastErr = err
+		return nil, err
+	}
+	p.conn.Store(c)
+	p.lastErr = nil
+	p.log.Info("pkcs11 token connected", "token", p.cfg.TokenLabel, "sessions", p.cfg.Sessions)
+	return c, nil
+}
+
+// connect (re)initialises the library, finds the token by label, opens the
+// sessions and logs in.
+func (p *Provider) connect() (*conn, error) {
+	if old := p.conn.Swap(nil); old != nil {
+		for _, s := range old.all {
+			p.module.CloseSession(s)
+		}
+	}
+	if err := p.module.reinitialise(); err != nil {
+		return nil, unavailable("initialize", err)
+	}
+	slots, err := p.module.GetSlotList(true)
+	if err != nil {
+		return nil, unavailable("slot list", err)
+	}
+	slot, found := uint(0), false
+	for _, s := range slots {
+		ti, err := p.module.GetTokenInfo(s)
+		if err == nil && trimLabel(ti.Label) == p.cfg.TokenLabel {
+			slot, found = s, true
+			break
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("pkcs11: no token labelled %q: %w", p.cfg.TokenLabel, signerr.ErrProviderUnavailable)
+	}
+	pin, err := p.cfg.PIN()
+	if err != nil {
+		return nil, fmt.Errorf("pkcs11: read PIN: %v: %w", err, signerr.ErrProviderUnavailable)
+	}
+	c := &conn{slot: slot, sessions: make(chan p11.SessionHandle, p.cfg.Sessions)}
+	for i := 0; i < p.cfg.Sessions; i++ {
+		s, err := p.module.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+		if err != nil {
+			p.closeAll(c)
+			return nil, unavailable("open session", err)
+		}
+		c.all = append(c.all, s)
+		c.sessions <- s
+	}
+	if err := p.module.Login(c.all[0], p11.CKU_USER, pin); err != nil && !isCode(err, p11.CKR_USER_ALREADY_LOGGED_IN) {
+		p.closeAll(c)
+		return nil, unavailable("login (check the PIN)", err)
+	}
+	return c, nil
+}
+
+func (p *Provider) closeAll(c *conn) {
+	for _, s := range c.all {
+		p.module.CloseSession(s)
+	}
+}
+
+func trimLabel(l string) string {
+	for len(l) > 0 && (l[len(l)-1] == ' ' || l[len(l)-1] == 0) {
+		l = l[:len(l)-1]
+	}
+	return l
+}
+
+func isCode(err error, code uint) bool {
+	var e p11.Error
+	return errors.As(err, &e) && uint(e) == code
+}
+
+// fatal reports errors after which the connection cannot be trusted.
+func fatal(err error) bool {
+	var e p11.Error
+	if !errors.As(err, &e) {
+		return true
+	}
+	switch uint(e) {
+	case p11.CKR_DEVICE_REMOVED, p11.CKR_DEVICE_ERROR, p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_SESSION_HANDLE_INVALID,
+		p11.CKR_SESSION_CLOSED, p11.CKR_USER_NOT_LOGGED_IN, p11.CKR_CRYPTOKI_NOT_INITIALIZED, p11.CKR_GENERAL_ERROR,
+		p11.CKR_TOKEN_NOT_RECOGNIZED, p11.CKR_DEVICE_MEMORY,
+		// Handles cached on this connection no longer name objects: the
+		// token changed under us (removed, replaced).
+		p11.CKR_OBJECT_HANDLE_INVALID, p11.CKR_KEY_HANDLE_INVALID:
+		return true
+	}
+	return false
+}
+
+// with runs fn on a pooled session, marking the connection broken on a
+// fatal error.
+func (p *Provider) with(ctx context.Context, op string, fn func(c *conn, s p11.SessionHandle) error) error {
+	c, err := p.current(false)
+	if err != nil {
+		return err
+	}
+	var s p11.SessionHandle
+	select {
+	case s = <-c.sessions:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	err = fn(c, s)
+	c.sessions <- s
+	if err != nil {
+		var ee *errKeyMissing
+		if errors.As(err, &ee) {
+			return err
+		}
+		if fatal(err) && c.broken.CompareAndSwap(false, true) {
+			p.log.Error("pkcs11 connection lost; reconnecting on next use", "op", op, "err", err)
+		}
+		return unavailable(op, err)
+	}
+	return nil
+}
+
+type errKeyMissing struct{ id string }
+
+func (e *errKeyMissing) Error() string {
+	return fmt.Sprintf("pkcs11: no private key with CKA_ID %q on the token", e.id)
+}
+func (e *errKeyMissing) Unwrap() error { return signerr.ErrKeyNotFound }
+
+// Generate makes an Ed25519 key pair inside the token; the private half is
+// sensitive and never extractable. The handle is the objects' CKA_ID.
+func (p *Provider) Generate(ctx context.Context, id string) ([]byte, ed25519.PublicKey, error) {
+	ckaID := []byte(id)
+	var pub ed25519.PublicKey
+	err := p.with(ctx, "generate", func(c *conn, s p11.SessionHandle) error {
+		pubT := []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PUBLIC_KEY),
+			p11.NewAttribute(p11.CKA_KEY_TYPE, ckkECEdwards),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+			p11.NewAttribute(p11.CKA_VERIFY, true),
+			p11.NewAttribute(p11.CKA_EC_PARAMS, ed25519Params),
+			p11.NewAttribute(p11.CKA_ID, ckaID),
+			p11.NewAttribute(p11.CKA_LABEL, id),
+		}
+		privT := []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PRIVATE_KEY),
+			p11.NewAttribute(p11.CKA_KEY_TYPE, ckkECEdwards),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+			p11.NewAttribute(p11.CKA_PRIVATE, true),
+			p11.NewAttribute(p11.CKA_SENSITIVE, true),
+			p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
+			p11.NewAttribute(p11.CKA_SIGN, true),
+			p11.NewAttribute(p11.CKA_ID, ckaID),
+			p11.NewAttribute(p11.CKA_LABEL, id),
+		}
+		pubH, privH, err := p.module.GenerateKeyPair(s, []*p11.Mechanism{p11.NewMechanism(ckmECEdwardsKeyPairGen, nil)}, pubT, privT)
+		if err != nil {
+			return err
+		}
+		pub, err = p.readPublic(s, pubH)
+		if err != nil {
+			return err
+		}
+		c.objects.Store(id, privH)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return ckaID, pub, nil
+}
+
+// readPublic reads CKA_EC_POINT: a DER OCTET STRING (04 20 ‖ 32 bytes) on
+// SoftHSM2, the raw 32 bytes on some tokens.
+func (p *Provider) readPublic(s p11.SessionHandle, o p11.ObjectHandle) (ed25519.PublicKey, error) {
+	attrs, err := p.module.GetAttributeValue(s, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_EC_POINT, nil)})
+	if err != nil {
+		return nil, err
+	}
+	v := attrs[0].Value
+	switch {
+	case len(v) == 34 && v[0] == 0x04 && v[1] == 0x20:
+		return ed25519.PublicKey(v[2:]), nil
+	case len(v) == 32:
+		return ed25519.PublicKey(v), nil
+	}
+	return nil, fmt.Errorf("pkcs11: unexpected CKA_EC_POINT of %d bytes", len(v))
+}
+
+func (p *Provider) find(s p11.SessionHandle, class uint, ckaID []byte) ([]p11.ObjectHandle, error) {
+	if err := p.module.FindObjectsInit(s, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, class), p11.NewAttribute(p11.CKA_ID, ckaID),
+	}); err != nil {
+		return nil, err
+	}
+	objs, _, err := p.module.FindObjects(s, 2)
+	if ferr := p.module.FindObjectsFinal(s); err == nil {
+		err = ferr
+	}
+	return objs, err
+}
+
+// object returns the private key's handle on this connection.
+func (p *Provider) object(c *conn, s p11.SessionHandle, id string) (p11.ObjectHandle, error) {
+	if o, ok := c.objects.Load(id); ok {
+		return o.(p11.ObjectHandle), nil
+	}
+	objs, err := p.find(s, p11.CKO_PRIVATE_KEY, []byte(id))
+	if err != nil {
+		return 0, err
+	}
+	if len(objs) != 1 {
+		return 0, &errKeyMissing{id}
+	}
+	c.objects.Store(id, objs[0])
+	return objs[0], nil
+}
+
+// Load finds the key in the token and reads its public half from there.
+func (p *Provider) Load(ctx context.Context, id string, handle []byte) (keyprovider.Key, error) {
+	if string(handle) != id {
+		return nil, fmt.Errorf("pkcs11: handle does not name key %q: %w", id, signerr.ErrInvariant)
+	}
+	var pub ed25519.PublicKey
+	err := p.with(ctx, "load", func(c *conn, s p11.SessionHandle) error {
+		if _, err := p.object(c, s, id); err != nil {
+			return err
+		}
+		objs, err := p.find(s, p11.CKO_PUBLIC_KEY, handle)
+		if err != nil {
+			return err
+		}
+		if len(objs) != 1 {
+			return &errKeyMissing{id}
+		}
+		pub, err = p.readPublic(s, objs[0])
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &key{p: p, id: id, pub: pub}, nil
+}
+
+// Health checks that the token answers, reconnecting if it went away.
+func (p *Provider) Health(ctx context.Context) error {
+	c, err := p.current(true)
+	if err != nil {
+		return err
+	}
+	if _, err := p.module.GetTokenInfo(c.slot); err != nil {
+		c.broken.Store(true)
+		return unavailable("token info", err)
+	}
+	return p.with(ctx, "session", func(_ *conn, s p11.SessionHandle) error {
+		_, err := p.module.GetSessionInfo(s)
+		return err
+	})
+}
+
+// Close ends the sessions and finalises the library.
+func (p *Provider) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.conn.Swap(nil); c != nil {
+		p.closeAll(c)
+	}
+	p.module.release()
+	return nil
+}
+
+type key struct {
+	p   *Provider
+	id  string
+	pub ed25519.PublicKey
+}
+
+func (k *key) ID() string               { return k.id }
+func (k *key) Public() crypto.PublicKey { return k.pub }
+
+func (k *key) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts != nil && opts.HashFunc() != 0 {
+		return nil, fmt.Errorf("pkcs11: only pure Ed25519 is supported: %w", signerr.ErrInvalidArgument)
+	}
+	return k.SignContext(context.Background(), message)
+}
+
+// SignContext signs in the token with CKM_EDDSA. The context bounds the wait
+// for a free session; a PKCS#11 call itself cannot be interrupted.
+func (k *key) SignContext(ctx context.Context, message []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var sig []byte
+	err := k.p.with(ctx, "sign", func(c *conn, s p11.SessionHandle) error {
+		o, err := k.p.object(c, s, k.id)
+		if err != nil {
+			return err
+		}
+		if err := k.p.module.SignInit(s, []*p11.Mechanism{p11.NewMechanism(ckmEdDSA, nil)}, o); err != nil {
+			return err
+		}
+		sig, err = k.p.module.Sign(s, message)
+		return err
+	})
+	return sig, err
+}

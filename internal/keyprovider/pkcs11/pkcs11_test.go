@@ -1,0 +1,127 @@
+//go:build cgo && pkcs11
+
+package pkcs11
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/plexsphere/signer/internal/hsmtest"
+	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/keyprovider/keyprovidertest"
+	"github.com/plexsphere/signer/internal/signerr"
+)
+
+func open(t *testing.T, tok hsmtest.Token) *Provider {
+	t.Helper()
+	p, err := Open(Config{Module: tok.Module, TokenLabel: tok.Label, PIN: func() (string, error) { return tok.PIN, nil }, Sessions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.(*Provider)
+}
+
+// The conformance suite every provider passes, on a real SoftHSM2 token.
+func TestConformance(t *testing.T) {
+	tok := hsmtest.New(t)
+	keyprovidertest.Run(t, func(t *testing.T) keyprovider.Provider { return open(t, tok) })
+}
+
+// The private half is generated non-extractable and sensitive: the token
+// refuses to return its value.
+func TestPrivateKeyCannotBeRead(t *testing.T) {
+	tok := hsmtest.New(t)
+	p := open(t, tok)
+	defer p.Close()
+	ctx := context.Background()
+	if _, _, err := p.Generate(ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	err := p.with(ctx, "read", func(c *conn, s p11.SessionHandle) error {
+		o, err := p.object(c, s, "k1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		attrs, err := p.module.GetAttributeValue(s, o, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_SENSITIVE, nil), p11.NewAttribute(p11.CKA_EXTRACTABLE, nil),
+			p11.NewAttribute(p11.CKA_NEVER_EXTRACTABLE, nil), p11.NewAttribute(p11.CKA_ALWAYS_SENSITIVE, nil),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, want := range []byte{1, 0, 1, 1} {
+			if len(attrs[i].Value) != 1 || attrs[i].Value[0] != want {
+				t.Errorf("attribute %#x = %v, want %d", attrs[i].Type, attrs[i].Value, want)
+			}
+		}
+		_, err = p.module.GetAttributeValue(s, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_VALUE, nil)})
+		return err
+	})
+	if err == nil || !errors.Is(err, signerr.ErrProviderUnavailable) {
+		t.Fatalf("reading CKA_VALUE: %v", err)
+	}
+	var pe p11.Error
+	if !errors.As(err, &pe) || pe != p11.CKR_ATTRIBUTE_SENSITIVE {
+		t.Fatalf("reading CKA_VALUE failed for the wrong reason: %v", err)
+	}
+}
+
+// A wrong PIN leaves the provider unavailable (not a crash); a corrected PIN
+// is picked up on the next attempt without a restart.
+func TestWrongPINThenRecovery(t *testing.T) {
+	tok := hsmtest.New(t)
+	pinFile := filepath.Join(t.TempDir(), "pin")
+	os.WriteFile(pinFile, []byte("0000"), 0o600)
+	pv, err := Open(Config{Module: tok.Module, TokenLabel: tok.Label, Sessions: 2, PIN: func() (string, error) {
+		b, err := os.ReadFile(pinFile)
+		return string(b), err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pv.(*Provider)
+	defer p.Close()
+	ctx := context.Background()
+	if err := p.Health(ctx); !errors.Is(err, signerr.ErrProviderUnavailable) {
+		t.Fatalf("health with a wrong PIN: %v", err)
+	}
+	if _, _, err := p.Generate(ctx, "k"); !errors.Is(err, signerr.ErrProviderUnavailable) {
+		t.Fatalf("generate with a wrong PIN: %v", err)
+	}
+	os.WriteFile(pinFile, []byte(tok.PIN), 0o600)
+	if err := p.Health(ctx); err != nil {
+		t.Fatalf("health after the PIN was fixed: %v", err)
+	}
+	_, pub, err := p.Generate(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := p.Load(ctx, "k", []byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := k.SignContext(ctx, []byte("m"))
+	if err != nil || !ed25519.Verify(pub, []byte("m"), sig) {
+		t.Fatalf("sign after recovery: %v", err)
+	}
+}
+
+// An unknown token label is unavailable, clearly.
+func TestUnknownToken(t *testing.T) {
+	hsmtest.Setup(t)
+	p, err := Open(Config{Module: hsmtest.Module, TokenLabel: "no-such-token", PIN: func() (string, error) { return "1", nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Health(context.Background()); !errors.Is(err, signerr.ErrProviderUnavailable) || !strings.Contains(err.Error(), "no token labelled") {
+		t.Fatalf("health: %v", err)
+	}
+}

@@ -1,0 +1,179 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/hsmtest"
+	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
+	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/store"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// openHSM opens the pkcs11 provider on a fresh SoftHSM2 token. A build
+// without the pkcs11 tag cannot run these tests: skip, or fail under CI.
+func openHSM(t *testing.T) (keyprovider.Provider, hsmtest.Token) {
+	t.Helper()
+	tok := hsmtest.New(t)
+	p, err := pkcs11.Open(pkcs11.Config{Module: tok.Module, TokenLabel: tok.Label, PIN: func() (string, error) { return tok.PIN, nil }, Sessions: 4})
+	if errors.Is(err, pkcs11.ErrNotBuilt) {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("under CI=true the tests run with -tags pkcs11: %v", err)
+		}
+		t.Skipf("skipping: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, tok
+}
+
+// The token disappears mid-load: Signs fail Unavailable, each audited
+// caveat_violation, no signature leaves without its granted entry, and
+// signing resumes when the token returns, without a restart.
+func TestHSMTokenRemovedMidLoad(t *testing.T) {
+	p, tok := openHSM(t)
+	env := signertest.Start(t, signertest.WithProvider(p))
+	c := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
+
+	var n atomic.Int64
+	var mu sync.Mutex
+	returned := map[string]int{}
+	failures := map[codes.Code]int{}
+	count := func() (ok, failed int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, v := range returned {
+			ok += v
+		}
+		for _, v := range failures {
+			failed += v
+		}
+		return ok, failed
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				resp, err := c.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: fmt.Appendf(nil, "hsm %d", n.Add(1))})
+				cancel()
+				mu.Lock()
+				if err != nil {
+					failures[status.Code(err)]++
+				} else {
+					returned[sigSHA(resp.Signature)]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not reached in 30s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("signing", func() bool { ok, _ := count(); return ok >= 50 })
+	// Pull the token: SoftHSM2 keeps a token as a directory.
+	ents, err := os.ReadDir(tok.Dir)
+	if err != nil || len(ents) == 0 {
+		t.Fatalf("token directory: %v", err)
+	}
+	away := t.TempDir()
+	for _, e := range ents {
+		if err := os.Rename(filepath.Join(tok.Dir, e.Name()), filepath.Join(away, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor("failures while the token is gone", func() bool { _, f := count(); return f >= 20 })
+	for _, e := range ents {
+		if err := os.Rename(filepath.Join(away, e.Name()), filepath.Join(tok.Dir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	okBefore, _ := count()
+	waitFor("recovery", func() bool { ok, _ := count(); return ok >= okBefore+50 })
+	close(stop)
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	for code, k := range failures {
+		if code != codes.Unavailable {
+			t.Errorf("%d failures with %v, want only Unavailable", k, code)
+		}
+	}
+	entries, err := env.Store.ListAudit(context.Background(), store.AuditQuery{Relation: audit.RelationSign})
+	if err != nil {
+		t.Fatal(err)
+	}
+	granted := map[string]int{}
+	refused := 0
+	for _, e := range entries {
+		switch {
+		case e.Reason == audit.ReasonGranted:
+			granted[e.SignatureSHA256]++
+		case e.Reason == audit.ReasonCaveatViolation && e.Code == codes.Unavailable.String():
+			refused++
+		default:
+			t.Errorf("unexpected sign entry %+v", e)
+		}
+	}
+	for s, k := range returned {
+		if k != 1 || granted[s] != 1 {
+			t.Fatalf("signature %s… returned %d times, %d granted rows", s[:12], k, granted[s])
+		}
+	}
+	if len(granted) != len(returned) || refused != failures[codes.Unavailable] {
+		t.Fatalf("%d granted rows for %d signatures; %d caveat_violation rows for %d failures", len(granted), len(returned), refused, failures[codes.Unavailable])
+	}
+	t.Logf("token pulled mid-load: %d signatures, %d refused Unavailable (each audited caveat_violation)", len(returned), refused)
+}
+
+// Keys made through the signer live in the token: the conformance of the
+// full path (bootstrap, sign, verify) on a real HSM.
+func TestSignerOnHSM(t *testing.T) {
+	p, _ := openHSM(t)
+	env := signertest.Start(t, signertest.WithProvider(p))
+	c := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
+	ctx := context.Background()
+	resp, err := c.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: []byte("hsm")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := env.Store.Keys(ctx, signertest.Scope)
+	if err != nil || len(keys) != 1 || keys[0].Provider != "pkcs11" || string(keys[0].Handle) != keys[0].ID {
+		t.Fatalf("stored key %+v (%v): want a pkcs11 handle naming the token object", keys, err)
+	}
+	pk, err := c.PublicKey(ctx, &signerv1.PublicKeyRequest{Scope: signertest.Scope})
+	if err != nil || !ed25519Verify(pk.Keys[0].PublicKey, []byte("hsm"), resp.Signature) {
+		t.Fatalf("signature does not verify with the published key: %v", err)
+	}
+}
