@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -46,6 +47,10 @@ func ParseListen(s string) (Addr, error) {
 	ip, err := netip.ParseAddr(host)
 	if err != nil || !ip.IsLoopback() {
 		return Addr{}, fmt.Errorf("%w: %q is not a loopback IP (use 127.0.0.1 or ::1)", ErrNotLocal, s)
+	}
+	// An empty port would mean "any" to net.Listen (found by FuzzSidecarListen).
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return Addr{}, fmt.Errorf("%w: %q has no valid port", ErrNotLocal, s)
 	}
 	return Addr{TCP: net.JoinHostPort(ip.String(), port)}, nil
 }

@@ -17,7 +17,9 @@ import (
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/metrics"
 	"github.com/plexsphere/signer/internal/ops"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 	"github.com/plexsphere/signer/sidecar"
 )
 
@@ -54,10 +56,13 @@ func run(ctx context.Context, args []string) error {
 		addrs = append(addrs, a)
 	}
 	mode, _ := cfg.Mode()
-	p, err := sidecar.New(sidecar.Config{
+	var p *sidecar.Proxy
+	forwarded := []string{signerv1.SignerService_Sign_FullMethodName, signerv1.SignerService_PublicKey_FullMethodName}
+	m := metrics.NewSidecar(forwarded, func() bool { return p.Ready(ctx) == nil }, src)
+	p, err = sidecar.New(sidecar.Config{
 		Listen: addrs, SocketMode: os.FileMode(mode), AllowUIDs: cfg.AllowUIDs,
 		Upstream: cfg.Upstream, SignerID: spiffeid.RequireFromString(cfg.SignerSPIFFEID),
-		Identity: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log,
+		Identity: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log, Observe: m.ObserveCall,
 	})
 	if err != nil {
 		return err
@@ -71,7 +76,7 @@ func run(ctx context.Context, args []string) error {
 		if err != nil {
 			return config.Errorf(&cfg, "OpsListen", "%v", err)
 		}
-		srv := ops.Server(p.Health(), p.Ready, nil)
+		srv := ops.Server(p.Health(), p.Ready, m.Handler())
 		go srv.Serve(ol)
 		defer srv.Close()
 	}

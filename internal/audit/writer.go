@@ -47,7 +47,7 @@ func (p *Pending) Wait(ctx context.Context) error {
 	}
 }
 
-func failed(es []Entry, err error) *Pending {
+func settled(es []Entry, err error) *Pending {
 	p := &Pending{entries: es, done: make(chan struct{}), err: err}
 	close(p.done)
 	return p
@@ -100,14 +100,14 @@ func (w *Writer) Submit(ctx context.Context, entries ...Entry) *Pending {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.closed {
-		return failed(entries, fmt.Errorf("%w: %w", ErrUnavailable, ErrClosed))
+		return settled(entries, fmt.Errorf("%w: %w", ErrUnavailable, ErrClosed))
 	}
 	p := &Pending{entries: entries, done: make(chan struct{})}
 	select {
 	case w.queue <- p:
 		return p
 	case <-ctx.Done():
-		return failed(entries, fmt.Errorf("%w: queue full: %w", ErrUnavailable, ctx.Err()))
+		return settled(entries, fmt.Errorf("%w: queue full: %w", ErrUnavailable, ctx.Err()))
 	}
 }
 
@@ -179,3 +179,6 @@ func (w *Writer) commit(entries []Entry) error {
 // Committed returns the entries as stored (with Seq and Hash) once Wait has
 // returned nil.
 func (p *Pending) Committed() []Entry { return p.entries }
+
+// Done returns an already-committed Pending (for sinks that keep nothing).
+func Done() *Pending { return settled(nil, nil) }

@@ -48,7 +48,9 @@ commands:
   audit tail [filters] [--follow]          print audit entries in commit order
   audit verify                             check the audit hash chain
   jwks <scope>                             the scope's published keys as a JWKS (RFC 8037)
-  bench [flags]                            load a sidecar or the signer and report
+  bench [--sidecar T] [--concurrency N] [--duration D | --count N] [--rate R] [--payload-size B] [--json]
+                                           load a sidecar (or the signer over mTLS) and report
+                                           throughput, p50/p90/p99/max and errors by code
 
 exit codes: 0 ok, 1 refused by the signer, 2 usage, 3 signer unavailable,
 4 permission denied, 5 audit chain broken.
@@ -76,17 +78,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return ExitUsage
 	}
-	if rest[0] == "bench" {
-		return runBench(ctx, rest[1:], stdout, stderr)
+	c := &cli{cfg: cfg, out: stdout, errw: stderr}
+	defer c.close()
+	if rest[0] == "bench" { // through a sidecar, bench needs no identity
+		return c.exit(c.runBench(ctx, rest[1:]))
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "signerctl: invalid configuration:\n%v\n", err)
 		return ExitUsage
 	}
-	c := &cli{cfg: cfg, out: stdout, errw: stderr}
-	code := c.dispatch(ctx, rest)
-	c.close()
-	return code
+	return c.dispatch(ctx, rest)
 }
 
 type cli struct {

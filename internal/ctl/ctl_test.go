@@ -179,3 +179,39 @@ func seqKey(n uint64) []byte {
 	binary.BigEndian.PutUint64(b[:], n)
 	return b[:]
 }
+
+// bench through a sidecar: progress on stderr, a JSON report whose counts add
+// up, and the signer's audit agreeing with it.
+func TestBench(t *testing.T) {
+	h := start(t)
+	sc := signertest.StartSidecar(t, h.env.Addr, h.env.Source(h.env.Issue(t, signertest.CoreID)))
+	before := h.env.LastSeq(t)
+	var out, errb bytes.Buffer
+	code := ctl.Main(context.Background(), []string{"bench", "--sidecar", sc.Socket, "--concurrency", "4", "--count", "200",
+		"--payload-size", "100", "--json", "--progress", "10ms"}, &out, &errb)
+	if code != ctl.ExitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var r ctl.BenchReport
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("report: %v\n%s", err, out.String())
+	}
+	if r.Calls != 200 || r.OK != 200 || len(r.Errors) != 0 || r.PerSecond <= 0 || r.P50Micros <= 0 || r.P99Micros < r.P50Micros || r.MaxMicros < r.P99Micros {
+		t.Fatalf("report %+v", r)
+	}
+	granted := 0
+	for _, e := range h.env.AuditAfter(t, before) {
+		if e.Relation == "sign" && e.Reason == "granted" {
+			granted++
+		}
+	}
+	if granted != 200 {
+		t.Fatalf("%d granted sign entries for 200 signs", granted)
+	}
+	// Errors are counted by code, not hidden: an unknown scope fails all.
+	out.Reset()
+	code = ctl.Main(context.Background(), []string{"bench", "--sidecar", sc.Socket, "--count", "10", "--scope", "nosuchscope", "--progress", "0"}, &out, &errb)
+	if code != ctl.ExitOK || !strings.Contains(out.String(), "errors        NotFound: 10") {
+		t.Fatalf("exit %d, report:\n%s", code, out.String())
+	}
+}

@@ -71,9 +71,13 @@ func Setup(t testing.TB) string {
 }
 
 // New initialises a fresh token with its own label and PINs.
-func New(t testing.TB) Token {
+func New(t testing.TB) Token { return NewWithPIN(t, "5678") }
+
+// NewWithPIN is New with a chosen user PIN (a distinctive one lets a test
+// search logs for it).
+func NewWithPIN(t testing.TB, pin string) Token {
 	d := Setup(t)
-	tok := Token{Module: Module, Label: fmt.Sprintf("signer-test-%d-%d", os.Getpid(), n.Add(1)), PIN: "5678", SOPIN: "1234", Dir: filepath.Join(d, "tokens")}
+	tok := Token{Module: Module, Label: fmt.Sprintf("signer-test-%d-%d", os.Getpid(), n.Add(1)), PIN: pin, SOPIN: "1234", Dir: filepath.Join(d, "tokens")}
 	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", tok.Label, "--so-pin", tok.SOPIN, "--pin", tok.PIN).CombinedOutput()
 	if err != nil {
 		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)

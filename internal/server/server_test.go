@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -495,5 +496,42 @@ func TestCertificateExpiringMidConnection(t *testing.T) {
 	adm, mw := rpcEntriesAny(t, env, seq)
 	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || len(mw) != 0 {
 		t.Fatalf("entries %+v %+v", adm, mw)
+	}
+}
+
+// The metrics cover RPCs, admissions, audit commits, provider signatures,
+// key states and the SVID expiry, with bounded labels and nothing a caller
+// sent.
+func TestMetrics(t *testing.T) {
+	env := signertest.Start(t)
+	core := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
+	ctx := context.Background()
+	core.Sign(ctx, &signerv1.SignRequest{Scope: scope, Payload: []byte("metrics-payload-marker")})
+	core.Sign(ctx, &signerv1.SignRequest{Scope: "scope-from-the-caller-xyz", Payload: []byte("m")})
+	signerv1.NewSignerServiceClient(env.Dial(t, nil)).Sign(ctx, &signerv1.SignRequest{Scope: scope})
+	rec := httptest.NewRecorder()
+	env.Metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`plexsphere_signer_rpcs_total{code="OK",method="/plexsphere.signer.v1.SignerService/Sign"} 1`,
+		`plexsphere_signer_rpcs_total{code="NotFound",method="/plexsphere.signer.v1.SignerService/Sign"} 1`,
+		`plexsphere_signer_rpcs_total{code="PermissionDenied",method="/plexsphere.signer.v1.SignerService/Sign"} 1`,
+		`plexsphere_signer_admissions_total{outcome="denied_no_client_cert",service="plexsphere.signer.v1.SignerService"} 1`,
+		`plexsphere_signer_admissions_total{outcome="granted",service="plexsphere.signer.v1.SignerService"} 2`,
+		`plexsphere_signer_provider_sign_duration_seconds_count{provider="local"} 1`,
+		`plexsphere_signer_keys{scope="payments",state="ACTIVE"} 1`,
+		"plexsphere_signer_audit_batch_entries_count",
+		"plexsphere_signer_audit_commit_duration_seconds_count",
+		"plexsphere_signer_svid_expiry_timestamp_seconds",
+		"plexsphere_signer_rpc_duration_seconds_bucket",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	for _, never := range []string{"metrics-payload-marker", "scope-from-the-caller-xyz"} {
+		if strings.Contains(body, never) {
+			t.Errorf("metrics carry caller input %q", never)
+		}
 	}
 }

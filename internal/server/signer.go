@@ -22,6 +22,7 @@ import (
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/metrics"
 	"github.com/plexsphere/signer/internal/ops"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
@@ -59,6 +60,7 @@ type Signer struct {
 	keys     *signing.Keyring
 	rotation *signing.Rotation
 	auto     *signing.AutoRotator // nil without schedules
+	metrics  *metrics.Signer
 	grpc     *grpc.Server
 	health   *health.Server
 	owned    []func() error // closed in reverse order
@@ -100,7 +102,9 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		}
 		s.owned = append(s.owned, s.provider.Close)
 	}
-	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch})
+	s.metrics = metrics.NewSigner(methods(), func(ctx context.Context) ([]store.Key, error) { return s.store.Keys(ctx, "") }, s.ident)
+	s.provider = s.metrics.Provider(s.provider)
+	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.ObserveBatch})
 	s.owned = append(s.owned, func() error { s.writer.Close(); return nil })
 
 	s.keys = signing.NewKeyring(s.store, s.provider, cfg.KeyCacheTTL, clock)
@@ -147,12 +151,14 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		Sink:           s.writer,
 		Clock:          clock,
 		Log:            s.log,
+		Observe:        s.metrics.ObserveAdmission,
 	}
 	// No reflection service is registered: the wire schema is the committed
 	// .proto, and a peer cannot enumerate methods.
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(identity.ServerTLS(s.ident))),
 		grpc.ChainUnaryInterceptor(
+			s.metrics.UnaryInterceptor(),
 			peeridentity.UnaryInterceptor(admission),
 			signing.AuditInterceptor(s.writer, clock, s.log),
 		),
@@ -248,7 +254,7 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	go func() { errc <- s.grpc.Serve(lis) }()
 	var opsSrv *http.Server
 	if opsLis != nil {
-		opsSrv = ops.Server(s.health, s.check, nil)
+		opsSrv = ops.Server(s.health, s.check, s.metrics.Handler())
 		go func() { errc <- opsSrv.Serve(opsLis) }()
 	}
 	s.log.Info("signer serving", "addr", lis.Addr().String(), "store", s.cfg.Store, "provider", s.provider.Name())
@@ -280,6 +286,20 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	}
 	return err
 }
+
+// methods are every method the signer serves, the metrics' label values.
+func methods() []string {
+	var out []string
+	for _, sd := range []grpc.ServiceDesc{signerv1.SignerService_ServiceDesc, signerv1.RotationService_ServiceDesc, signerv1.AuditService_ServiceDesc} {
+		for _, m := range sd.Methods {
+			out = append(out, "/"+sd.ServiceName+"/"+m.MethodName)
+		}
+	}
+	return out
+}
+
+// Metrics serves /metrics (tests read it without an ops listener).
+func (s *Signer) Metrics() http.Handler { return s.metrics.Handler() }
 
 // Run listens on the configured addresses and serves until ctx ends.
 func Run(ctx context.Context, cfg config.Signer, log *slog.Logger) error {

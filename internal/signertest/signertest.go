@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -76,6 +77,7 @@ type Env struct {
 	Store    store.Store
 	Provider keyprovider.Provider
 	Clock    *Clock
+	Metrics  http.Handler // the signer's /metrics
 
 	t        testing.TB
 	cancel   context.CancelFunc
@@ -94,7 +96,11 @@ type options struct {
 	ca       *devpki.CA
 	lis      net.Listener
 	identity identity.Source
+	log      *slog.Logger
 }
+
+// WithLogger sends the signer's log to l instead of the test log.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithIdentity serves with src (a SPIRE Workload API source, say) instead
 // of the SVID files of the test PKI.
@@ -190,12 +196,16 @@ func Start(t testing.TB, opts ...Option) *Env {
 	env.Store, env.Provider = o.store, o.provider
 	ctx, cancel := context.WithCancel(context.Background())
 	env.cancel = cancel
-	srv, err := server.New(ctx, cfg, server.Options{Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	if o.log == nil {
+		o.log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	srv, err := server.New(ctx, cfg, server.Options{Log: o.log,
 		Clock: o.clock.Now, Store: o.store, Provider: o.provider, Identity: o.identity})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
+	env.Metrics = srv.Metrics()
 	lis := o.lis
 	if lis == nil {
 		if lis, err = net.Listen("tcp", cfg.Listen); err != nil {

@@ -105,7 +105,9 @@ func AuditInterceptor(sink audit.Sink, clock func() time.Time, log *slog.Logger)
 			entries = []audit.Entry{adm.Entry, e}
 		}
 		if werr := sink.Submit(ctx, entries...).Wait(ctx); werr != nil {
-			log.Error("rpc withheld: audit entry not committed", "method", info.FullMethod, "request_id", e.RequestID, "err", werr)
+			peerID, _ := peeridentity.PeerID(ctx)
+			log.Error("rpc withheld: audit entry not committed", "method", info.FullMethod, "peer", peerID, "request_id", e.RequestID,
+				"code", signerr.Classify(werr).Code.String(), "reason", e.Reason, "err", werr)
 			return nil, signerr.Status(werr)
 		}
 		if err != nil {

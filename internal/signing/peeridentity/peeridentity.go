@@ -116,11 +116,16 @@ func peerLeaf(ctx context.Context) *x509.Certificate {
 	return info.State.PeerCertificates[0]
 }
 
-// FirstSPIFFEID returns the first URI SAN whose scheme is spiffe, or "".
+// FirstSPIFFEID returns the first URI SAN of the form spiffe://<trust
+// domain>..., or "". An opaque "spiffe:x" is not a SPIFFE ID (found by
+// FuzzFirstSPIFFEID).
 func FirstSPIFFEID(uris []*url.URL) string {
 	for _, u := range uris {
-		if u != nil && u.Scheme == "spiffe" {
-			return u.String()
+		if u == nil || u.Scheme != "spiffe" || u.Host == "" || u.Opaque != "" {
+			continue
+		}
+		if s := u.String(); strings.HasPrefix(s, "spiffe://") {
+			return s
 		}
 	}
 	return ""

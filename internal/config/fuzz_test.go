@@ -1,0 +1,67 @@
+package config_test
+
+import (
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plexsphere/signer/internal/config"
+	"github.com/plexsphere/signer/internal/keyprovider/local"
+	"github.com/plexsphere/signer/sidecar"
+)
+
+// A listen address the sidecar accepts is a loopback IP or an absolute
+// socket path, whatever the input.
+func FuzzSidecarListen(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:7000", "[::1]:1", "unix:///run/x.sock", "unix:/x", "0.0.0.0:1", ":1", "localhost:1", "[::ffff:127.0.0.1]:1", "unix://rel"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := sidecar.ParseListen(s)
+		if err != nil {
+			return
+		}
+		switch {
+		case a.Unix != "":
+			if !filepath.IsAbs(a.Unix) || a.TCP != "" {
+				t.Fatalf("%q accepted as %+v", s, a)
+			}
+		default:
+			ap, err := netip.ParseAddrPort(a.TCP)
+			if err != nil || !ap.Addr().IsLoopback() {
+				t.Fatalf("%q accepted as %+v", s, a)
+			}
+		}
+	})
+}
+
+// The multi-part settings parse without panicking, and what they accept
+// keeps their rules.
+func FuzzSignerSettings(f *testing.F) {
+	f.Add("payments:720h:1h:48h", "spiffe://td/core=payments", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+	f.Add("a:1m:5m:1h", "spiffe://td/core=*", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+	f.Add(":::", "=", "")
+	f.Fuzz(func(t *testing.T, auto, grant, kek string) {
+		c := config.Signer{AllowSPIFFEIDs: []string{"spiffe://td/core"}, PrePublish: time.Minute, VerifyOnly: time.Minute,
+			AutoRotate: strings.Split(auto, ","), ScopeGrants: strings.Split(grant, ",")}
+		if rs, err := c.AutoRotations(); err == nil {
+			for _, r := range rs {
+				if r.PrePublish < c.PrePublish || r.VerifyOnly < c.VerifyOnly || r.Period <= r.PrePublish {
+					t.Fatalf("accepted %+v", r)
+				}
+			}
+		}
+		if g, err := c.Grants(); err == nil {
+			for id := range g {
+				if id != "spiffe://td/core" {
+					t.Fatalf("granted %q, not on the allow-list", id)
+				}
+			}
+		}
+		if b, err := local.ParseKEK(kek); err == nil && len(b) != 32 {
+			t.Fatalf("KEK of %d bytes", len(b))
+		}
+	})
+}

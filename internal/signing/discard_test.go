@@ -1,0 +1,12 @@
+package signing_test
+
+import (
+	"context"
+
+	"github.com/plexsphere/signer/internal/audit"
+)
+
+// discard is an audit sink that accepts everything at once.
+type discard struct{}
+
+func (discard) Submit(context.Context, ...audit.Entry) *audit.Pending { return audit.Done() }
