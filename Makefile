@@ -5,7 +5,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: all build run test unit generate-check proto lint bench fmt clean spire
+.PHONY: all build run test unit generate-check proto lint bench fmt clean spire fuzz images
 # Tests and benchmarks include the PKCS#11 provider (cgo); the default build
 # and the scratch images do not (see docs/hsm.md).
 TAGS  := pkcs11
@@ -50,6 +50,19 @@ lint:
 	$(GO) vet -tags $(TAGS) ./...
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './bin/*')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; } >&2
 	@if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh .ci/run; else echo "shellcheck not installed: skipped" >&2; fi
+
+## fuzz: run every fuzz target for FUZZTIME each (their seed corpora also run in `make test`).
+FUZZTIME ?= 10s
+FUZZ := ./internal/store:FuzzNames ./internal/signing:FuzzSignRequest \
+	./internal/signing/peeridentity:FuzzFirstSPIFFEID ./internal/config:FuzzSidecarListen \
+	./internal/config:FuzzSignerSettings ./sidecar:FuzzMethodFilter
+fuzz:
+	@for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
+
+## images: the container images, built locally (scripts/build-images.sh).
+images:
+	./scripts/build-images.sh dev
 
 ## bench: throughput and latency, each beside a baseline measured in the same run.
 bench:

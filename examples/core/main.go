@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc/status"
+
 	"github.com/plexsphere/signer/client"
 )
 
@@ -33,6 +35,8 @@ func run(ctx context.Context, args []string) error {
 	scope := fs.String("scope", envOr("CORE_SCOPE", "payments"), "signing scope [CORE_SCOPE]")
 	message := fs.String("message", "hello from the core", "message to sign")
 	every := fs.Duration("every", 0, "sign again at this interval until interrupted (0: once)")
+	count := fs.Int("count", 0, "with --every, stop after this many signatures (0: until interrupted)")
+	keepGoing := fs.Bool("keep-going", false, "with --every, report a failed sign and carry on instead of exiting")
 	wait := fs.Duration("wait", 30*time.Second, "how long to retry while the sidecar or signer is not ready")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -46,9 +50,12 @@ func run(ctx context.Context, args []string) error {
 	for n := 1; ; n++ {
 		msg := []byte(fmt.Sprintf("%s #%d", *message, n))
 		if err := signAndVerify(ctx, c, *scope, msg, *wait); err != nil {
-			return err
+			if !*keepGoing || *every == 0 || ctx.Err() != nil {
+				return err
+			}
+			fmt.Printf("failed: %s: %v\n", status.Code(err), err)
 		}
-		if *every == 0 {
+		if *every == 0 || n == *count {
 			return nil
 		}
 		select {

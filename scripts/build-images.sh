@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make images`: the project's container images, built locally (no registry
+# is reachable). Static binaries FROM scratch, non-root, no shell:
+#   plexsphere/signer:dev  plexsphere/sidecar:dev  plexsphere/example-core:dev
+# and the PKCS#11 variant of the signer, which needs a C library: it is
+# assembled FROM scratch out of the cgo binary, the shared libraries ldd
+# names, and Debian's SoftHSM2 module (mount a vendor's module for a real HSM):
+#   plexsphere/signer-pkcs11:dev
+# Usage: scripts/build-images.sh [tag]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TAG=${1:-dev}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+static() { # image, package
+  local ctx=$work/$1
+  mkdir -p "$ctx"
+  CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$ctx/app" "$2"
+  cat >"$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY app /app
+USER 65532:65532
+ENTRYPOINT ["/app"]
+DOCKERFILE
+  DOCKER_BUILDKIT=0 docker build -q -t "plexsphere/$1:$TAG" "$ctx" >/dev/null
+  echo "build-images: plexsphere/$1:$TAG ($(du -h "$ctx/app" | cut -f1) binary)"
+}
+
+static signer ./cmd/plexsphere-signer
+static sidecar ./cmd/plexsphere-sidecar
+static example-core ./examples/core
+
+# The PKCS#11 variant: a dynamically linked binary and its libraries.
+ctx=$work/signer-pkcs11
+root=$ctx/rootfs
+mkdir -p "$root/usr/lib/softhsm" "$root/tmp"
+chmod 1777 "$root/tmp"
+CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -tags pkcs11 -o "$root/app" ./cmd/plexsphere-signer
+module=/usr/lib/softhsm/libsofthsm2.so
+if [[ -e $module ]]; then
+  cp -aL "$module" "$root/usr/lib/softhsm/"
+fi
+mapfile -t libs < <(ldd "$root/app" "$root"/usr/lib/softhsm/*.so 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u)
+for lib in "${libs[@]}" /lib64/ld-linux-x86-64.so.2; do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -aL "$lib" "$root$lib"
+done
+cat >"$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY rootfs/ /
+USER 65532:65532
+ENTRYPOINT ["/app"]
+DOCKERFILE
+DOCKER_BUILDKIT=0 docker build -q -t "plexsphere/signer-pkcs11:$TAG" "$ctx" >/dev/null
+echo "build-images: plexsphere/signer-pkcs11:$TAG (cgo, with $(basename "$module"))"
