@@ -21,7 +21,9 @@ run: build
 
 ## test: generated code is current, vet and format are clean, then every test with -race.
 test: generate-check lint spire
-	$(GO) test -race -count=1 -tags $(TAGS) ./...
+	@rm -f $(BIN)/fault-matrix.txt
+	FAULT_MATRIX_REPORT=$(BIN)/fault-matrix.txt $(GO) test -race -count=1 -tags $(TAGS) ./...
+	@if [ -f $(BIN)/fault-matrix.txt ]; then cat $(BIN)/fault-matrix.txt; fi
 
 ## unit: the tests alone (no generate-check, no lint).
 unit: spire

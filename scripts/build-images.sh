@@ -2,6 +2,7 @@
 # `make images`: the project's container images, built locally (no registry
 # is reachable). Static binaries FROM scratch, non-root, no shell:
 #   plexsphere/signer:dev  plexsphere/sidecar:dev  plexsphere/example-core:dev
+#   plexsphere/pause:dev (the Docker e2e's network-namespace holder)
 # and the PKCS#11 variant of the signer, which needs a C library: it is
 # assembled FROM scratch out of the cgo binary, the shared libraries ldd
 # names, and Debian's SoftHSM2 module (mount a vendor's module for a real HSM):
@@ -30,6 +31,7 @@ DOCKERFILE
 static signer ./cmd/plexsphere-signer
 static sidecar ./cmd/plexsphere-sidecar
 static example-core ./examples/core
+static pause ./tests/e2e/pause # holds a test "pod's" network namespace
 
 # The PKCS#11 variant: a dynamically linked binary and its libraries.
 ctx=$work/signer-pkcs11

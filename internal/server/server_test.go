@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
@@ -534,4 +537,66 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics carry caller input %q", never)
 		}
 	}
+}
+
+// sickProvider reports unhealthy while down is set.
+type sickProvider struct {
+	keyprovider.Provider
+	down *atomic.Bool
+}
+
+func (p sickProvider) Health(ctx context.Context) error {
+	if p.down.Load() {
+		return signerr.ErrProviderUnavailable
+	}
+	return p.Provider.Health(ctx)
+}
+
+// gRPC health on the ops port follows the store and the provider; /readyz
+// answers the same question at once.
+func TestHealth(t *testing.T) {
+	down := new(atomic.Bool)
+	env := signertest.Start(t, signertest.WithOps(), signertest.WithProvider(sickProvider{signertest.NewLocalProvider(t), down}))
+	cc, err := grpc.NewClient(env.OpsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	watch, err := healthpb.NewHealthClient(cc).Watch(ctx, &healthpb.HealthCheckRequest{Service: signerv1.SignerService_ServiceDesc.ServiceName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := func(want healthpb.HealthCheckResponse_ServingStatus) {
+		t.Helper()
+		for {
+			r, err := watch.Recv()
+			if err != nil {
+				t.Fatalf("waiting for %v: %v", want, err)
+			}
+			if r.Status == want {
+				return
+			}
+		}
+	}
+	readyz := func() int {
+		resp, err := http.Get("http://" + env.OpsAddr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	until(healthpb.HealthCheckResponse_SERVING)
+	if code := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d while healthy", code)
+	}
+	down.Store(true)
+	if code := readyz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz = %d with the provider down", code)
+	}
+	until(healthpb.HealthCheckResponse_NOT_SERVING)
+	down.Store(false)
+	until(healthpb.HealthCheckResponse_SERVING)
 }

@@ -78,6 +78,7 @@ type Env struct {
 	Provider keyprovider.Provider
 	Clock    *Clock
 	Metrics  http.Handler // the signer's /metrics
+	OpsAddr  string       // the ops listener, with WithOps
 
 	t        testing.TB
 	cancel   context.CancelFunc
@@ -97,7 +98,11 @@ type options struct {
 	lis      net.Listener
 	identity identity.Source
 	log      *slog.Logger
+	ops      bool
 }
+
+// WithOps starts the ops listener (health, metrics) on a loopback port.
+func WithOps() Option { return func(o *options) { o.ops = true } }
 
 // WithLogger sends the signer's log to l instead of the test log.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -213,7 +218,14 @@ func Start(t testing.TB, opts ...Option) *Env {
 		}
 	}
 	env.Addr = lis.Addr().String()
-	go func() { env.done <- srv.Serve(ctx, lis, nil) }()
+	var opsLis net.Listener
+	if o.ops {
+		if opsLis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		env.OpsAddr = opsLis.Addr().String()
+	}
+	go func() { env.done <- srv.Serve(ctx, lis, opsLis) }()
 	t.Cleanup(env.Stop)
 	return env
 }

@@ -41,24 +41,24 @@ func auditRows(t *testing.T, dsn string) []row {
 func TestContainerTopology(t *testing.T) {
 	tp := startTopology(t, 1)
 
-	_, good := tp.pod(t, "good", "core", true, 5, 50*time.Millisecond, true)
+	good := tp.pod(t, "good", "core", true, 5, 50*time.Millisecond, true).core
 	res := parseCore(logs(t, good))
 	if len(res.signatures) != 5 || len(res.failures) != 0 || res.fatal != "" {
 		t.Fatalf("core through its sidecar: %d signatures, failures %v, %s\n%s", len(res.signatures), res.failures, res.fatal, logs(t, good))
 	}
 
-	_, intruder := tp.pod(t, "intruder", "intruder", true, 1, time.Second, true)
+	intruder := tp.pod(t, "intruder", "intruder", true, 1, time.Second, true).core
 	if out := logs(t, intruder); !strings.Contains(out, "identity denied") {
 		t.Fatalf("a pod with another identity was not denied:\n%s", out)
 	}
 
-	_, offnet := tp.pod(t, "offnet", "offnet", false, 1, time.Second, true)
+	offnet := tp.pod(t, "offnet", "offnet", false, 1, time.Second, true).core
 	if out := logs(t, offnet); !strings.Contains(out, "unavailable") {
 		t.Fatalf("a pod off the signer's network got through:\n%s", out)
 	}
 
 	var granted, intruderDenied, offnetSeen int
-	for _, r := range auditRows(t, tp.pgDSN) {
+	for _, r := range auditRows(t, tp.pgDSN(t)) {
 		switch {
 		case r.relation == "sign" && r.reason == "granted":
 			granted++
@@ -79,7 +79,7 @@ func TestContainerTopology(t *testing.T) {
 func TestKillSignerReplicaMidLoad(t *testing.T) {
 	tp := startTopology(t, 2)
 	const n = 400
-	_, core := tp.pod(t, "load", "core", true, n, 10*time.Millisecond, false)
+	core := tp.pod(t, "load", "core", true, n, 10*time.Millisecond, false).core
 	// Kill replica 2 once the load is well under way.
 	waitLog(t, core, `#100"`, time.Minute)
 	timeout := time.Duration(0)
@@ -97,7 +97,7 @@ func TestKillSignerReplicaMidLoad(t *testing.T) {
 		t.Fatalf("%d signatures + %v failures of %d (%s)", len(res.signatures), res.failures, n, res.fatal)
 	}
 	rows := map[string]int{}
-	for _, r := range auditRows(t, tp.pgDSN) {
+	for _, r := range auditRows(t, tp.pgDSN(t)) {
 		if r.relation == "sign" && r.reason == "granted" {
 			rows[r.sig]++
 		}

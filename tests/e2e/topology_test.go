@@ -28,6 +28,8 @@ const (
 	signerImage  = "plexsphere/signer:dev"
 	sidecarImage = "plexsphere/sidecar:dev"
 	coreImage    = "plexsphere/example-core:dev"
+	pauseImage   = "plexsphere/pause:dev"
+	hsmImage     = "plexsphere/signer-pkcs11:dev"
 )
 
 const (
@@ -36,6 +38,7 @@ const (
 	coreID     = "spiffe://example.org/ns/plexsphere/sa/plexsphere-core"
 	offNetID   = "spiffe://example.org/ns/plexsphere/sa/plexsphere-core-offnet"
 	intruderID = "spiffe://example.org/ns/other/sa/intruder"
+	operatorID = "spiffe://example.org/ns/plexsphere/sa/signer-operator"
 )
 
 func init() {
@@ -54,7 +57,7 @@ func requireImages(t *testing.T) {
 		p, err := testcontainers.NewDockerProvider()
 		if err == nil {
 			defer p.Close()
-			for _, img := range []string{signerImage, sidecarImage, coreImage} {
+			for _, img := range []string{signerImage, sidecarImage, coreImage, pauseImage, hsmImage} {
 				if _, err := p.Client().ImageInspect(context.Background(), img); err != nil {
 					why = "image " + img + " is missing: run `make images`"
 					break
@@ -72,7 +75,7 @@ func requireImages(t *testing.T) {
 }
 
 // pki writes the SVIDs and KEK every container mounts read-only at /id.
-func pki(t *testing.T) string {
+func pki(t *testing.T) (string, *devpki.CA) {
 	t.Helper()
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
@@ -80,7 +83,7 @@ func pki(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, id := range map[string]string{"signer": signerID, "core": coreID, "offnet": offNetID, "intruder": intruderID} {
+	for name, id := range map[string]string{"signer": signerID, "core": coreID, "offnet": offNetID, "intruder": intruderID, "operator": operatorID} {
 		svid, err := ca.Issue(id)
 		if err != nil {
 			t.Fatal(err)
@@ -95,7 +98,7 @@ func pki(t *testing.T) string {
 	for _, e := range entries {
 		os.Chmod(filepath.Join(dir, e.Name()), 0o644)
 	}
-	return dir
+	return dir, ca
 }
 
 // run starts a container and removes it when the test ends; on failure its
@@ -149,17 +152,36 @@ func inPod(sidecar *testcontainers.DockerContainer) testcontainers.CustomizeRequ
 // topology is Postgres and signer replicas on their own network.
 type topology struct {
 	dir     string
+	ca      *devpki.CA
 	net     *testcontainers.DockerNetwork
 	pg      *testcontainers.DockerContainer
-	pgDSN   string // from the host
 	signers []*testcontainers.DockerContainer
 }
 
-func startTopology(t *testing.T, replicas int) *topology {
+// pgDSN connects from the host; the published port changes when Postgres
+// restarts, so it is looked up each time.
+func (tp *topology) pgDSN(t *testing.T) string {
+	t.Helper()
+	port, err := tp.pg.MappedPort(context.Background(), "5432/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("postgres://postgres:pw@127.0.0.1:%s/signer?sslmode=disable", port.Port())
+}
+
+// signerSpec adjusts the signer containers of a topology.
+type signerSpec struct {
+	image string
+	env   map[string]string
+	binds []string // host:container[:mode]
+}
+
+func startTopology(t *testing.T, replicas int, adjust ...func(*signerSpec)) *topology {
 	t.Helper()
 	requireImages(t)
 	ctx := context.Background()
-	tp := &topology{dir: pki(t)}
+	tp := &topology{}
+	tp.dir, tp.ca = pki(t)
 	nw, err := network.New(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -171,45 +193,61 @@ func startTopology(t *testing.T, replicas int) *topology {
 		testcontainers.WithEnv(map[string]string{"POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "signer"}),
 		testcontainers.WithExposedPorts("5432/tcp"),
 		testcontainers.WithWaitStrategy(wait.ForLog("database system is ready to accept connections").WithStartupTimeout(60*time.Second)))
-	port, err := tp.pg.MappedPort(ctx, "5432/tcp")
-	if err != nil {
-		t.Fatal(err)
+	spec := signerSpec{image: signerImage, env: map[string]string{}}
+	for _, f := range adjust {
+		f(&spec)
 	}
-	tp.pgDSN = fmt.Sprintf("postgres://postgres:pw@127.0.0.1:%s/signer?sslmode=disable", port.Port())
 	for i := 1; i <= replicas; i++ {
 		alias := fmt.Sprintf("signer-%d", i)
-		tp.signers = append(tp.signers, run(t, alias, signerImage,
-			network.WithNetwork([]string{alias}, nw), mountID(tp.dir),
-			testcontainers.WithEnv(map[string]string{
-				"SIGNER_LISTEN":                    ":8443",
-				"SIGNER_OPS_LISTEN":                ":9090",
-				"SIGNER_STORE":                     "postgres",
-				"SIGNER_POSTGRES_DSN":              "postgres://postgres:pw@postgres:5432/signer?sslmode=disable",
-				"SIGNER_LOCAL_KEK_FILE":            "/id/kek",
-				"SIGNER_SVID_CERT_FILE":            "/id/signer.crt",
-				"SIGNER_SVID_KEY_FILE":             "/id/signer.key",
-				"SIGNER_TRUST_BUNDLE_FILE":         "/id/bundle.crt",
-				"SIGNER_ALLOW_SPIFFE_IDS":          coreID + "," + offNetID,
-				"SIGNER_BOOTSTRAP_SCOPES":          "payments",
-				"SIGNER_MAX_CONNECTION_AGE":        "1m",
-				"SIGNER_ROTATION_ALLOW_SPIFFE_IDS": "spiffe://example.org/ns/plexsphere/sa/signer-operator",
-			}),
+		env := map[string]string{
+			"SIGNER_LISTEN":                    ":8443",
+			"SIGNER_OPS_LISTEN":                ":9090",
+			"SIGNER_STORE":                     "postgres",
+			"SIGNER_POSTGRES_DSN":              "postgres://postgres:pw@postgres:5432/signer?sslmode=disable",
+			"SIGNER_LOCAL_KEK_FILE":            "/id/kek",
+			"SIGNER_SVID_CERT_FILE":            "/id/signer.crt",
+			"SIGNER_SVID_KEY_FILE":             "/id/signer.key",
+			"SIGNER_TRUST_BUNDLE_FILE":         "/id/bundle.crt",
+			"SIGNER_ALLOW_SPIFFE_IDS":          coreID + "," + offNetID,
+			"SIGNER_BOOTSTRAP_SCOPES":          "payments",
+			"SIGNER_MAX_CONNECTION_AGE":        "1m",
+			"SIGNER_ROTATION_ALLOW_SPIFFE_IDS": operatorID,
+		}
+		for k, v := range spec.env {
+			env[k] = v
+		}
+		binds := spec.binds
+		tp.signers = append(tp.signers, run(t, alias, spec.image,
+			network.WithNetwork([]string{alias}, nw), mountID(tp.dir), testcontainers.WithEnv(env),
+			testcontainers.WithExposedPorts("8443/tcp", "9090/tcp"),
+			testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) { hc.Binds = append(hc.Binds, binds...) }),
 			testcontainers.WithWaitStrategy(wait.ForLog("signer serving").WithStartupTimeout(60*time.Second))))
 	}
 	return tp
 }
 
-// pod starts a sidecar with identity (the name of its SVID files) and the
-// example core in its network namespace; onNet attaches the sidecar to the
-// signer network. The core signs count times, every interval, carrying on
-// after failures; with finish, pod returns once the core has exited.
-func (tp *topology) pod(t *testing.T, name, identity string, onNet bool, count int, every time.Duration, finish bool) (sidecar, core *testcontainers.DockerContainer) {
+// pod is a pause container holding the network namespace (attached to the
+// signer network when onNet), a sidecar with identity (the name of its SVID
+// files) and the example core, both joining it. The core signs count times,
+// every interval, carrying on after failures; with finish, pod returns once
+// the core has exited.
+type pod struct {
+	pause, sidecar, core *testcontainers.DockerContainer
+}
+
+func (tp *topology) pod(t *testing.T, name, identity string, onNet bool, count int, every time.Duration, finish bool) pod {
 	t.Helper()
 	var upstream []string
 	for i := range tp.signers {
 		upstream = append(upstream, fmt.Sprintf("signer-%d:8443", i+1))
 	}
-	opts := []testcontainers.ContainerCustomizer{mountID(tp.dir),
+	var p pod
+	pauseOpts := []testcontainers.ContainerCustomizer{}
+	if onNet {
+		pauseOpts = append(pauseOpts, network.WithNetwork([]string{name}, tp.net))
+	}
+	p.pause = run(t, name+"-pause", pauseImage, pauseOpts...)
+	p.sidecar = run(t, name+"-sidecar", sidecarImage, mountID(tp.dir), inPod(p.pause),
 		testcontainers.WithEnv(map[string]string{
 			"SIDECAR_LISTEN":            "127.0.0.1:7000",
 			"SIDECAR_UPSTREAM":          strings.Join(upstream, ","),
@@ -217,21 +255,17 @@ func (tp *topology) pod(t *testing.T, name, identity string, onNet bool, count i
 			"SIDECAR_SVID_CERT_FILE":    "/id/" + identity + ".crt",
 			"SIDECAR_SVID_KEY_FILE":     "/id/" + identity + ".key",
 			"SIDECAR_TRUST_BUNDLE_FILE": "/id/bundle.crt",
+			"SIDECAR_IDENTITY_RELOAD":   "1s",
 		}),
-		testcontainers.WithWaitStrategy(wait.ForLog("sidecar listening").WithStartupTimeout(30 * time.Second)),
-	}
-	if onNet {
-		opts = append(opts, network.WithNetwork([]string{name + "-sidecar"}, tp.net))
-	}
-	sidecar = run(t, name+"-sidecar", sidecarImage, opts...)
-	coreOpts := []testcontainers.ContainerCustomizer{inPod(sidecar),
+		testcontainers.WithWaitStrategy(wait.ForLog("sidecar listening").WithStartupTimeout(30*time.Second)))
+	coreOpts := []testcontainers.ContainerCustomizer{inPod(p.pause),
 		testcontainers.WithCmd("--signer", "127.0.0.1:7000", "--scope", "payments", "--every", every.String(),
 			"--count", fmt.Sprint(count), "--keep-going", "--wait", "0", "--message", name)}
 	if finish {
 		coreOpts = append(coreOpts, testcontainers.WithWaitStrategy(wait.ForExit().WithExitTimeout(3*time.Minute)))
 	}
-	core = run(t, name+"-core", coreImage, coreOpts...)
-	return sidecar, core
+	p.core = run(t, name+"-core", coreImage, coreOpts...)
+	return p
 }
 
 // waitLog waits until the container's log contains s.
@@ -290,4 +324,9 @@ func parseCore(out string) coreResult {
 		}
 	}
 	return r
+}
+
+// validFor issues an SVID valid from a minute ago for d.
+func validFor(d time.Duration) devpki.Option {
+	return devpki.Validity(time.Now().Add(-time.Minute), time.Now().Add(d))
 }
