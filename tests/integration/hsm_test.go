@@ -3,16 +3,11 @@ package integration
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/hsmtest"
@@ -48,59 +43,8 @@ func openHSM(t *testing.T) (keyprovider.Provider, hsmtest.Token) {
 func TestHSMTokenRemovedMidLoad(t *testing.T) {
 	p, tok := openHSM(t)
 	env := signertest.Start(t, signertest.WithProvider(p))
-	c := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
-
-	var n atomic.Int64
-	var mu sync.Mutex
-	returned := map[string]int{}
-	failures := map[codes.Code]int{}
-	count := func() (ok, failed int) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, v := range returned {
-			ok += v
-		}
-		for _, v := range failures {
-			failed += v
-		}
-		return ok, failed
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				resp, err := c.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: fmt.Appendf(nil, "hsm %d", n.Add(1))})
-				cancel()
-				mu.Lock()
-				if err != nil {
-					failures[status.Code(err)]++
-				} else {
-					returned[sigSHA(resp.Signature)]++
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not reached in 30s", what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	waitFor("signing", func() bool { ok, _ := count(); return ok >= 50 })
+	l := startLoad(signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID))), signertest.Scope, 4)
+	l.waitFor(t, "signing", func(ok, _ int) bool { return ok >= 50 })
 	// Pull the token: SoftHSM2 keeps a token as a directory.
 	ents, err := os.ReadDir(tok.Dir)
 	if err != nil || len(ents) == 0 {
@@ -112,49 +56,38 @@ func TestHSMTokenRemovedMidLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor("failures while the token is gone", func() bool { _, f := count(); return f >= 20 })
+	l.waitFor(t, "failures while the token is gone", func(_, failed int) bool { return failed >= 20 })
 	for _, e := range ents {
 		if err := os.Rename(filepath.Join(away, e.Name()), filepath.Join(tok.Dir, e.Name())); err != nil {
 			t.Fatal(err)
 		}
 	}
-	okBefore, _ := count()
-	waitFor("recovery", func() bool { ok, _ := count(); return ok >= okBefore+50 })
-	close(stop)
-	wg.Wait()
+	okBefore, _ := l.counts()
+	l.waitFor(t, "recovery", func(ok, _ int) bool { return ok >= okBefore+50 })
 
-	mu.Lock()
-	defer mu.Unlock()
-	for code, k := range failures {
-		if code != codes.Unavailable {
-			t.Errorf("%d failures with %v, want only Unavailable", k, code)
-		}
-	}
-	entries, err := env.Store.ListAudit(context.Background(), store.AuditQuery{Relation: audit.RelationSign})
-	if err != nil {
-		t.Fatal(err)
-	}
 	granted := map[string]int{}
 	refused := 0
-	for _, e := range entries {
-		switch {
-		case e.Reason == audit.ReasonGranted:
-			granted[e.SignatureSHA256]++
-		case e.Reason == audit.ReasonCaveatViolation && e.Code == codes.Unavailable.String():
-			refused++
-		default:
-			t.Errorf("unexpected sign entry %+v", e)
+	l.end(t, func() map[string]int {
+		entries, err := env.Store.ListAudit(context.Background(), store.AuditQuery{Relation: audit.RelationSign})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	for s, k := range returned {
-		if k != 1 || granted[s] != 1 {
-			t.Fatalf("signature %s… returned %d times, %d granted rows", s[:12], k, granted[s])
+		for _, e := range entries {
+			switch {
+			case e.Reason == audit.ReasonGranted:
+				granted[e.SignatureSHA256]++
+			case e.Reason == audit.ReasonCaveatViolation && e.Code == codes.Unavailable.String():
+				refused++
+			default:
+				t.Errorf("unexpected sign entry %+v", e)
+			}
 		}
+		return granted
+	})
+	if len(granted) != len(l.returned) || refused != l.failures[codes.Unavailable] {
+		t.Fatalf("%d granted rows for %d signatures; %d caveat_violation rows for %d failures", len(granted), len(l.returned), refused, l.failures[codes.Unavailable])
 	}
-	if len(granted) != len(returned) || refused != failures[codes.Unavailable] {
-		t.Fatalf("%d granted rows for %d signatures; %d caveat_violation rows for %d failures", len(granted), len(returned), refused, failures[codes.Unavailable])
-	}
-	t.Logf("token pulled mid-load: %d signatures, %d refused Unavailable (each audited caveat_violation)", len(returned), refused)
+	t.Logf("token pulled mid-load: %d signatures, %d refused Unavailable (each audited caveat_violation)", len(l.returned), refused)
 }
 
 // Keys made through the signer live in the token: the conformance of the

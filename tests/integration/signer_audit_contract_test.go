@@ -26,42 +26,16 @@ type row struct {
 // middlewareRows reads, with SQL, the middleware entries (Subject
 // "service:signer") committed after seq.
 func middlewareRows(t *testing.T, dsn string, after int64) []row {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT seq, subject, relation, object, reason, method, caveat_context, ts
-		FROM audit_entries WHERE seq > $1 AND subject = 'service:signer' ORDER BY seq`, after)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		err := r.Scan(&x.seq, &x.subject, &x.relation, &x.object, &x.reason, &x.method, &x.caveats, &x.ts)
-		return x, err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return query(t, dsn, `SELECT seq, subject, relation, object, reason, method, caveat_context, ts
+		FROM audit_entries WHERE seq > $1 AND subject = 'service:signer' ORDER BY seq`,
+		func(r pgx.CollectableRow) (row, error) {
+			var x row
+			return x, r.Scan(&x.seq, &x.subject, &x.relation, &x.object, &x.reason, &x.method, &x.caveats, &x.ts)
+		}, after)
 }
 
 func maxSeq(t *testing.T, dsn string) int64 {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var n int64
-	if err := conn.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM audit_entries`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return query(t, dsn, `SELECT coalesce(max(seq), 0) FROM audit_entries`, pgx.RowTo[int64])[0]
 }
 
 // The specification's audit contract against a real Postgres: for a granted

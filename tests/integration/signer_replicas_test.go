@@ -3,17 +3,12 @@ package integration
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/pgtest"
@@ -47,47 +42,15 @@ type signedRow struct {
 }
 
 func grantedSignRows(t *testing.T, dsn string) []signedRow {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT seq, id, signature_sha256 FROM audit_entries
-		WHERE relation = 'sign' AND reason = 'granted' ORDER BY seq`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (signedRow, error) {
-		var x signedRow
-		return x, r.Scan(&x.seq, &x.id, &x.sigSHA)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return query(t, dsn, `SELECT seq, id, signature_sha256 FROM audit_entries WHERE relation = 'sign' AND reason = 'granted' ORDER BY seq`,
+		func(r pgx.CollectableRow) (signedRow, error) {
+			var x signedRow
+			return x, r.Scan(&x.seq, &x.id, &x.sigSHA)
+		})
 }
 
 func allSeqs(t *testing.T, dsn string) []int64 {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, _ := conn.Query(ctx, `SELECT seq FROM audit_entries ORDER BY seq`)
-	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return seqs
-}
-
-func sigSHA(sig []byte) string {
-	s := sha256.Sum256(sig)
-	return hex.EncodeToString(s[:])
+	return query(t, dsn, `SELECT seq FROM audit_entries ORDER BY seq`, pgx.RowTo[int64])
 }
 
 // N goroutines × M signs spread over two signers on one database: exactly
@@ -214,98 +177,29 @@ func TestPostgresOutage(t *testing.T) {
 	defer srv.Close()
 	db := srv.NewDatabase(t)
 	env := replicas(t, srv, db.AppDSN, 1)[0]
-	c := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
-
-	var mu sync.Mutex
-	var n atomic.Int64 // Ed25519 is deterministic: distinct payloads, distinct signatures
-	returned := map[string]int{}
-	failures := map[codes.Code]int{}
-	sign := func() error {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		resp, err := c.Sign(cctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: fmt.Appendf(nil, "outage %d", n.Add(1))})
-		mu.Lock()
-		defer mu.Unlock()
-		if err != nil {
-			if resp != nil {
-				t.Errorf("a response with an error")
-			}
-			failures[status.Code(err)]++
-			return err
-		}
-		returned[sigSHA(resp.Signature)]++
-		return nil
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					sign()
-				}
-			}
-		}()
-	}
-	waitFor := func(cond func() bool) {
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatal("condition not reached in 30s")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	count := func() (ok, failed int) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, n := range returned {
-			ok += n
-		}
-		for _, n := range failures {
-			failed += n
-		}
-		return ok, failed
-	}
-	waitFor(func() bool { ok, _ := count(); return ok >= 50 })
+	l := startLoad(signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID))), signertest.Scope, 4)
+	l.waitFor(t, "signing", func(ok, _ int) bool { return ok >= 50 })
 	timeout := 5 * time.Second
 	if err := srv.Container.Stop(ctx, &timeout); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(func() bool { _, failed := count(); return failed >= 20 })
+	l.waitFor(t, "failures while Postgres is down", func(_, failed int) bool { return failed >= 20 })
 	if err := srv.Container.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	okBefore, _ := count()
-	waitFor(func() bool { ok, _ := count(); return ok >= okBefore+50 })
-	close(stop)
-	wg.Wait()
-
-	mu.Lock()
-	defer mu.Unlock()
-	for code, n := range failures {
-		if code != codes.Unavailable {
-			t.Errorf("%d failures with %v, want only Unavailable", n, code)
+	okBefore, _ := l.counts()
+	l.waitFor(t, "recovery", func(ok, _ int) bool { return ok >= okBefore+50 })
+	l.end(t, func() map[string]int {
+		granted := map[string]int{}
+		for _, r := range grantedSignRows(t, db.AdminDSN) {
+			granted[r.sigSHA]++
 		}
-	}
-	bySig := map[string]int{}
-	for _, r := range grantedSignRows(t, db.AdminDSN) {
-		bySig[r.sigSHA]++
-	}
-	for s, n := range returned {
-		if n != 1 || bySig[s] != 1 {
-			t.Fatalf("signature %s… returned %d times with %d granted rows", s[:12], n, bySig[s])
-		}
-	}
-	t.Logf("outage: %d signatures returned, failures by code %v, %d granted rows", len(returned), failures, len(bySig))
+		return granted
+	})
+	t.Logf("outage: %d signatures returned, failures by code %v", len(l.returned), l.failures)
 }
 
 func ed25519Verify(pub, msg, sig []byte) bool { return ed25519.Verify(pub, msg, sig) }

@@ -140,6 +140,8 @@ func classify(err error) error {
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return err
+	case errors.As(err, &pe) && transient(pe.Code):
+		return fmt.Errorf("postgres: %w: %s (%s)", audit.ErrUnavailable, pe.Message, pe.Code)
 	case errors.As(err, &pe):
 		if pe.Code == "23505" { // unique_violation
 			switch pe.ConstraintName {
@@ -154,6 +156,24 @@ func classify(err error) error {
 		return fmt.Errorf("postgres: %w: %w", audit.ErrUnavailable, err)
 	}
 	return fmt.Errorf("postgres: %w: %v", audit.ErrUnavailable, redact(err))
+}
+
+// transient reports SQLSTATEs that mean "the database cannot serve right
+// now" rather than "this request is wrong": connection exceptions (08),
+// insufficient resources (53), operator intervention such as shutdown and
+// start-up (57P01-57P03), and serialisation failures and deadlocks (40001,
+// 40P01). Found by the fault matrix: a read during Postgres start-up
+// answered 57P03, which must be Unavailable, not Internal.
+func transient(code string) bool {
+	switch {
+	case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "53"):
+		return true
+	}
+	switch code {
+	case "57P01", "57P02", "57P03", "40001", "40P01":
+		return true
+	}
+	return false
 }
 
 const keyCols = `id, scope, state, public_key, provider, handle, created_at, activated_at, deactivated_at, retired_at`

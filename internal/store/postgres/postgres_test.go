@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/pgtest"
@@ -134,5 +136,19 @@ func TestDSNNeverInErrors(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), "s3cret-pw") {
 			t.Fatalf("Open error leaks the password: %v", err)
 		}
+	}
+}
+
+// Errors Postgres reports while shutting down or starting up are the store
+// being unavailable (callers get Unavailable), not unclassified failures.
+func TestShutdownErrorsAreUnavailable(t *testing.T) {
+	for _, code := range []string{"57P01", "57P03", "08006", "53300", "40001"} {
+		err := postgres.ClassifyForTest(&pgconn.PgError{Code: code, Message: "x"})
+		if !errors.Is(err, audit.ErrUnavailable) {
+			t.Errorf("SQLSTATE %s: %v", code, err)
+		}
+	}
+	if err := postgres.ClassifyForTest(&pgconn.PgError{Code: "42601", Message: "syntax"}); errors.Is(err, audit.ErrUnavailable) {
+		t.Errorf("a syntax error is not an outage: %v", err)
 	}
 }

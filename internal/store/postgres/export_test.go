@@ -1,0 +1,4 @@
+package postgres
+
+// ClassifyForTest exposes classify to the external tests.
+var ClassifyForTest = classify
