@@ -13,7 +13,7 @@ TAGS  := pkcs11
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/... ./examples/core
 
 ## run: signer + sidecar + example core on the embedded store; Ctrl-C stops all.
 run: build
