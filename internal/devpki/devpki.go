@@ -8,7 +8,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -79,11 +78,6 @@ type SVID struct {
 	Key     crypto.Signer
 	CertPEM []byte
 	KeyPEM  []byte
-}
-
-// TLS returns the SVID as a tls.Certificate.
-func (s *SVID) TLS() tls.Certificate {
-	return tls.Certificate{Certificate: [][]byte{s.Cert.Raw}, PrivateKey: s.Key, Leaf: s.Cert}
 }
 
 // Issue signs an X509-SVID for spiffeID ("spiffe://td/path"), valid for an

@@ -84,6 +84,3 @@ func NewWithPIN(t testing.TB, pin string) Token {
 	}
 	return tok
 }
-
-// Conf is the SOFTHSM2_CONF a child process needs to see the tokens.
-func Conf() string { return filepath.Join(dir, "softhsm2.conf") }

@@ -2,9 +2,7 @@ package identity
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -144,14 +142,4 @@ func (s *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 func (s *FileSource) Close() error {
 	s.once.Do(func() { close(s.stop) })
 	return nil
-}
-
-// WaitUpdated blocks until the next reload or ctx ends; for tests and tools.
-func (s *FileSource) WaitUpdated(ctx context.Context) error {
-	select {
-	case <-s.Updated():
-		return nil
-	case <-ctx.Done():
-		return errors.New("identity: no reload before deadline")
-	}
 }

@@ -7,7 +7,6 @@ package metrics
 
 import (
 	"context"
-	"crypto/x509"
 	"net/http"
 	"sort"
 	"sync"
@@ -208,10 +207,8 @@ func (e *svidExpiry) Collect(ch chan<- prometheus.Metric) {
 	if err != nil || svid == nil || len(svid.Certificates) == 0 {
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(e.desc(), prometheus.GaugeValue, float64(notAfter(svid.Certificates[0]).Unix()))
+	ch <- prometheus.MustNewConstMetric(e.desc(), prometheus.GaugeValue, float64(svid.Certificates[0].NotAfter.Unix()))
 }
-
-func notAfter(c *x509.Certificate) time.Time { return c.NotAfter }
 
 // Sidecar are the sidecar's metrics.
 type Sidecar struct {

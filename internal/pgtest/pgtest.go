@@ -10,7 +10,6 @@ package pgtest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -304,6 +303,3 @@ func Require(t testing.TB) *Server {
 	t.Skipf("skipping: %s", why)
 	return nil
 }
-
-// ErrSkip is returned by helpers when Postgres cannot run here.
-var ErrSkip = errors.New("pgtest: postgres unavailable")

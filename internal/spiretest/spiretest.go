@@ -8,7 +8,6 @@ package spiretest
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -214,22 +213,5 @@ func (s *Server) Register(t testing.TB, id, path string, ttl time.Duration) {
 	out := s.cli(t, args...)
 	if !regexp.MustCompile(`Entry ID\s*:`).Match(out) {
 		t.Fatalf("entry create: %s", out)
-	}
-}
-
-// WaitSVID blocks until a workload at the agent can fetch an SVID (the agent
-// syncs entries every few seconds), using fetch, which returns the ID it got.
-func WaitSVID(t testing.TB, ctx context.Context, fetch func(context.Context) (string, error), want string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		got, err := fetch(ctx)
-		if err == nil && got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no SVID %s within 60s (last: %q, %v)", want, got, err)
-		}
-		time.Sleep(250 * time.Millisecond)
 	}
 }

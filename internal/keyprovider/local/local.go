@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -69,15 +68,6 @@ func ParseKEK(s string) ([]byte, error) {
 		}
 	}
 	return nil, errors.New("a KEK must be 32 bytes as 64 hex digits or base64")
-}
-
-// LoadKEKFile reads a KEK written as ParseKEK accepts.
-func LoadKEKFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return ParseKEK(string(b))
 }
 
 func (p *Provider) Name() string { return Name }
