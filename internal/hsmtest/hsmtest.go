@@ -78,9 +78,20 @@ func New(t testing.TB) Token { return NewWithPIN(t, "5678") }
 func NewWithPIN(t testing.TB, pin string) Token {
 	d := Setup(t)
 	tok := Token{Module: Module, Label: fmt.Sprintf("signer-test-%d-%d", os.Getpid(), n.Add(1)), PIN: pin, SOPIN: "1234", Dir: filepath.Join(d, "tokens")}
-	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", tok.Label, "--so-pin", tok.SOPIN, "--pin", tok.PIN).CombinedOutput()
-	if err != nil {
+	InitToken(t, "", tok.Label, tok.SOPIN, tok.PIN)
+	return tok
+}
+
+// InitToken initialises a token with softhsm2-util, under the SoftHSM2
+// configuration conf ("" for this process's).
+func InitToken(t testing.TB, conf, label, soPIN, pin string) {
+	t.Helper()
+	require(t)
+	cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", soPIN, "--pin", pin)
+	if conf != "" {
+		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
 	}
-	return tok
 }

@@ -140,11 +140,7 @@ func hsmSetup(t *testing.T, s *signerSpec) string {
 	must(t, os.WriteFile(hostConf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\n"), 0o644))
 	must(t, os.WriteFile(filepath.Join(dir, "softhsm2.conf"), []byte("directories.tokendir = /hsm/tokens\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o644))
 	must(t, os.WriteFile(filepath.Join(dir, "pin"), []byte("faults-pin"), 0o644))
-	cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "faults", "--so-pin", "1234", "--pin", "faults-pin")
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+hostConf)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("init token: %v\n%s", err, out)
-	}
+	hsmtest.InitToken(t, hostConf, "faults", "1234", "faults-pin")
 	// The signer runs as uid 65532 and SoftHSM2 writes lock and object files.
 	exec.Command("chmod", "-R", "a+rwX", dir).Run()
 	s.image = hsmImage

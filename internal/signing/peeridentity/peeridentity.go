@@ -153,14 +153,19 @@ func objectOf(req any) string {
 // admit decides and returns the context for the handler carrying the
 // granted admission, or the denial status after committing its entry.
 func (c *Config) admit(ctx context.Context, fullMethod string, req any) (context.Context, *audit.Admission, error) {
-	id, hasCert := PeerID(ctx)
+	leaf := peerLeaf(ctx)
+	id := ""
+	if leaf != nil {
+		id = FirstSPIFFEID(leaf.URIs)
+	}
 	svc := Service(fullMethod)
 	now := c.Clock()
 	outcome := OutcomeGranted
 	switch {
-	case !hasCert:
+	case leaf == nil:
 		outcome = OutcomeNoClientCert
-	case peerLeaf(ctx).NotAfter.Before(time.Now()):
+	// Validity is wall-clock time, not the injected audit clock.
+	case leaf.NotAfter.Before(time.Now()):
 		outcome = OutcomeExpired
 	case !c.Lists[svc].Allows(id):
 		outcome = OutcomeNotOnList

@@ -136,6 +136,12 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
+	// Already decided (a lifecycle refusal from store.Apply, say): keep it.
+	for _, sentinel := range signerr.Sentinels {
+		if errors.Is(err, sentinel) {
+			return err
+		}
+	}
 	var pe *pgconn.PgError
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -292,11 +298,6 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 		return err
 	})
 	if err != nil {
-		if errors.Is(err, signerr.ErrKeyNotFound) || errors.Is(err, signerr.ErrScopeMismatch) ||
-			errors.Is(err, signerr.ErrKeyActive) || errors.Is(err, signerr.ErrKeyRetired) ||
-			errors.Is(err, signerr.ErrRotationInProgress) || errors.Is(err, signerr.ErrInvalidArgument) {
-			return nil, err
-		}
 		return nil, classify(err)
 	}
 	return changed, nil
