@@ -21,7 +21,7 @@ import (
 
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 

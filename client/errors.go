@@ -55,6 +55,9 @@ var byReason = map[signerv1.ErrorReason]error{
 	signerv1.ErrorReason_ERROR_REASON_KEY_ACTIVE:             ErrInternal,
 	signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY:     ErrInternal,
 	signerv1.ErrorReason_ERROR_REASON_INTERNAL:               ErrInternal,
+	signerv1.ErrorReason_ERROR_REASON_STORE_UNAVAILABLE:      ErrUnavailable,
+	signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN:       ErrUnavailable,
+	signerv1.ErrorReason_ERROR_REASON_UNKNOWN_METHOD:         ErrInternal,
 }
 
 // byCode covers errors without a wire reason: transport failures and the

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/internal/identity"
-	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 	"github.com/plexsphere/signer/sidecar"
 )

@@ -12,7 +12,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/plexsphere/signer/internal/devpki"
+	"github.com/plexsphere/signer/internal/testing/devpki"
 )
 
 func main() {

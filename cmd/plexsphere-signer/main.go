@@ -35,5 +35,9 @@ func run(ctx context.Context, args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	return server.Run(ctx, cfg, config.Logger(os.Stderr, cfg.LogLevel))
+	log := config.Logger(os.Stderr, cfg.LogLevel)
+	if cfg.Maintenance() {
+		return server.Maintain(ctx, cfg, log)
+	}
+	return server.Run(ctx, cfg, log)
 }

@@ -9,47 +9,117 @@ import (
 	"time"
 
 	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/signerr"
 )
 
 // memLog is an Appender in memory whose commits can be held and failed.
 type memLog struct {
 	mu      sync.Mutex
-	entries []audit.Entry
+	leaves  [][]byte
+	nodes   map[audit.NodeID][]byte
 	batches []int
+	locked  int           // AppendAuditLocked calls
 	hold    chan struct{} // if set, the first commit closes started and waits for it
 	started chan struct{}
-	fail    func(batch []audit.Entry) error
+	fail    func(b *audit.Batch) error
 }
 
 func held() *memLog { return &memLog{hold: make(chan struct{}), started: make(chan struct{})} }
 
-func (m *memLog) AppendAudit(_ context.Context, batch []audit.Entry) error {
+// wait holds the first commit if the test asked to.
+func (m *memLog) wait() {
 	if m.hold != nil {
 		close(m.started)
 		<-m.hold
 		m.hold = nil
 	}
+}
+
+func (m *memLog) AppendAudit(_ context.Context, b *audit.Batch) error {
+	m.wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.appendLocked(b)
+}
+
+func (m *memLog) appendLocked(b *audit.Batch) error {
 	if m.fail != nil {
-		if err := m.fail(batch); err != nil {
+		if err := m.fail(b); err != nil {
 			return err
 		}
 	}
-	var seq uint64
-	var hash string
-	if n := len(m.entries); n > 0 {
-		seq, hash = m.entries[n-1].Seq, m.entries[n-1].Hash
+	if b.Start != uint64(len(m.leaves))+1 {
+		return audit.ErrHeadMoved
 	}
-	audit.Chain(batch, seq, hash)
-	m.entries = append(m.entries, batch...)
-	m.batches = append(m.batches, len(batch))
+	if m.nodes == nil {
+		m.nodes = map[audit.NodeID][]byte{}
+	}
+	m.leaves = append(m.leaves, b.Leaves...)
+	for _, n := range b.Nodes {
+		m.nodes[audit.NodeID{Level: uint(n.Level), Index: n.Index}] = n.Hash
+	}
+	m.batches = append(m.batches, len(b.Leaves))
 	return nil
 }
 
+func (m *memLog) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+	m.wait()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.locked++
+	b, err := build(uint64(len(m.leaves)), lockedView{m})
+	if err != nil {
+		return err
+	}
+	return m.appendLocked(b)
+}
+
+func (m *memLog) AuditSize(context.Context) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return uint64(len(m.leaves)), nil
+}
+
+func (m *memLog) Leaves(ctx context.Context, from, to uint64) ([][]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return lockedView{m}.Leaves(ctx, from, to)
+}
+
+func (m *memLog) Nodes(ctx context.Context, ids []audit.NodeID) ([][]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return lockedView{m}.Nodes(ctx, ids)
+}
+
+// lockedView reads m with its lock held.
+type lockedView struct{ m *memLog }
+
+func (v lockedView) Leaves(_ context.Context, from, to uint64) ([][]byte, error) {
+	if to > uint64(len(v.m.leaves)) {
+		return nil, audit.ErrTreeBroken
+	}
+	return v.m.leaves[from:to], nil
+}
+
+func (v lockedView) Nodes(_ context.Context, ids []audit.NodeID) ([][]byte, error) {
+	var out [][]byte
+	for _, id := range ids {
+		h, ok := v.m.nodes[id]
+		if !ok {
+			return nil, audit.ErrTreeBroken
+		}
+		out = append(out, h)
+	}
+	return out, nil
+}
+
 func entry(i int) audit.Entry {
-	return audit.Entry{ID: fmt.Sprint("e", i), Subject: audit.SubjectSigner, Relation: "sign", Object: audit.Object("s", "k"),
-		Reason: audit.ReasonGranted, CaveatContext: []string{}, Timestamp: time.Unix(int64(i), 0).UTC()}
+	var req audit.RequestID
+	copy(req[:], fmt.Sprintf("%016d", i))
+	e := audit.New(req, audit.SubjectSigner, "sign", "/plexsphere.signer.v1.SignerService/Sign", time.Unix(int64(i), 0))
+	e.Reason, e.Code = audit.ReasonGranted, "OK"
+	return e
 }
 
 // Entries queued while a commit runs share the next commit.
@@ -58,12 +128,12 @@ func TestWriterGroupsConcurrentEntries(t *testing.T) {
 	w := audit.NewWriter(log, audit.WriterOptions{})
 	defer w.Close()
 	ctx := context.Background()
-	first := w.Submit(ctx, entry(0))
+	first := w.Submit(ctx, audit.LaneAdmitted, entry(0))
 	<-log.started
 	// The first commit is held; 99 more entries queue behind it.
 	var pend []*audit.Pending
 	for i := 1; i < 100; i++ {
-		pend = append(pend, w.Submit(ctx, entry(i)))
+		pend = append(pend, w.Submit(ctx, audit.LaneAdmitted, entry(i)))
 	}
 	close(log.hold)
 	if err := first.Wait(ctx); err != nil {
@@ -74,19 +144,27 @@ func TestWriterGroupsConcurrentEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The first commit found no tree loaded: it took the locked path.
 	if len(log.batches) != 2 || log.batches[0] != 1 || log.batches[1] != 99 {
 		t.Fatalf("batches = %v, want [1 99]", log.batches)
 	}
-	if got := pend[98].Committed()[0]; got.Seq != 100 || got.Hash == "" {
+	if got := pend[98].Committed()[0]; got.Seq != 100 {
 		t.Fatalf("committed entry = %+v", got)
+	}
+	tree, err := audit.TreeAt(ctx, log, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := w.Head(); h.Size != 100 || string(h.Root) != string(tree.Root()) {
+		t.Fatalf("writer head = %d, want the stored tree's root at 100", h.Size)
 	}
 }
 
 // A failed commit fails exactly the entries in it.
 func TestWriterFailsOnlyTheFailedBatch(t *testing.T) {
-	log := held()
-	log.fail = func(b []audit.Entry) error {
-		if len(b) > 1 {
+	log := &memLog{}
+	log.fail = func(b *audit.Batch) error {
+		if len(b.Leaves) > 1 {
 			return errors.New("disk full")
 		}
 		return nil
@@ -94,23 +172,27 @@ func TestWriterFailsOnlyTheFailedBatch(t *testing.T) {
 	w := audit.NewWriter(log, audit.WriterOptions{})
 	defer w.Close()
 	ctx := context.Background()
-	first := w.Submit(ctx, entry(0))
+	if err := w.Write(ctx, entry(0)); err != nil { // loads the tree
+		t.Fatal(err)
+	}
+	log.hold, log.started = make(chan struct{}), make(chan struct{})
+	first := w.Submit(ctx, audit.LaneAdmitted, entry(1))
 	<-log.started
-	a, b := w.Submit(ctx, entry(1)), w.Submit(ctx, entry(2))
+	a, b := w.Submit(ctx, audit.LaneAdmitted, entry(2)), w.Submit(ctx, audit.LaneAdmitted, entry(3))
 	close(log.hold)
 	if err := first.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []*audit.Pending{a, b} {
-		if err := p.Wait(ctx); !errors.Is(err, audit.ErrUnavailable) {
+		if err := p.Wait(ctx); !errors.Is(err, signerr.ErrAuditUnavailable) {
 			t.Fatalf("entry in the failed batch: %v", err)
 		}
 	}
-	if err := w.Write(ctx, entry(3)); err != nil {
+	if err := w.Write(ctx, entry(4)); err != nil {
 		t.Fatalf("after the failure: %v", err)
 	}
-	if len(log.entries) != 2 {
-		t.Fatalf("%d entries stored, want 2", len(log.entries))
+	if len(log.leaves) != 3 {
+		t.Fatalf("%d entries stored, want 3", len(log.leaves))
 	}
 }
 
@@ -121,7 +203,7 @@ func TestWriterKeepsGroupsTogether(t *testing.T) {
 	ctx := context.Background()
 	var pend []*audit.Pending
 	for i := range 10 {
-		pend = append(pend, w.Submit(ctx, entry(2*i), entry(2*i+1)))
+		pend = append(pend, w.Submit(ctx, audit.LaneAdmitted, entry(2*i), entry(2*i+1)))
 	}
 	w.Close()
 	for i, p := range pend {
@@ -129,7 +211,7 @@ func TestWriterKeepsGroupsTogether(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := p.Committed()
-		if len(c) != 2 || c[0].ID != fmt.Sprint("e", 2*i) || c[1].Seq != c[0].Seq+1 {
+		if len(c) != 2 || c[0].RequestID != entry(2*i).RequestID || c[1].Seq != c[0].Seq+1 {
 			t.Fatalf("group %d committed as %+v", i, c)
 		}
 	}
@@ -146,7 +228,7 @@ func TestWriterCloseDrains(t *testing.T) {
 	ctx := context.Background()
 	var pend []*audit.Pending
 	for i := range 10 {
-		pend = append(pend, w.Submit(ctx, entry(i)))
+		pend = append(pend, w.Submit(ctx, audit.LaneAdmitted, entry(i)))
 	}
 	w.Close()
 	for _, p := range pend {
@@ -154,8 +236,8 @@ func TestWriterCloseDrains(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if len(log.entries) != 10 {
-		t.Fatalf("%d entries after Close, want 10", len(log.entries))
+	if len(log.leaves) != 10 {
+		t.Fatalf("%d entries after Close, want 10", len(log.leaves))
 	}
 	for _, n := range log.batches {
 		if n > 3 {
@@ -167,48 +249,98 @@ func TestWriterCloseDrains(t *testing.T) {
 	}
 }
 
-func chain(n int) []audit.Entry {
-	es := make([]audit.Entry, n)
-	for i := range es {
-		es[i] = entry(i)
-	}
-	audit.Chain(es, 0, "")
-	return es
-}
-
-func verify(es []audit.Entry) error {
-	var v audit.Verifier
-	for _, e := range es {
-		if err := v.Add(e); err != nil {
-			return err
+// Another writer moved the head: the writer reloads under the lock and the
+// log stays one tree.
+func TestWriterReloadsWhenTheHeadMoves(t *testing.T) {
+	log := &memLog{}
+	ctx := context.Background()
+	a := audit.NewWriter(log, audit.WriterOptions{})
+	b := audit.NewWriter(log, audit.WriterOptions{})
+	defer a.Close()
+	defer b.Close()
+	for i := range 20 {
+		w := a
+		if i%3 == 0 {
+			w = b
+		}
+		if err := w.Write(ctx, entry(i)); err != nil {
+			t.Fatal(err)
 		}
 	}
-	return nil
+	tree, err := audit.TreeAt(ctx, log, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := audit.NewReplay(audit.NewTree(), nil, log.Nodes)
+	for i, leaf := range log.leaves {
+		if err := r.Add(ctx, uint64(i+1), leaf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Finish(ctx); err != nil || string(r.Root()) != string(tree.Root()) {
+		t.Fatalf("replay: %v", err)
+	}
+	if log.locked < 2 {
+		t.Fatalf("%d locked appends; each writer reloads at least once", log.locked)
+	}
 }
 
-func TestChainDetectsTampering(t *testing.T) {
-	if err := verify(chain(5)); err != nil {
-		t.Fatalf("untouched chain: %v", err)
-	}
-	for name, tamper := range map[string]func([]audit.Entry) []audit.Entry{
-		"edited reason": func(es []audit.Entry) []audit.Entry { es[2].Reason = audit.ReasonCaveatViolation; return es },
-		"edited caveat": func(es []audit.Entry) []audit.Entry { es[2].CaveatContext = []string{"x"}; return es },
-		"edited time":   func(es []audit.Entry) []audit.Entry { es[1].Timestamp = es[1].Timestamp.Add(time.Second); return es },
-		"deleted":       func(es []audit.Entry) []audit.Entry { return append(es[:2], es[3:]...) },
-		"swapped":       func(es []audit.Entry) []audit.Entry { es[1], es[2] = es[2], es[1]; return es },
-		"swapped, seqs renumbered": func(es []audit.Entry) []audit.Entry {
-			es[1], es[2] = es[2], es[1]
-			es[1].Seq, es[2].Seq = 2, 3
-			return es
-		},
-		"rehashed edit": func(es []audit.Entry) []audit.Entry {
-			es[2].Object = "signing-key:s:other"
-			es[2].Hash = es[2].ComputeHash() // a forger recomputes this entry; the next one breaks
-			return es
-		},
-	} {
-		if err := verify(tamper(chain(5))); !errors.Is(err, audit.ErrChainBroken) {
-			t.Errorf("%s: %v, want ErrChainBroken", name, err)
+// A log that shrank under a writer is broken, not appended to.
+func TestWriterRefusesAShrunkLog(t *testing.T) {
+	log := &memLog{}
+	ctx := context.Background()
+	w := audit.NewWriter(log, audit.WriterOptions{})
+	defer w.Close()
+	for i := range 5 {
+		if err := w.Write(ctx, entry(i)); err != nil {
+			t.Fatal(err)
 		}
+	}
+	log.mu.Lock()
+	log.leaves = log.leaves[:3]
+	log.mu.Unlock()
+	if err := w.Write(ctx, entry(9)); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("append onto a shrunk log: %v, want ErrAuditLogBroken", err)
+	}
+	if err := w.Write(ctx, entry(10)); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("the writer kept appending: %v", err)
+	}
+}
+
+// Denied entries wait in their own small lane and take at most a share of
+// a commit: a flood of them does not crowd out admitted entries.
+func TestWriterDeniedLane(t *testing.T) {
+	log := held()
+	w := audit.NewWriter(log, audit.WriterOptions{MaxBatch: 8, DeniedQueue: 4})
+	defer w.Close()
+	ctx := context.Background()
+	first := w.Submit(ctx, audit.LaneAdmitted, entry(0))
+	<-log.started
+	var denied []*audit.Pending
+	for i := range 4 {
+		denied = append(denied, w.Submit(ctx, audit.LaneDenied, entry(100+i)))
+	}
+	// The denied lane is full: one more waits, and gives up with its context.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := w.Submit(short, audit.LaneDenied, entry(200)).Wait(ctx); !errors.Is(err, signerr.ErrAuditUnavailable) {
+		t.Fatalf("a denied entry past the full lane: %v", err)
+	}
+	var admitted []*audit.Pending
+	for i := range 8 {
+		admitted = append(admitted, w.Submit(ctx, audit.LaneAdmitted, entry(1+i)))
+	}
+	close(log.hold)
+	for _, p := range append(append([]*audit.Pending{first}, admitted...), denied...) {
+		if err := p.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Batches: the first; then all 8 admitted plus at most 8/4 denied.
+	if len(log.batches) < 3 || log.batches[1] != 8+2 {
+		t.Fatalf("batches = %v, want [1 10 2]", log.batches)
+	}
+	if admitted[7].Committed()[0].Seq > denied[2].Committed()[0].Seq {
+		t.Fatal("a denied entry was committed before the admitted ones waiting with it")
 	}
 }

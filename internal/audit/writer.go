@@ -5,39 +5,77 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
-)
 
-// ErrUnavailable means an entry could not be made durable. The RPC it belongs
-// to must fail: no signature leaves the signer without its committed entry.
-var ErrUnavailable = errors.New("audit: store unavailable")
+	"github.com/plexsphere/signer/internal/signerr"
+)
 
 // ErrClosed is returned for entries submitted after Close.
 var ErrClosed = errors.New("audit: writer closed")
 
-// Appender makes a batch durable atomically (all entries or none) and assigns
-// each entry its Seq, PrevHash and Hash (see Chain).
-type Appender interface {
-	AppendAudit(ctx context.Context, batch []Entry) error
+// ErrHeadMoved is returned by an Appender whose log is not at the size the
+// batch extends: another replica appended first (or, if the log shrank,
+// someone removed entries). The writer reloads the tree and retries.
+var ErrHeadMoved = errors.New("audit: log head moved")
+
+// Batch is one commit: the leaves for seqs Start.., the tree nodes they
+// complete (levels StoredLevel and up) and where each request's entries
+// start, for lookups by request id.
+type Batch struct {
+	Start    uint64
+	Leaves   [][]byte
+	Nodes    []Node
+	Requests []RequestRef
 }
 
-// Sink takes entries for durable storage. Submit never waits for the commit;
-// the returned Pending does. Entries submitted together are committed in
-// one transaction, in order, with adjacent seqs.
-type Sink interface {
-	Submit(ctx context.Context, entries ...Entry) *Pending
+// RequestRef locates the first entry of a request.
+type RequestRef struct {
+	ID  RequestID
+	Seq uint64
 }
+
+// Appender is the store side of the writer.
+type Appender interface {
+	Reader
+	// AppendAudit makes a batch durable atomically, all of it or nothing.
+	// It fails with ErrHeadMoved unless the log holds exactly Start-1
+	// entries (pruned ones included): the cheap path, one round trip.
+	AppendAudit(ctx context.Context, b *Batch) error
+	// AppendAuditLocked holds the log's write lock (replicas wait), calls
+	// build with the log's size and a reader consistent with it, and commits
+	// the batch build returns in the same transaction. The writer takes this
+	// path when another writer moved the head under it.
+	AppendAuditLocked(ctx context.Context, build func(size uint64, r Reader) (*Batch, error)) error
+	// AuditSize is the number of entries ever appended (pruned ones
+	// included): the seq of the newest entry.
+	AuditSize(ctx context.Context) (uint64, error)
+}
+
+// Lane says how an entry competes for commits. Entries of calls refused at
+// admission go in LaneDenied, which has a small queue of its own and a
+// bounded share of each commit: a flood of denied callers waits for its own
+// lane and never crowds out admitted calls, while every denial is still
+// committed before the caller hears of it.
+type Lane int
+
+const (
+	LaneAdmitted Lane = iota
+	LaneDenied
+)
 
 // Pending is a group of entries on its way to the store.
 type Pending struct {
 	entries []Entry
+	leaves  [][]byte
+	hashes  [][32]byte
 	done    chan struct{}
 	err     error
 }
 
-// Wait blocks until the entry is committed (nil) or failed (wrapping
-// ErrUnavailable), or ctx ends. An entry whose caller gave up is still
-// committed: the outcome it records happened.
+// Wait blocks until the entries are committed (nil) or failed (wrapping
+// signerr.ErrAuditUnavailable), or ctx ends. Entries whose caller gave up
+// are still committed: the outcome they record happened.
 func (p *Pending) Wait(ctx context.Context) error {
 	select {
 	case <-p.done:
@@ -47,27 +85,43 @@ func (p *Pending) Wait(ctx context.Context) error {
 	}
 }
 
+// Done returns an already-committed Pending (for sinks that keep nothing).
+func Done() *Pending { return settled(nil, nil) }
+
+// Committed returns the entries with their Seq once Wait has returned nil.
+func (p *Pending) Committed() []Entry { return p.entries }
+
 func settled(es []Entry, err error) *Pending {
 	p := &Pending{entries: es, done: make(chan struct{}), err: err}
 	close(p.done)
 	return p
 }
 
+// Sink takes entries for durable storage. Submit never waits for the commit;
+// the returned Pending does. Entries submitted together are committed in one
+// transaction, in order, with adjacent seqs.
+type Sink interface {
+	Submit(ctx context.Context, lane Lane, entries ...Entry) *Pending
+}
+
 // BatchObserver is told about every commit (for metrics).
-type BatchObserver func(size int, took time.Duration, err error)
+type BatchObserver func(entries int, took time.Duration, err error)
 
 // WriterOptions tune a Writer; zero values take the defaults.
 type WriterOptions struct {
 	MaxBatch      int           // entries per commit; default 256
-	QueueSize     int           // entries waiting; default 8192
+	QueueSize     int           // admitted entries waiting; default 8192
+	DeniedQueue   int           // denied entries waiting; default 256
 	CommitTimeout time.Duration // per commit; default 5s
 	Observe       BatchObserver
 }
 
-// Writer is a group-commit sink: one goroutine commits whatever has queued
-// while the previous commit ran, so concurrent RPCs share a transaction and
-// durability does not serialise the service. A serial caller pays one commit
-// and no added wait: there is no timer.
+// Writer is a group-commit sink that extends the Merkle tree: one goroutine
+// commits whatever queued while the previous commit ran, so concurrent RPCs
+// share a transaction and durability does not serialise the service. A
+// serial caller pays one commit and no added wait: there is no timer.
+// Entries are encoded and hashed by the submitting goroutine; the writer
+// only extends the tree and hands the batch to the store.
 type Writer struct {
 	app  Appender
 	opts WriterOptions
@@ -75,7 +129,22 @@ type Writer struct {
 	mu     sync.RWMutex // guards closed against Submit racing Close
 	closed bool
 	queue  chan *Pending
+	denied chan *Pending
 	done   chan struct{}
+
+	broken atomic.Pointer[error] // set when the log fails its checks
+
+	headMu sync.Mutex
+	tree   *Tree // owned by loop; nil until loaded
+	head   Head
+	roots  map[uint64][]byte // roots after this writer's recent commits
+	order  []uint64
+}
+
+// Head is the log's size and root as of a writer's last commit.
+type Head struct {
+	Size uint64
+	Root []byte
 }
 
 // NewWriter starts a Writer over app. Close it to drain and stop.
@@ -86,34 +155,105 @@ func NewWriter(app Appender, opts WriterOptions) *Writer {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 8192
 	}
+	if opts.DeniedQueue <= 0 {
+		opts.DeniedQueue = 256
+	}
 	if opts.CommitTimeout <= 0 {
 		opts.CommitTimeout = 5 * time.Second
 	}
-	w := &Writer{app: app, opts: opts, queue: make(chan *Pending, opts.QueueSize), done: make(chan struct{})}
+	w := &Writer{app: app, opts: opts, queue: make(chan *Pending, opts.QueueSize),
+		denied: make(chan *Pending, opts.DeniedQueue), done: make(chan struct{}), roots: map[uint64][]byte{}}
 	go w.loop()
 	return w
 }
 
-// Submit queues entries as one unit. It blocks only while the queue is
-// full, and gives up with ctx.
-func (w *Writer) Submit(ctx context.Context, entries ...Entry) *Pending {
+// Submit encodes entries (in the caller's goroutine) and queues them as one
+// unit. It blocks only while the lane's queue is full, and gives up with
+// ctx.
+func (w *Writer) Submit(ctx context.Context, lane Lane, entries ...Entry) *Pending {
+	if err := w.Broken(); err != nil {
+		return settled(entries, err)
+	}
+	p := &Pending{entries: entries, leaves: make([][]byte, len(entries)), hashes: make([][32]byte, len(entries)), done: make(chan struct{})}
+	for i := range entries {
+		leaf, err := AppendLeaf(nil, &entries[i])
+		if err != nil {
+			return settled(entries, fmt.Errorf("%w: %w", signerr.ErrAuditUnavailable, err))
+		}
+		p.leaves[i], p.hashes[i] = leaf, LeafHash(leaf)
+	}
+	q := w.queue
+	if lane == LaneDenied {
+		q = w.denied
+	}
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.closed {
-		return settled(entries, fmt.Errorf("%w: %w", ErrUnavailable, ErrClosed))
+		return settled(entries, fmt.Errorf("%w: %w", signerr.ErrAuditUnavailable, ErrClosed))
 	}
-	p := &Pending{entries: entries, done: make(chan struct{})}
 	select {
-	case w.queue <- p:
+	case q <- p:
 		return p
 	case <-ctx.Done():
-		return settled(entries, fmt.Errorf("%w: queue full: %w", ErrUnavailable, ctx.Err()))
+		return settled(entries, fmt.Errorf("%w: queue full: %w", signerr.ErrAuditUnavailable, ctx.Err()))
 	}
 }
 
-// Write submits entries and waits for their commit.
+// Write submits admitted entries and waits for their commit.
 func (w *Writer) Write(ctx context.Context, entries ...Entry) error {
-	return w.Submit(ctx, entries...).Wait(ctx)
+	return w.Submit(ctx, LaneAdmitted, entries...).Wait(ctx)
+}
+
+// SetBroken stops the writer from appending: every later Submit fails with
+// err (which wraps signerr.ErrAuditLogBroken). nil clears it.
+func (w *Writer) SetBroken(err error) {
+	if err == nil {
+		w.broken.Store(nil)
+		return
+	}
+	w.broken.Store(&err)
+}
+
+// Broken returns the error set by SetBroken, or nil.
+func (w *Writer) Broken() error {
+	if p := w.broken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Head returns the size and root after this writer's last commit (zero
+// before its first).
+func (w *Writer) Head() Head {
+	w.headMu.Lock()
+	defer w.headMu.Unlock()
+	return w.head
+}
+
+// RootAt returns the root this writer computed when its commit took the log
+// to size, if it remembers one: the checkpointer compares what the store
+// holds now with what was committed.
+func (w *Writer) RootAt(size uint64) ([]byte, bool) {
+	w.headMu.Lock()
+	defer w.headMu.Unlock()
+	r, ok := w.roots[size]
+	return r, ok
+}
+
+// rememberRoots bounds the writer's memory of its own roots.
+const rememberRoots = 4096
+
+func (w *Writer) committed(t *Tree) {
+	root := t.Root()
+	w.headMu.Lock()
+	defer w.headMu.Unlock()
+	w.head = Head{Size: t.Size(), Root: root}
+	w.roots[t.Size()] = root
+	w.order = append(w.order, t.Size())
+	if len(w.order) > rememberRoots {
+		delete(w.roots, w.order[0])
+		w.order = w.order[1:]
+	}
 }
 
 // Close stops accepting entries, commits everything already queued and waits.
@@ -122,63 +262,174 @@ func (w *Writer) Close() {
 	if !w.closed {
 		w.closed = true
 		close(w.queue)
+		close(w.denied)
 	}
 	w.mu.Unlock()
 	<-w.done
 }
 
+// deniedShare is the most of one commit that denied entries may take while
+// admitted entries wait.
+const deniedShare = 4
+
 func (w *Writer) loop() {
 	defer close(w.done)
 	batch := make([]*Pending, 0, w.opts.MaxBatch)
-	entries := make([]Entry, 0, w.opts.MaxBatch)
-	for first := range w.queue {
-		batch = append(batch[:0], first)
-		n := len(first.entries)
-	drain:
+	queue, denied := w.queue, w.denied
+	for queue != nil || denied != nil {
+		batch = batch[:0]
+		n := 0
+		// Block for the first unit, admitted first.
+		select {
+		case p, ok := <-queue:
+			if !ok {
+				queue = nil
+				continue
+			}
+			batch, n = append(batch, p), len(p.entries)
+		default:
+			select {
+			case p, ok := <-queue:
+				if !ok {
+					queue = nil
+					continue
+				}
+				batch, n = append(batch, p), len(p.entries)
+			case p, ok := <-denied:
+				if !ok {
+					denied = nil
+					continue
+				}
+				batch, n = append(batch, p), len(p.entries)
+			}
+		}
+		// Then whatever else is waiting: admitted entries up to the batch
+		// size, denied ones up to their share.
+	admitted:
 		for n < w.opts.MaxBatch {
 			select {
-			case p, ok := <-w.queue:
+			case p, ok := <-queue:
 				if !ok {
-					break drain
+					queue = nil
+					break admitted
 				}
-				batch = append(batch, p)
-				n += len(p.entries)
+				batch, n = append(batch, p), n+len(p.entries)
 			default:
-				break drain
+				break admitted
 			}
 		}
-		entries = entries[:0]
-		for _, p := range batch {
-			entries = append(entries, p.entries...)
+		limit := n + max(1, w.opts.MaxBatch/deniedShare)
+	deniedLoop:
+		for n < limit {
+			select {
+			case p, ok := <-denied:
+				if !ok {
+					denied = nil
+					break deniedLoop
+				}
+				batch, n = append(batch, p), n+len(p.entries)
+			default:
+				break deniedLoop
+			}
 		}
-		err := w.commit(entries)
-		i := 0
+		err := w.commit(batch, n)
 		for _, p := range batch {
 			if err != nil {
-				p.err = fmt.Errorf("%w: %w", ErrUnavailable, err)
-			} else {
-				p.entries = append(p.entries[:0:0], entries[i:i+len(p.entries)]...)
+				p.err = err
 			}
-			i += len(p.entries)
 			close(p.done)
 		}
 	}
 }
 
-func (w *Writer) commit(entries []Entry) error {
+// commit appends the batch: optimistically onto the tree this writer
+// knows, and, if another writer (a replica) moved the head, under the log's
+// write lock after reloading the tree.
+func (w *Writer) commit(batch []*Pending, n int) error {
+	if err := w.Broken(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.CommitTimeout)
 	defer cancel()
 	start := time.Now()
-	err := w.app.AppendAudit(ctx, entries)
-	if w.opts.Observe != nil {
-		w.opts.Observe(len(entries), time.Since(start), err)
+	var err error
+	if w.tree != nil {
+		if err = w.append(ctx, batch, n, w.tree, w.app.AppendAudit); err == nil {
+			w.settle(batch)
+		}
 	}
-	return err
+	if w.tree == nil || errors.Is(err, ErrHeadMoved) {
+		err = w.app.AppendAuditLocked(ctx, func(size uint64, r Reader) (*Batch, error) {
+			t, err := w.reload(ctx, size, r)
+			if err != nil {
+				return nil, err
+			}
+			var b *Batch
+			err = w.append(ctx, batch, n, t, func(_ context.Context, built *Batch) error { b = built; return nil })
+			return b, err
+		})
+		if err == nil {
+			w.settle(batch)
+		} else {
+			w.tree = nil // what append kept was not committed
+		}
+	}
+	if w.opts.Observe != nil {
+		w.opts.Observe(n, time.Since(start), err)
+	}
+	if err != nil {
+		if errors.Is(err, signerr.ErrAuditLogBroken) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", signerr.ErrAuditUnavailable, err)
+	}
+	return nil
 }
 
-// Committed returns the entries as stored (with Seq and Hash) once Wait has
-// returned nil.
-func (p *Pending) Committed() []Entry { return p.entries }
+// reload rebuilds the tree at size. A log smaller than what this writer
+// committed lost entries: that is the log broken, not a reason to append.
+func (w *Writer) reload(ctx context.Context, size uint64, r Reader) (*Tree, error) {
+	if w.tree != nil && w.tree.Size() == size {
+		return w.tree, nil
+	}
+	if h := w.Head(); size < h.Size {
+		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d", signerr.ErrAuditLogBroken, size, h.Size)
+		w.SetBroken(err)
+		return nil, err
+	}
+	return TreeAt(ctx, r, size)
+}
 
-// Done returns an already-committed Pending (for sinks that keep nothing).
-func Done() *Pending { return settled(nil, nil) }
+// append extends a copy of base with the batch and hands it to store; on
+// success the copy becomes the writer's tree.
+func (w *Writer) append(ctx context.Context, batch []*Pending, n int, base *Tree, store func(context.Context, *Batch) error) error {
+	t := base.Clone()
+	b := &Batch{Start: t.Size() + 1, Leaves: make([][]byte, 0, n)}
+	keep := func(nd Node) { b.Nodes = append(b.Nodes, nd) }
+	for _, p := range batch {
+		seq := t.Size() + 1
+		b.Requests = append(b.Requests, RequestRef{ID: p.entries[0].RequestID, Seq: seq})
+		for i := range p.entries {
+			t.Append(p.hashes[i][:], keep)
+			b.Leaves = append(b.Leaves, p.leaves[i])
+		}
+	}
+	if err := store(ctx, b); err != nil {
+		return err
+	}
+	w.tree = t
+	return nil
+}
+
+// settle records a committed batch: each entry's seq and the new head.
+func (w *Writer) settle(batch []*Pending) {
+	seq := w.tree.Size()
+	for i := len(batch) - 1; i >= 0; i-- {
+		p := batch[i]
+		for j := len(p.entries) - 1; j >= 0; j-- {
+			p.entries[j].Seq = seq
+			seq--
+		}
+	}
+	w.committed(w.tree)
+}

@@ -18,6 +18,8 @@ type Ctl struct {
 	TrustBundleFile string `envconfig:"SIGNERCTL_TRUST_BUNDLE_FILE" flag:"trust-bundle" desc:"PEM SPIFFE trust bundle file"`
 	WorkloadAPIAddr string `envconfig:"SIGNERCTL_WORKLOAD_API_ADDR" flag:"workload-api-addr" desc:"SPIFFE Workload API address (unix:///path); instead of the SVID files"`
 
+	CheckpointKey string `envconfig:"SIGNERCTL_CHECKPOINT_KEY" flag:"checkpoint-key" desc:"the audit log's checkpoint verifier key (<origin>+<hash>+<key>, from the signer's start-up log or chart values); pin it: audit commands then trust nothing the signer says about its own key"`
+
 	Output  string        `envconfig:"SIGNERCTL_OUTPUT" flag:"output" default:"table" desc:"table or json"`
 	Timeout time.Duration `envconfig:"SIGNERCTL_TIMEOUT" flag:"timeout" default:"10s" desc:"deadline of each call"`
 }

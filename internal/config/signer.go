@@ -6,10 +6,11 @@ import (
 	"net"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/names"
 )
 
 // Signer is plexsphere-signer's configuration. Helm values map to these
@@ -20,6 +21,7 @@ type Signer struct {
 
 	AllowSPIFFEIDs         []string `envconfig:"SIGNER_ALLOW_SPIFFE_IDS" flag:"allow-spiffe-id" desc:"SPIFFE ID allowed to call SignerService; an empty list admits nobody"`
 	RotationAllowSPIFFEIDs []string `envconfig:"SIGNER_ROTATION_ALLOW_SPIFFE_IDS" flag:"rotation-allow-spiffe-id" desc:"SPIFFE ID allowed to call RotationService and AuditService (operators)"`
+	AuditorAllowSPIFFEIDs  []string `envconfig:"SIGNER_AUDITOR_ALLOW_SPIFFE_IDS" flag:"auditor-allow-spiffe-id" desc:"SPIFFE ID allowed to read and verify the audit log (AuditService only, read-only)"`
 	ScopeGrants            []string `envconfig:"SIGNER_SCOPE_GRANTS" flag:"scope-grant" desc:"<spiffe-id>=<scope|*>: once any is set, each SignerService caller may use only its granted scopes"`
 	AutoRotate             []string `envconfig:"SIGNER_AUTO_ROTATE" flag:"auto-rotate" desc:"<scope>:<period>:<prepublish>:<verify-only>, e.g. payments:720h:1h:48h: rotate the scope automatically"`
 
@@ -34,8 +36,19 @@ type Signer struct {
 	PostgresDSN      string `envconfig:"SIGNER_POSTGRES_DSN" secret:"true" desc:"Postgres connection string (may hold a password: environment only)"`
 	PostgresDSNFile  string `envconfig:"SIGNER_POSTGRES_DSN_FILE" flag:"postgres-dsn-file" desc:"file holding the Postgres connection string"`
 	PostgresMaxConns int    `envconfig:"SIGNER_POSTGRES_MAX_CONNS" flag:"postgres-max-conns" default:"8" desc:"Postgres pool size"`
-	PostgresMigrate  bool   `envconfig:"SIGNER_POSTGRES_MIGRATE" flag:"postgres-migrate" default:"true" desc:"apply the embedded schema migrations at start-up (needs DDL rights; see docs/postgres.md)"`
-	AuditMaxBatch    int    `envconfig:"SIGNER_AUDIT_MAX_BATCH" flag:"audit-max-batch" default:"256" desc:"most audit entries committed in one transaction"`
+	PostgresMigrate  bool   `envconfig:"SIGNER_POSTGRES_MIGRATE" flag:"postgres-migrate" default:"false" desc:"apply the schema migrations at start-up as the serving role, which then owns the schema (development only; see docs/postgres.md)"`
+
+	PostgresOwnerDSN     string `envconfig:"SIGNER_POSTGRES_OWNER_DSN" secret:"true" desc:"Postgres connection string of the schema owner, for --migrate-only and --prune-audit-upto (environment only)"`
+	PostgresOwnerDSNFile string `envconfig:"SIGNER_POSTGRES_OWNER_DSN_FILE" flag:"postgres-owner-dsn-file" desc:"file holding the schema owner's connection string"`
+	PostgresRuntimeRole  string `envconfig:"SIGNER_POSTGRES_RUNTIME_ROLE" flag:"postgres-runtime-role" desc:"role the serving signer connects as; --migrate-only grants it INSERT and SELECT on the audit tables and nothing more"`
+	MigrateOnly          bool   `envconfig:"SIGNER_MIGRATE_ONLY" flag:"migrate-only" desc:"apply the Postgres schema as the owner, grant the runtime role, and exit"`
+	PruneAuditUpTo       int    `envconfig:"SIGNER_PRUNE_AUDIT_UPTO" flag:"prune-audit-upto" desc:"delete the audit entries up to this seq, which the export file must hold, and exit (run as the owner; bbolt: with the signer stopped)"`
+	PruneAuditExport     string `envconfig:"SIGNER_PRUNE_AUDIT_EXPORT" flag:"prune-audit-export" desc:"file written by signerctl audit export covering the entries to prune; verified before anything is deleted"`
+
+	AuditMaxBatch      int           `envconfig:"SIGNER_AUDIT_MAX_BATCH" flag:"audit-max-batch" default:"256" desc:"most audit entries committed in one transaction"`
+	AuditOrigin        string        `envconfig:"SIGNER_AUDIT_ORIGIN" flag:"audit-origin" desc:"origin line of the audit log's checkpoints (default <trust domain>/plexsphere-signer); part of the log's identity: never change it"`
+	CheckpointInterval time.Duration `envconfig:"SIGNER_AUDIT_CHECKPOINT_INTERVAL" flag:"audit-checkpoint-interval" default:"10s" desc:"how often the stored audit log is checked against its last checkpoint and a new checkpoint signed"`
+	CheckpointLog      string        `envconfig:"SIGNER_CHECKPOINT_LOG" flag:"checkpoint-log" desc:"file each signed checkpoint is appended to (one JSON line), to ship off-box; its last line is trusted at start-up"`
 
 	Provider     string `envconfig:"SIGNER_PROVIDER" flag:"provider" default:"local" desc:"key provider: local (sealed keys in the store) or pkcs11 (HSM)"`
 	LocalKEK     string `envconfig:"SIGNER_LOCAL_KEK" secret:"true" desc:"local provider key-encryption key: 32 bytes as hex or base64 (environment only)"`
@@ -53,10 +66,20 @@ type Signer struct {
 	PrePublish      time.Duration `envconfig:"SIGNER_ROTATION_PREPUBLISH" flag:"rotation-prepublish" default:"5m" desc:"how long a PENDING key is published before Commit accepts it"`
 	VerifyOnly      time.Duration `envconfig:"SIGNER_ROTATION_VERIFY_ONLY" flag:"rotation-verify-only" default:"24h" desc:"how long a key stays PREVIOUS before Retire accepts it"`
 
+	MaxConnections       int `envconfig:"SIGNER_MAX_CONNECTIONS" flag:"max-connections" default:"4096" desc:"most client connections open at once; more are closed before the TLS handshake"`
+	ConnectionRate       int `envconfig:"SIGNER_CONNECTION_RATE" flag:"connection-rate" default:"100" desc:"new connections per second accepted from one source address (bursts of 10x)"`
+	MaxConcurrentStreams int `envconfig:"SIGNER_MAX_CONCURRENT_STREAMS" flag:"max-concurrent-streams" default:"256" desc:"most calls in flight on one connection"`
+	DenialRate           int `envconfig:"SIGNER_DENIAL_RATE" flag:"denial-rate" default:"200" desc:"denied calls audited per second across all callers; further denied calls wait"`
+	DenialsPerConnection int `envconfig:"SIGNER_DENIALS_PER_CONNECTION" flag:"denials-per-connection" default:"8" desc:"a connection is closed after this many denied calls"`
+
 	MaxConnectionAge time.Duration `envconfig:"SIGNER_MAX_CONNECTION_AGE" flag:"max-connection-age" default:"10m" desc:"clients reconnect (and re-handshake with their current SVID) after this long; keep it under half the SVID TTL"`
 	ShutdownTimeout  time.Duration `envconfig:"SIGNER_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"20s" desc:"how long shutdown waits for in-flight RPCs"`
 	LogLevel         string        `envconfig:"SIGNER_LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
 }
+
+// Maintenance reports whether the signer runs a one-off store task
+// (--migrate-only, --prune-audit-upto) instead of serving.
+func (c *Signer) Maintenance() bool { return c.MigrateOnly || c.PruneAuditUpTo > 0 }
 
 // MaxPayloadLimit bounds SIGNER_MAX_PAYLOAD_BYTES (the gRPC message limit is
 // derived from it).
@@ -77,6 +100,14 @@ func (c *Signer) Validate() error {
 	}
 	add(checkIDs(c, "AllowSPIFFEIDs", c.AllowSPIFFEIDs))
 	add(checkIDs(c, "RotationAllowSPIFFEIDs", c.RotationAllowSPIFFEIDs))
+	add(checkIDs(c, "AuditorAllowSPIFFEIDs", c.AuditorAllowSPIFFEIDs))
+	for _, id := range c.AllowSPIFFEIDs {
+		for _, a := range c.AuditorAllowSPIFFEIDs {
+			if id == a {
+				add(Errorf(c, "AuditorAllowSPIFFEIDs", "%s is also on %s: the core's identity must not read the audit log; use a separate auditor identity", id, Name(c, "AllowSPIFFEIDs")))
+			}
+		}
+	}
 	for _, id := range c.AllowSPIFFEIDs {
 		for _, op := range c.RotationAllowSPIFFEIDs {
 			if id == op {
@@ -90,7 +121,10 @@ func (c *Signer) Validate() error {
 	if _, err := c.AutoRotations(); err != nil {
 		add(Errorf(c, "AutoRotate", "%v", err))
 	}
-	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
+	// The maintenance modes talk to the store only: no identity, no keys.
+	if !c.Maintenance() {
+		add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
+	}
 
 	switch c.Store {
 	case "bbolt":
@@ -98,25 +132,59 @@ func (c *Signer) Validate() error {
 			add(Errorf(c, "BboltPath", "required with the bbolt store"))
 		}
 	case "postgres":
-		if (c.PostgresDSN == "") == (c.PostgresDSNFile == "") {
+		if !c.Maintenance() && (c.PostgresDSN == "") == (c.PostgresDSNFile == "") {
 			add(Errorf(c, "PostgresDSNFile", "set exactly one of %s and %s with the postgres store", Name(c, "PostgresDSN"), Name(c, "PostgresDSNFile")))
 		}
 		if c.PostgresMaxConns < 1 {
 			add(Errorf(c, "PostgresMaxConns", "must be at least 1"))
 		}
+		if c.PostgresOwnerDSN != "" && c.PostgresOwnerDSNFile != "" {
+			add(Errorf(c, "PostgresOwnerDSNFile", "set at most one of %s and %s", Name(c, "PostgresOwnerDSN"), Name(c, "PostgresOwnerDSNFile")))
+		}
+		if c.MigrateOnly && c.PostgresOwnerDSN == "" && c.PostgresOwnerDSNFile == "" {
+			add(Errorf(c, "PostgresOwnerDSNFile", "%s needs the schema owner's connection string (%s or %s)", Name(c, "MigrateOnly"), Name(c, "PostgresOwnerDSN"), Name(c, "PostgresOwnerDSNFile")))
+		}
+		if c.PruneAuditUpTo > 0 && c.PostgresOwnerDSN == "" && c.PostgresOwnerDSNFile == "" {
+			add(Errorf(c, "PostgresOwnerDSNFile", "%s needs the schema owner's connection string: the serving role may not delete audit entries", Name(c, "PruneAuditUpTo")))
+		}
 	default:
 		add(Errorf(c, "Store", "%q is not a store; use bbolt or postgres", c.Store))
+	}
+	if c.MigrateOnly && c.Store != "postgres" {
+		add(Errorf(c, "MigrateOnly", "only the postgres store has migrations to run (%s is %q)", Name(c, "Store"), c.Store))
+	}
+	if c.PruneAuditUpTo < 0 {
+		add(Errorf(c, "PruneAuditUpTo", "must not be negative"))
+	}
+	if (c.PruneAuditUpTo > 0) != (c.PruneAuditExport != "") {
+		add(Errorf(c, "PruneAuditExport", "set %s and %s together: entries are pruned only when an export holding them verifies", Name(c, "PruneAuditUpTo"), Name(c, "PruneAuditExport")))
 	}
 	if c.AuditMaxBatch < 1 {
 		add(Errorf(c, "AuditMaxBatch", "must be at least 1"))
 	}
+	if c.AuditOrigin != "" && (strings.ContainsAny(c.AuditOrigin, " +\n\t") || !utf8.ValidString(c.AuditOrigin)) {
+		add(Errorf(c, "AuditOrigin", "%q: an origin has no spaces, '+' or newlines (e.g. example.org/plexsphere-signer)", c.AuditOrigin))
+	}
+	if c.CheckpointInterval < time.Second {
+		add(Errorf(c, "CheckpointInterval", "must be at least 1s"))
+	}
+	for _, n := range []struct {
+		field string
+		v     int
+	}{{"MaxConnections", c.MaxConnections}, {"ConnectionRate", c.ConnectionRate}, {"MaxConcurrentStreams", c.MaxConcurrentStreams},
+		{"DenialRate", c.DenialRate}, {"DenialsPerConnection", c.DenialsPerConnection}} {
+		if n.v < 1 {
+			add(Errorf(c, n.field, "must be at least 1"))
+		}
+	}
 
-	switch c.Provider {
-	case "local":
+	switch {
+	case c.Maintenance():
+	case c.Provider == "local":
 		if (c.LocalKEK == "") == (c.LocalKEKFile == "") {
 			add(Errorf(c, "LocalKEKFile", "set exactly one of %s and %s with the local provider (generate one with: head -c32 /dev/urandom | base64)", Name(c, "LocalKEK"), Name(c, "LocalKEKFile")))
 		}
-	case "pkcs11":
+	case c.Provider == "pkcs11":
 		if c.PKCS11Module == "" {
 			add(Errorf(c, "PKCS11Module", "required with the pkcs11 provider"))
 		}
@@ -134,8 +202,8 @@ func (c *Signer) Validate() error {
 	}
 
 	for _, s := range c.BootstrapScopes {
-		if err := store.CheckScope(s); err != nil {
-			add(Errorf(c, "BootstrapScopes", "%q: %v", s, errors.Unwrap(err)))
+		if err := names.CheckScope(s); err != nil {
+			add(Errorf(c, "BootstrapScopes", "%q: a scope %s", s, names.ScopeRule))
 		}
 	}
 	if c.MaxPayloadBytes < 1 || c.MaxPayloadBytes > MaxPayloadLimit {
@@ -218,7 +286,7 @@ func (c *Signer) Grants() (map[string]map[string]bool, error) {
 		if !allowed[id] {
 			return nil, fmt.Errorf("%s is granted a scope but is not on %s", id, Name(c, "AllowSPIFFEIDs"))
 		}
-		if scope != "*" && store.CheckScope(scope) != nil {
+		if scope != "*" && names.CheckScope(scope) != nil {
 			return nil, fmt.Errorf("%q is not a scope (or *)", scope)
 		}
 		if out[id] == nil {
@@ -247,7 +315,7 @@ func (c *Signer) AutoRotations() ([]AutoRotation, error) {
 			return nil, fmt.Errorf("%q is not <scope>:<period>:<prepublish>:<verify-only>", s)
 		}
 		a := AutoRotation{Scope: f[0]}
-		if store.CheckScope(a.Scope) != nil || seen[a.Scope] {
+		if names.CheckScope(a.Scope) != nil || seen[a.Scope] {
 			return nil, fmt.Errorf("%q: bad or repeated scope", s)
 		}
 		seen[a.Scope] = true

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -34,7 +35,7 @@ const (
 	ExitUsage       = 2 // bad command line or configuration
 	ExitUnavailable = 3 // the signer could not be reached or could not serve
 	ExitDenied      = 4 // this identity may not do that
-	ExitBroken      = 5 // audit verify found the chain broken
+	ExitBroken      = 5 // the audit log failed verification
 )
 
 const usage = `usage: signerctl [global flags] <command> [arguments]
@@ -46,14 +47,21 @@ commands:
   rotate abort <scope> <key-id>            retire the PENDING key unused
   rotate retire <scope> <key-id>           retire a PREVIOUS key
   audit tail [filters] [--follow]          print audit entries in commit order
-  audit verify                             check the audit hash chain
+  audit verify [--checkpoint FILE] [--after EXPORT]
+                                           replay every entry against the signed checkpoints
+                                           (and prove the log grew from a saved checkpoint)
+  audit checkpoint                         print a fresh signed checkpoint (save it for verify)
+  audit checkpoint-key                     print the log's checkpoint verifier key (pin it)
+  audit prove <request-id|seq>             prove a request's entries are in the log
+  audit export --to FILE [--after PREV] [--upto SEQ]
+                                           write entries with their proof, ready to prune
   jwks <scope>                             the scope's published keys as a JWKS (RFC 8037)
   bench [--sidecar T] [--concurrency N] [--duration D | --count N] [--rate R] [--payload-size B] [--json]
                                            load a sidecar (or the signer over mTLS) and report
                                            throughput, p50/p90/p99/max and errors by code
 
 exit codes: 0 ok, 1 refused by the signer, 2 usage, 3 signer unavailable,
-4 permission denied, 5 audit chain broken.
+4 permission denied, 5 audit log broken (naming the first bad seq or range).
 `
 
 // Main runs signerctl with args and returns the exit code.
@@ -113,7 +121,15 @@ func (c *cli) dispatch(ctx context.Context, args []string) int {
 	case cmd == "audit tail":
 		err = c.auditTail(ctx, args[2:])
 	case cmd == "audit verify":
-		err = c.auditVerify(ctx)
+		err = c.auditVerify(ctx, args[2:])
+	case cmd == "audit checkpoint":
+		err = c.auditCheckpoint(ctx, args[2:])
+	case cmd == "audit checkpoint-key":
+		err = c.auditCheckpointKey(ctx, args[2:])
+	case cmd == "audit prove":
+		err = c.auditProve(ctx, args[2:])
+	case cmd == "audit export":
+		err = c.auditExport(ctx, args[2:])
 	case args[0] == "jwks":
 		err = c.jwks(ctx, args[1:])
 	default:
@@ -150,6 +166,16 @@ func (c *cli) exit(err error) int {
 		return ExitDenied
 	}
 	return ExitRefused
+}
+
+// reasonOf is the signer's wire reason on a failed call.
+func reasonOf(err error) signerv1.ErrorReason {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return signerv1.ErrorReason(signerv1.ErrorReason_value[info.Reason])
+		}
+	}
+	return signerv1.ErrorReason_ERROR_REASON_UNSPECIFIED
 }
 
 // conn dials the signer once with the operator identity.

@@ -13,10 +13,11 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/ctl"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/store/bbolt"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -68,7 +69,7 @@ func TestKeysRotateAndJWKS(t *testing.T) {
 	pending := opened[0].KeyID
 	// Refused inside the pre-publication window: exit 1, the reason on stderr.
 	code, _, errOut := h.run(t, "rotate", "commit", "payments", pending)
-	if code != ctl.ExitRefused || !strings.Contains(errOut, "rotation not ready") {
+	if code != ctl.ExitRefused || !strings.Contains(errOut, "rotation step not ready") {
 		t.Fatalf("early commit: %d %s", code, errOut)
 	}
 	// The JWKS publishes the PENDING key beside the ACTIVE one (RFC 8037).
@@ -132,42 +133,67 @@ func TestExitCodes(t *testing.T) {
 	}
 }
 
-// audit verify passes on an untouched log and fails (exit 5) on an edited
-// entry, a deleted entry and a swapped pair.
+// audit verify passes on an untouched log and fails (exit 5, naming where)
+// on an edited entry, a deleted entry and a swapped pair, found by
+// replaying the entries against the signed checkpoints; a log cut short is
+// refused by the signer itself.
 func TestAuditVerify(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		tamper func(b *bolt.Bucket) error
+		want   string
 	}{
 		{"edited", func(b *bolt.Bucket) error {
-			v := b.Get(seqKey(3))
-			return b.Put(seqKey(3), bytes.Replace(v, []byte(`"granted"`), []byte(`"caveat_violation"`), 1))
-		}},
-		{"deleted", func(b *bolt.Bucket) error { return b.Delete(seqKey(3)) }},
+			e, err := auditlog.ParseLeaf(b.Get(seqKey(3)))
+			if err != nil {
+				return err
+			}
+			e.Reason = auditlog.ReasonCaveatViolation
+			leaf, err := auditlog.AppendLeaf(nil, &e)
+			if err != nil {
+				return err
+			}
+			return b.Put(seqKey(3), leaf)
+		}, "do not hash to the root signed"},
+		{"deleted", func(b *bolt.Bucket) error { return b.Delete(seqKey(3)) }, "entry 3 is missing"},
 		{"swapped", func(b *bolt.Bucket) error {
 			a, c := bytes.Clone(b.Get(seqKey(3))), bytes.Clone(b.Get(seqKey(4)))
 			if err := b.Put(seqKey(3), c); err != nil {
 				return err
 			}
 			return b.Put(seqKey(4), a)
-		}},
+		}, "do not hash to the root signed"},
+		{"cut short", func(b *bolt.Bucket) error {
+			last, _ := b.Cursor().Last()
+			return b.Delete(last)
+		}, "the signer reports its audit log broken"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := start(t)
-			for range 3 {
+			// Enough entries that 3 and 4 sit in a whole tile of the tree
+			// (the signer's own checks recompute only the last partial one).
+			for range 20 {
 				if code, _, e := h.run(t, "keys", "list"); code != ctl.ExitOK {
 					t.Fatal(e)
 				}
 			}
-			if code, out, e := h.run(t, "audit", "verify"); code != ctl.ExitOK || !strings.Contains(out, "intact") {
+			if code, out, e := h.run(t, "--checkpoint-key", h.env.CheckpointKey, "audit", "verify"); code != ctl.ExitOK || !strings.Contains(out, "audit log verified") {
 				t.Fatalf("untouched log: %d %s %s", code, out, e)
 			}
 			db := h.env.Store.(*bbolt.Store).DB()
-			if err := db.Update(func(tx *bolt.Tx) error { return tc.tamper(tx.Bucket([]byte("audit"))) }); err != nil {
+			if err := db.Update(func(tx *bolt.Tx) error {
+				if tc.name == "cut short" { // and the head moved back with it
+					n := binary.BigEndian.Uint64(tx.Bucket([]byte("meta")).Get([]byte("audit_size")))
+					if err := tx.Bucket([]byte("meta")).Put([]byte("audit_size"), seqKey(n-1)); err != nil {
+						return err
+					}
+				}
+				return tc.tamper(tx.Bucket([]byte("audit")))
+			}); err != nil {
 				t.Fatal(err)
 			}
-			code, _, e := h.run(t, "audit", "verify")
-			if code != ctl.ExitBroken || !strings.Contains(e, "broken at seq") {
+			code, _, e := h.run(t, "--checkpoint-key", h.env.CheckpointKey, "audit", "verify")
+			if code != ctl.ExitBroken || !strings.Contains(e, tc.want) {
 				t.Fatalf("%s log: exit %d, %s", tc.name, code, e)
 			}
 		})

@@ -8,8 +8,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/plexsphere/signer/internal/devpki"
 	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/testing/devpki"
 )
 
 func TestFileSourceReloads(t *testing.T) {

@@ -23,16 +23,26 @@ type Key interface {
 	SignContext(ctx context.Context, message []byte) ([]byte, error)
 }
 
+// KeyRef is what binds a provider key to its record in the store: its id,
+// its scope and its public half.
+type KeyRef struct {
+	ID     string
+	Scope  string
+	Public ed25519.PublicKey // ignored by Generate
+}
+
 // Provider generates and loads keys.
 type Provider interface {
 	// Name is stored with each key so the signer can refuse a key made by
 	// another provider.
 	Name() string
-	// Generate makes a new key for id and returns the handle to store and
-	// the public half.
-	Generate(ctx context.Context, id string) (handle []byte, pub ed25519.PublicKey, err error)
-	// Load returns the key for a handle Generate returned.
-	Load(ctx context.Context, id string, handle []byte) (Key, error)
+	// Generate makes a new key for ref (its id and scope) and returns the
+	// handle to store and the public half.
+	Generate(ctx context.Context, ref KeyRef) (handle []byte, pub ed25519.PublicKey, err error)
+	// Load returns the key for a handle Generate returned. A handle that was
+	// not made for ref (another id, scope or public half: a record moved or
+	// swapped in the store) is refused with signerr.ErrInvariant.
+	Load(ctx context.Context, ref KeyRef, handle []byte) (Key, error)
 	// Health reports whether the provider can sign now.
 	Health(ctx context.Context) error
 	Close() error

@@ -49,7 +49,19 @@ func openPostgres(ctx context.Context, cfg *config.Signer, log *slog.Logger) (st
 	if err != nil {
 		return nil, config.Errorf(cfg, "PostgresDSNFile", "%v", err)
 	}
-	return postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: int32(cfg.PostgresMaxConns), Migrate: cfg.PostgresMigrate, Log: log})
+	st, err := postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: int32(cfg.PostgresMaxConns), Migrate: cfg.PostgresMigrate, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Schema(ctx); err != nil {
+		st.Close()
+		if errors.Is(err, postgres.ErrNotMigrated) {
+			return nil, config.Errorf(cfg, "PostgresDSNFile", "%v: run `plexsphere-signer --migrate-only` as the schema owner first (%s, %s), or set %s in development",
+				err, config.Name(cfg, "PostgresOwnerDSNFile"), config.Name(cfg, "PostgresRuntimeRole"), config.Name(cfg, "PostgresMigrate"))
+		}
+		return nil, err
+	}
+	return st, nil
 }
 
 func openPKCS11(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, error) {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -170,7 +170,8 @@ func TestScopeGrants(t *testing.T) {
 		t.Fatalf("scope not granted: %v", err)
 	}
 	adm, mw := rpcEntriesAny(t, env, seq)
-	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || adm[0].Object != "signing-key:billing:-" || len(mw) != 0 {
+	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || adm[0].Object != "signing-key:billing:-" ||
+		len(mw) != 1 || mw[0].Reason != audit.ReasonInsufficientRelation || mw[0].Object != "signing-key:billing:-" {
 		t.Fatalf("entries %+v %+v", adm, mw)
 	}
 	for _, s := range []string{scope, "billing"} {

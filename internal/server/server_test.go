@@ -23,11 +23,11 @@ import (
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/devpki"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/signerr"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/testing/devpki"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -99,15 +99,15 @@ func TestAdmission(t *testing.T) {
 		code      codes.Code
 		msg       string
 		admission string // want admission subject ("" = no entry at all)
-		reason    string // want admission reason
-		relation  string // want middleware relation ("" = no middleware entry)
+		reason    string // want the reason of both entries
+		relation  string // want middleware relation
 	}{
 		{name: "allowed identity signs", env: env, svid: mustIssue(env.CA, signertest.CoreID),
 			code: codes.OK, admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonGranted, relation: audit.RelationSign},
 		{name: "identity not on the list", env: env, svid: mustIssue(env.CA, intruder),
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + intruder, reason: audit.ReasonInsufficientRelation},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + intruder, reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
 		{name: "no client certificate", env: env, svid: nil,
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=", reason: audit.ReasonInsufficientRelation},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=", reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
 		{name: "certificate from another trust domain", env: env, svid: mustIssue(evilCA, "spiffe://evil.org/ns/plexsphere/sa/plexsphere-core"),
 			code: codes.Unavailable},
 		{name: "allowed ID signed by a foreign CA", env: env, svid: mustIssue(evilCA, signertest.CoreID),
@@ -115,15 +115,15 @@ func TestAdmission(t *testing.T) {
 		{name: "expired certificate", env: env, svid: mustIssue(env.CA, signertest.CoreID, devpki.Validity(time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))),
 			code: codes.Unavailable},
 		{name: "empty allow-list admits nobody", env: emptyList, svid: mustIssue(emptyList.CA, signertest.CoreID),
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonInsufficientRelation},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
 		{name: "core identity cannot rotate", env: env, svid: mustIssue(env.CA, signertest.CoreID),
 			call: func(cc *grpc.ClientConn) error {
 				_, err := signerv1.NewRotationServiceClient(cc).Open(context.Background(), &signerv1.OpenRequest{Scope: scope})
 				return err
 			},
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonInsufficientRelation},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonInsufficientRelation, relation: audit.RelationRotate},
 		{name: "operator cannot sign", env: env, svid: mustIssue(env.CA, signertest.OperatorID),
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.OperatorID, reason: audit.ReasonInsufficientRelation},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.OperatorID, reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
 		{name: "operator lists keys", env: env, svid: mustIssue(env.CA, signertest.OperatorID),
 			call: func(cc *grpc.ClientConn) error {
 				_, err := signerv1.NewRotationServiceClient(cc).ListKeys(context.Background(), &signerv1.ListKeysRequest{})
@@ -155,21 +155,24 @@ func TestAdmission(t *testing.T) {
 			if len(adm) != 1 || adm[0].Subject != tc.admission || adm[0].Reason != tc.reason {
 				t.Fatalf("admission entries = %+v, want one %s/%s", adm, tc.admission, tc.reason)
 			}
-			if tc.relation == "" {
-				if len(mw) != 0 {
-					t.Fatalf("a denied call reached the handler: %+v", mw)
+			// Every RPC, a denied one included, has exactly one middleware
+			// entry, committed with its admission entry.
+			if len(mw) != 1 || mw[0].Relation != tc.relation || mw[0].Reason != tc.reason || mw[0].RequestID != adm[0].RequestID ||
+				mw[0].Code != tc.code.String() || mw[0].Seq != adm[0].Seq+1 {
+				t.Fatalf("middleware entries = %+v, want one %s/%s after the admission entry", mw, tc.relation, tc.reason)
+			}
+			if tc.code != codes.OK {
+				if mw[0].Object != "signing-key:payments:-" || mw[0].SignatureSHA256 != nil {
+					t.Fatalf("a denied call resolved a key or signed: %+v", mw[0])
 				}
 				return
-			}
-			if len(mw) != 1 || mw[0].Relation != tc.relation || mw[0].Reason != audit.ReasonGranted || mw[0].RequestID != adm[0].RequestID {
-				t.Fatalf("middleware entries = %+v", mw)
 			}
 			if resp != nil {
 				pub := publicKey(t, cc, resp.KeyId)
 				if !ed25519.Verify(pub, []byte("hello"), resp.Signature) {
 					t.Fatal("signature does not verify with the published key")
 				}
-				if mw[0].Object != "signing-key:payments:"+resp.KeyId || mw[0].SignatureSHA256 == "" {
+				if mw[0].Object != "signing-key:payments:"+resp.KeyId || len(mw[0].SignatureSHA256) != 32 {
 					t.Fatalf("sign entry = %+v", mw[0])
 				}
 			}
@@ -189,17 +192,57 @@ func publicKey(t *testing.T, cc *grpc.ClientConn, keyID string) ed25519.PublicKe
 	return resp.Keys[0].PublicKey
 }
 
-// The signer registers no reflection service.
-func TestNoReflection(t *testing.T) {
-	env := signertest.Start(t)
-	cc := env.Dial(t, env.Issue(t, signertest.CoreID))
-	stream, err := reflectionpb.NewServerReflectionClient(cc).ServerReflectionInfo(context.Background())
+// The signer registers no reflection service, and an unadmitted peer
+// learns nothing about which methods exist: every path, served or not, is
+// PermissionDenied until admission, and audited. An admitted peer calling a
+// method that does not exist gets Unimplemented, audited too.
+func TestUnknownMethods(t *testing.T) {
+	env := signertest.Start(t, signertest.WithClock(signertest.NewClock(admissionTime)))
+	core := env.Dial(t, env.Issue(t, signertest.CoreID))
+	anon := env.Dial(t, nil)
+	stream, err := reflectionpb.NewServerReflectionClient(core).ServerReflectionInfo(context.Background())
 	if err == nil {
 		// Send may already see the stream closed (io.EOF); Recv carries the status.
 		stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
 		_, err = stream.Recv()
 	}
-	wantStatus(t, err, codes.Unimplemented, "")
+	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
+
+	invoke := func(cc *grpc.ClientConn, method string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return cc.Invoke(ctx, method, &signerv1.SignRequest{Scope: scope, Payload: []byte("x")}, &signerv1.SignResponse{})
+	}
+	for _, tc := range []struct {
+		name     string
+		cc       *grpc.ClientConn
+		method   string
+		code     codes.Code
+		relation string
+		reason   string
+	}{
+		{"anonymous, served method", anon, signerv1.SignerService_Sign_FullMethodName, codes.PermissionDenied, audit.RelationSign, audit.ReasonInsufficientRelation},
+		{"anonymous, unknown method of a served service", anon, "/plexsphere.signer.v1.SignerService/Export", codes.PermissionDenied, audit.RelationUnknown, audit.ReasonInsufficientRelation},
+		{"anonymous, unknown service", anon, "/plexsphere.admin.v1.Debug/Dump", codes.PermissionDenied, audit.RelationUnknown, audit.ReasonInsufficientRelation},
+		{"admitted, unknown method of its service", core, "/plexsphere.signer.v1.SignerService/Export", codes.Unimplemented, audit.RelationUnknown, audit.ReasonInsufficientRelation},
+		{"admitted, unknown service", core, "/plexsphere.admin.v1.Debug/Dump", codes.PermissionDenied, audit.RelationUnknown, audit.ReasonInsufficientRelation},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			seq := env.LastSeq(t)
+			err := invoke(tc.cc, tc.method)
+			if status.Code(err) != tc.code {
+				t.Fatalf("%s: %v, want %v", tc.method, err, tc.code)
+			}
+			if tc.code == codes.PermissionDenied {
+				wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
+			}
+			adm, mw := rpcEntries(t, env, seq)
+			if len(adm) != 1 || len(mw) != 1 || mw[0].Relation != tc.relation || mw[0].Reason != tc.reason ||
+				mw[0].Method != tc.method || mw[0].Code != tc.code.String() || mw[0].RequestID != adm[0].RequestID {
+				t.Fatalf("entries %+v %+v, want one admission and one %s/%s entry", adm, mw, tc.relation, tc.reason)
+			}
+		})
+	}
 }
 
 // faults wraps a store and a provider with switchable failures.
@@ -226,14 +269,24 @@ func (f *faults) ActiveKey(ctx context.Context, scope string) (store.Key, error)
 	return f.Store.ActiveKey(ctx, scope)
 }
 
-func (f *faults) AppendAudit(ctx context.Context, batch []audit.Entry) error {
+func (f *faults) appendErrNow() error {
 	f.mu.Lock()
-	err := f.appendErr
-	f.mu.Unlock()
-	if err != nil {
+	defer f.mu.Unlock()
+	return f.appendErr
+}
+
+func (f *faults) AppendAudit(ctx context.Context, b *audit.Batch) error {
+	if err := f.appendErrNow(); err != nil {
 		return err
 	}
-	return f.Store.AppendAudit(ctx, batch)
+	return f.Store.AppendAudit(ctx, b)
+}
+
+func (f *faults) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+	if err := f.appendErrNow(); err != nil {
+		return err
+	}
+	return f.Store.AppendAuditLocked(ctx, build)
 }
 
 // flakyProvider's keys fail to sign while down is set, as an HSM does when
@@ -243,8 +296,8 @@ type flakyProvider struct {
 	down *atomic.Bool
 }
 
-func (p flakyProvider) Load(ctx context.Context, id string, h []byte) (keyprovider.Key, error) {
-	k, err := p.Provider.Load(ctx, id, h)
+func (p flakyProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte) (keyprovider.Key, error) {
+	k, err := p.Provider.Load(ctx, ref, h)
 	return flakyKey{k, p.down}, err
 }
 
@@ -337,7 +390,7 @@ func TestEveryErrorClassAuditedOnce(t *testing.T) {
 			if e.Relation != "sign" || e.Reason != tc.reason || e.Object != tc.object || e.Code != tc.code.String() || e.RequestID != adm[0].RequestID {
 				t.Fatalf("entry = %+v, want reason %s object %s", e, tc.reason, tc.object)
 			}
-			if (e.SignatureSHA256 != "") != (tc.code == codes.OK) {
+			if (e.SignatureSHA256 != nil) != (tc.code == codes.OK) {
 				t.Fatalf("signature digest %q for code %v", e.SignatureSHA256, tc.code)
 			}
 		})
@@ -401,7 +454,7 @@ func TestEveryErrorClassAuditedOnce(t *testing.T) {
 		f.set(nil, errors.New("disk full"))
 		resp, err := sign(fcore, &signerv1.SignRequest{Scope: scope, Payload: []byte("p")})
 		f.set(nil, nil)
-		wantStatus(t, err, codes.Unavailable, "audit: store unavailable")
+		wantStatus(t, err, codes.Unavailable, "signing: audit log unavailable")
 		if resp != nil {
 			t.Fatal("a signature left the signer without its audit entry")
 		}
@@ -497,7 +550,7 @@ func TestCertificateExpiringMidConnection(t *testing.T) {
 	_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
 	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
 	adm, mw := rpcEntriesAny(t, env, seq)
-	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || len(mw) != 0 {
+	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || len(mw) != 1 || mw[0].Reason != audit.ReasonInsufficientRelation {
 		t.Fatalf("entries %+v %+v", adm, mw)
 	}
 }
@@ -553,7 +606,8 @@ func (p sickProvider) Health(ctx context.Context) error {
 }
 
 // gRPC health on the ops port follows the store and the provider; /readyz
-// answers the same question at once.
+// answers the same question from the state the background check keeps (a
+// probe never costs a database round trip).
 func TestHealth(t *testing.T) {
 	down := new(atomic.Bool)
 	env := signertest.Start(t, signertest.WithOps(), signertest.WithProvider(sickProvider{signertest.NewLocalProvider(t), down}))
@@ -593,10 +647,13 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("/readyz = %d while healthy", code)
 	}
 	down.Store(true)
+	until(healthpb.HealthCheckResponse_NOT_SERVING)
 	if code := readyz(); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz = %d with the provider down", code)
 	}
-	until(healthpb.HealthCheckResponse_NOT_SERVING)
 	down.Store(false)
 	until(healthpb.HealthCheckResponse_SERVING)
+	if code := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d after recovery", code)
+	}
 }

@@ -5,12 +5,14 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -22,8 +24,9 @@ import (
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/keyprovider"
-	"github.com/plexsphere/signer/internal/metrics"
+	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/ops"
+	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
 	"github.com/plexsphere/signer/internal/store"
@@ -57,17 +60,22 @@ type Signer struct {
 	provider keyprovider.Provider
 	ident    identity.Source
 	writer   *audit.Writer
+	auditLog *audit.Log
+	vkey     string
 	keys     *signing.Keyring
 	rotation *signing.Rotation
 	auto     *signing.AutoRotator // nil without schedules
-	metrics  *metrics.Signer
+	metrics  *signerMetrics
+	guard    *guard
 	grpc     *grpc.Server
 	health   *health.Server
-	owned    []func() error // closed in reverse order
+	ready    atomic.Pointer[error] // the last readiness check, refreshed in the background
+	owned    []func() error        // closed in reverse order
 }
 
-// New opens everything cfg names (unless opts supplies it) and bootstraps
-// the configured scopes. cfg must have passed Validate.
+// New opens everything cfg names (unless opts supplies it), checks the audit
+// log against its last checkpoint and bootstraps the configured scopes. cfg
+// must have passed Validate.
 func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err error) {
 	s := &Signer{cfg: cfg, log: opts.Log}
 	if s.log == nil {
@@ -82,6 +90,8 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 			s.closeOwned()
 		}
 	}()
+	notChecked := errors.New("not checked yet")
+	s.ready.Store(&notChecked)
 
 	if s.ident = opts.Identity; s.ident == nil {
 		if s.ident, err = identity.Open(ctx, identity.Config{WorkloadAPIAddr: cfg.WorkloadAPIAddr, CertFile: cfg.SVIDCertFile,
@@ -102,21 +112,32 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		}
 		s.owned = append(s.owned, s.provider.Close)
 	}
-	s.metrics = metrics.NewSigner(methods(), func(ctx context.Context) ([]store.Key, error) { return s.store.Keys(ctx, "") }, s.ident)
-	s.provider = s.metrics.Provider(s.provider)
-	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.ObserveBatch})
+	s.metrics = newSignerMetrics(methods(), func(ctx context.Context) ([]store.Key, error) { return s.store.Keys(ctx, "") }, s.ident)
+	// The checkpoint key is loaded before the provider is wrapped: the
+	// provider metrics count the signatures callers ask for.
+	untimed := s.provider
+	s.provider = s.metrics.timed(s.provider)
+	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.observeBatch})
 	s.owned = append(s.owned, func() error { s.writer.Close(); return nil })
+
+	if err := s.openLog(ctx, untimed, clock); err != nil {
+		return nil, err
+	}
 
 	s.keys = signing.NewKeyring(s.store, s.provider, cfg.KeyCacheTTL, clock)
 	s.rotation = signing.NewRotation(s.store, s.provider, s.keys,
 		signing.Windows{PrePublish: cfg.PrePublish, VerifyOnly: cfg.VerifyOnly}, clock)
-	for _, scope := range cfg.BootstrapScopes {
-		k, created, err := s.rotation.Bootstrap(ctx, scope, s.writer)
-		if err != nil {
-			return nil, fmt.Errorf("bootstrap scope %q: %w", scope, err)
-		}
-		if created {
-			s.log.Info("bootstrapped scope", "scope", scope, "key_id", k.ID)
+	if broken := s.auditLog.Broken(); broken != nil {
+		s.log.Error("scopes not bootstrapped: the audit log is broken", "err", broken)
+	} else {
+		for _, scope := range cfg.BootstrapScopes {
+			k, created, err := s.rotation.Bootstrap(ctx, scope, s.writer)
+			if err != nil {
+				return nil, fmt.Errorf("bootstrap scope %q: %w", scope, err)
+			}
+			if created {
+				s.log.Info("bootstrapped scope", "scope", scope, "key_id", k.ID)
+			}
 		}
 	}
 
@@ -139,44 +160,125 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	if len(schedules) > 0 {
 		s.auto = signing.NewAutoRotator(s.rotation, s.writer, schedules, s.log)
 	}
-	operators := peeridentity.NewAllowList(cfg.RotationAllowSPIFFEIDs...)
-	admission := peeridentity.Config{
-		Lists: map[string]peeridentity.AllowList{
-			signerv1.SignerService_ServiceDesc.ServiceName:   peeridentity.NewAllowList(cfg.AllowSPIFFEIDs...),
-			signerv1.RotationService_ServiceDesc.ServiceName: operators,
-			signerv1.AuditService_ServiceDesc.ServiceName:    operators,
-		},
-		Grants:         grants,
-		GrantedService: signerv1.SignerService_ServiceDesc.ServiceName,
-		Sink:           s.writer,
-		Clock:          clock,
-		Log:            s.log,
-		Observe:        s.metrics.ObserveAdmission,
+
+	signerSvc := signerv1.SignerService_ServiceDesc.ServiceName
+	lists := map[string]peeridentity.AllowList{
+		signerSvc: peeridentity.NewAllowList(cfg.AllowSPIFFEIDs...),
+		signerv1.RotationService_ServiceDesc.ServiceName: peeridentity.NewAllowList(cfg.RotationAllowSPIFFEIDs...),
+		signerv1.AuditService_ServiceDesc.ServiceName:    peeridentity.NewAllowList(append(cfg.RotationAllowSPIFFEIDs, cfg.AuditorAllowSPIFFEIDs...)...),
+	}
+	s.guard = newGuard(guardLimits{MaxConns: cfg.MaxConnections, ConnRatePerSource: float64(cfg.ConnectionRate),
+		ConnBurstPerSource: 10 * cfg.ConnectionRate, DenialRate: float64(cfg.DenialRate), DenialBurst: cfg.DenialRate,
+		DenialsPerConn: cfg.DenialsPerConnection}, func(reason string) { s.metrics.connsRefused.WithLabelValues(reason).Inc() })
+	auditor := &signing.Auditor{
+		Authorize: peeridentity.WithScopeGrants(peeridentity.AuthorizeByService(lists), signerSvc, grants),
+		Writer:    s.writer,
+		Clock:     clock,
+		Log:       s.log,
+		Denials:   s.guard,
+		Observe:   s.metrics.observeRPC,
 	}
 	// No reflection service is registered: the wire schema is the committed
-	// .proto, and a peer cannot enumerate methods.
+	// .proto, and every path, unknown ones included, goes through admission
+	// and audit first.
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(identity.ServerTLS(s.ident))),
-		grpc.ChainUnaryInterceptor(
-			s.metrics.UnaryInterceptor(),
-			peeridentity.UnaryInterceptor(admission),
-			signing.AuditInterceptor(s.writer, clock, s.log),
-		),
-		grpc.ChainStreamInterceptor(peeridentity.StreamInterceptor(admission)),
+		grpc.UnaryInterceptor(auditor.Unary()),
+		grpc.UnknownServiceHandler(auditor.UnknownMethod),
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes+envelope),
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Connections end (gracefully: GOAWAY, in-flight calls finish) so that
 		// clients re-handshake with their rotated SVIDs and re-resolve the
 		// signer's replicas.
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: 30 * time.Second}),
 	)
+	reader, err := signing.NewAuditReader(s.store, s.auditLog, s.vkey)
+	if err != nil {
+		return nil, err
+	}
 	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, cfg.MaxPayloadBytes))
 	signerv1.RegisterRotationServiceServer(s.grpc, s.rotation)
-	signerv1.RegisterAuditServiceServer(s.grpc, signing.NewAuditReader(s.store))
+	signerv1.RegisterAuditServiceServer(s.grpc, reader)
 
 	s.health = health.NewServer()
 	s.setServing(false)
 	return s, nil
+}
+
+// openLog loads (or creates, on first start) the checkpoint key, wires the
+// audit log and checks the store against the last signed checkpoint. A
+// broken log does not stop start-up: the signer comes up not ready and
+// refuses every RPC, so the operator can inspect it (docs/audit.md).
+func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func() time.Time) error {
+	key, rec, err := logKey(ctx, s.store, p, clock)
+	if err != nil {
+		if errors.Is(err, signerr.ErrProviderUnavailable) && s.cfg.Provider == "local" {
+			return config.Errorf(&s.cfg, "LocalKEKFile", "the audit checkpoint key does not unseal with this key-encryption key (%s): is it the KEK this store's keys were sealed with? %v", config.Name(&s.cfg, "LocalKEK"), err)
+		}
+		return fmt.Errorf("audit checkpoint key: %w", err)
+	}
+	origin := s.cfg.AuditOrigin
+	if origin == "" {
+		svid, err := s.ident.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("audit origin: %w", err)
+		}
+		origin = svid.ID.TrustDomain().Name() + "/plexsphere-signer"
+	}
+	signer, vkey, err := audit.NewNoteSigner(origin, rec.Public, func(msg []byte) ([]byte, error) {
+		// A provider that hangs (an HSM gone quiet) must not hang the log's
+		// checks: the checkpoint is signed again at the next interval.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return key.SignContext(ctx, msg)
+	})
+	if err != nil {
+		return config.Errorf(&s.cfg, "AuditOrigin", "%v", err)
+	}
+	verifier, err := audit.NewVerifier(vkey)
+	if err != nil {
+		return err
+	}
+	s.vkey = vkey
+	s.auditLog = audit.NewLog(audit.LogConfig{Store: s.store, Writer: s.writer, Signer: signer, Verifier: verifier,
+		Interval: s.cfg.CheckpointInterval, File: s.cfg.CheckpointLog, Log: s.log, Observe: s.metrics.observeLog})
+	if err := s.auditLog.Check(ctx); err != nil && !errors.Is(err, signerr.ErrAuditLogBroken) {
+		s.log.Warn("audit log not checked at start-up; retrying in the background", "err", err)
+	}
+	s.log.Info("audit log", "origin", origin, "checkpoint_verifier_key", vkey, "size", s.auditLog.Latest().Size)
+	return nil
+}
+
+// logKey returns the audit checkpoint key, creating it in the provider on
+// the first start. Loading it at every start proves the provider holds the
+// store's keys (the right KEK, the right token) before anything is served.
+func logKey(ctx context.Context, st store.Store, p keyprovider.Provider, clock func() time.Time) (keyprovider.Key, store.Key, error) {
+	rec, err := st.LogKey(ctx)
+	if errors.Is(err, signerr.ErrKeyNotFound) {
+		id := names.NewKeyID()
+		handle, pub, gerr := p.Generate(ctx, keyprovider.KeyRef{ID: id, Scope: store.LogKeyScope})
+		if gerr != nil {
+			return nil, store.Key{}, gerr
+		}
+		// Another replica may win the race; its key is the one used.
+		rec, err = st.CreateLogKey(ctx, store.Key{ID: id, Scope: store.LogKeyScope, State: store.Active, Public: pub,
+			Provider: p.Name(), Handle: handle, CreatedAt: clock().UTC().Truncate(time.Microsecond)})
+	}
+	if err != nil {
+		return nil, store.Key{}, err
+	}
+	if rec.Provider != p.Name() {
+		return nil, store.Key{}, fmt.Errorf("the checkpoint key belongs to provider %q, this signer runs %q: %w", rec.Provider, p.Name(), signerr.ErrProviderUnavailable)
+	}
+	k, err := p.Load(ctx, keyprovider.KeyRef{ID: rec.ID, Scope: rec.Scope, Public: rec.Public}, rec.Handle)
+	if err != nil {
+		return nil, store.Key{}, err
+	}
+	if pub, ok := k.Public().(ed25519.PublicKey); !ok || !pub.Equal(rec.Public) {
+		return nil, store.Key{}, fmt.Errorf("the checkpoint key's public half does not match its record: %w", signerr.ErrInvariant)
+	}
+	return k, rec, nil
 }
 
 func (s *Signer) closeOwned() {
@@ -192,7 +294,8 @@ func (s *Signer) setServing(ok bool) {
 	ops.SetAll(s.health, ok, signerv1.SignerService_ServiceDesc.ServiceName)
 }
 
-// check is the readiness rule: the store and the provider both answer.
+// check is the readiness rule: the store and the provider both answer and
+// the audit log matches its checkpoint.
 func (s *Signer) check(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -202,13 +305,21 @@ func (s *Signer) check(ctx context.Context) error {
 	if err := s.provider.Health(ctx); err != nil {
 		return fmt.Errorf("provider: %w", err)
 	}
+	if err := s.auditLog.Broken(); err != nil {
+		return err
+	}
 	return nil
 }
+
+// Ready answers readiness from the state the background check keeps: a
+// probe never costs a database round trip.
+func (s *Signer) Ready(context.Context) error { return *s.ready.Load() }
 
 func (s *Signer) watchHealth(ctx context.Context, every time.Duration) {
 	var last error = errors.New("unchecked")
 	for {
 		err := s.check(ctx)
+		s.ready.Store(&err)
 		if (err == nil) != (last == nil) {
 			if err != nil {
 				s.log.Error("not ready", "err", err)
@@ -234,8 +345,9 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	defer s.closeOwned()
 	hctx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); s.watchHealth(hctx, 5*time.Second) }()
+	go func() { defer wg.Done(); s.auditLog.Run(hctx) }()
 	// A store shared by replicas announces key changes: drop stale cache
 	// entries at once instead of waiting out the TTL.
 	if w, ok := s.store.(interface {
@@ -251,10 +363,10 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	defer func() { stopHealth(); wg.Wait() }()
 
 	errc := make(chan error, 2)
-	go func() { errc <- s.grpc.Serve(lis) }()
+	go func() { errc <- s.grpc.Serve(s.guard.listener(lis)) }()
 	var opsSrv *http.Server
 	if opsLis != nil {
-		opsSrv = ops.Server(s.health, s.check, s.metrics.Handler())
+		opsSrv = ops.Server(s.health, s.Ready, s.metrics.Handler())
 		go func() { errc <- opsSrv.Serve(opsLis) }()
 	}
 	s.log.Info("signer serving", "addr", lis.Addr().String(), "store", s.cfg.Store, "provider", s.provider.Name())
@@ -286,6 +398,12 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	}
 	return err
 }
+
+// CheckpointVerifierKey is the audit log's verifier key.
+func (s *Signer) CheckpointVerifierKey() string { return s.vkey }
+
+// AuditLog is the signer's audit log (tests check and checkpoint it).
+func (s *Signer) AuditLog() *audit.Log { return s.auditLog }
 
 // methods are every method the signer serves, the metrics' label values.
 func methods() []string {

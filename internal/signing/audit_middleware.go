@@ -3,119 +3,255 @@ package signing
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
+	"errors"
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
-// note is what a handler tells the middleware about the RPC: the scope and
-// key it resolved and, for Sign, digests of payload and signature.
-type note struct {
-	scope, keyID    string
-	payloadSHA256   string
-	signatureSHA256 string
-}
-
-type noteKey struct{}
-
-// noteOf returns the RPC's note; a handler called without the middleware (a
-// unit test) gets a throwaway one.
-func noteOf(ctx context.Context) *note {
-	if n, ok := ctx.Value(noteKey{}).(*note); ok {
-		return n
-	}
-	return &note{}
-}
-
-func digest(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
-
-// relations maps each served method to its audit relation. A method missing
-// here is refused by the middleware rather than served unaudited.
+// relations maps each served method to its audit relation; any other
+// method is audited as audit.RelationUnknown and answered Unimplemented
+// (to an admitted peer) after admission.
 var relations = map[string]string{
-	signerv1.SignerService_Sign_FullMethodName:       audit.RelationSign,
-	signerv1.SignerService_PublicKey_FullMethodName:  audit.RelationPublicKey,
-	signerv1.RotationService_Open_FullMethodName:     audit.RelationRotate,
-	signerv1.RotationService_Commit_FullMethodName:   audit.RelationRotate,
-	signerv1.RotationService_Abort_FullMethodName:    audit.RelationRotate,
-	signerv1.RotationService_Retire_FullMethodName:   audit.RelationRotate,
-	signerv1.RotationService_ListKeys_FullMethodName: audit.RelationRotate,
-	signerv1.AuditService_List_FullMethodName:        audit.RelationAudit,
-	signerv1.AuditService_Verify_FullMethodName:      audit.RelationAudit,
+	signerv1.SignerService_Sign_FullMethodName:                 audit.RelationSign,
+	signerv1.SignerService_PublicKey_FullMethodName:            audit.RelationPublicKey,
+	signerv1.RotationService_Open_FullMethodName:               audit.RelationRotate,
+	signerv1.RotationService_Commit_FullMethodName:             audit.RelationRotate,
+	signerv1.RotationService_Abort_FullMethodName:              audit.RelationRotate,
+	signerv1.RotationService_Retire_FullMethodName:             audit.RelationRotate,
+	signerv1.RotationService_ListKeys_FullMethodName:           audit.RelationRotate,
+	signerv1.AuditService_List_FullMethodName:                  audit.RelationAudit,
+	signerv1.AuditService_Verify_FullMethodName:                audit.RelationAudit,
+	signerv1.AuditService_Checkpoint_FullMethodName:            audit.RelationAudit,
+	signerv1.AuditService_ProveInclusion_FullMethodName:        audit.RelationAudit,
+	signerv1.AuditService_ProveConsistency_FullMethodName:      audit.RelationAudit,
+	signerv1.AuditService_ListCheckpoints_FullMethodName:       audit.RelationAudit,
+	signerv1.AuditService_CheckpointVerifierKey_FullMethodName: audit.RelationAudit,
 }
 
-// AuditInterceptor writes exactly one entry per RPC, whatever the outcome,
-// with Subject "service:signer", the method's relation, Object
-// "signing-key:<scope>:<key_id>" ("-" where nothing was resolved), the reason
-// from signerr.Classify, an empty non-nil CaveatContext and the clock's time
-// at admission in UTC. The call's admission entry, if the peeridentity
-// interceptor granted one, is committed in the same transaction, first. The
-// response is released only after both are committed; if they cannot be, the
-// caller gets Unavailable and no response.
-func AuditInterceptor(sink audit.Sink, clock func() time.Time, log *slog.Logger) grpc.UnaryServerInterceptor {
-	if clock == nil {
-		clock = time.Now
+// DenialPolicy keeps refused callers from starving admitted ones. Wait runs
+// before a denied call is audited and may hold it (a bounded rate of
+// denials); Denied runs after the denial is answered (the server counts
+// denials per connection and closes a connection that keeps being denied).
+type DenialPolicy interface {
+	Wait(ctx context.Context) error
+	Denied(ctx context.Context)
+}
+
+// Auditor is the signer's one admission-and-audit interceptor. For every
+// RPC, served methods and unknown ones alike, it decides admission
+// (peeridentity) before any handler runs and writes exactly two entries in
+// one commit, whatever the outcome:
+//
+//   - the admission entry: Subject "service:signer:peer=<spiffe-id>" ("" when
+//     the peer has no certificate), Relation "connect", reason granted or
+//     insufficient_relation;
+//   - the middleware entry: Subject "service:signer", the method's relation,
+//     Object "signing-key:<scope>:<key_id>" ("-" where nothing was resolved),
+//     the reason from Classify (insufficient_relation for a denied call),
+//
+// both with an empty non-nil CaveatContext and the clock's time at admission
+// in UTC (audit.New). The handler never sees a denied call. The answer
+// leaves only after both entries are committed; if they cannot be, the
+// caller gets Unavailable and nothing else (no signature).
+type Auditor struct {
+	Authorize peeridentity.Authorizer
+	Writer    *audit.Writer
+	Clock     func() time.Time
+	Log       *slog.Logger
+	Denials   DenialPolicy // nil: no flood control
+	// Observe, if set, is told every RPC's outcome (for metrics).
+	Observe func(method, outcome string, code codes.Code, took time.Duration)
+}
+
+// Unary is the interceptor for the served methods.
+func (a *Auditor) Unary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		return a.serve(ctx, info.FullMethod, req, func(ctx context.Context) (any, error) { return h(ctx, req) })
 	}
-	if log == nil {
-		log = slog.Default()
+}
+
+// UnknownMethod answers every method the server does not serve (register it
+// with grpc.UnknownServiceHandler): admitted and audited like the others, so
+// an unadmitted peer learns nothing about which methods exist.
+func (a *Auditor) UnknownMethod(_ any, stream grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(stream)
+	_, err := a.serve(stream.Context(), method, nil, func(context.Context) (any, error) {
+		return nil, fmt.Errorf("method %q: %w", method, errUnknownMethod)
+	})
+	return err
+}
+
+func (a *Auditor) serve(ctx context.Context, method string, req any, handler func(context.Context) (any, error)) (any, error) {
+	start := time.Now()
+	at := a.Clock()
+	peer := peeridentity.PeerOf(ctx)
+	outcome := peeridentity.Admit(peer, start, method, req, a.Authorize)
+	relation, known := relations[method]
+	if !known {
+		relation = audit.RelationUnknown
 	}
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		adm := audit.AdmissionOf(ctx)
-		reqID := audit.NewID()
-		if adm != nil {
-			reqID = adm.Entry.RequestID
-		}
-		e := audit.Entry{
-			ID:            audit.NewID(),
-			RequestID:     reqID,
-			Subject:       audit.SubjectSigner,
-			Relation:      relations[info.FullMethod],
-			CaveatContext: []string{},
-			Timestamp:     clock().UTC(),
-			Method:        info.FullMethod,
-		}
-		n := &note{}
-		var resp any
-		var err error
-		if e.Relation == "" {
-			err = signerr.ErrInternal
-			log.Error("method has no audit relation; refusing it", "method", info.FullMethod)
-		} else {
-			resp, err = handler(context.WithValue(ctx, noteKey{}, n), req)
-		}
-		c := signerr.Classify(err)
-		e.Object = audit.Object(n.scope, n.keyID)
-		e.Reason = c.Reason
-		e.Code = c.Code.String()
-		e.PayloadSHA256 = n.payloadSHA256
-		if err == nil {
-			e.SignatureSHA256 = n.signatureSHA256
-		}
-		entries := []audit.Entry{e}
-		if adm != nil && adm.Claim() {
-			entries = []audit.Entry{adm.Entry, e}
-		}
-		if werr := sink.Submit(ctx, entries...).Wait(ctx); werr != nil {
-			peerID, _ := peeridentity.PeerID(ctx)
-			log.Error("rpc withheld: audit entry not committed", "method", info.FullMethod, "peer", peerID, "request_id", e.RequestID,
-				"code", signerr.Classify(werr).Code.String(), "reason", e.Reason, "err", werr)
-			return nil, signerr.Status(werr)
-		}
-		if err != nil {
-			peerID, _ := peeridentity.PeerID(ctx)
-			log.Warn("rpc failed", "method", info.FullMethod, "peer", peerID, "request_id", e.RequestID, "object", e.Object,
-				"code", e.Code, "reason", e.Reason, "err", err)
-			return nil, signerr.Status(err)
-		}
-		return resp, nil
+	reqID := audit.NewRequestID()
+	adm := audit.New(reqID, audit.SubjectPeer(peer.ID), audit.RelationConnect, method, at)
+	mw := audit.New(reqID, audit.SubjectSigner, relation, method, at)
+	scope := scopeOf(req)
+	adm.Object = audit.Object(scope, "")
+
+	if outcome != peeridentity.OutcomeGranted {
+		return nil, a.deny(ctx, method, outcome, peer, start, adm, mw, scope)
 	}
+	if err := a.Writer.Broken(); err != nil {
+		// The log does not match its checkpoint: nothing is appended to it
+		// and nothing is released (docs/audit.md).
+		a.observe(method, outcome, err, start)
+		return nil, Status(err)
+	}
+
+	resp, err := a.call(ctx, method, handler)
+	d := describe(req, resp, err)
+	c := Classify(err)
+	adm.Reason, adm.Code = audit.ReasonGranted, codes.OK.String()
+	mw.Object = audit.Object(scope, d.keyID)
+	mw.Reason, mw.Code = c.Reason, c.Code.String()
+	mw.PayloadSHA256, mw.SignatureSHA256 = d.payload, d.signature
+	p := a.Writer.Submit(ctx, audit.LaneAdmitted, adm, mw)
+	if werr := p.Wait(ctx); werr != nil {
+		a.Log.Error("rpc withheld: audit entries not committed", "method", method, "peer", peer.ID,
+			"request_id", reqID.String(), "code", Classify(werr).Code.String(), "reason", mw.Reason, "err", werr)
+		a.observe(method, outcome, werr, start)
+		return nil, Status(werr)
+	}
+	a.observe(method, outcome, err, start)
+	if err != nil {
+		a.Log.Warn("rpc failed", "method", method, "peer", peer.ID, "request_id", reqID.String(), "object", mw.Object,
+			"code", mw.Code, "reason", mw.Reason, "err", err)
+		return nil, Status(err)
+	}
+	if r, ok := resp.(*signerv1.SignResponse); ok {
+		committed := p.Committed()
+		r.RequestId, r.AuditSeq = reqID.String(), committed[len(committed)-1].Seq
+	}
+	return resp, nil
+}
+
+// deny audits a refused call (both entries, in the denied lane) and answers
+// PermissionDenied. The denial is committed before the caller sees it.
+func (a *Auditor) deny(ctx context.Context, method, outcome string, peer peeridentity.Peer, start time.Time, adm, mw audit.Entry, scope string) error {
+	if a.Denials != nil {
+		if err := a.Denials.Wait(ctx); err != nil {
+			a.observe(method, outcome, err, start)
+			return Status(err)
+		}
+		defer a.Denials.Denied(ctx)
+	}
+	c := Classify(signerr.ErrClientIdentityDenied)
+	adm.Reason, adm.Code = c.Reason, c.Code.String()
+	mw.Object = audit.Object(scope, "")
+	mw.Reason, mw.Code = c.Reason, c.Code.String()
+	if err := a.Writer.Submit(ctx, audit.LaneDenied, adm, mw).Wait(ctx); err != nil {
+		a.Log.Error("denial could not be audited", "method", method, "peer", peer.ID, "err", err)
+	}
+	a.Log.Warn("rpc denied", "method", method, "peer", peer.ID, "outcome", outcome, "reason", c.Reason,
+		"request_id", adm.RequestID.String())
+	a.observe(method, outcome, signerr.ErrClientIdentityDenied, start)
+	return Status(signerr.ErrClientIdentityDenied)
+}
+
+// call runs the handler; a panic becomes an internal error, audited like
+// any other, and the process lives on.
+func (a *Auditor) call(ctx context.Context, method string, handler func(context.Context) (any, error)) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.Log.Error("handler panicked", "method", method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp, err = nil, fmt.Errorf("panic in %s: %w", method, signerr.ErrInternal)
+		}
+	}()
+	return handler(ctx)
+}
+
+func (a *Auditor) observe(method, outcome string, err error, start time.Time) {
+	if a.Observe != nil {
+		a.Observe(method, outcome, Classify(err).Code, time.Since(start))
+	}
+}
+
+// scopeOf is the request's scope if it is a valid one, else "".
+func scopeOf(req any) string {
+	r, ok := req.(interface{ GetScope() string })
+	if !ok || names.CheckScope(r.GetScope()) != nil {
+		return ""
+	}
+	return r.GetScope()
+}
+
+// keyError carries the key a refused request resolved to, for the audit
+// object: Sign pinned to a retired key is audited against that key.
+type keyError struct {
+	keyID string
+	err   error
+}
+
+func (e *keyError) Error() string { return e.err.Error() }
+func (e *keyError) Unwrap() error { return e.err }
+
+// onKey annotates err with the key it is about ("" leaves it alone).
+func onKey(keyID string, err error) error {
+	if err == nil || keyID == "" {
+		return err
+	}
+	return &keyError{keyID: keyID, err: err}
+}
+
+// what an RPC was about, for its middleware entry.
+type about struct {
+	keyID              string
+	payload, signature []byte // SHA-256 digests
+}
+
+// describe reads what an RPC was about from its request, response and
+// error: the one place that knows each message's shape.
+func describe(req, resp any, err error) about {
+	var d about
+	if r, ok := req.(*signerv1.SignRequest); ok {
+		sum := sha256.Sum256(r.GetPayload())
+		d.payload = sum[:]
+	}
+	if err != nil {
+		var ke *keyError
+		if errors.As(err, &ke) {
+			d.keyID = ke.keyID
+		}
+		return d
+	}
+	switch r := resp.(type) {
+	case *signerv1.SignResponse:
+		d.keyID = r.GetKeyId()
+		sum := sha256.Sum256(r.GetSignature())
+		d.signature = sum[:]
+	case *signerv1.PublicKeyResponse:
+		for _, k := range r.GetKeys() {
+			if len(r.GetKeys()) == 1 || k.GetState() == signerv1.KeyState_KEY_STATE_ACTIVE {
+				d.keyID = k.GetKeyId()
+			}
+		}
+	case *signerv1.OpenResponse:
+		d.keyID = r.GetKey().GetKeyId()
+	case *signerv1.CommitResponse:
+		d.keyID = r.GetActivated().GetKeyId()
+	case *signerv1.AbortResponse:
+		d.keyID = r.GetKey().GetKeyId()
+	case *signerv1.RetireResponse:
+		d.keyID = r.GetKey().GetKeyId()
+	}
+	return d
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/plexsphere/signer/internal/audit"
-	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
 )
 
@@ -115,11 +114,10 @@ func (a *AutoRotator) step(ctx context.Context, s Schedule) error {
 // record audits one automatic step; a step another replica won is not an
 // error worth more than the audit line.
 func (a *AutoRotator) record(ctx context.Context, step, scope, keyID string, err error) {
-	c := signerr.Classify(err)
-	e := audit.Entry{ID: audit.NewID(), RequestID: audit.NewID(), Subject: audit.SubjectSigner, Relation: audit.RelationRotate,
-		Object: audit.Object(scope, keyID), Reason: c.Reason, CaveatContext: []string{}, Timestamp: a.rot.now().UTC(),
-		Method: "auto-rotate/" + step, Code: c.Code.String()}
-	if werr := a.sink.Submit(ctx, e).Wait(ctx); werr != nil {
+	c := Classify(err)
+	e := audit.New(audit.NewRequestID(), audit.SubjectSigner, audit.RelationRotate, "auto-rotate/"+step, a.rot.now())
+	e.Object, e.Reason, e.Code = audit.Object(scope, keyID), c.Reason, c.Code.String()
+	if werr := a.sink.Submit(ctx, audit.LaneAdmitted, e).Wait(ctx); werr != nil {
 		a.log.Error("automatic rotation step not audited", "step", step, "scope", scope, "key_id", keyID, "err", werr)
 	}
 	if err != nil {

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/plexsphere/signer/internal/audit"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 )
 
 func TestAutoRotation(t *testing.T) {
@@ -56,7 +56,7 @@ func TestAutoRotation(t *testing.T) {
 	tick(19*time.Minute, "RETIRED ACTIVE")      // next open is due at activation + 60 − 10 min
 	tick(time.Minute, "RETIRED ACTIVE PENDING") // next cycle opens
 
-	entries, err := st.ListAudit(ctx, store.AuditQuery{Relation: audit.RelationRotate})
+	entries, err := store.ListAudit(ctx, st, store.AuditQuery{Relation: audit.RelationRotate})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,4 +9,6 @@ import (
 // discard is an audit sink that accepts everything at once.
 type discard struct{}
 
-func (discard) Submit(context.Context, ...audit.Entry) *audit.Pending { return audit.Done() }
+func (discard) Submit(context.Context, audit.Lane, ...audit.Entry) *audit.Pending {
+	return audit.Done()
+}

@@ -143,7 +143,7 @@ func (r *Keyring) Load(ctx context.Context, rec store.Key) (keyprovider.Key, err
 		return nil, fmt.Errorf("keyring: key %q belongs to provider %q, this signer runs %q: %w",
 			rec.ID, rec.Provider, r.provider.Name(), signerr.ErrProviderUnavailable)
 	}
-	k, err := r.provider.Load(ctx, rec.ID, rec.Handle)
+	k, err := r.provider.Load(ctx, keyprovider.KeyRef{ID: rec.ID, Scope: rec.Scope, Public: rec.Public}, rec.Handle)
 	if err != nil {
 		return nil, err
 	}
@@ -154,25 +154,21 @@ func (r *Keyring) Load(ctx context.Context, rec store.Key) (keyprovider.Key, err
 }
 
 // Signing resolves the key that may sign for scope: its ACTIVE key, or keyID
-// if set, which must be that ACTIVE key. resolved is the id of the key found
-// (even when it may not sign), "" when none was.
-func (r *Keyring) Signing(ctx context.Context, scope, keyID string) (rec store.Key, resolved string, err error) {
+// if set, which must be that ACTIVE key. On a refusal rec.ID is the key
+// found (it may not sign), "" when none was.
+func (r *Keyring) Signing(ctx context.Context, scope, keyID string) (rec store.Key, err error) {
 	if keyID == "" {
-		rec, err = r.Active(ctx, scope)
-		if err != nil {
-			return rec, "", err
-		}
-		return rec, rec.ID, nil
+		return r.Active(ctx, scope)
 	}
 	rec, err = r.Record(ctx, keyID)
 	if err != nil {
-		return rec, "", err
+		return store.Key{}, err
 	}
 	switch {
 	case rec.Scope != scope:
-		return rec, rec.ID, fmt.Errorf("key %q is not in scope %q: %w", keyID, scope, signerr.ErrScopeMismatch)
+		return rec, fmt.Errorf("key %q is not in scope %q: %w", keyID, scope, signerr.ErrScopeMismatch)
 	case rec.State != store.Active:
-		return rec, rec.ID, fmt.Errorf("key %q is %s: %w", keyID, rec.State, store.StateError(rec.State))
+		return rec, fmt.Errorf("key %q is %s: %w", keyID, rec.State, store.StateError(rec.State))
 	}
-	return rec, rec.ID, nil
+	return rec, nil
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
@@ -49,8 +51,8 @@ func NewRotation(s store.Store, p keyprovider.Provider, kr *Keyring, w Windows, 
 
 // newKey generates a key in the provider and returns its record in state st.
 func (r *Rotation) newKey(ctx context.Context, scope string, st store.State) (store.Key, error) {
-	id := store.NewKeyID()
-	handle, pub, err := r.provider.Generate(ctx, id)
+	id := names.NewKeyID()
+	handle, pub, err := r.provider.Generate(ctx, keyprovider.KeyRef{ID: id, Scope: scope})
 	if err != nil {
 		return store.Key{}, err
 	}
@@ -72,11 +74,9 @@ func (r *Rotation) Open(ctx context.Context, req *signerv1.OpenRequest) (*signer
 }
 
 func (r *Rotation) open(ctx context.Context, scope string) (store.Key, error) {
-	n := noteOf(ctx)
-	if err := store.CheckScope(scope); err != nil {
+	if err := names.CheckScope(scope); err != nil {
 		return store.Key{}, err
 	}
-	n.scope = scope
 	// Refuse before generating: a refused Open must not leave an orphan
 	// object in an HSM. The store's unique constraint still decides races.
 	keys, err := r.store.Keys(ctx, scope)
@@ -85,8 +85,7 @@ func (r *Rotation) open(ctx context.Context, scope string) (store.Key, error) {
 	}
 	for _, k := range keys {
 		if k.State == store.Pending {
-			n.keyID = k.ID
-			return store.Key{}, fmt.Errorf("scope %q has PENDING key %q: %w", scope, k.ID, signerr.ErrRotationInProgress)
+			return store.Key{}, onKey(k.ID, fmt.Errorf("scope %q has PENDING key %q: %w", scope, k.ID, signerr.ErrRotationInProgress))
 		}
 	}
 	k, err := r.newKey(ctx, scope, store.Pending)
@@ -96,48 +95,40 @@ func (r *Rotation) open(ctx context.Context, scope string) (store.Key, error) {
 	if err := r.store.CreateKey(ctx, k); err != nil {
 		return store.Key{}, err
 	}
-	n.keyID = k.ID
 	r.keys.Invalidate(scope)
 	return k, nil
 }
 
-// target validates a (scope, key_id) request and notes it.
-func target(ctx context.Context, scope, id string) (*note, error) {
-	n := noteOf(ctx)
-	if err := store.CheckScope(scope); err != nil {
-		return n, err
+// target validates a (scope, key_id) request.
+func target(scope, id string) error {
+	if err := names.CheckScope(scope); err != nil {
+		return err
 	}
-	n.scope = scope
-	if err := store.CheckKeyID(id); err != nil {
-		return n, err
-	}
-	return n, nil
+	return names.CheckKeyID(id)
 }
 
 // transition applies op after checking its waiting window against the
 // current record.
 func (r *Rotation) transition(ctx context.Context, op store.Op, scope, id string) ([]store.Key, error) {
-	n, err := target(ctx, scope, id)
-	if err != nil {
+	if err := target(scope, id); err != nil {
 		return nil, err
 	}
 	rec, err := r.store.Key(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	n.keyID = rec.ID
 	now := r.now().UTC().Truncate(time.Microsecond)
 	if rec.Scope == scope {
 		switch {
 		case op == store.OpCommit && rec.State == store.Pending && now.Before(rec.CreatedAt.Add(r.windows.PrePublish)):
-			return nil, fmt.Errorf("key %q is committable at %s: %w", id, rec.CreatedAt.Add(r.windows.PrePublish).Format(time.RFC3339), signerr.ErrRotationNotReady)
+			return nil, onKey(id, fmt.Errorf("key %q is committable at %s: %w", id, rec.CreatedAt.Add(r.windows.PrePublish).Format(time.RFC3339), signerr.ErrRotationNotReady))
 		case op == store.OpRetire && rec.State == store.Previous && now.Before(rec.DeactivatedAt.Add(r.windows.VerifyOnly)):
-			return nil, fmt.Errorf("key %q is retirable at %s: %w", id, rec.DeactivatedAt.Add(r.windows.VerifyOnly).Format(time.RFC3339), signerr.ErrRotationNotReady)
+			return nil, onKey(id, fmt.Errorf("key %q is retirable at %s: %w", id, rec.DeactivatedAt.Add(r.windows.VerifyOnly).Format(time.RFC3339), signerr.ErrRotationNotReady))
 		}
 	}
 	changed, err := r.store.Transition(ctx, op, scope, id, now)
 	if err != nil {
-		return nil, err
+		return nil, onKey(id, err)
 	}
 	r.keys.Invalidate(scope)
 	return changed, nil
@@ -176,12 +167,10 @@ func (r *Rotation) Retire(ctx context.Context, req *signerv1.RetireRequest) (*si
 
 // ListKeys lists keys in every state.
 func (r *Rotation) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) (*signerv1.ListKeysResponse, error) {
-	n := noteOf(ctx)
 	if req.GetScope() != "" {
-		if err := store.CheckScope(req.GetScope()); err != nil {
+		if err := names.CheckScope(req.GetScope()); err != nil {
 			return nil, err
 		}
-		n.scope = req.GetScope()
 	}
 	keys, err := r.store.Keys(ctx, req.GetScope())
 	if err != nil {
@@ -198,7 +187,7 @@ func (r *Rotation) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) 
 // creation like any other rotation. created is false when the scope already
 // had a key (another replica may have won the race).
 func (r *Rotation) Bootstrap(ctx context.Context, scope string, sink audit.Sink) (store.Key, bool, error) {
-	if err := store.CheckScope(scope); err != nil {
+	if err := names.CheckScope(scope); err != nil {
 		return store.Key{}, false, err
 	}
 	if k, err := r.store.ActiveKey(ctx, scope); err == nil {
@@ -218,10 +207,9 @@ func (r *Rotation) Bootstrap(ctx context.Context, scope string, sink audit.Sink)
 		}
 		return store.Key{}, false, err
 	}
-	e := audit.Entry{ID: audit.NewID(), RequestID: audit.NewID(), Subject: audit.SubjectSigner, Relation: audit.RelationRotate,
-		Object: audit.Object(scope, k.ID), Reason: audit.ReasonGranted, CaveatContext: []string{},
-		Timestamp: k.CreatedAt, Method: "bootstrap", Code: "OK"}
-	if err := sink.Submit(ctx, e).Wait(ctx); err != nil {
+	e := audit.New(audit.NewRequestID(), audit.SubjectSigner, audit.RelationRotate, "bootstrap", k.CreatedAt)
+	e.Object, e.Reason, e.Code = audit.Object(scope, k.ID), audit.ReasonGranted, codes.OK.String()
+	if err := sink.Submit(ctx, audit.LaneAdmitted, e).Wait(ctx); err != nil {
 		return k, true, fmt.Errorf("bootstrap %s: key %s created but not audited: %w", scope, k.ID, err)
 	}
 	r.keys.Invalidate(scope)

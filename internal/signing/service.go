@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
@@ -34,73 +35,66 @@ func NewService(kr *Keyring, maxPayload int) *Service {
 // it). PENDING → ErrRotationInProgress; PREVIOUS/RETIRED → ErrKeyRetired;
 // another scope's key → ErrScopeMismatch; unknown → ErrKeyNotFound.
 func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv1.SignResponse, error) {
-	n := noteOf(ctx)
-	if err := store.CheckScope(req.GetScope()); err != nil {
+	if err := names.CheckScope(req.GetScope()); err != nil {
 		return nil, err
 	}
-	n.scope = req.GetScope()
-	if len(req.GetPayload()) > s.maxPayload {
-		return nil, fmt.Errorf("payload is %d bytes, limit %d: %w", len(req.GetPayload()), s.maxPayload, signerr.ErrInvalidArgument)
+	switch n := len(req.GetPayload()); {
+	case n == 0:
+		return nil, signerr.Invalid("payload", "must not be empty")
+	case n > s.maxPayload:
+		return nil, signerr.Invalid("payload", fmt.Sprintf("must be at most %d bytes", s.maxPayload))
 	}
 	if req.KeyId != nil {
-		if err := store.CheckKeyID(req.GetKeyId()); err != nil {
+		if err := names.CheckKeyID(req.GetKeyId()); err != nil {
 			return nil, err
 		}
 	}
-	n.payloadSHA256 = digest(req.GetPayload())
-	rec, resolved, err := s.keys.Signing(ctx, n.scope, req.GetKeyId())
-	n.keyID = resolved
+	rec, err := s.keys.Signing(ctx, req.GetScope(), req.GetKeyId())
 	if err != nil {
-		return nil, err
+		return nil, onKey(rec.ID, err)
 	}
 	key, err := s.keys.Load(ctx, rec)
 	if err != nil {
-		return nil, err
+		return nil, onKey(rec.ID, err)
 	}
 	sig, err := key.SignContext(ctx, req.GetPayload())
 	if err != nil {
-		return nil, err
+		return nil, onKey(rec.ID, err)
 	}
-	n.signatureSHA256 = digest(sig)
-	return &signerv1.SignResponse{Signature: sig, KeyId: rec.ID, Scope: n.scope}, nil
+	return &signerv1.SignResponse{Signature: sig, KeyId: rec.ID, Scope: req.GetScope()}, nil
 }
 
 // PublicKey returns the scope's published keys, or the one pinned key.
 func (s *Service) PublicKey(ctx context.Context, req *signerv1.PublicKeyRequest) (*signerv1.PublicKeyResponse, error) {
-	n := noteOf(ctx)
-	if err := store.CheckScope(req.GetScope()); err != nil {
+	scope := req.GetScope()
+	if err := names.CheckScope(scope); err != nil {
 		return nil, err
 	}
-	n.scope = req.GetScope()
 	if req.KeyId != nil {
-		if err := store.CheckKeyID(req.GetKeyId()); err != nil {
+		if err := names.CheckKeyID(req.GetKeyId()); err != nil {
 			return nil, err
 		}
 		rec, err := s.keys.Record(ctx, req.GetKeyId())
 		if err != nil {
 			return nil, err
 		}
-		n.keyID = rec.ID
 		switch {
-		case rec.Scope != n.scope:
-			return nil, fmt.Errorf("key %q is not in scope %q: %w", rec.ID, n.scope, signerr.ErrScopeMismatch)
+		case rec.Scope != scope:
+			return nil, onKey(rec.ID, fmt.Errorf("key %q is not in scope %q: %w", rec.ID, scope, signerr.ErrScopeMismatch))
 		case !rec.State.Published():
-			return nil, fmt.Errorf("key %q is %s: %w", rec.ID, rec.State, signerr.ErrKeyRetired)
+			return nil, onKey(rec.ID, fmt.Errorf("key %q is %s: %w", rec.ID, rec.State, signerr.ErrKeyRetired))
 		}
-		return &signerv1.PublicKeyResponse{Scope: n.scope, Keys: []*signerv1.Key{KeyProto(rec)}}, nil
+		return &signerv1.PublicKeyResponse{Scope: scope, Keys: []*signerv1.Key{KeyProto(rec)}}, nil
 	}
-	keys, err := s.keys.Published(ctx, n.scope)
+	keys, err := s.keys.Published(ctx, scope)
 	if err != nil {
 		return nil, err
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("scope %q has no published key: %w", n.scope, signerr.ErrKeyNotFound)
+		return nil, fmt.Errorf("scope %q has no published key: %w", scope, signerr.ErrKeyNotFound)
 	}
-	resp := &signerv1.PublicKeyResponse{Scope: n.scope}
+	resp := &signerv1.PublicKeyResponse{Scope: scope}
 	for _, k := range keys {
-		if k.State == store.Active {
-			n.keyID = k.ID
-		}
 		resp.Keys = append(resp.Keys, KeyProto(k))
 	}
 	return resp, nil

@@ -10,8 +10,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/plexsphere/signer/internal/signerr"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/signing"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -47,7 +47,7 @@ func FuzzSignRequest(f *testing.F) {
 		}
 		resp, err := svc.Sign(ctx, &req)
 		if err != nil {
-			if errors.Is(err, signerr.ErrInternal) || signerr.Classify(err).Err == signerr.ErrInternal {
+			if errors.Is(err, signerr.ErrInternal) || signing.Classify(err).Err == signerr.ErrInternal {
 				t.Fatalf("unclassified error for %v: %v", &req, err)
 			}
 			return

@@ -1,5 +1,5 @@
 // Package store defines what the signer keeps: key metadata with lifecycle
-// state, and the append-only, hash-chained audit log. Implementations live in
+// state, and the append-only audit log with its Merkle tree (package audit). Implementations live in
 // subpackages (bbolt: embedded, single replica; postgres: shared by replicas)
 // and are checked by one conformance suite (storetest).
 //
@@ -10,7 +10,9 @@ package store
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/plexsphere/signer/internal/audit"
@@ -84,11 +86,12 @@ func (q AuditQuery) Match(e audit.Entry) bool {
 	return (q.Subject == "" || e.Subject == q.Subject) &&
 		(q.Relation == "" || e.Relation == q.Relation) &&
 		(q.Reason == "" || e.Reason == q.Reason) &&
-		(q.ObjectPrefix == "" || len(e.Object) >= len(q.ObjectPrefix) && e.Object[:len(q.ObjectPrefix)] == q.ObjectPrefix)
+		strings.HasPrefix(e.Object, q.ObjectPrefix)
 }
 
 // Store is the signer's persistence. Errors wrap signerr sentinels where the
-// caller can act on them; anything else is an outage of the store.
+// caller can act on them; an outage of the store wraps
+// signerr.ErrStoreUnavailable.
 type Store interface {
 	// CreateKey inserts k, which must be PENDING (a rotation opens:
 	// ErrRotationInProgress if the scope already has a PENDING key) or ACTIVE
@@ -107,13 +110,114 @@ type Store interface {
 	// the changed keys, the target first.
 	Transition(ctx context.Context, op Op, scope, id string, at time.Time) ([]Key, error)
 
-	audit.Appender
-	// ListAudit returns committed entries in Seq order.
-	ListAudit(ctx context.Context, q AuditQuery) ([]audit.Entry, error)
+	// The audit log: leaves, the stored tree nodes, checkpoints (package
+	// audit). Nothing in it is ever updated; only an owner-run prune of
+	// exported entries deletes.
+	audit.Store
+	// LogKey returns the audit checkpoint key's record (Scope is
+	// LogKeyScope), or ErrKeyNotFound. CreateLogKey stores k unless a log key
+	// exists, and returns the one stored (replicas race to create it).
+	LogKey(ctx context.Context) (Key, error)
+	CreateLogKey(ctx context.Context, k Key) (Key, error)
 
 	// Ping reports whether the store can serve.
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// LogKeyScope is the scope recorded with the audit checkpoint key. It is not
+// a valid scope name (names.CheckScope refuses '@'), so no request can reach
+// it and it is never listed with the signing keys.
+const LogKeyScope = "@audit-checkpoint"
+
+// Pruner is a store that can drop entries already exported (see
+// docs/audit.md). Pruning runs as the database owner, never from the
+// serving signer.
+type Pruner interface {
+	PruneAudit(ctx context.Context, upto uint64) error
+}
+
+// CheckPrune is the rule for a prune up to seq upto: whole tiles (so the
+// stored tree nodes still prove every later entry), beyond any earlier prune
+// and within the log.
+func CheckPrune(upto, pruned, size uint64) error {
+	switch {
+	case upto%audit.TileSize != 0:
+		return fmt.Errorf("store: prune up to seq %d: must be a multiple of %d", upto, audit.TileSize)
+	case upto <= pruned:
+		return fmt.Errorf("store: prune up to seq %d: already pruned up to %d", upto, pruned)
+	case upto > size:
+		return fmt.Errorf("store: prune up to seq %d: the log holds %d entries", upto, size)
+	}
+	return nil
+}
+
+// ListAudit reads committed entries in Seq order from any store, decoded and
+// filtered, at most q.Limit of them. A leaf that does not decode is an error
+// naming its seq.
+func ListAudit(ctx context.Context, s Store, q AuditQuery) ([]audit.Entry, error) {
+	size, err := s.AuditSize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pruned, err := s.PrunedUpTo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []audit.Entry
+	const page = 1024
+	for from := max(q.AfterSeq, pruned); from < size; from += page {
+		to := min(size, from+page)
+		leaves, seqs, err := leavesAround(ctx, s, from, to)
+		if err != nil {
+			return nil, err
+		}
+		for i, leaf := range leaves {
+			e, err := audit.ParseLeaf(leaf)
+			if err != nil {
+				return nil, fmt.Errorf("store: audit entry %d: %w: %w", seqs[i], err, audit.ErrTreeBroken)
+			}
+			e.Seq = seqs[i]
+			if !q.Match(e) {
+				continue
+			}
+			out = append(out, e)
+			if q.Limit > 0 && len(out) >= q.Limit {
+				return out, nil
+			}
+		}
+	}
+	return out, nil
+}
+
+// leavesAround reads leaves [from, to) with their seqs, stepping over
+// missing ones: a reader of a damaged log sees what is there, and a
+// verifier names the gap.
+func leavesAround(ctx context.Context, s Store, from, to uint64) ([][]byte, []uint64, error) {
+	leaves, err := s.Leaves(ctx, from, to)
+	if err == nil {
+		seqs := make([]uint64, len(leaves))
+		for i := range seqs {
+			seqs[i] = from + uint64(i) + 1
+		}
+		return leaves, seqs, nil
+	}
+	if !errors.Is(err, audit.ErrTreeBroken) {
+		return nil, nil, err
+	}
+	leaves = leaves[:0]
+	var seqs []uint64
+	for seq := from + 1; seq <= to; seq++ {
+		one, err := s.Leaves(ctx, seq-1, seq)
+		if errors.Is(err, audit.ErrTreeBroken) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		leaves, seqs = append(leaves, one[0]), append(seqs, seq)
+	}
+	return leaves, seqs, nil
 }
 
 // Op is a lifecycle transition requested by RotationService.

@@ -7,9 +7,9 @@ import (
 	"testing"
 
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/pgtest"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/store/postgres"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 )
 
 var pg *pgtest.Server

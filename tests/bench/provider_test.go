@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/plexsphere/signer/internal/hsmtest"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
-	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/testing/hsmtest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 )
 
 func providers(b *testing.B) map[string]keyprovider.Provider {
@@ -38,11 +38,13 @@ func BenchmarkG_Provider(b *testing.B) {
 		if !ok {
 			continue
 		}
-		h, _, err := p.Generate(ctx, "bench-"+name)
+		ref := keyprovider.KeyRef{ID: "bench-" + name, Scope: "bench"}
+		h, pub, err := p.Generate(ctx, ref)
 		if err != nil {
 			b.Fatal(err)
 		}
-		k, err := p.Load(ctx, "bench-"+name, h)
+		ref.Public = pub
+		k, err := p.Load(ctx, ref, h)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"encoding/hex"
+
 	"context"
+	"github.com/plexsphere/signer/client/auditlog"
 	"strings"
 	"testing"
 	"time"
@@ -21,13 +24,18 @@ func auditRows(t *testing.T, dsn string) []row {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT subject, relation, reason, signature_sha256 FROM audit_entries ORDER BY seq`)
+	// The stored leaves, decoded with the public format.
+	rows, err := conn.Query(ctx, `SELECT leaf FROM audit_entries ORDER BY seq`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		return x, r.Scan(&x.subject, &x.relation, &x.reason, &x.sig)
+		var leaf []byte
+		if err := r.Scan(&leaf); err != nil {
+			return row{}, err
+		}
+		e, err := auditlog.ParseLeaf(leaf)
+		return row{e.Subject, e.Relation, e.Reason, hex.EncodeToString(e.SignatureSHA256)}, err
 	})
 	if err != nil {
 		t.Fatal(err)

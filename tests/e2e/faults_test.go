@@ -17,7 +17,7 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 
 	"github.com/plexsphere/signer/internal/ctl"
-	"github.com/plexsphere/signer/internal/hsmtest"
+	"github.com/plexsphere/signer/internal/testing/hsmtest"
 )
 
 // scenario is one row of the fault matrix.

@@ -19,8 +19,8 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
 
-	"github.com/plexsphere/signer/internal/devpki"
-	"github.com/plexsphere/signer/internal/pgtest"
+	"github.com/plexsphere/signer/internal/testing/devpki"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
 )
 
 // Images the scenarios run (scripts/build-images.sh).
@@ -200,10 +200,14 @@ func startTopology(t *testing.T, replicas int, adjust ...func(*signerSpec)) *top
 	for i := 1; i <= replicas; i++ {
 		alias := fmt.Sprintf("signer-%d", i)
 		env := map[string]string{
-			"SIGNER_LISTEN":                    ":8443",
-			"SIGNER_OPS_LISTEN":                ":9090",
-			"SIGNER_STORE":                     "postgres",
-			"SIGNER_POSTGRES_DSN":              "postgres://postgres:pw@postgres:5432/signer?sslmode=disable",
+			"SIGNER_LISTEN":       ":8443",
+			"SIGNER_OPS_LISTEN":   ":9090",
+			"SIGNER_STORE":        "postgres",
+			"SIGNER_POSTGRES_DSN": "postgres://postgres:pw@postgres:5432/signer?sslmode=disable",
+			// The container topology runs every replica as the database's
+			// owner and lets them migrate; the role split is tested in
+			// internal/store/postgres and on the kind cluster.
+			"SIGNER_POSTGRES_MIGRATE":          "true",
 			"SIGNER_LOCAL_KEK_FILE":            "/id/kek",
 			"SIGNER_SVID_CERT_FILE":            "/id/signer.crt",
 			"SIGNER_SVID_KEY_FILE":             "/id/signer.key",

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,11 +11,11 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/plexsphere/signer/internal/audit"
-	"github.com/plexsphere/signer/internal/hsmtest"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/testing/hsmtest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -68,14 +69,14 @@ func TestHSMTokenRemovedMidLoad(t *testing.T) {
 	granted := map[string]int{}
 	refused := 0
 	l.end(t, func() map[string]int {
-		entries, err := env.Store.ListAudit(context.Background(), store.AuditQuery{Relation: audit.RelationSign})
+		entries, err := store.ListAudit(context.Background(), env.Store, store.AuditQuery{Relation: audit.RelationSign})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range entries {
 			switch {
 			case e.Reason == audit.ReasonGranted:
-				granted[e.SignatureSHA256]++
+				granted[hex.EncodeToString(e.SignatureSHA256)]++
 			case e.Reason == audit.ReasonCaveatViolation && e.Code == codes.Unavailable.String():
 				refused++
 			default:

@@ -16,12 +16,12 @@ import (
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/hsmtest"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
-	"github.com/plexsphere/signer/internal/pgtest"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/testing/hsmtest"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -51,14 +51,27 @@ type failingAudit struct {
 
 func (f *failingAudit) set(v bool) { f.mu.Lock(); f.fail = v; f.mu.Unlock() }
 
-func (f *failingAudit) AppendAudit(ctx context.Context, b []audit.Entry) error {
+func (f *failingAudit) failing() error {
 	f.mu.Lock()
-	fail := f.fail
-	f.mu.Unlock()
-	if fail {
+	defer f.mu.Unlock()
+	if f.fail {
 		return errors.New("disk full")
 	}
+	return nil
+}
+
+func (f *failingAudit) AppendAudit(ctx context.Context, b *audit.Batch) error {
+	if err := f.failing(); err != nil {
+		return err
+	}
 	return f.Store.AppendAudit(ctx, b)
+}
+
+func (f *failingAudit) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+	if err := f.failing(); err != nil {
+		return err
+	}
+	return f.Store.AppendAuditLocked(ctx, build)
 }
 
 // Two signers (Postgres with a password in its DSN + keys in a token with a

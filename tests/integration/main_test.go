@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/plexsphere/signer/internal/pgtest"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
 )
 
 // One Postgres container serves the package; each test clones a database.

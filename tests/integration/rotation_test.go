@@ -15,8 +15,8 @@ import (
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/ctl"
-	"github.com/plexsphere/signer/internal/pgtest"
-	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 

@@ -10,12 +10,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/pgtest"
-	"github.com/plexsphere/signer/internal/signertest"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
-// row is an audit_entries row as SQL returns it.
+// row is an audit entry as the database holds it: its stored leaf, read
+// with SQL and decoded with the public format (client/auditlog).
 type row struct {
 	seq                                       int64
 	subject, relation, object, reason, method string
@@ -26,12 +27,13 @@ type row struct {
 // middlewareRows reads, with SQL, the middleware entries (Subject
 // "service:signer") committed after seq.
 func middlewareRows(t *testing.T, dsn string, after int64) []row {
-	return query(t, dsn, `SELECT seq, subject, relation, object, reason, method, caveat_context, ts
-		FROM audit_entries WHERE seq > $1 AND subject = 'service:signer' ORDER BY seq`,
-		func(r pgx.CollectableRow) (row, error) {
-			var x row
-			return x, r.Scan(&x.seq, &x.subject, &x.relation, &x.object, &x.reason, &x.method, &x.caveats, &x.ts)
-		}, after)
+	var out []row
+	for _, e := range sqlEntries(t, dsn, after) {
+		if e.Subject == "service:signer" {
+			out = append(out, row{int64(e.Seq), e.Subject, e.Relation, e.Object, e.Reason, e.Method, e.CaveatContext, e.Timestamp})
+		}
+	}
+	return out
 }
 
 func maxSeq(t *testing.T, dsn string) int64 {

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"fmt"
 	"sync"
 	"testing"
@@ -11,9 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/pgtest"
-	"github.com/plexsphere/signer/internal/signertest"
 	"github.com/plexsphere/signer/internal/store/postgres"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -42,11 +43,13 @@ type signedRow struct {
 }
 
 func grantedSignRows(t *testing.T, dsn string) []signedRow {
-	return query(t, dsn, `SELECT seq, id, signature_sha256 FROM audit_entries WHERE relation = 'sign' AND reason = 'granted' ORDER BY seq`,
-		func(r pgx.CollectableRow) (signedRow, error) {
-			var x signedRow
-			return x, r.Scan(&x.seq, &x.id, &x.sigSHA)
-		})
+	var out []signedRow
+	for _, e := range sqlEntries(t, dsn, 0) {
+		if e.Relation == "sign" && e.Reason == "granted" {
+			out = append(out, signedRow{seq: int64(e.Seq), id: e.RequestID.String(), sigSHA: hex.EncodeToString(e.SignatureSHA256)})
+		}
+	}
+	return out
 }
 
 func allSeqs(t *testing.T, dsn string) []int64 {

@@ -21,9 +21,9 @@ import (
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
-	"github.com/plexsphere/signer/internal/signertest"
-	"github.com/plexsphere/signer/internal/spiretest"
 	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/testing/signertest"
+	"github.com/plexsphere/signer/internal/testing/spiretest"
 	"github.com/plexsphere/signer/sidecar"
 )
 
@@ -150,7 +150,7 @@ func TestSPIREIdentities(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("stranger: %v", err)
 	}
-	entries, err := w.signer.Store.ListAudit(ctx, store.AuditQuery{Relation: audit.RelationConnect})
+	entries, err := store.ListAudit(ctx, w.signer.Store, store.AuditQuery{Relation: audit.RelationConnect})
 	if err != nil {
 		t.Fatal(err)
 	}

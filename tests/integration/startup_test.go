@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/plexsphere/signer/internal/devpki"
+	"github.com/plexsphere/signer/internal/testing/devpki"
 )
 
 // buildBinary builds a command of this module into a temp dir.

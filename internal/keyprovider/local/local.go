@@ -77,7 +77,8 @@ func aad(id string) []byte { return []byte("plexsphere-signer/local/v1:" + id) }
 // Generate creates a key and returns it sealed: version || nonce || ciphertext.
 // The key id is bound as associated data, so a blob cannot be replayed under
 // another id.
-func (p *Provider) Generate(_ context.Context, id string) ([]byte, ed25519.PublicKey, error) {
+func (p *Provider) Generate(_ context.Context, ref keyprovider.KeyRef) ([]byte, ed25519.PublicKey, error) {
+	id := ref.ID
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("local: generate: %w", err)
@@ -95,7 +96,8 @@ func (p *Provider) Generate(_ context.Context, id string) ([]byte, ed25519.Publi
 
 // Load unseals a handle. A wrong KEK or a tampered blob fails here, not at
 // sign time.
-func (p *Provider) Load(_ context.Context, id string, handle []byte) (keyprovider.Key, error) {
+func (p *Provider) Load(_ context.Context, ref keyprovider.KeyRef, handle []byte) (keyprovider.Key, error) {
+	id := ref.ID
 	ns := p.aead.NonceSize()
 	if len(handle) < 1+ns || handle[0] != sealVersion {
 		return nil, fmt.Errorf("local: key %q: malformed handle: %w", id, signerr.ErrInvariant)

@@ -8,9 +8,9 @@ import (
 	"testing"
 
 	"github.com/plexsphere/signer/internal/keyprovider"
-	"github.com/plexsphere/signer/internal/keyprovider/keyprovidertest"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/testing/keyprovidertest"
 )
 
 func newKEK(t *testing.T) []byte {
@@ -37,7 +37,9 @@ func TestConformance(t *testing.T) {
 func TestHandleIsSealed(t *testing.T) {
 	ctx := context.Background()
 	p, _ := local.New(newKEK(t))
-	h, pub, err := p.Generate(ctx, "k1")
+	ref := keyprovider.KeyRef{ID: "k1", Scope: "s"}
+	h, pub, err := p.Generate(ctx, ref)
+	ref.Public = pub
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,13 +50,13 @@ func TestHandleIsSealed(t *testing.T) {
 		}
 	}
 	other, _ := local.New(newKEK(t))
-	if _, err := other.Load(ctx, "k1", h); !errors.Is(err, signerr.ErrProviderUnavailable) {
+	if _, err := other.Load(ctx, ref, h); !errors.Is(err, signerr.ErrProviderUnavailable) {
 		t.Fatalf("load under another KEK: %v", err)
 	}
-	if _, err := p.Load(ctx, "k2", h); err == nil {
+	if _, err := p.Load(ctx, keyprovider.KeyRef{ID: "k2", Scope: "s", Public: pub}, h); err == nil {
 		t.Fatal("a handle loaded under another key id")
 	}
-	h2, _, _ := p.Generate(ctx, "k1")
+	h2, _, _ := p.Generate(ctx, ref)
 	if bytes.Equal(h, h2) {
 		t.Fatal("two sealings are identical (nonce reuse)")
 	}

@@ -294,7 +294,8 @@ func (e *errKeyMissing) Unwrap() error { return signerr.ErrKeyNotFound }
 
 // Generate makes an Ed25519 key pair inside the token; the private half is
 // sensitive and never extractable. The handle is the objects' CKA_ID.
-func (p *Provider) Generate(ctx context.Context, id string) ([]byte, ed25519.PublicKey, error) {
+func (p *Provider) Generate(ctx context.Context, ref keyprovider.KeyRef) ([]byte, ed25519.PublicKey, error) {
+	id := ref.ID
 	ckaID := []byte(id)
 	var pub ed25519.PublicKey
 	err := p.with(ctx, "generate", func(c *conn, s p11.SessionHandle) error {
@@ -382,7 +383,8 @@ func (p *Provider) object(c *conn, s p11.SessionHandle, id string) (p11.ObjectHa
 }
 
 // Load finds the key in the token and reads its public half from there.
-func (p *Provider) Load(ctx context.Context, id string, handle []byte) (keyprovider.Key, error) {
+func (p *Provider) Load(ctx context.Context, ref keyprovider.KeyRef, handle []byte) (keyprovider.Key, error) {
+	id := ref.ID
 	if string(handle) != id {
 		return nil, fmt.Errorf("pkcs11: handle does not name key %q: %w", id, signerr.ErrInvariant)
 	}

@@ -13,10 +13,10 @@ import (
 
 	p11 "github.com/miekg/pkcs11"
 
-	"github.com/plexsphere/signer/internal/hsmtest"
 	"github.com/plexsphere/signer/internal/keyprovider"
-	"github.com/plexsphere/signer/internal/keyprovider/keyprovidertest"
 	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/testing/hsmtest"
+	"github.com/plexsphere/signer/internal/testing/keyprovidertest"
 )
 
 func open(t *testing.T, tok hsmtest.Token) *Provider {
@@ -41,7 +41,7 @@ func TestPrivateKeyCannotBeRead(t *testing.T) {
 	p := open(t, tok)
 	defer p.Close()
 	ctx := context.Background()
-	if _, _, err := p.Generate(ctx, "k1"); err != nil {
+	if _, _, err := p.Generate(ctx, keyprovider.KeyRef{ID: "k1", Scope: "s"}); err != nil {
 		t.Fatal(err)
 	}
 	err := p.with(ctx, "read", func(c *conn, s p11.SessionHandle) error {
@@ -92,18 +92,18 @@ func TestWrongPINThenRecovery(t *testing.T) {
 	if err := p.Health(ctx); !errors.Is(err, signerr.ErrProviderUnavailable) {
 		t.Fatalf("health with a wrong PIN: %v", err)
 	}
-	if _, _, err := p.Generate(ctx, "k"); !errors.Is(err, signerr.ErrProviderUnavailable) {
+	if _, _, err := p.Generate(ctx, keyprovider.KeyRef{ID: "k", Scope: "s"}); !errors.Is(err, signerr.ErrProviderUnavailable) {
 		t.Fatalf("generate with a wrong PIN: %v", err)
 	}
 	os.WriteFile(pinFile, []byte(tok.PIN), 0o600)
 	if err := p.Health(ctx); err != nil {
 		t.Fatalf("health after the PIN was fixed: %v", err)
 	}
-	_, pub, err := p.Generate(ctx, "k")
+	_, pub, err := p.Generate(ctx, keyprovider.KeyRef{ID: "k", Scope: "s"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := p.Load(ctx, "k", []byte("k"))
+	k, err := p.Load(ctx, keyprovider.KeyRef{ID: "k", Scope: "s", Public: pub}, []byte("k"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/plexsphere/signer/internal/devpki"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
+	"github.com/plexsphere/signer/internal/testing/devpki"
 )
 
 // Whatever a certificate carries, the identity taken from it is one of its

@@ -21,11 +21,16 @@ import (
 )
 
 var (
-	bucketKeys   = []byte("keys")   // key id → JSON Key
-	bucketScopes = []byte("scopes") // scope → bucket of key id → nil
-	bucketAudit  = []byte("audit")  // big-endian seq → JSON audit.Entry
-	bucketMeta   = []byte("meta")
-	metaHead     = []byte("audit_head") // seq (8 bytes) + hash (hex)
+	bucketKeys        = []byte("keys")        // key id → JSON Key
+	bucketScopes      = []byte("scopes")      // scope → bucket of key id → nil
+	bucketAudit       = []byte("audit")       // big-endian seq → canonical leaf (package audit)
+	bucketNodes       = []byte("audit_nodes") // level (1 byte) + big-endian index → hash
+	bucketRequests    = []byte("audit_requests")
+	bucketCheckpoints = []byte("audit_checkpoints") // big-endian size → signed note
+	bucketMeta        = []byte("meta")
+	metaSize          = []byte("audit_size")   // big-endian count of entries ever appended
+	metaPruned        = []byte("audit_pruned") // big-endian seq up to which entries were pruned
+	metaLogKey        = []byte("log_key")      // JSON Key of the checkpoint key
 )
 
 // Store is a store.Store in a bbolt file.
@@ -46,7 +51,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketMeta} {
+		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketNodes, bucketRequests, bucketCheckpoints, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -251,51 +256,234 @@ func seqKey(seq uint64) []byte {
 	return b[:]
 }
 
-// AppendAudit commits the batch in one transaction, chained to the log head.
-func (s *Store) AppendAudit(_ context.Context, batch []audit.Entry) error {
+func nodeKey(level uint8, index uint64) []byte {
+	var b [9]byte
+	b[0] = level
+	binary.BigEndian.PutUint64(b[1:], index)
+	return b[:]
+}
+
+func metaUint(tx *bolt.Tx, key []byte) uint64 {
+	if v := tx.Bucket(bucketMeta).Get(key); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+// AppendAudit commits the batch in one transaction: leaves, nodes, the
+// request index and the new size.
+func (s *Store) AppendAudit(_ context.Context, b *audit.Batch) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return appendTx(tx, b) })
+}
+
+// AppendAuditLocked builds and commits a batch in one write transaction
+// (bbolt has one writer at a time: the lock is the transaction).
+func (s *Store) AppendAuditLocked(_ context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		var seq uint64
-		var hash string
-		if h := meta.Get(metaHead); len(h) >= 8 {
-			seq, hash = binary.BigEndian.Uint64(h[:8]), string(h[8:])
+		b, err := build(metaUint(tx, metaSize), txReader{tx})
+		if err != nil {
+			return err
 		}
-		seq, hash = audit.Chain(batch, seq, hash)
-		ab := tx.Bucket(bucketAudit)
-		// Keys only ever grow: pack leaves full instead of splitting in half.
-		ab.FillPercent = 1.0
-		for i := range batch {
-			b, err := json.Marshal(&batch[i])
-			if err != nil {
-				return err
-			}
-			if err := ab.Put(seqKey(batch[i].Seq), b); err != nil {
-				return err
-			}
-		}
-		return meta.Put(metaHead, append(seqKey(seq), hash...))
+		return appendTx(tx, b)
 	})
 }
 
-func (s *Store) ListAudit(_ context.Context, q store.AuditQuery) (out []audit.Entry, err error) {
+func appendTx(tx *bolt.Tx, b *audit.Batch) error {
+	size := metaUint(tx, metaSize)
+	if size != b.Start-1 {
+		return fmt.Errorf("bbolt: append at seq %d, log holds %d: %w", b.Start, size, audit.ErrHeadMoved)
+	}
+	ab := tx.Bucket(bucketAudit)
+	// Keys only ever grow: pack leaves full instead of splitting in half.
+	ab.FillPercent = 1.0
+	for i, leaf := range b.Leaves {
+		if err := ab.Put(seqKey(b.Start+uint64(i)), leaf); err != nil {
+			return err
+		}
+	}
+	nb := tx.Bucket(bucketNodes)
+	nb.FillPercent = 1.0
+	for _, n := range b.Nodes {
+		if err := nb.Put(nodeKey(n.Level, n.Index), n.Hash); err != nil {
+			return err
+		}
+	}
+	rb := tx.Bucket(bucketRequests)
+	for _, r := range b.Requests {
+		if err := rb.Put(r.ID[:], seqKey(r.Seq)); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketMeta).Put(metaSize, seqKey(size+uint64(len(b.Leaves))))
+}
+
+func (s *Store) AuditSize(context.Context) (n uint64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
+		n = metaUint(tx, metaSize)
+		return nil
+	})
+	return n, err
+}
+
+func (s *Store) PrunedUpTo(context.Context) (n uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		n = metaUint(tx, metaPruned)
+		return nil
+	})
+	return n, err
+}
+
+// Leaves returns leaves [from, to). A gap is the tree broken; leaves at or
+// below the prune mark are ErrPruned.
+func (s *Store) Leaves(ctx context.Context, from, to uint64) (out [][]byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		out, err = txReader{tx}.Leaves(ctx, from, to)
+		return err
+	})
+	return out, err
+}
+
+func (s *Store) Nodes(ctx context.Context, ids []audit.NodeID) (out [][]byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		out, err = txReader{tx}.Nodes(ctx, ids)
+		return err
+	})
+	return out, err
+}
+
+// txReader reads the tree within one transaction.
+type txReader struct{ tx *bolt.Tx }
+
+func (r txReader) Leaves(_ context.Context, from, to uint64) (out [][]byte, err error) {
+	tx := r.tx
+	err = func() error {
+		if from < metaUint(tx, metaPruned) {
+			return fmt.Errorf("bbolt: entry %d: %w", from+1, audit.ErrPruned)
+		}
 		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.Seek(seqKey(q.AfterSeq + 1)); k != nil; k, v = c.Next() {
-			var e audit.Entry
-			if err := json.NewDecoder(bytes.NewReader(v)).Decode(&e); err != nil {
-				return fmt.Errorf("bbolt: decode audit entry %d: %w", binary.BigEndian.Uint64(k), err)
+		want := from + 1
+		for k, v := c.Seek(seqKey(want)); k != nil && want <= to; k, v = c.Next() {
+			if got := binary.BigEndian.Uint64(k); got != want {
+				return fmt.Errorf("bbolt: entry %d missing: %w", want, audit.ErrTreeBroken)
 			}
-			if !q.Match(e) {
-				continue
+			out = append(out, bytes.Clone(v))
+			want++
+		}
+		if want <= to {
+			return fmt.Errorf("bbolt: entry %d missing: %w", want, audit.ErrTreeBroken)
+		}
+		return nil
+	}()
+	return out, err
+}
+
+func (r txReader) Nodes(_ context.Context, ids []audit.NodeID) (out [][]byte, err error) {
+	tx := r.tx
+	err = func() error {
+		nb := tx.Bucket(bucketNodes)
+		for _, id := range ids {
+			v := nb.Get(nodeKey(uint8(id.Level), id.Index))
+			if len(v) != 32 {
+				return fmt.Errorf("bbolt: tree node %d/%d missing: %w", id.Level, id.Index, audit.ErrTreeBroken)
 			}
-			out = append(out, e)
-			if q.Limit > 0 && len(out) >= q.Limit {
-				break
-			}
+			out = append(out, bytes.Clone(v))
+		}
+		return nil
+	}()
+	return out, err
+}
+
+func (s *Store) FindRequest(_ context.Context, id audit.RequestID) (seq uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketRequests).Get(id[:])
+		if len(v) != 8 {
+			return fmt.Errorf("bbolt: request %s: %w", id, signerr.ErrKeyNotFound)
+		}
+		seq = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return seq, err
+}
+
+func (s *Store) PutCheckpoint(_ context.Context, size uint64, note []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bucketCheckpoints)
+		if cb.Get(seqKey(size)) != nil {
+			return nil
+		}
+		return cb.Put(seqKey(size), note)
+	})
+}
+
+func (s *Store) LatestCheckpoint(context.Context) (note []byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if _, v := tx.Bucket(bucketCheckpoints).Cursor().Last(); v != nil {
+			note = bytes.Clone(v)
+		}
+		return nil
+	})
+	return note, err
+}
+
+// Checkpoints returns the signed notes of sizes above after, oldest first,
+// at most limit.
+func (s *Store) Checkpoints(_ context.Context, after uint64, limit int) (out [][]byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketCheckpoints).Cursor()
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			out = append(out, bytes.Clone(v))
 		}
 		return nil
 	})
 	return out, err
+}
+
+func (s *Store) LogKey(context.Context) (k store.Key, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(metaLogKey)
+		if v == nil {
+			return fmt.Errorf("bbolt: no audit checkpoint key: %w", signerr.ErrKeyNotFound)
+		}
+		k, err = decodeKey(v)
+		return err
+	})
+	return k, err
+}
+
+func (s *Store) CreateLogKey(_ context.Context, k store.Key) (stored store.Key, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(metaLogKey); v != nil {
+			stored, err = decodeKey(v)
+			return err
+		}
+		b, err := encodeKey(k)
+		if err != nil {
+			return err
+		}
+		stored = k
+		return meta.Put(metaLogKey, b)
+	})
+	return stored, err
+}
+
+// PruneAudit deletes the leaves up to seq upto (whole tiles, already
+// exported); the tree nodes stay, so proofs for later entries still work.
+// bbolt serves one process: run it with the signer stopped.
+func (s *Store) PruneAudit(_ context.Context, upto uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := store.CheckPrune(upto, metaUint(tx, metaPruned), metaUint(tx, metaSize)); err != nil {
+			return err
+		}
+		c := tx.Bucket(bucketAudit).Cursor()
+		// Deleting under a cursor moves it: seek to the first key each time.
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= upto; k, _ = c.First() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(metaPruned, seqKey(upto))
+	})
 }
 
 // DB exposes the handle to tests that must tamper with the log.

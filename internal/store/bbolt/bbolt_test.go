@@ -7,16 +7,16 @@ import (
 
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
-	"github.com/plexsphere/signer/internal/store/storetest"
+	"github.com/plexsphere/signer/internal/testing/storetest"
 )
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, func(t *testing.T) (store.Store, storetest.Tamper) {
 		s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return s
+		return s, tamper{s}
 	})
 }
 

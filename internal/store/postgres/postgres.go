@@ -1,8 +1,8 @@
 // Package postgres is the store for several signer replicas sharing one
 // database: key metadata and lifecycle (with the one-ACTIVE-key and
-// one-open-rotation rules as partial unique indexes), and the hash-chained,
-// append-only audit log, written by the group-commit writer one transaction
-// per batch. Migrations are embedded and applied under an advisory lock;
+// one-open-rotation rules as partial unique indexes), and the append-only
+// audit log with its Merkle tree, extended by the group-commit writer in one
+// statement per batch. Migrations are embedded and applied under an advisory lock;
 // key changes are announced with NOTIFY so replicas drop stale caches at once.
 package postgres
 
@@ -38,8 +38,9 @@ const channel = "plexsphere_signer_keys"
 type Config struct {
 	DSN      string
 	MaxConns int32
-	// Migrate applies the embedded migrations at open. Turn it off when the
-	// service's role may not run DDL (see docs/postgres.md).
+	// Migrate applies the embedded migrations at open, as the DSN's role,
+	// which then owns the schema. Production runs migrations as a separate
+	// owner role (Migrate with a runtime role) and leaves this off.
 	Migrate bool
 	Log     *slog.Logger
 }
@@ -84,6 +85,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// ErrNotMigrated is returned by Open when the database has no schema (or
+// the role cannot see it).
+var ErrNotMigrated = errors.New("postgres: the signer's tables are missing or not visible to this role")
+
+// Schema reports ErrNotMigrated unless the tables exist and the role may
+// read them.
+func (s *Store) Schema(ctx context.Context) error {
+	var ok bool
+	if err := s.pool.QueryRow(ctx, `SELECT to_regclass('audit_log_key') IS NOT NULL AND has_table_privilege('audit_log_key', 'SELECT')`).Scan(&ok); err != nil {
+		return classify(err)
+	}
+	if !ok {
+		return ErrNotMigrated
+	}
+	return nil
+}
+
 // redact drops pgx's connection detail, which can echo connection
 // parameters, keeping the cause.
 func redact(err error) error {
@@ -92,6 +110,34 @@ func redact(err error) error {
 		return errors.Unwrap(ce)
 	}
 	return err
+}
+
+// RuntimeGrants are what the serving signer's role needs: it may read and
+// extend the audit log, never rewrite it (no UPDATE, DELETE, TRUNCATE, no
+// ownership). Migrate applies them to the runtime role.
+var RuntimeGrants = []string{
+	"GRANT USAGE ON SCHEMA public TO %s",
+	"GRANT SELECT, INSERT, UPDATE ON signing_keys TO %s",
+	"GRANT SELECT, INSERT ON audit_entries, audit_nodes, audit_requests, audit_checkpoints, audit_log_key TO %s",
+	"GRANT SELECT ON audit_pruned, goose_db_version TO %s",
+}
+
+// MigrateAndGrant applies the embedded migrations as the store's role (the
+// owner) and grants runtimeRole what the serving signer needs, nothing more.
+func (s *Store) MigrateAndGrant(ctx context.Context, runtimeRole string) error {
+	if err := s.Migrate(ctx); err != nil {
+		return err
+	}
+	if runtimeRole == "" {
+		return nil
+	}
+	role := pgx.Identifier{runtimeRole}.Sanitize()
+	for _, g := range RuntimeGrants {
+		if _, err := s.pool.Exec(ctx, fmt.Sprintf(g, role)); err != nil {
+			return fmt.Errorf("postgres: grant to %s: %w", runtimeRole, redact(err))
+		}
+	}
+	return nil
 }
 
 // Migrate applies the embedded migrations, holding a Postgres advisory lock
@@ -137,7 +183,7 @@ func classify(err error) error {
 		return nil
 	}
 	// Already decided (a lifecycle refusal from store.Apply, say): keep it.
-	for _, sentinel := range signerr.Sentinels {
+	for _, sentinel := range append(signerr.Sentinels, audit.ErrHeadMoved) {
 		if errors.Is(err, sentinel) {
 			return err
 		}
@@ -147,7 +193,7 @@ func classify(err error) error {
 	case errors.Is(err, pgx.ErrNoRows):
 		return err
 	case errors.As(err, &pe) && transient(pe.Code):
-		return fmt.Errorf("postgres: %w: %s (%s)", audit.ErrUnavailable, pe.Message, pe.Code)
+		return fmt.Errorf("postgres: %w: %s (%s)", signerr.ErrStoreUnavailable, pe.Message, pe.Code)
 	case errors.As(err, &pe):
 		if pe.Code == "23505" { // unique_violation
 			switch pe.ConstraintName {
@@ -155,13 +201,15 @@ func classify(err error) error {
 				return fmt.Errorf("postgres: %w", signerr.ErrRotationInProgress)
 			case "signing_keys_one_active", "signing_keys_pkey":
 				return fmt.Errorf("postgres: %s: %w", pe.ConstraintName, signerr.ErrInvariant)
+			case "audit_entries_pkey", "audit_nodes_pkey":
+				return fmt.Errorf("postgres: %s: %w", pe.ConstraintName, audit.ErrHeadMoved)
 			}
 		}
 		return fmt.Errorf("postgres: %s (%s)", pe.Message, pe.Code)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("postgres: %w: %w", audit.ErrUnavailable, err)
+		return fmt.Errorf("postgres: %w: %w", signerr.ErrStoreUnavailable, err)
 	}
-	return fmt.Errorf("postgres: %w: %v", audit.ErrUnavailable, redact(err))
+	return fmt.Errorf("postgres: %w: %v", signerr.ErrStoreUnavailable, redact(err))
 }
 
 // transient reports SQLSTATEs that mean "the database cannot serve right
@@ -303,65 +351,253 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 	return changed, nil
 }
 
-// AppendAudit commits the batch in one transaction. The row lock on
-// audit_head serialises replicas, so the chain stays one chain; COPY makes
-// a batch of hundreds cost about as much as one row.
-func (s *Store) AppendAudit(ctx context.Context, batch []audit.Entry) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var seq int64
-		var hash string
-		if err := tx.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE`).Scan(&seq, &hash); err != nil {
-			return err
-		}
-		last, head := audit.Chain(batch, uint64(seq), hash)
-		rows := make([][]any, len(batch))
-		for i, e := range batch {
-			rows[i] = []any{int64(e.Seq), e.ID, e.RequestID, e.Subject, e.Relation, e.Object, e.Reason, e.CaveatContext,
-				e.Timestamp, e.Method, e.Code, e.PayloadSHA256, e.SignatureSHA256, e.PrevHash, e.Hash}
-		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_entries"}, auditCols, pgx.CopyFromRows(rows)); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`, int64(last), head)
+// appendSQL extends the log in one statement, so one round trip and one
+// implicit transaction per batch: the leaves, the tree nodes they complete
+// and the request index, only if the log holds exactly $1-1 entries.
+// Replicas racing for the same seqs collide on the primary key; the loser
+// gets ErrHeadMoved and its writer reloads the tree.
+const appendSQL = `WITH head AS (
+	SELECT greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
+	                (SELECT coalesce(max(upto), 0) FROM audit_pruned)) = $1::bigint - 1 AS ok
+), e AS (
+	INSERT INTO audit_entries (seq, leaf)
+	SELECT $1::bigint + t.o - 1, t.l FROM unnest($2::bytea[]) WITH ORDINALITY AS t(l, o), head WHERE head.ok
+	RETURNING 1
+), n AS (
+	INSERT INTO audit_nodes (level, idx, hash)
+	SELECT t.lv, t.ix, t.h FROM unnest($3::smallint[], $4::bigint[], $5::bytea[]) AS t(lv, ix, h), head WHERE head.ok
+), r AS (
+	INSERT INTO audit_requests (request_id, seq)
+	SELECT t.id, t.s FROM unnest($6::bytea[], $7::bigint[]) AS t(id, s), head WHERE head.ok
+)
+SELECT count(*) FROM e`
+
+// AppendAudit commits the batch in one statement (see appendSQL).
+func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
+	return classify(appendBatch(ctx, s.pool, b))
+}
+
+func appendBatch(ctx context.Context, q querier, b *audit.Batch) error {
+	levels := make([]int16, len(b.Nodes))
+	idx := make([]int64, len(b.Nodes))
+	hs := make([][]byte, len(b.Nodes))
+	for i, n := range b.Nodes {
+		levels[i], idx[i], hs[i] = int16(n.Level), int64(n.Index), n.Hash
+	}
+	ids := make([][]byte, len(b.Requests))
+	seqs := make([]int64, len(b.Requests))
+	for i, r := range b.Requests {
+		ids[i], seqs[i] = r.ID[:], int64(r.Seq)
+	}
+	var n int64
+	if err := q.QueryRow(ctx, appendSQL, int64(b.Start), b.Leaves, levels, idx, hs, ids, seqs).Scan(&n); err != nil {
 		return err
+	}
+	if n != int64(len(b.Leaves)) {
+		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, audit.ErrHeadMoved)
+	}
+	return nil
+}
+
+const sizeSQL = `SELECT greatest((SELECT coalesce(max(seq), 0) FROM audit_entries), (SELECT coalesce(max(upto), 0) FROM audit_pruned))`
+
+func (s *Store) AuditSize(ctx context.Context) (uint64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, sizeSQL).Scan(&n)
+	return uint64(n), classify(err)
+}
+
+// appendLock is the advisory lock key under which writers append when
+// their tree is stale; it serialises replicas only on that path.
+const appendLock = 0x706c78_61756474 // "plx" "audt"
+
+// AppendAuditLocked builds and appends a batch under the append lock, in
+// one transaction: the size it builds on cannot move before it commits.
+func (s *Store) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(appendLock)); err != nil {
+			return err
+		}
+		var size int64
+		if err := tx.QueryRow(ctx, sizeSQL).Scan(&size); err != nil {
+			return err
+		}
+		b, err := build(uint64(size), reader{tx})
+		if err != nil {
+			return err
+		}
+		return appendBatch(ctx, tx, b)
 	})
 	return classify(err)
 }
 
-var auditCols = []string{"seq", "id", "request_id", "subject", "relation", "object", "reason", "caveat_context",
-	"ts", "method", "code", "payload_sha256", "signature_sha256", "prev_hash", "hash"}
-
-// likePrefix escapes a literal prefix for LIKE.
-func likePrefix(p string) string {
-	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
-	return r.Replace(p) + "%"
+func (s *Store) PrunedUpTo(ctx context.Context) (uint64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(max(upto), 0) FROM audit_pruned`).Scan(&n)
+	return uint64(n), classify(err)
 }
 
-func (s *Store) ListAudit(ctx context.Context, q store.AuditQuery) ([]audit.Entry, error) {
-	var limit any // NULL: no limit
-	if q.Limit > 0 {
-		limit = q.Limit
+// querier is a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// reader reads the tree through a pool or within a transaction.
+type reader struct{ q querier }
+
+// Leaves returns leaves [from, to). A gap is the tree broken; leaves at or
+// below the prune mark are ErrPruned.
+func (s *Store) Leaves(ctx context.Context, from, to uint64) ([][]byte, error) {
+	return reader{s.pool}.Leaves(ctx, from, to)
+}
+
+func (s *Store) Nodes(ctx context.Context, ids []audit.NodeID) ([][]byte, error) {
+	return reader{s.pool}.Nodes(ctx, ids)
+}
+
+func (r reader) Leaves(ctx context.Context, from, to uint64) ([][]byte, error) {
+	var pruned int64
+	if err := r.q.QueryRow(ctx, `SELECT coalesce(max(upto), 0) FROM audit_pruned`).Scan(&pruned); err != nil {
+		return nil, classify(err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+strings.Join(auditCols, ", ")+` FROM audit_entries
-		WHERE seq > $1 AND ($2 = '' OR subject = $2) AND ($3 = '' OR relation = $3) AND ($4 = '' OR reason = $4)
-		  AND ($5 = '' OR object LIKE $6)
-		ORDER BY seq LIMIT $7`,
-		int64(q.AfterSeq), q.Subject, q.Relation, q.Reason, q.ObjectPrefix, likePrefix(q.ObjectPrefix), limit)
+	if from < uint64(pruned) {
+		return nil, fmt.Errorf("postgres: entry %d: %w", from+1, audit.ErrPruned)
+	}
+	rows, err := r.q.Query(ctx, `SELECT seq, leaf FROM audit_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq`, int64(from), int64(to))
 	if err != nil {
 		return nil, classify(err)
 	}
-	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (audit.Entry, error) {
-		var e audit.Entry
-		var seq int64
-		err := r.Scan(&seq, &e.ID, &e.RequestID, &e.Subject, &e.Relation, &e.Object, &e.Reason, &e.CaveatContext,
-			&e.Timestamp, &e.Method, &e.Code, &e.PayloadSHA256, &e.SignatureSHA256, &e.PrevHash, &e.Hash)
-		e.Seq, e.Timestamp = uint64(seq), e.Timestamp.UTC()
-		if e.CaveatContext == nil {
-			e.CaveatContext = []string{}
+	out := make([][]byte, 0, to-from)
+	want := int64(from) + 1
+	var seq int64
+	var leaf []byte
+	_, err = pgx.ForEachRow(rows, []any{&seq, &leaf}, func() error {
+		if seq != want {
+			return fmt.Errorf("postgres: entry %d missing: %w", want, audit.ErrTreeBroken)
 		}
-		return e, err
+		out = append(out, leaf)
+		want++
+		return nil
 	})
-	return entries, classify(err)
+	if err != nil {
+		return nil, classify(err)
+	}
+	if uint64(want) <= to {
+		return nil, fmt.Errorf("postgres: entry %d missing: %w", want, audit.ErrTreeBroken)
+	}
+	return out, nil
+}
+
+func (r reader) Nodes(ctx context.Context, ids []audit.NodeID) ([][]byte, error) {
+	levels := make([]int16, len(ids))
+	idx := make([]int64, len(ids))
+	for i, id := range ids {
+		levels[i], idx[i] = int16(id.Level), int64(id.Index)
+	}
+	rows, err := r.q.Query(ctx, `SELECT t.o, n.hash FROM unnest($1::smallint[], $2::bigint[]) WITH ORDINALITY AS t(lv, ix, o)
+		JOIN audit_nodes n ON n.level = t.lv AND n.idx = t.ix ORDER BY t.o`, levels, idx)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out := make([][]byte, len(ids))
+	var o int64
+	var h []byte
+	if _, err := pgx.ForEachRow(rows, []any{&o, &h}, func() error {
+		out[o-1] = h
+		return nil
+	}); err != nil {
+		return nil, classify(err)
+	}
+	for i, h := range out {
+		if len(h) != 32 {
+			return nil, fmt.Errorf("postgres: tree node %d/%d missing: %w", ids[i].Level, ids[i].Index, audit.ErrTreeBroken)
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) FindRequest(ctx context.Context, id audit.RequestID) (uint64, error) {
+	var seq int64
+	err := s.pool.QueryRow(ctx, `SELECT seq FROM audit_requests WHERE request_id = $1`, id[:]).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("postgres: request %s: %w", id, signerr.ErrKeyNotFound)
+	}
+	return uint64(seq), classify(err)
+}
+
+func (s *Store) PutCheckpoint(ctx context.Context, size uint64, note []byte) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING`, int64(size), note)
+	return classify(err)
+}
+
+func (s *Store) LatestCheckpoint(ctx context.Context) ([]byte, error) {
+	var note []byte
+	err := s.pool.QueryRow(ctx, `SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1`).Scan(&note)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	return note, classify(err)
+}
+
+// Checkpoints returns the signed notes of sizes above after, oldest first,
+// at most limit.
+func (s *Store) Checkpoints(ctx context.Context, after uint64, limit int) ([][]byte, error) {
+	rows, err := s.pool.Query(ctx, `SELECT note FROM audit_checkpoints WHERE size > $1 ORDER BY size LIMIT $2`, int64(after), limit)
+	if err != nil {
+		return nil, classify(err)
+	}
+	notes, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	return notes, classify(err)
+}
+
+const logKeyCols = `key_id, public_key, provider, handle, created_at`
+
+func (s *Store) LogKey(ctx context.Context) (store.Key, error) {
+	k := store.Key{Scope: store.LogKeyScope, State: store.Active}
+	err := s.pool.QueryRow(ctx, `SELECT `+logKeyCols+` FROM audit_log_key WHERE id = 1`).Scan(&k.ID, &k.Public, &k.Provider, &k.Handle, &k.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return k, fmt.Errorf("postgres: no audit checkpoint key: %w", signerr.ErrKeyNotFound)
+	}
+	k.CreatedAt = k.CreatedAt.UTC()
+	return k, classify(err)
+}
+
+func (s *Store) CreateLogKey(ctx context.Context, k store.Key) (store.Key, error) {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO audit_log_key (id, `+logKeyCols+`) VALUES (1, $1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING`,
+		k.ID, []byte(k.Public), k.Provider, k.Handle, k.CreatedAt); err != nil {
+		return store.Key{}, classify(err)
+	}
+	return s.LogKey(ctx)
+}
+
+// PruneAudit deletes the entries up to seq upto (whole tiles, already
+// exported) and records the prune; tree nodes, checkpoints and the request
+// index stay. It needs DELETE on audit_entries: the owner role, never the
+// serving signer's.
+func (s *Store) PruneAudit(ctx context.Context, upto uint64) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Serialise with appends and other prunes.
+		if _, err := tx.Exec(ctx, `LOCK TABLE audit_pruned IN EXCLUSIVE MODE`); err != nil {
+			return err
+		}
+		var pruned, size int64
+		if err := tx.QueryRow(ctx, `SELECT coalesce(max(upto), 0), greatest((SELECT coalesce(max(seq), 0) FROM audit_entries), coalesce(max(upto), 0)) FROM audit_pruned`).Scan(&pruned, &size); err != nil {
+			return err
+		}
+		if err := store.CheckPrune(upto, uint64(pruned), uint64(size)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('plexsphere_signer.prune_upto', $1, true)`, fmt.Sprint(upto)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM audit_entries WHERE seq <= $1`, int64(upto)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO audit_pruned (upto) VALUES ($1)`, int64(upto))
+		return err
+	})
+	return classify(err)
 }
 
 // WatchKeys calls changed with the scope of every key change any replica

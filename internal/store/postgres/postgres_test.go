@@ -13,53 +13,170 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/plexsphere/signer/internal/audit"
-	"github.com/plexsphere/signer/internal/pgtest"
+	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/postgres"
-	"github.com/plexsphere/signer/internal/store/storetest"
+	"github.com/plexsphere/signer/internal/testing/pgtest"
+	"github.com/plexsphere/signer/internal/testing/storetest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
-// The same suite the bbolt store passes, as the service role.
+// The same suite the bbolt store passes, as the service role; the attacker
+// is the database owner editing the tables with triggers off.
 func TestConformance(t *testing.T) {
 	srv := pgtest.Require(t)
-	storetest.Run(t, func(t *testing.T) store.Store {
-		st, _ := srv.Open(t)
-		return st
+	storetest.Run(t, func(t *testing.T) (store.Store, storetest.Tamper) {
+		st, db := srv.Open(t)
+		return st, tamper{dsn: db.AdminDSN}
 	})
 }
 
-// The service role may read and extend the audit log, never rewrite it; and
-// even the owner is stopped by the append-only trigger.
+type tamper struct{ dsn string }
+
+func (x tamper) exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, x.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// A superuser can switch the append-only triggers off for its session.
+	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func (x tamper) PutLeaf(t testing.TB, seq uint64, leaf []byte) {
+	x.exec(t, `UPDATE audit_entries SET leaf = $2 WHERE seq = $1`, int64(seq), leaf)
+}
+
+func (x tamper) DeleteLeaves(t testing.TB, from, to uint64) {
+	x.exec(t, `DELETE FROM audit_entries WHERE seq BETWEEN $1 AND $2`, int64(from), int64(to))
+}
+
+// SetSize: Postgres derives the size from the rows; deleting is rewinding.
+func (x tamper) SetSize(testing.TB, uint64) {}
+
+func (x tamper) PutNode(t testing.TB, level uint8, index uint64, hash []byte) {
+	x.exec(t, `INSERT INTO audit_nodes (level, idx, hash) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO UPDATE SET hash = EXCLUDED.hash`,
+		int16(level), int64(index), hash)
+}
+
+func (x tamper) DeleteCheckpoints(t testing.TB, above uint64) {
+	x.exec(t, `DELETE FROM audit_checkpoints WHERE size > $1`, int64(above))
+}
+
+func (x tamper) Wipe(t testing.TB) {
+	x.exec(t, `DELETE FROM audit_entries; DELETE FROM audit_nodes; DELETE FROM audit_requests; DELETE FROM audit_checkpoints`)
+}
+
+// The service role may read and extend the audit log, never rewrite it:
+// each of these is refused, and even the owner is stopped by the
+// append-only triggers.
 func TestAuditLogIsAppendOnly(t *testing.T) {
 	srv := pgtest.Require(t)
 	st, db := srv.Open(t)
 	ctx := context.Background()
-	e := audit.Entry{ID: audit.NewID(), Subject: audit.SubjectSigner, Relation: "sign", Object: "signing-key:s:k",
-		Reason: audit.ReasonGranted, CaveatContext: []string{}, Timestamp: time.Now()}
-	if err := st.AppendAudit(ctx, []audit.Entry{e}); err != nil {
+	w := audit.NewWriter(st, audit.WriterOptions{})
+	e := audit.New(audit.NewRequestID(), audit.SubjectSigner, "sign", "/m", time.Now())
+	if err := w.Write(ctx, e, e); err != nil {
 		t.Fatal(err)
 	}
-	for _, dsn := range []string{db.AppDSN, db.AdminDSN} {
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range []string{
-			"UPDATE audit_entries SET reason = 'granted' WHERE seq = 1",
-			"DELETE FROM audit_entries WHERE seq = 1",
-			"TRUNCATE audit_entries",
-		} {
-			if _, err := conn.Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "42501") {
-				t.Errorf("%s as %s: %v, want insufficient_privilege", q, conn.Config().User, err)
-			}
-		}
-		conn.Close(ctx)
+	w.Close()
+	app, err := pgx.Connect(ctx, db.AppDSN)
+	if err != nil {
+		t.Fatal(err)
 	}
-	got, err := st.ListAudit(ctx, store.AuditQuery{})
-	if err != nil || len(got) != 1 {
+	defer app.Close(ctx)
+	for _, q := range []string{
+		"UPDATE audit_entries SET leaf = '\\x00' WHERE seq = 1",
+		"DELETE FROM audit_entries WHERE seq = 2",
+		"TRUNCATE audit_entries",
+		"DELETE FROM audit_nodes",
+		"DELETE FROM audit_checkpoints",
+		"UPDATE audit_log_key SET public_key = public_key",
+		"ALTER TABLE audit_entries DISABLE TRIGGER ALL",
+		"ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_append_only",
+		"DROP TRIGGER audit_entries_append_only ON audit_entries",
+		"DELETE FROM audit_pruned",
+		"INSERT INTO audit_pruned (upto) VALUES (16)",
+		"SET session_replication_role = replica",
+	} {
+		if _, err := app.Exec(ctx, q); err == nil {
+			t.Errorf("the service role may: %s", q)
+		} else if !strings.Contains(err.Error(), "42501") {
+			t.Errorf("%s: %v, want insufficient_privilege (42501)", q, err)
+		}
+	}
+	owner, err := pgx.Connect(ctx, db.AdminDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close(ctx)
+	for _, q := range []string{
+		"UPDATE audit_entries SET leaf = '\\x00' WHERE seq = 1",
+		"DELETE FROM audit_entries WHERE seq = 2",
+		"TRUNCATE audit_entries",
+	} {
+		if _, err := owner.Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "42501") {
+			t.Errorf("%s as the owner: %v, want the append-only trigger's refusal", q, err)
+		}
+	}
+	got, err := store.ListAudit(ctx, st, store.AuditQuery{})
+	if err != nil || len(got) != 2 {
 		t.Fatalf("audit log after the attempts: %v %v", got, err)
+	}
+}
+
+// --migrate-only's path: the owner migrates a fresh database and grants the
+// runtime role; the runtime role can then serve and owns nothing.
+func TestMigrateAndGrant(t *testing.T) {
+	srv := pgtest.Require(t)
+	ctx := context.Background()
+	db := srv.NewDatabase(t)
+	conn, err := pgx.Connect(ctx, db.AdminDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public`); err != nil {
+		t.Fatal(err)
+	}
+	app, err := postgres.Open(ctx, postgres.Config{DSN: db.AppDSN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	if err := app.Schema(ctx); !errors.Is(err, postgres.ErrNotMigrated) {
+		t.Fatalf("Schema before migrating: %v, want ErrNotMigrated", err)
+	}
+	owner, err := postgres.Open(ctx, postgres.Config{DSN: db.AdminDSN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	if err := owner.MigrateAndGrant(ctx, pgtest.AppRole); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Schema(ctx); err != nil {
+		t.Fatalf("Schema after migrating: %v", err)
+	}
+	var owned int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = $1`, pgtest.AppRole).Scan(&owned); err != nil {
+		t.Fatal(err)
+	}
+	if owned != 0 {
+		t.Fatalf("the runtime role owns %d tables", owned)
+	}
+	w := audit.NewWriter(app, audit.WriterOptions{})
+	defer w.Close()
+	if err := w.Write(ctx, audit.New(audit.NewRequestID(), audit.SubjectSigner, "sign", "/m", time.Now())); err != nil {
+		t.Fatalf("the runtime role cannot append: %v", err)
 	}
 }
 
@@ -73,7 +190,7 @@ func TestConcurrentMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, `DROP TABLE audit_head, audit_entries, signing_keys, goose_db_version; DROP FUNCTION audit_entries_append_only()`); err != nil {
+	if _, err := conn.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public`); err != nil {
 		t.Fatal(err)
 	}
 	conn.Close(ctx)
@@ -144,11 +261,11 @@ func TestDSNNeverInErrors(t *testing.T) {
 func TestShutdownErrorsAreUnavailable(t *testing.T) {
 	for _, code := range []string{"57P01", "57P03", "08006", "53300", "40001"} {
 		err := postgres.ClassifyForTest(&pgconn.PgError{Code: code, Message: "x"})
-		if !errors.Is(err, audit.ErrUnavailable) {
+		if !errors.Is(err, signerr.ErrStoreUnavailable) {
 			t.Errorf("SQLSTATE %s: %v", code, err)
 		}
 	}
-	if err := postgres.ClassifyForTest(&pgconn.PgError{Code: "42601", Message: "syntax"}); errors.Is(err, audit.ErrUnavailable) {
+	if err := postgres.ClassifyForTest(&pgconn.PgError{Code: "42601", Message: "syntax"}); errors.Is(err, signerr.ErrStoreUnavailable) {
 		t.Errorf("a syntax error is not an outage: %v", err)
 	}
 }

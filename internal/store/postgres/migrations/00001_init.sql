@@ -19,52 +19,91 @@ CREATE INDEX signing_keys_scope ON signing_keys (scope, created_at);
 CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys (scope) WHERE state = 'ACTIVE';
 CREATE UNIQUE INDEX signing_keys_one_pending ON signing_keys (scope) WHERE state = 'PENDING';
 
--- The audit log: append-only and hash-chained. seq is assigned under the
--- row lock on audit_head, so replicas sharing the database extend one chain.
+-- The audit log (docs/audit.md): the leaves of an RFC 6962 Merkle tree, in
+-- their canonical encoding; seq - 1 is the leaf index. Replicas extend one
+-- log: the primary key refuses a second entry at the same seq.
 CREATE TABLE audit_entries (
-    seq              bigint PRIMARY KEY,
-    id               text        NOT NULL UNIQUE,
-    request_id       text        NOT NULL,
-    subject          text        NOT NULL,
-    relation         text        NOT NULL,
-    object           text        NOT NULL,
-    reason           text        NOT NULL,
-    caveat_context   text[]      NOT NULL,
-    ts               timestamptz NOT NULL,
-    method           text        NOT NULL,
-    code             text        NOT NULL,
-    payload_sha256   text        NOT NULL,
-    signature_sha256 text        NOT NULL,
-    prev_hash        text        NOT NULL,
-    hash             text        NOT NULL
+    seq  bigint PRIMARY KEY CHECK (seq > 0),
+    leaf bytea  NOT NULL
 );
-CREATE INDEX audit_entries_object ON audit_entries (object text_pattern_ops, seq);
-
-CREATE TABLE audit_head (
-    id   int PRIMARY KEY CHECK (id = 1),
-    seq  bigint NOT NULL,
-    hash text   NOT NULL
+-- Tree nodes from level 4 up (one per 16 entries); lower ones are recomputed.
+CREATE TABLE audit_nodes (
+    level smallint NOT NULL,
+    idx   bigint   NOT NULL,
+    hash  bytea    NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (level, idx)
 );
-INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '');
+-- Where each request's entries start, for proofs by request id.
+CREATE TABLE audit_requests (
+    request_id bytea  PRIMARY KEY CHECK (length(request_id) = 16),
+    seq        bigint NOT NULL
+);
+-- Signed checkpoints (C2SP signed notes), one per size.
+CREATE TABLE audit_checkpoints (
+    size bigint PRIMARY KEY,
+    note bytea  NOT NULL
+);
+-- Exported ranges dropped by the owner (plexsphere-signer --prune-audit-upto).
+CREATE TABLE audit_pruned (
+    upto bigint PRIMARY KEY,
+    at   timestamptz NOT NULL DEFAULT now()
+);
+-- The checkpoint key: a provider key like the signing keys, never one of them.
+CREATE TABLE audit_log_key (
+    id          int  PRIMARY KEY CHECK (id = 1),
+    key_id      text        NOT NULL,
+    public_key  bytea       NOT NULL CHECK (length(public_key) = 32),
+    provider    text        NOT NULL,
+    handle      bytea       NOT NULL,
+    created_at  timestamptz NOT NULL
+);
 
 -- Defence in depth behind the grants (docs/postgres.md): no role, not even
--- the owner, rewrites history without first dropping this trigger.
+-- the owner, rewrites history without first dropping these triggers. The
+-- owner's prune of exported entries announces itself with a transaction
+-- setting; the service role has no DELETE privilege to use it with.
 -- +goose StatementBegin
-CREATE FUNCTION audit_entries_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+END;
+$$;
+-- +goose StatementEnd
+-- +goose StatementBegin
+CREATE FUNCTION audit_entries_prune_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE'
+       AND OLD.seq <= coalesce(nullif(current_setting('plexsphere_signer.prune_upto', true), ''), '0')::bigint THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION 'audit_entries is append-only' USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
 -- +goose StatementEnd
-CREATE TRIGGER audit_entries_no_update_delete
-    BEFORE UPDATE OR DELETE ON audit_entries
-    FOR EACH ROW EXECUTE FUNCTION audit_entries_append_only();
-CREATE TRIGGER audit_entries_no_truncate
-    BEFORE TRUNCATE ON audit_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_entries_append_only();
+CREATE TRIGGER audit_entries_append_only BEFORE UPDATE OR DELETE ON audit_entries
+    FOR EACH ROW EXECUTE FUNCTION audit_entries_prune_only();
+CREATE TRIGGER audit_nodes_append_only BEFORE UPDATE OR DELETE ON audit_nodes
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_log_key_append_only BEFORE UPDATE OR DELETE ON audit_log_key
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_requests_append_only BEFORE UPDATE OR DELETE ON audit_requests
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_entries_no_truncate BEFORE TRUNCATE ON audit_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_nodes_no_truncate BEFORE TRUNCATE ON audit_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 
 -- +goose Down
-DROP TABLE audit_head;
+DROP TABLE audit_log_key;
+DROP TABLE audit_pruned;
+DROP TABLE audit_checkpoints;
+DROP TABLE audit_requests;
+DROP TABLE audit_nodes;
 DROP TABLE audit_entries;
-DROP FUNCTION audit_entries_append_only();
+DROP FUNCTION audit_append_only();
+DROP FUNCTION audit_entries_prune_only();
 DROP TABLE signing_keys;

@@ -102,6 +102,13 @@ const (
 	ErrorReason_ERROR_REASON_KEY_ACTIVE             ErrorReason = 10
 	ErrorReason_ERROR_REASON_ROTATION_NOT_READY     ErrorReason = 11
 	ErrorReason_ERROR_REASON_INTERNAL               ErrorReason = 12
+	// The key store (database) cannot serve now; retry later.
+	ErrorReason_ERROR_REASON_STORE_UNAVAILABLE ErrorReason = 13
+	// The stored audit log does not match the signer's last signed checkpoint:
+	// the signer refuses to serve until an operator acts (docs/audit.md).
+	ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN ErrorReason = 14
+	// An admitted caller asked for a method the signer does not serve.
+	ErrorReason_ERROR_REASON_UNKNOWN_METHOD ErrorReason = 15
 )
 
 // Enum value maps for ErrorReason.
@@ -120,6 +127,9 @@ var (
 		10: "ERROR_REASON_KEY_ACTIVE",
 		11: "ERROR_REASON_ROTATION_NOT_READY",
 		12: "ERROR_REASON_INTERNAL",
+		13: "ERROR_REASON_STORE_UNAVAILABLE",
+		14: "ERROR_REASON_AUDIT_LOG_BROKEN",
+		15: "ERROR_REASON_UNKNOWN_METHOD",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -135,6 +145,9 @@ var (
 		"ERROR_REASON_KEY_ACTIVE":             10,
 		"ERROR_REASON_ROTATION_NOT_READY":     11,
 		"ERROR_REASON_INTERNAL":               12,
+		"ERROR_REASON_STORE_UNAVAILABLE":      13,
+		"ERROR_REASON_AUDIT_LOG_BROKEN":       14,
+		"ERROR_REASON_UNKNOWN_METHOD":         15,
 	}
 )
 
@@ -228,9 +241,14 @@ func (x *SignRequest) GetKeyId() string {
 type SignResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Ed25519 signature (64 bytes) over payload.
-	Signature     []byte `protobuf:"bytes,1,opt,name=signature,proto3" json:"signature,omitempty"`
-	KeyId         string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	Scope         string `protobuf:"bytes,3,opt,name=scope,proto3" json:"scope,omitempty"`
+	Signature []byte `protobuf:"bytes,1,opt,name=signature,proto3" json:"signature,omitempty"`
+	KeyId     string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Scope     string `protobuf:"bytes,3,opt,name=scope,proto3" json:"scope,omitempty"`
+	// The request's id (32 hex digits), shared by its two audit entries:
+	// `signerctl audit prove <request_id>` proves they are in the log.
+	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The seq of the call's audit entry (committed before this answer).
+	AuditSeq      uint64 `protobuf:"varint,5,opt,name=audit_seq,json=auditSeq,proto3" json:"audit_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -284,6 +302,20 @@ func (x *SignResponse) GetScope() string {
 		return x.Scope
 	}
 	return ""
+}
+
+func (x *SignResponse) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SignResponse) GetAuditSeq() uint64 {
+	if x != nil {
+		return x.AuditSeq
+	}
+	return 0
 }
 
 type PublicKeyRequest struct {
@@ -976,9 +1008,9 @@ func (x *ListKeysResponse) GetKeys() []*Key {
 }
 
 type AuditEntry struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Position in the log, from 1 (the Merkle leaf index plus one).
 	Seq             uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Id              string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	RequestId       string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Subject         string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
 	Relation        string                 `protobuf:"bytes,5,opt,name=relation,proto3" json:"relation,omitempty"`
@@ -990,10 +1022,10 @@ type AuditEntry struct {
 	Code            string                 `protobuf:"bytes,11,opt,name=code,proto3" json:"code,omitempty"`
 	PayloadSha256   string                 `protobuf:"bytes,12,opt,name=payload_sha256,json=payloadSha256,proto3" json:"payload_sha256,omitempty"`
 	SignatureSha256 string                 `protobuf:"bytes,13,opt,name=signature_sha256,json=signatureSha256,proto3" json:"signature_sha256,omitempty"`
-	PrevHash        string                 `protobuf:"bytes,14,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
-	Hash            string                 `protobuf:"bytes,15,opt,name=hash,proto3" json:"hash,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The entry's canonical encoding: the Merkle leaf (client/auditlog).
+	Leaf          []byte `protobuf:"bytes,16,opt,name=leaf,proto3" json:"leaf,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AuditEntry) Reset() {
@@ -1031,13 +1063,6 @@ func (x *AuditEntry) GetSeq() uint64 {
 		return x.Seq
 	}
 	return 0
-}
-
-func (x *AuditEntry) GetId() string {
-	if x != nil {
-		return x.Id
-	}
-	return ""
 }
 
 func (x *AuditEntry) GetRequestId() string {
@@ -1117,18 +1142,11 @@ func (x *AuditEntry) GetSignatureSha256() string {
 	return ""
 }
 
-func (x *AuditEntry) GetPrevHash() string {
+func (x *AuditEntry) GetLeaf() []byte {
 	if x != nil {
-		return x.PrevHash
+		return x.Leaf
 	}
-	return ""
-}
-
-func (x *AuditEntry) GetHash() string {
-	if x != nil {
-		return x.Hash
-	}
-	return ""
+	return nil
 }
 
 type ListAuditRequest struct {
@@ -1300,12 +1318,16 @@ func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
 }
 
 type VerifyAuditResponse struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Ok      bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
-	Entries uint64                 `protobuf:"varint,2,opt,name=entries,proto3" json:"entries,omitempty"`
-	// When !ok: the seq at which the chain breaks and why.
-	BrokenAtSeq   uint64 `protobuf:"varint,3,opt,name=broken_at_seq,json=brokenAtSeq,proto3" json:"broken_at_seq,omitempty"`
-	Problem       string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ok    bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	// Entries checked (those not pruned) and the log's size.
+	Entries uint64 `protobuf:"varint,2,opt,name=entries,proto3" json:"entries,omitempty"`
+	// When !ok: the first seq known bad (0 if only a range is known) and why.
+	BrokenAtSeq uint64 `protobuf:"varint,3,opt,name=broken_at_seq,json=brokenAtSeq,proto3" json:"broken_at_seq,omitempty"`
+	Problem     string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
+	Size        uint64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	// The newest checkpoint the entries were checked against.
+	Checkpoint    []byte `protobuf:"bytes,6,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1368,6 +1390,566 @@ func (x *VerifyAuditResponse) GetProblem() string {
 	return ""
 }
 
+func (x *VerifyAuditResponse) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+type CheckpointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointRequest) Reset() {
+	*x = CheckpointRequest{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointRequest) ProtoMessage() {}
+
+func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{20}
+}
+
+type CheckpointResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The C2SP signed note: "<origin>\n<size>\n<base64 root>\n\n— <origin> <sig>\n".
+	Checkpoint    []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointResponse) Reset() {
+	*x = CheckpointResponse{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointResponse) ProtoMessage() {}
+
+func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CheckpointResponse) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+type ProveInclusionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Entry:
+	//
+	//	*ProveInclusionRequest_RequestId
+	//	*ProveInclusionRequest_Seq
+	Entry         isProveInclusionRequest_Entry `protobuf_oneof:"entry"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveInclusionRequest) Reset() {
+	*x = ProveInclusionRequest{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveInclusionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveInclusionRequest) ProtoMessage() {}
+
+func (x *ProveInclusionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveInclusionRequest.ProtoReflect.Descriptor instead.
+func (*ProveInclusionRequest) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ProveInclusionRequest) GetEntry() isProveInclusionRequest_Entry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *ProveInclusionRequest) GetRequestId() string {
+	if x != nil {
+		if x, ok := x.Entry.(*ProveInclusionRequest_RequestId); ok {
+			return x.RequestId
+		}
+	}
+	return ""
+}
+
+func (x *ProveInclusionRequest) GetSeq() uint64 {
+	if x != nil {
+		if x, ok := x.Entry.(*ProveInclusionRequest_Seq); ok {
+			return x.Seq
+		}
+	}
+	return 0
+}
+
+type isProveInclusionRequest_Entry interface {
+	isProveInclusionRequest_Entry()
+}
+
+type ProveInclusionRequest_RequestId struct {
+	// 32 hex digits, as SignResponse.request_id.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3,oneof"`
+}
+
+type ProveInclusionRequest_Seq struct {
+	Seq uint64 `protobuf:"varint,2,opt,name=seq,proto3,oneof"`
+}
+
+func (*ProveInclusionRequest_RequestId) isProveInclusionRequest_Entry() {}
+
+func (*ProveInclusionRequest_Seq) isProveInclusionRequest_Entry() {}
+
+type ProveInclusionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entries proved: both of a request (admission first), or the one seq.
+	Proofs []*InclusionProof `protobuf:"bytes,1,rep,name=proofs,proto3" json:"proofs,omitempty"`
+	// The checkpoint the proofs lead to.
+	Checkpoint    []byte `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveInclusionResponse) Reset() {
+	*x = ProveInclusionResponse{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveInclusionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveInclusionResponse) ProtoMessage() {}
+
+func (x *ProveInclusionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveInclusionResponse.ProtoReflect.Descriptor instead.
+func (*ProveInclusionResponse) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ProveInclusionResponse) GetProofs() []*InclusionProof {
+	if x != nil {
+		return x.Proofs
+	}
+	return nil
+}
+
+func (x *ProveInclusionResponse) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+type InclusionProof struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Entry *AuditEntry            `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Sibling hashes from the leaf up (RFC 6962 / 9162 audit path).
+	Hashes        [][]byte `protobuf:"bytes,2,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InclusionProof) Reset() {
+	*x = InclusionProof{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InclusionProof) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InclusionProof) ProtoMessage() {}
+
+func (x *InclusionProof) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InclusionProof.ProtoReflect.Descriptor instead.
+func (*InclusionProof) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *InclusionProof) GetEntry() *AuditEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *InclusionProof) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
+type ProveConsistencyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The size of the checkpoint held (from 1).
+	OldSize       uint64 `protobuf:"varint,1,opt,name=old_size,json=oldSize,proto3" json:"old_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveConsistencyRequest) Reset() {
+	*x = ProveConsistencyRequest{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveConsistencyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveConsistencyRequest) ProtoMessage() {}
+
+func (x *ProveConsistencyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveConsistencyRequest.ProtoReflect.Descriptor instead.
+func (*ProveConsistencyRequest) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ProveConsistencyRequest) GetOldSize() uint64 {
+	if x != nil {
+		return x.OldSize
+	}
+	return 0
+}
+
+type ProveConsistencyResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Hashes [][]byte               `protobuf:"bytes,1,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	// The checkpoint the proof leads to.
+	Checkpoint    []byte `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveConsistencyResponse) Reset() {
+	*x = ProveConsistencyResponse{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveConsistencyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveConsistencyResponse) ProtoMessage() {}
+
+func (x *ProveConsistencyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveConsistencyResponse.ProtoReflect.Descriptor instead.
+func (*ProveConsistencyResponse) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ProveConsistencyResponse) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
+func (x *ProveConsistencyResponse) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+type ListCheckpointsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AfterSize     uint64                 `protobuf:"varint,1,opt,name=after_size,json=afterSize,proto3" json:"after_size,omitempty"`
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsRequest) Reset() {
+	*x = ListCheckpointsRequest{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsRequest) ProtoMessage() {}
+
+func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListCheckpointsRequest) GetAfterSize() uint64 {
+	if x != nil {
+		return x.AfterSize
+	}
+	return 0
+}
+
+func (x *ListCheckpointsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListCheckpointsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoints   [][]byte               `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsResponse) Reset() {
+	*x = ListCheckpointsResponse{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsResponse) ProtoMessage() {}
+
+func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListCheckpointsResponse) GetCheckpoints() [][]byte {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return nil
+}
+
+type CheckpointVerifierKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointVerifierKeyRequest) Reset() {
+	*x = CheckpointVerifierKeyRequest{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointVerifierKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointVerifierKeyRequest) ProtoMessage() {}
+
+func (x *CheckpointVerifierKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointVerifierKeyRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointVerifierKeyRequest) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{29}
+}
+
+type CheckpointVerifierKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<origin>+<hash>+<base64 key>" (golang.org/x/mod/sumdb/note).
+	VerifierKey   string `protobuf:"bytes,1,opt,name=verifier_key,json=verifierKey,proto3" json:"verifier_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointVerifierKeyResponse) Reset() {
+	*x = CheckpointVerifierKeyResponse{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointVerifierKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointVerifierKeyResponse) ProtoMessage() {}
+
+func (x *CheckpointVerifierKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointVerifierKeyResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointVerifierKeyResponse) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CheckpointVerifierKeyResponse) GetVerifierKey() string {
+	if x != nil {
+		return x.VerifierKey
+	}
+	return ""
+}
+
 var File_plexsphere_signer_v1_signer_proto protoreflect.FileDescriptor
 
 const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
@@ -1377,11 +1959,14 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1a\n" +
 	"\x06key_id\x18\x03 \x01(\tH\x00R\x05keyId\x88\x01\x01B\t\n" +
-	"\a_key_id\"Y\n" +
+	"\a_key_id\"\x95\x01\n" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x14\n" +
-	"\x05scope\x18\x03 \x01(\tR\x05scope\"O\n" +
+	"\x05scope\x18\x03 \x01(\tR\x05scope\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\x12\x1b\n" +
+	"\taudit_seq\x18\x05 \x01(\x04R\bauditSeq\"O\n" +
 	"\x10PublicKeyRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1a\n" +
 	"\x06key_id\x18\x02 \x01(\tH\x00R\x05keyId\x88\x01\x01B\t\n" +
@@ -1426,11 +2011,10 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x0fListKeysRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\"A\n" +
 	"\x10ListKeysResponse\x12-\n" +
-	"\x04keys\x18\x01 \x03(\v2\x19.plexsphere.signer.v1.KeyR\x04keys\"\xc3\x03\n" +
+	"\x04keys\x18\x01 \x03(\v2\x19.plexsphere.signer.v1.KeyR\x04keys\"\xbd\x03\n" +
 	"\n" +
 	"AuditEntry\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\x12\x18\n" +
 	"\asubject\x18\x04 \x01(\tR\asubject\x12\x1a\n" +
@@ -1443,9 +2027,8 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	" \x01(\tR\x06method\x12\x12\n" +
 	"\x04code\x18\v \x01(\tR\x04code\x12%\n" +
 	"\x0epayload_sha256\x18\f \x01(\tR\rpayloadSha256\x12)\n" +
-	"\x10signature_sha256\x18\r \x01(\tR\x0fsignatureSha256\x12\x1b\n" +
-	"\tprev_hash\x18\x0e \x01(\tR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\x0f \x01(\tR\x04hash\"\xb8\x01\n" +
+	"\x10signature_sha256\x18\r \x01(\tR\x0fsignatureSha256\x12\x12\n" +
+	"\x04leaf\x18\x10 \x01(\fR\x04leafJ\x04\b\x02\x10\x03J\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x02idR\tprev_hashR\x04hash\"\xb8\x01\n" +
 	"\x10ListAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x18\n" +
@@ -1455,18 +2038,56 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\robject_prefix\x18\x06 \x01(\tR\fobjectPrefix\"O\n" +
 	"\x11ListAuditResponse\x12:\n" +
 	"\aentries\x18\x01 \x03(\v2 .plexsphere.signer.v1.AuditEntryR\aentries\"\x14\n" +
-	"\x12VerifyAuditRequest\"}\n" +
+	"\x12VerifyAuditRequest\"\xb1\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\aentries\x18\x02 \x01(\x04R\aentries\x12\"\n" +
 	"\rbroken_at_seq\x18\x03 \x01(\x04R\vbrokenAtSeq\x12\x18\n" +
-	"\aproblem\x18\x04 \x01(\tR\aproblem*\x81\x01\n" +
+	"\aproblem\x18\x04 \x01(\tR\aproblem\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x06 \x01(\fR\n" +
+	"checkpoint\"\x13\n" +
+	"\x11CheckpointRequest\"4\n" +
+	"\x12CheckpointResponse\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\fR\n" +
+	"checkpoint\"U\n" +
+	"\x15ProveInclusionRequest\x12\x1f\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tH\x00R\trequestId\x12\x12\n" +
+	"\x03seq\x18\x02 \x01(\x04H\x00R\x03seqB\a\n" +
+	"\x05entry\"v\n" +
+	"\x16ProveInclusionResponse\x12<\n" +
+	"\x06proofs\x18\x01 \x03(\v2$.plexsphere.signer.v1.InclusionProofR\x06proofs\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\fR\n" +
+	"checkpoint\"`\n" +
+	"\x0eInclusionProof\x126\n" +
+	"\x05entry\x18\x01 \x01(\v2 .plexsphere.signer.v1.AuditEntryR\x05entry\x12\x16\n" +
+	"\x06hashes\x18\x02 \x03(\fR\x06hashes\"4\n" +
+	"\x17ProveConsistencyRequest\x12\x19\n" +
+	"\bold_size\x18\x01 \x01(\x04R\aoldSize\"R\n" +
+	"\x18ProveConsistencyResponse\x12\x16\n" +
+	"\x06hashes\x18\x01 \x03(\fR\x06hashes\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\fR\n" +
+	"checkpoint\"M\n" +
+	"\x16ListCheckpointsRequest\x12\x1d\n" +
+	"\n" +
+	"after_size\x18\x01 \x01(\x04R\tafterSize\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\";\n" +
+	"\x17ListCheckpointsResponse\x12 \n" +
+	"\vcheckpoints\x18\x01 \x03(\fR\vcheckpoints\"\x1e\n" +
+	"\x1cCheckpointVerifierKeyRequest\"B\n" +
+	"\x1dCheckpointVerifierKeyResponse\x12!\n" +
+	"\fverifier_key\x18\x01 \x01(\tR\vverifierKey*\x81\x01\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KEY_STATE_PENDING\x10\x01\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x02\x12\x16\n" +
 	"\x12KEY_STATE_PREVIOUS\x10\x03\x12\x15\n" +
-	"\x11KEY_STATE_RETIRED\x10\x04*\xc1\x03\n" +
+	"\x11KEY_STATE_RETIRED\x10\x04*\xa9\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12'\n" +
 	"#ERROR_REASON_CLIENT_IDENTITY_DENIED\x10\x01\x12\x1e\n" +
@@ -1481,7 +2102,10 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x17ERROR_REASON_KEY_ACTIVE\x10\n" +
 	"\x12#\n" +
 	"\x1fERROR_REASON_ROTATION_NOT_READY\x10\v\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\f2\xbc\x01\n" +
+	"\x15ERROR_REASON_INTERNAL\x10\f\x12\"\n" +
+	"\x1eERROR_REASON_STORE_UNAVAILABLE\x10\r\x12!\n" +
+	"\x1dERROR_REASON_AUDIT_LOG_BROKEN\x10\x0e\x12\x1f\n" +
+	"\x1bERROR_REASON_UNKNOWN_METHOD\x10\x0f2\xbc\x01\n" +
 	"\rSignerService\x12M\n" +
 	"\x04Sign\x12!.plexsphere.signer.v1.SignRequest\x1a\".plexsphere.signer.v1.SignResponse\x12\\\n" +
 	"\tPublicKey\x12&.plexsphere.signer.v1.PublicKeyRequest\x1a'.plexsphere.signer.v1.PublicKeyResponse2\xb7\x03\n" +
@@ -1490,10 +2114,16 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x06Commit\x12#.plexsphere.signer.v1.CommitRequest\x1a$.plexsphere.signer.v1.CommitResponse\x12P\n" +
 	"\x05Abort\x12\".plexsphere.signer.v1.AbortRequest\x1a#.plexsphere.signer.v1.AbortResponse\x12S\n" +
 	"\x06Retire\x12#.plexsphere.signer.v1.RetireRequest\x1a$.plexsphere.signer.v1.RetireResponse\x12Y\n" +
-	"\bListKeys\x12%.plexsphere.signer.v1.ListKeysRequest\x1a&.plexsphere.signer.v1.ListKeysResponse2\xc6\x01\n" +
+	"\bListKeys\x12%.plexsphere.signer.v1.ListKeysRequest\x1a&.plexsphere.signer.v1.ListKeysResponse2\xfa\x05\n" +
 	"\fAuditService\x12W\n" +
 	"\x04List\x12&.plexsphere.signer.v1.ListAuditRequest\x1a'.plexsphere.signer.v1.ListAuditResponse\x12]\n" +
-	"\x06Verify\x12(.plexsphere.signer.v1.VerifyAuditRequest\x1a).plexsphere.signer.v1.VerifyAuditResponseBBZ@github.com/plexsphere/signer/proto/plexsphere/signer/v1;signerv1b\x06proto3"
+	"\x06Verify\x12(.plexsphere.signer.v1.VerifyAuditRequest\x1a).plexsphere.signer.v1.VerifyAuditResponse\x12_\n" +
+	"\n" +
+	"Checkpoint\x12'.plexsphere.signer.v1.CheckpointRequest\x1a(.plexsphere.signer.v1.CheckpointResponse\x12k\n" +
+	"\x0eProveInclusion\x12+.plexsphere.signer.v1.ProveInclusionRequest\x1a,.plexsphere.signer.v1.ProveInclusionResponse\x12q\n" +
+	"\x10ProveConsistency\x12-.plexsphere.signer.v1.ProveConsistencyRequest\x1a..plexsphere.signer.v1.ProveConsistencyResponse\x12n\n" +
+	"\x0fListCheckpoints\x12,.plexsphere.signer.v1.ListCheckpointsRequest\x1a-.plexsphere.signer.v1.ListCheckpointsResponse\x12\x80\x01\n" +
+	"\x15CheckpointVerifierKey\x122.plexsphere.signer.v1.CheckpointVerifierKeyRequest\x1a3.plexsphere.signer.v1.CheckpointVerifierKeyResponseBBZ@github.com/plexsphere/signer/proto/plexsphere/signer/v1;signerv1b\x06proto3"
 
 var (
 	file_plexsphere_signer_v1_signer_proto_rawDescOnce sync.Once
@@ -1508,71 +2138,94 @@ func file_plexsphere_signer_v1_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_plexsphere_signer_v1_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_plexsphere_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_plexsphere_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_plexsphere_signer_v1_signer_proto_goTypes = []any{
-	(KeyState)(0),                 // 0: plexsphere.signer.v1.KeyState
-	(ErrorReason)(0),              // 1: plexsphere.signer.v1.ErrorReason
-	(*SignRequest)(nil),           // 2: plexsphere.signer.v1.SignRequest
-	(*SignResponse)(nil),          // 3: plexsphere.signer.v1.SignResponse
-	(*PublicKeyRequest)(nil),      // 4: plexsphere.signer.v1.PublicKeyRequest
-	(*PublicKeyResponse)(nil),     // 5: plexsphere.signer.v1.PublicKeyResponse
-	(*Key)(nil),                   // 6: plexsphere.signer.v1.Key
-	(*OpenRequest)(nil),           // 7: plexsphere.signer.v1.OpenRequest
-	(*OpenResponse)(nil),          // 8: plexsphere.signer.v1.OpenResponse
-	(*CommitRequest)(nil),         // 9: plexsphere.signer.v1.CommitRequest
-	(*CommitResponse)(nil),        // 10: plexsphere.signer.v1.CommitResponse
-	(*AbortRequest)(nil),          // 11: plexsphere.signer.v1.AbortRequest
-	(*AbortResponse)(nil),         // 12: plexsphere.signer.v1.AbortResponse
-	(*RetireRequest)(nil),         // 13: plexsphere.signer.v1.RetireRequest
-	(*RetireResponse)(nil),        // 14: plexsphere.signer.v1.RetireResponse
-	(*ListKeysRequest)(nil),       // 15: plexsphere.signer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),      // 16: plexsphere.signer.v1.ListKeysResponse
-	(*AuditEntry)(nil),            // 17: plexsphere.signer.v1.AuditEntry
-	(*ListAuditRequest)(nil),      // 18: plexsphere.signer.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 19: plexsphere.signer.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),    // 20: plexsphere.signer.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),   // 21: plexsphere.signer.v1.VerifyAuditResponse
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(KeyState)(0),                         // 0: plexsphere.signer.v1.KeyState
+	(ErrorReason)(0),                      // 1: plexsphere.signer.v1.ErrorReason
+	(*SignRequest)(nil),                   // 2: plexsphere.signer.v1.SignRequest
+	(*SignResponse)(nil),                  // 3: plexsphere.signer.v1.SignResponse
+	(*PublicKeyRequest)(nil),              // 4: plexsphere.signer.v1.PublicKeyRequest
+	(*PublicKeyResponse)(nil),             // 5: plexsphere.signer.v1.PublicKeyResponse
+	(*Key)(nil),                           // 6: plexsphere.signer.v1.Key
+	(*OpenRequest)(nil),                   // 7: plexsphere.signer.v1.OpenRequest
+	(*OpenResponse)(nil),                  // 8: plexsphere.signer.v1.OpenResponse
+	(*CommitRequest)(nil),                 // 9: plexsphere.signer.v1.CommitRequest
+	(*CommitResponse)(nil),                // 10: plexsphere.signer.v1.CommitResponse
+	(*AbortRequest)(nil),                  // 11: plexsphere.signer.v1.AbortRequest
+	(*AbortResponse)(nil),                 // 12: plexsphere.signer.v1.AbortResponse
+	(*RetireRequest)(nil),                 // 13: plexsphere.signer.v1.RetireRequest
+	(*RetireResponse)(nil),                // 14: plexsphere.signer.v1.RetireResponse
+	(*ListKeysRequest)(nil),               // 15: plexsphere.signer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),              // 16: plexsphere.signer.v1.ListKeysResponse
+	(*AuditEntry)(nil),                    // 17: plexsphere.signer.v1.AuditEntry
+	(*ListAuditRequest)(nil),              // 18: plexsphere.signer.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),             // 19: plexsphere.signer.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),            // 20: plexsphere.signer.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),           // 21: plexsphere.signer.v1.VerifyAuditResponse
+	(*CheckpointRequest)(nil),             // 22: plexsphere.signer.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),            // 23: plexsphere.signer.v1.CheckpointResponse
+	(*ProveInclusionRequest)(nil),         // 24: plexsphere.signer.v1.ProveInclusionRequest
+	(*ProveInclusionResponse)(nil),        // 25: plexsphere.signer.v1.ProveInclusionResponse
+	(*InclusionProof)(nil),                // 26: plexsphere.signer.v1.InclusionProof
+	(*ProveConsistencyRequest)(nil),       // 27: plexsphere.signer.v1.ProveConsistencyRequest
+	(*ProveConsistencyResponse)(nil),      // 28: plexsphere.signer.v1.ProveConsistencyResponse
+	(*ListCheckpointsRequest)(nil),        // 29: plexsphere.signer.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),       // 30: plexsphere.signer.v1.ListCheckpointsResponse
+	(*CheckpointVerifierKeyRequest)(nil),  // 31: plexsphere.signer.v1.CheckpointVerifierKeyRequest
+	(*CheckpointVerifierKeyResponse)(nil), // 32: plexsphere.signer.v1.CheckpointVerifierKeyResponse
+	(*timestamppb.Timestamp)(nil),         // 33: google.protobuf.Timestamp
 }
 var file_plexsphere_signer_v1_signer_proto_depIdxs = []int32{
 	6,  // 0: plexsphere.signer.v1.PublicKeyResponse.keys:type_name -> plexsphere.signer.v1.Key
 	0,  // 1: plexsphere.signer.v1.Key.state:type_name -> plexsphere.signer.v1.KeyState
-	22, // 2: plexsphere.signer.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	22, // 3: plexsphere.signer.v1.Key.activated_at:type_name -> google.protobuf.Timestamp
-	22, // 4: plexsphere.signer.v1.Key.deactivated_at:type_name -> google.protobuf.Timestamp
-	22, // 5: plexsphere.signer.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	33, // 2: plexsphere.signer.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	33, // 3: plexsphere.signer.v1.Key.activated_at:type_name -> google.protobuf.Timestamp
+	33, // 4: plexsphere.signer.v1.Key.deactivated_at:type_name -> google.protobuf.Timestamp
+	33, // 5: plexsphere.signer.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	6,  // 6: plexsphere.signer.v1.OpenResponse.key:type_name -> plexsphere.signer.v1.Key
-	22, // 7: plexsphere.signer.v1.OpenResponse.committable_at:type_name -> google.protobuf.Timestamp
+	33, // 7: plexsphere.signer.v1.OpenResponse.committable_at:type_name -> google.protobuf.Timestamp
 	6,  // 8: plexsphere.signer.v1.CommitResponse.activated:type_name -> plexsphere.signer.v1.Key
 	6,  // 9: plexsphere.signer.v1.CommitResponse.previous:type_name -> plexsphere.signer.v1.Key
 	6,  // 10: plexsphere.signer.v1.AbortResponse.key:type_name -> plexsphere.signer.v1.Key
 	6,  // 11: plexsphere.signer.v1.RetireResponse.key:type_name -> plexsphere.signer.v1.Key
 	6,  // 12: plexsphere.signer.v1.ListKeysResponse.keys:type_name -> plexsphere.signer.v1.Key
-	22, // 13: plexsphere.signer.v1.AuditEntry.timestamp:type_name -> google.protobuf.Timestamp
+	33, // 13: plexsphere.signer.v1.AuditEntry.timestamp:type_name -> google.protobuf.Timestamp
 	17, // 14: plexsphere.signer.v1.ListAuditResponse.entries:type_name -> plexsphere.signer.v1.AuditEntry
-	2,  // 15: plexsphere.signer.v1.SignerService.Sign:input_type -> plexsphere.signer.v1.SignRequest
-	4,  // 16: plexsphere.signer.v1.SignerService.PublicKey:input_type -> plexsphere.signer.v1.PublicKeyRequest
-	7,  // 17: plexsphere.signer.v1.RotationService.Open:input_type -> plexsphere.signer.v1.OpenRequest
-	9,  // 18: plexsphere.signer.v1.RotationService.Commit:input_type -> plexsphere.signer.v1.CommitRequest
-	11, // 19: plexsphere.signer.v1.RotationService.Abort:input_type -> plexsphere.signer.v1.AbortRequest
-	13, // 20: plexsphere.signer.v1.RotationService.Retire:input_type -> plexsphere.signer.v1.RetireRequest
-	15, // 21: plexsphere.signer.v1.RotationService.ListKeys:input_type -> plexsphere.signer.v1.ListKeysRequest
-	18, // 22: plexsphere.signer.v1.AuditService.List:input_type -> plexsphere.signer.v1.ListAuditRequest
-	20, // 23: plexsphere.signer.v1.AuditService.Verify:input_type -> plexsphere.signer.v1.VerifyAuditRequest
-	3,  // 24: plexsphere.signer.v1.SignerService.Sign:output_type -> plexsphere.signer.v1.SignResponse
-	5,  // 25: plexsphere.signer.v1.SignerService.PublicKey:output_type -> plexsphere.signer.v1.PublicKeyResponse
-	8,  // 26: plexsphere.signer.v1.RotationService.Open:output_type -> plexsphere.signer.v1.OpenResponse
-	10, // 27: plexsphere.signer.v1.RotationService.Commit:output_type -> plexsphere.signer.v1.CommitResponse
-	12, // 28: plexsphere.signer.v1.RotationService.Abort:output_type -> plexsphere.signer.v1.AbortResponse
-	14, // 29: plexsphere.signer.v1.RotationService.Retire:output_type -> plexsphere.signer.v1.RetireResponse
-	16, // 30: plexsphere.signer.v1.RotationService.ListKeys:output_type -> plexsphere.signer.v1.ListKeysResponse
-	19, // 31: plexsphere.signer.v1.AuditService.List:output_type -> plexsphere.signer.v1.ListAuditResponse
-	21, // 32: plexsphere.signer.v1.AuditService.Verify:output_type -> plexsphere.signer.v1.VerifyAuditResponse
-	24, // [24:33] is the sub-list for method output_type
-	15, // [15:24] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	26, // 15: plexsphere.signer.v1.ProveInclusionResponse.proofs:type_name -> plexsphere.signer.v1.InclusionProof
+	17, // 16: plexsphere.signer.v1.InclusionProof.entry:type_name -> plexsphere.signer.v1.AuditEntry
+	2,  // 17: plexsphere.signer.v1.SignerService.Sign:input_type -> plexsphere.signer.v1.SignRequest
+	4,  // 18: plexsphere.signer.v1.SignerService.PublicKey:input_type -> plexsphere.signer.v1.PublicKeyRequest
+	7,  // 19: plexsphere.signer.v1.RotationService.Open:input_type -> plexsphere.signer.v1.OpenRequest
+	9,  // 20: plexsphere.signer.v1.RotationService.Commit:input_type -> plexsphere.signer.v1.CommitRequest
+	11, // 21: plexsphere.signer.v1.RotationService.Abort:input_type -> plexsphere.signer.v1.AbortRequest
+	13, // 22: plexsphere.signer.v1.RotationService.Retire:input_type -> plexsphere.signer.v1.RetireRequest
+	15, // 23: plexsphere.signer.v1.RotationService.ListKeys:input_type -> plexsphere.signer.v1.ListKeysRequest
+	18, // 24: plexsphere.signer.v1.AuditService.List:input_type -> plexsphere.signer.v1.ListAuditRequest
+	20, // 25: plexsphere.signer.v1.AuditService.Verify:input_type -> plexsphere.signer.v1.VerifyAuditRequest
+	22, // 26: plexsphere.signer.v1.AuditService.Checkpoint:input_type -> plexsphere.signer.v1.CheckpointRequest
+	24, // 27: plexsphere.signer.v1.AuditService.ProveInclusion:input_type -> plexsphere.signer.v1.ProveInclusionRequest
+	27, // 28: plexsphere.signer.v1.AuditService.ProveConsistency:input_type -> plexsphere.signer.v1.ProveConsistencyRequest
+	29, // 29: plexsphere.signer.v1.AuditService.ListCheckpoints:input_type -> plexsphere.signer.v1.ListCheckpointsRequest
+	31, // 30: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:input_type -> plexsphere.signer.v1.CheckpointVerifierKeyRequest
+	3,  // 31: plexsphere.signer.v1.SignerService.Sign:output_type -> plexsphere.signer.v1.SignResponse
+	5,  // 32: plexsphere.signer.v1.SignerService.PublicKey:output_type -> plexsphere.signer.v1.PublicKeyResponse
+	8,  // 33: plexsphere.signer.v1.RotationService.Open:output_type -> plexsphere.signer.v1.OpenResponse
+	10, // 34: plexsphere.signer.v1.RotationService.Commit:output_type -> plexsphere.signer.v1.CommitResponse
+	12, // 35: plexsphere.signer.v1.RotationService.Abort:output_type -> plexsphere.signer.v1.AbortResponse
+	14, // 36: plexsphere.signer.v1.RotationService.Retire:output_type -> plexsphere.signer.v1.RetireResponse
+	16, // 37: plexsphere.signer.v1.RotationService.ListKeys:output_type -> plexsphere.signer.v1.ListKeysResponse
+	19, // 38: plexsphere.signer.v1.AuditService.List:output_type -> plexsphere.signer.v1.ListAuditResponse
+	21, // 39: plexsphere.signer.v1.AuditService.Verify:output_type -> plexsphere.signer.v1.VerifyAuditResponse
+	23, // 40: plexsphere.signer.v1.AuditService.Checkpoint:output_type -> plexsphere.signer.v1.CheckpointResponse
+	25, // 41: plexsphere.signer.v1.AuditService.ProveInclusion:output_type -> plexsphere.signer.v1.ProveInclusionResponse
+	28, // 42: plexsphere.signer.v1.AuditService.ProveConsistency:output_type -> plexsphere.signer.v1.ProveConsistencyResponse
+	30, // 43: plexsphere.signer.v1.AuditService.ListCheckpoints:output_type -> plexsphere.signer.v1.ListCheckpointsResponse
+	32, // 44: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:output_type -> plexsphere.signer.v1.CheckpointVerifierKeyResponse
+	31, // [31:45] is the sub-list for method output_type
+	17, // [17:31] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_plexsphere_signer_v1_signer_proto_init() }
@@ -1583,13 +2236,17 @@ func file_plexsphere_signer_v1_signer_proto_init() {
 	file_plexsphere_signer_v1_signer_proto_msgTypes[0].OneofWrappers = []any{}
 	file_plexsphere_signer_v1_signer_proto_msgTypes[2].OneofWrappers = []any{}
 	file_plexsphere_signer_v1_signer_proto_msgTypes[8].OneofWrappers = []any{}
+	file_plexsphere_signer_v1_signer_proto_msgTypes[22].OneofWrappers = []any{
+		(*ProveInclusionRequest_RequestId)(nil),
+		(*ProveInclusionRequest_Seq)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plexsphere_signer_v1_signer_proto_rawDesc), len(file_plexsphere_signer_v1_signer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -444,21 +444,44 @@ var RotationService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	AuditService_List_FullMethodName   = "/plexsphere.signer.v1.AuditService/List"
-	AuditService_Verify_FullMethodName = "/plexsphere.signer.v1.AuditService/Verify"
+	AuditService_List_FullMethodName                  = "/plexsphere.signer.v1.AuditService/List"
+	AuditService_Verify_FullMethodName                = "/plexsphere.signer.v1.AuditService/Verify"
+	AuditService_Checkpoint_FullMethodName            = "/plexsphere.signer.v1.AuditService/Checkpoint"
+	AuditService_ProveInclusion_FullMethodName        = "/plexsphere.signer.v1.AuditService/ProveInclusion"
+	AuditService_ProveConsistency_FullMethodName      = "/plexsphere.signer.v1.AuditService/ProveConsistency"
+	AuditService_ListCheckpoints_FullMethodName       = "/plexsphere.signer.v1.AuditService/ListCheckpoints"
+	AuditService_CheckpointVerifierKey_FullMethodName = "/plexsphere.signer.v1.AuditService/CheckpointVerifierKey"
 )
 
 // AuditServiceClient is the client API for AuditService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AuditService lets operators read and verify the audit log. It is admitted
-// by the rotation (operator) allow-list.
+// AuditService lets operators and auditors read and verify the audit log
+// (docs/audit.md). It is admitted by the auditor allow-list (and the
+// operators'). Every answer can be checked without trusting the signer: the
+// entries are the leaves of an RFC 6962 Merkle tree whose checkpoints the
+// signer signs with its checkpoint key.
 type AuditServiceClient interface {
-	// List returns audit entries in commit order, filtered.
+	// List returns audit entries in commit order, filtered, each with its
+	// canonical leaf encoding.
 	List(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
-	// Verify walks the hash chain and reports the first break, if any.
+	// Verify recomputes the tree from every stored entry and checks it against
+	// the stored tree and the signed checkpoints; it reports the first break.
 	Verify(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
+	// Checkpoint returns a signed checkpoint covering every entry committed
+	// before the call.
+	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error)
+	// ProveInclusion proves an entry (by request id or seq) is in the log.
+	ProveInclusion(ctx context.Context, in *ProveInclusionRequest, opts ...grpc.CallOption) (*ProveInclusionResponse, error)
+	// ProveConsistency proves the log at an older size is a prefix of the
+	// latest checkpoint's.
+	ProveConsistency(ctx context.Context, in *ProveConsistencyRequest, opts ...grpc.CallOption) (*ProveConsistencyResponse, error)
+	// ListCheckpoints returns stored signed checkpoints by size.
+	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
+	// CheckpointVerifierKey returns the log's verifier key. Pin it out of band:
+	// a key fetched from the signer proves nothing about the signer.
+	CheckpointVerifierKey(ctx context.Context, in *CheckpointVerifierKeyRequest, opts ...grpc.CallOption) (*CheckpointVerifierKeyResponse, error)
 }
 
 type auditServiceClient struct {
@@ -489,17 +512,85 @@ func (c *auditServiceClient) Verify(ctx context.Context, in *VerifyAuditRequest,
 	return out, nil
 }
 
+func (c *auditServiceClient) Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckpointResponse)
+	err := c.cc.Invoke(ctx, AuditService_Checkpoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *auditServiceClient) ProveInclusion(ctx context.Context, in *ProveInclusionRequest, opts ...grpc.CallOption) (*ProveInclusionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProveInclusionResponse)
+	err := c.cc.Invoke(ctx, AuditService_ProveInclusion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *auditServiceClient) ProveConsistency(ctx context.Context, in *ProveConsistencyRequest, opts ...grpc.CallOption) (*ProveConsistencyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProveConsistencyResponse)
+	err := c.cc.Invoke(ctx, AuditService_ProveConsistency_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *auditServiceClient) ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCheckpointsResponse)
+	err := c.cc.Invoke(ctx, AuditService_ListCheckpoints_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *auditServiceClient) CheckpointVerifierKey(ctx context.Context, in *CheckpointVerifierKeyRequest, opts ...grpc.CallOption) (*CheckpointVerifierKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckpointVerifierKeyResponse)
+	err := c.cc.Invoke(ctx, AuditService_CheckpointVerifierKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
 //
-// AuditService lets operators read and verify the audit log. It is admitted
-// by the rotation (operator) allow-list.
+// AuditService lets operators and auditors read and verify the audit log
+// (docs/audit.md). It is admitted by the auditor allow-list (and the
+// operators'). Every answer can be checked without trusting the signer: the
+// entries are the leaves of an RFC 6962 Merkle tree whose checkpoints the
+// signer signs with its checkpoint key.
 type AuditServiceServer interface {
-	// List returns audit entries in commit order, filtered.
+	// List returns audit entries in commit order, filtered, each with its
+	// canonical leaf encoding.
 	List(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
-	// Verify walks the hash chain and reports the first break, if any.
+	// Verify recomputes the tree from every stored entry and checks it against
+	// the stored tree and the signed checkpoints; it reports the first break.
 	Verify(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
+	// Checkpoint returns a signed checkpoint covering every entry committed
+	// before the call.
+	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
+	// ProveInclusion proves an entry (by request id or seq) is in the log.
+	ProveInclusion(context.Context, *ProveInclusionRequest) (*ProveInclusionResponse, error)
+	// ProveConsistency proves the log at an older size is a prefix of the
+	// latest checkpoint's.
+	ProveConsistency(context.Context, *ProveConsistencyRequest) (*ProveConsistencyResponse, error)
+	// ListCheckpoints returns stored signed checkpoints by size.
+	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
+	// CheckpointVerifierKey returns the log's verifier key. Pin it out of band:
+	// a key fetched from the signer proves nothing about the signer.
+	CheckpointVerifierKey(context.Context, *CheckpointVerifierKeyRequest) (*CheckpointVerifierKeyResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -515,6 +606,21 @@ func (UnimplementedAuditServiceServer) List(context.Context, *ListAuditRequest) 
 }
 func (UnimplementedAuditServiceServer) Verify(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Verify not implemented")
+}
+func (UnimplementedAuditServiceServer) Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Checkpoint not implemented")
+}
+func (UnimplementedAuditServiceServer) ProveInclusion(context.Context, *ProveInclusionRequest) (*ProveInclusionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProveInclusion not implemented")
+}
+func (UnimplementedAuditServiceServer) ProveConsistency(context.Context, *ProveConsistencyRequest) (*ProveConsistencyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProveConsistency not implemented")
+}
+func (UnimplementedAuditServiceServer) ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCheckpoints not implemented")
+}
+func (UnimplementedAuditServiceServer) CheckpointVerifierKey(context.Context, *CheckpointVerifierKeyRequest) (*CheckpointVerifierKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckpointVerifierKey not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -573,6 +679,96 @@ func _AuditService_Verify_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_Checkpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).Checkpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_Checkpoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).Checkpoint(ctx, req.(*CheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuditService_ProveInclusion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProveInclusionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).ProveInclusion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_ProveInclusion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).ProveInclusion(ctx, req.(*ProveInclusionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuditService_ProveConsistency_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProveConsistencyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).ProveConsistency(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_ProveConsistency_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).ProveConsistency(ctx, req.(*ProveConsistencyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuditService_ListCheckpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCheckpointsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).ListCheckpoints(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_ListCheckpoints_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).ListCheckpoints(ctx, req.(*ListCheckpointsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuditService_CheckpointVerifierKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckpointVerifierKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).CheckpointVerifierKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_CheckpointVerifierKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).CheckpointVerifierKey(ctx, req.(*CheckpointVerifierKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -587,6 +783,26 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Verify",
 			Handler:    _AuditService_Verify_Handler,
+		},
+		{
+			MethodName: "Checkpoint",
+			Handler:    _AuditService_Checkpoint_Handler,
+		},
+		{
+			MethodName: "ProveInclusion",
+			Handler:    _AuditService_ProveInclusion_Handler,
+		},
+		{
+			MethodName: "ProveConsistency",
+			Handler:    _AuditService_ProveConsistency_Handler,
+		},
+		{
+			MethodName: "ListCheckpoints",
+			Handler:    _AuditService_ListCheckpoints_Handler,
+		},
+		{
+			MethodName: "CheckpointVerifierKey",
+			Handler:    _AuditService_CheckpointVerifierKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,4 +1,7 @@
-package store
+// Package names holds the syntax rules for scopes and key ids, and mints key
+// ids. It is a leaf shared by the signer, its configuration and signerctl;
+// it must never import the store, the wire or anything that holds keys.
+package names
 
 import (
 	"crypto/rand"
@@ -14,6 +17,12 @@ import (
 const (
 	MaxScopeLen = 128
 	MaxKeyIDLen = 64
+)
+
+// The rules as a caller is told them when a name breaks them.
+var (
+	ScopeRule = fmt.Sprintf("must be 1-%d characters of [A-Za-z0-9._-], starting with a letter or digit", MaxScopeLen)
+	KeyIDRule = fmt.Sprintf("must be 1-%d characters of [A-Za-z0-9._-], starting with a letter or digit", MaxKeyIDLen)
 )
 
 func validName(s string, max int) bool {
@@ -34,7 +43,7 @@ func validName(s string, max int) bool {
 // letter or digit.
 func CheckScope(scope string) error {
 	if !validName(scope, MaxScopeLen) {
-		return fmt.Errorf("scope must be 1-%d characters of [A-Za-z0-9._-] starting with a letter or digit: %w", MaxScopeLen, signerr.ErrInvalidArgument)
+		return signerr.Invalid("scope", ScopeRule)
 	}
 	return nil
 }
@@ -43,7 +52,7 @@ func CheckScope(scope string) error {
 // letter or digit.
 func CheckKeyID(id string) error {
 	if !validName(id, MaxKeyIDLen) {
-		return fmt.Errorf("key_id must be 1-%d characters of [A-Za-z0-9._-] starting with a letter or digit: %w", MaxKeyIDLen, signerr.ErrInvalidArgument)
+		return signerr.Invalid("key_id", KeyIDRule)
 	}
 	return nil
 }
@@ -54,7 +63,7 @@ var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadd
 func NewKeyID() string {
 	var b [15]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		panic("store: crypto/rand failed: " + err.Error())
+		panic("names: crypto/rand failed: " + err.Error())
 	}
 	return idEncoding.EncodeToString(b[:])
 }

@@ -33,7 +33,7 @@ import (
 // Image is the locally built Postgres image.
 const Image = "plexsphere/postgres-test:15"
 
-// AppRole is the service role with the grants of docs/postgres.md.
+// AppRole is the service role, with the grants postgres.RuntimeGrants lists.
 const (
 	AppRole     = "plexsphere_signer"
 	AppPassword = "signer-app-password"
@@ -203,28 +203,20 @@ func (s *Server) exec(ctx context.Context, db string, stmts ...string) error {
 	return nil
 }
 
-// GrantStatements are the service role's grants (docs/postgres.md): it may
-// read and extend the audit log but never rewrite it.
-var GrantStatements = []string{
-	"GRANT USAGE ON SCHEMA public TO " + AppRole,
-	"GRANT SELECT, INSERT, UPDATE ON signing_keys TO " + AppRole,
-	"GRANT SELECT, INSERT ON audit_entries TO " + AppRole,
-	"GRANT SELECT, UPDATE ON audit_head TO " + AppRole,
-	"GRANT SELECT ON goose_db_version TO " + AppRole,
-}
-
 func (s *Server) makeTemplate(ctx context.Context) error {
 	if err := s.exec(ctx, "postgres",
 		"CREATE DATABASE "+template,
 		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", AppRole, AppPassword)); err != nil {
 		return err
 	}
-	st, err := postgres.Open(ctx, postgres.Config{DSN: s.AdminDSN(template), Migrate: true})
+	// As plexsphere-signer --migrate-only does: the owner migrates and
+	// grants the service role what it needs, nothing more.
+	st, err := postgres.Open(ctx, postgres.Config{DSN: s.AdminDSN(template)})
 	if err != nil {
 		return err
 	}
-	st.Close()
-	return s.exec(ctx, template, GrantStatements...)
+	defer st.Close()
+	return st.MigrateAndGrant(ctx, AppRole)
 }
 
 // DB is a fresh, migrated database.

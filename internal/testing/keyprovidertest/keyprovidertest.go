@@ -24,14 +24,14 @@ func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider) {
 
 	newKey := func(t *testing.T, id string) ([]byte, ed25519.PublicKey, keyprovider.Key) {
 		t.Helper()
-		h, pub, err := p.Generate(ctx, id)
+		h, pub, err := p.Generate(ctx, keyprovider.KeyRef{ID: id, Scope: "conformance"})
 		if err != nil {
 			t.Fatalf("Generate(%s): %v", id, err)
 		}
 		if len(pub) != ed25519.PublicKeySize {
 			t.Fatalf("public key is %d bytes", len(pub))
 		}
-		k, err := p.Load(ctx, id, h)
+		k, err := p.Load(ctx, keyprovider.KeyRef{ID: id, Scope: "conformance", Public: pub}, h)
 		if err != nil {
 			t.Fatalf("Load(%s): %v", id, err)
 		}
@@ -78,7 +78,7 @@ func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider) {
 		h, pub, _ := newKey(t, "conf-c")
 		p2 := open(t)
 		defer p2.Close()
-		k, err := p2.Load(ctx, "conf-c", h)
+		k, err := p2.Load(ctx, keyprovider.KeyRef{ID: "conf-c", Scope: "conformance", Public: pub}, h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,13 +89,14 @@ func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider) {
 	})
 
 	t.Run("BadHandleRefused", func(t *testing.T) {
-		h, _, _ := newKey(t, "conf-d")
+		h, pub, _ := newKey(t, "conf-d")
+		ref := keyprovider.KeyRef{ID: "conf-d", Scope: "conformance", Public: pub}
 		bad := bytes.Clone(h)
 		bad[len(bad)-1] ^= 0xff
-		if _, err := p.Load(ctx, "conf-d", bad); err == nil {
+		if _, err := p.Load(ctx, ref, bad); err == nil {
 			t.Fatal("a tampered handle loaded")
 		}
-		if _, err := p.Load(ctx, "conf-d", nil); err == nil {
+		if _, err := p.Load(ctx, ref, nil); err == nil {
 			t.Fatal("an empty handle loaded")
 		}
 	})

@@ -1,10 +1,10 @@
-package store_test
+package names_test
 
 import (
 	"strings"
 	"testing"
 
-	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/names"
 )
 
 // Names end up in audit objects ("signing-key:<scope>:<key_id>"), metric
@@ -17,7 +17,7 @@ func FuzzNames(f *testing.F) {
 		for _, c := range []struct {
 			check func(string) error
 			max   int
-		}{{store.CheckScope, store.MaxScopeLen}, {store.CheckKeyID, store.MaxKeyIDLen}} {
+		}{{names.CheckScope, names.MaxScopeLen}, {names.CheckKeyID, names.MaxKeyIDLen}} {
 			if c.check(s) != nil {
 				continue
 			}

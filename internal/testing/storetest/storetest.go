@@ -12,31 +12,47 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
 )
 
+// Opener returns an empty store and an attacker with write access to it.
+type Opener func(t *testing.T) (store.Store, Tamper)
+
 // Run runs the suite. open must return an empty store; Run closes it.
-func Run(t *testing.T, open func(t *testing.T) store.Store) {
+func Run(t *testing.T, open Opener) {
+	keys := func(fn func(*testing.T, store.Store)) func(*testing.T, store.Store, Tamper) {
+		return func(t *testing.T, s store.Store, _ Tamper) { fn(t, s) }
+	}
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, s store.Store)
+		fn   func(t *testing.T, s store.Store, x Tamper)
 	}{
-		{"CreateAndRead", testCreateAndRead},
-		{"OneActivePerScope", testOneActivePerScope},
-		{"OneOpenRotationPerScope", testOneOpenRotation},
-		{"Lifecycle", testLifecycle},
-		{"Refusals", testRefusals},
-		{"AuditChain", testAuditChain},
-		{"AuditQuery", testAuditQuery},
-		{"AuditConcurrentBatches", testAuditConcurrent},
+		{"CreateAndRead", keys(testCreateAndRead)},
+		{"OneActivePerScope", keys(testOneActivePerScope)},
+		{"OneOpenRotationPerScope", keys(testOneOpenRotation)},
+		{"Lifecycle", keys(testLifecycle)},
+		{"Refusals", keys(testRefusals)},
+		{"LogKey", keys(testLogKey)},
+		{"AuditAppendAndRead", keys(testAuditAppend)},
+		{"AuditHeadMoved", keys(testAuditHeadMoved)},
+		{"AuditQuery", keys(testAuditQuery)},
+		{"AuditConcurrentWriters", keys(testAuditConcurrent)},
+		{"AuditCheckpoints", keys(testCheckpoints)},
+		{"AuditProofs", keys(testProofs)},
+		{"AuditPrune", keys(testPrune)},
+	}
+	for _, tc := range tampers {
+		tests = append(tests, struct {
+			name string
+			fn   func(t *testing.T, s store.Store, x Tamper)
+		}{"Tamper/" + tc.name, tc.fn})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := open(t)
+			s, x := open(t)
 			t.Cleanup(func() { s.Close() })
-			tc.fn(t, s)
+			tc.fn(t, s, x)
 		})
 	}
 }
@@ -201,113 +217,4 @@ func testRefusals(t *testing.T, s store.Store) {
 	if got := states(t, s, "s"); got != "act=ACTIVE pen=PENDING " {
 		t.Fatalf("refusals changed state: %s", got)
 	}
-}
-
-func entry(i int, rel string) audit.Entry {
-	return audit.Entry{ID: audit.NewID(), RequestID: fmt.Sprint("r", i), Subject: audit.SubjectSigner, Relation: rel,
-		Object: audit.Object("s", fmt.Sprint("k", i%3)), Reason: audit.ReasonGranted, CaveatContext: []string{},
-		Timestamp: t0.Add(time.Duration(i) * time.Millisecond), Method: "/m", Code: "OK"}
-}
-
-func verify(t *testing.T, entries []audit.Entry) {
-	t.Helper()
-	var v audit.Verifier
-	for _, e := range entries {
-		if err := v.Add(e); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func testAuditChain(t *testing.T, s store.Store) {
-	ctx := context.Background()
-	batch := []audit.Entry{entry(1, "sign"), entry(2, "sign")}
-	must(t, s.AppendAudit(ctx, batch))
-	if batch[0].Seq != 1 || batch[1].Seq != 2 || batch[1].PrevHash != batch[0].Hash || batch[0].Hash == "" {
-		t.Fatalf("AppendAudit did not chain the batch: %+v", batch)
-	}
-	must(t, s.AppendAudit(ctx, []audit.Entry{entry(3, "public_key")}))
-	got, err := s.ListAudit(ctx, store.AuditQuery{})
-	must(t, err)
-	if len(got) != 3 {
-		t.Fatalf("ListAudit = %d entries", len(got))
-	}
-	verify(t, got)
-	e := got[0]
-	if e.Subject != audit.SubjectSigner || e.Relation != "sign" || e.Object != "signing-key:s:k1" || e.Reason != "granted" ||
-		e.CaveatContext == nil || len(e.CaveatContext) != 0 || !e.Timestamp.Equal(t0.Add(time.Millisecond)) || e.Timestamp.Location() != time.UTC {
-		t.Fatalf("entry read back = %+v", e)
-	}
-}
-
-func testAuditQuery(t *testing.T, s store.Store) {
-	ctx := context.Background()
-	var batch []audit.Entry
-	for i := range 10 {
-		rel := "sign"
-		if i%2 == 1 {
-			rel = "public_key"
-		}
-		batch = append(batch, entry(i, rel))
-	}
-	batch[4].Reason = audit.ReasonCaveatViolation
-	must(t, s.AppendAudit(ctx, batch))
-	got, err := s.ListAudit(ctx, store.AuditQuery{Relation: "public_key"})
-	must(t, err)
-	if len(got) != 5 {
-		t.Fatalf("relation filter: %d", len(got))
-	}
-	got, err = s.ListAudit(ctx, store.AuditQuery{AfterSeq: 7})
-	must(t, err)
-	if len(got) != 3 || got[0].Seq != 8 {
-		t.Fatalf("after seq 7: %d entries", len(got))
-	}
-	got, err = s.ListAudit(ctx, store.AuditQuery{Limit: 2, Reason: audit.ReasonGranted})
-	must(t, err)
-	if len(got) != 2 || got[1].Seq != 2 {
-		t.Fatalf("limit: %+v", got)
-	}
-	got, err = s.ListAudit(ctx, store.AuditQuery{ObjectPrefix: "signing-key:s:k1", Reason: audit.ReasonCaveatViolation})
-	must(t, err)
-	if len(got) != 1 || got[0].Seq != 5 {
-		t.Fatalf("object prefix + reason: %+v", got)
-	}
-}
-
-func testAuditConcurrent(t *testing.T, s store.Store) {
-	ctx := context.Background()
-	const writers, batches, per = 4, 10, 8
-	var wg sync.WaitGroup
-	errs := make(chan error, writers*batches)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for b := range batches {
-				batch := make([]audit.Entry, per)
-				for i := range batch {
-					batch[i] = entry(w*1000+b*per+i, "sign")
-				}
-				errs <- s.AppendAudit(ctx, batch)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		must(t, err)
-	}
-	got, err := s.ListAudit(ctx, store.AuditQuery{})
-	must(t, err)
-	if len(got) != writers*batches*per {
-		t.Fatalf("%d entries, want %d", len(got), writers*batches*per)
-	}
-	ids := map[string]bool{}
-	for _, e := range got {
-		if ids[e.ID] {
-			t.Fatalf("duplicate entry %s", e.ID)
-		}
-		ids[e.ID] = true
-	}
-	verify(t, got)
 }

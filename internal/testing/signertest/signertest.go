@@ -27,13 +27,13 @@ import (
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/devpki"
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/server"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
+	"github.com/plexsphere/signer/internal/testing/devpki"
 )
 
 // Trust domain and identities of the test PKI.
@@ -79,6 +79,10 @@ type Env struct {
 	Clock    *Clock
 	Metrics  http.Handler // the signer's /metrics
 	OpsAddr  string       // the ops listener, with WithOps
+	// CheckpointKey is the audit log's verifier key, as an operator pins it.
+	CheckpointKey string
+	// Log is the signer's audit log (tests force checks and sweeps).
+	Log *audit.Log
 
 	t        testing.TB
 	cancel   context.CancelFunc
@@ -174,7 +178,8 @@ func Start(t testing.TB, opts ...Option) *Env {
 		Provider: "local", LocalKEKFile: kekFile, PKCS11Sessions: 1,
 		BootstrapScopes: []string{Scope}, MaxPayloadBytes: 64 << 10, KeyCacheTTL: time.Second,
 		PrePublish: time.Minute, VerifyOnly: time.Hour, ShutdownTimeout: 5 * time.Second, LogLevel: "info",
-		MaxConnectionAge: 10 * time.Minute,
+		MaxConnectionAge: 10 * time.Minute, CheckpointInterval: 10 * time.Second,
+		MaxConnections: 4096, ConnectionRate: 1000, MaxConcurrentStreams: 256, DenialRate: 1000, DenialsPerConnection: 1000,
 	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
@@ -211,6 +216,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 		t.Fatal(err)
 	}
 	env.Metrics = srv.Metrics()
+	env.CheckpointKey, env.Log = srv.CheckpointVerifierKey(), srv.AuditLog()
 	lis := o.lis
 	if lis == nil {
 		if lis, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -318,7 +324,7 @@ func (e *Env) Dial(t testing.TB, svid *devpki.SVID) *grpc.ClientConn {
 // Audit returns every committed audit entry.
 func (e *Env) Audit(t testing.TB) []audit.Entry {
 	t.Helper()
-	entries, err := e.Store.ListAudit(context.Background(), store.AuditQuery{})
+	entries, err := store.ListAudit(context.Background(), e.Store, store.AuditQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +334,7 @@ func (e *Env) Audit(t testing.TB) []audit.Entry {
 // AuditAfter returns entries committed after seq.
 func (e *Env) AuditAfter(t testing.TB, seq uint64) []audit.Entry {
 	t.Helper()
-	entries, err := e.Store.ListAudit(context.Background(), store.AuditQuery{AfterSeq: seq})
+	entries, err := store.ListAudit(context.Background(), e.Store, store.AuditQuery{AfterSeq: seq})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,125 @@
+// Package auditlog is the public format of the signer's audit log, and
+// everything needed to check it without trusting the signer or its
+// database: the Entry the audit contract pins, its compact canonical
+// encoding (a leaf of an RFC 6962 Merkle tree), signed checkpoints (C2SP
+// tlog-checkpoint in a signed note) and inclusion and consistency proofs.
+//
+// A verifier needs only the log's checkpoint verifier key
+// ("<origin>+<hash>+<key>", printed by `signerctl audit checkpoint-key`).
+// The package holds no key material and signs nothing.
+package auditlog
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// Reasons are a closed set: operator dashboards and SIEM rules filter on these
+// exact values.
+const (
+	ReasonGranted              = "granted"
+	ReasonInsufficientRelation = "insufficient_relation"
+	ReasonCaveatViolation      = "caveat_violation"
+)
+
+// Relations name the operation an entry records.
+const (
+	RelationConnect   = "connect"    // admission, one per RPC
+	RelationSign      = "sign"       // SignerService/Sign
+	RelationPublicKey = "public_key" // SignerService/PublicKey
+	RelationRotate    = "rotate"     // RotationService/*, bootstrap, auto-rotation
+	RelationAudit     = "audit_read" // AuditService/*
+	RelationUnknown   = "unknown"    // a method the signer does not serve
+)
+
+// SubjectSigner is the fixed subject of every middleware entry; the peer's
+// identity lives on the separate admission entry (SubjectPeer).
+const SubjectSigner = "service:signer"
+
+// subjectPeerPrefix starts every admission entry's subject.
+const subjectPeerPrefix = SubjectSigner + ":peer="
+
+// SubjectPeer is the admission entry's subject for a peer; id is empty when the
+// peer presented no certificate.
+func SubjectPeer(id string) string { return subjectPeerPrefix + id }
+
+// objectPrefix starts every object this signer writes.
+const objectPrefix = "signing-key:"
+
+// Object names the key an entry is about. keyID is "-" when no key was
+// resolved; scope is "-" when the request carried no valid scope.
+func Object(scope, keyID string) string {
+	if scope == "" {
+		scope = "-"
+	}
+	if keyID == "" {
+		keyID = "-"
+	}
+	return objectPrefix + scope + ":" + keyID
+}
+
+// RequestID links the admission and middleware entries of one RPC.
+type RequestID [16]byte
+
+// NewRequestID returns a random request id.
+func NewRequestID() RequestID {
+	var r RequestID
+	if _, err := rand.Read(r[:]); err != nil {
+		panic("auditlog: crypto/rand failed: " + err.Error())
+	}
+	return r
+}
+
+func (r RequestID) String() string { return hex.EncodeToString(r[:]) }
+
+// ParseRequestID is the inverse of String.
+func ParseRequestID(s string) (RequestID, error) {
+	var r RequestID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(r) {
+		return r, fmt.Errorf("auditlog: %q is not a request id (32 hex digits)", s)
+	}
+	copy(r[:], b)
+	return r, nil
+}
+
+// Entry is one audit record. Subject, Relation, Object, Reason, CaveatContext
+// and Timestamp are the contract; RequestID joins an RPC's two entries;
+// Method, Code and the digests say what happened on the wire.
+type Entry struct {
+	// Seq is the entry's position in the log, from 1, assigned when it is
+	// committed. It is not part of the leaf: the Merkle tree binds each
+	// leaf to its index (Seq-1).
+	Seq       uint64
+	RequestID RequestID
+
+	Subject       string
+	Relation      string
+	Object        string
+	Reason        string
+	CaveatContext []string
+	Timestamp     time.Time
+
+	Method          string // full gRPC method name, or "bootstrap", "auto-rotate/<step>"
+	Code            string // gRPC status code name returned to the caller
+	PayloadSHA256   []byte // 32 bytes; Sign only
+	SignatureSHA256 []byte // 32 bytes; Sign only, when a signature was produced
+}
+
+// New returns an entry with the contract's fixed fields filled in: an empty,
+// non-nil CaveatContext (the signer never records caveats) and the time at
+// admission in UTC, at the microsecond precision every store keeps. It is the
+// one place an Entry is made.
+func New(req RequestID, subject, relation, method string, at time.Time) Entry {
+	return Entry{
+		RequestID:     req,
+		Subject:       subject,
+		Relation:      relation,
+		Object:        Object("", ""),
+		CaveatContext: []string{},
+		Timestamp:     at.UTC().Truncate(time.Microsecond),
+		Method:        method,
+	}
+}

@@ -1,0 +1,293 @@
+package auditlog
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/transparency-dev/merkle/rfc6962"
+)
+
+// LeafVersion is the first byte of every leaf this package writes.
+const LeafVersion = 1
+
+// The canonical leaf encoding, version 1. Every field the contract pins is
+// in it, so the Merkle tree commits to exactly what a reader is shown:
+//
+//	u8        version (1)
+//	[16]byte  request id
+//	sym       subject   (1 "service:signer"; 2 "service:signer:peer=" + str)
+//	sym       relation
+//	obj       object    (1 "signing-key:" + str scope + ":" + str key id)
+//	sym       reason
+//	uvarint   number of caveats, then each as str
+//	varint    timestamp, microseconds since the Unix epoch, UTC
+//	sym       method
+//	sym       code
+//	u8        digests present: bit 0 payload, bit 1 signature
+//	[32]byte  payload SHA-256, if present
+//	[32]byte  signature SHA-256, if present
+//
+// str is a uvarint length and the bytes; sym is a u8 tag, 0 followed by a
+// str for a value outside the field's dictionary, else the value's index in
+// it plus one. The dictionaries below are part of version 1: they never
+// change (a new value is written as a literal until a new version).
+// Encoding is deterministic and decoding refuses any input that does not
+// re-encode to the same bytes, so one entry has exactly one leaf.
+
+var (
+	dictRelation = []string{RelationConnect, RelationSign, RelationPublicKey, RelationRotate, RelationAudit, RelationUnknown}
+	dictReason   = []string{ReasonGranted, ReasonInsufficientRelation, ReasonCaveatViolation}
+	dictMethod   = []string{
+		"/plexsphere.signer.v1.SignerService/Sign",
+		"/plexsphere.signer.v1.SignerService/PublicKey",
+		"/plexsphere.signer.v1.RotationService/Open",
+		"/plexsphere.signer.v1.RotationService/Commit",
+		"/plexsphere.signer.v1.RotationService/Abort",
+		"/plexsphere.signer.v1.RotationService/Retire",
+		"/plexsphere.signer.v1.RotationService/ListKeys",
+		"/plexsphere.signer.v1.AuditService/List",
+		"/plexsphere.signer.v1.AuditService/Verify",
+		"/plexsphere.signer.v1.AuditService/Checkpoint",
+		"/plexsphere.signer.v1.AuditService/ProveInclusion",
+		"/plexsphere.signer.v1.AuditService/ProveConsistency",
+		"bootstrap",
+		"auto-rotate/open",
+		"auto-rotate/commit",
+		"auto-rotate/retire",
+	}
+	// gRPC status code names, in code order (codes.Code(i).String()).
+	dictCode = []string{"OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+		"AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
+		"OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated"}
+)
+
+// KnownMethod reports whether m has a dictionary entry (and so costs one
+// byte in a leaf).
+func KnownMethod(m string) bool { return indexOf(dictMethod, m) >= 0 }
+
+func indexOf(dict []string, s string) int {
+	for i, d := range dict {
+		if d == s {
+			return i
+		}
+	}
+	return -1
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendSym(b []byte, dict []string, s string) []byte {
+	if i := indexOf(dict, s); i >= 0 {
+		return append(b, byte(i+1))
+	}
+	return appendStr(append(b, 0), s)
+}
+
+// MaxLeafSize bounds one leaf; AppendLeaf refuses larger entries (they would
+// only come from a bug: every field is bounded upstream).
+const MaxLeafSize = 8 << 10
+
+// AppendLeaf appends e's canonical encoding to b.
+func AppendLeaf(b []byte, e *Entry) ([]byte, error) {
+	start := len(b)
+	b = append(b, LeafVersion)
+	b = append(b, e.RequestID[:]...)
+	switch {
+	case e.Subject == SubjectSigner:
+		b = append(b, 1)
+	case strings.HasPrefix(e.Subject, subjectPeerPrefix):
+		b = appendStr(append(b, 2), e.Subject[len(subjectPeerPrefix):])
+	default:
+		b = appendStr(append(b, 0), e.Subject)
+	}
+	b = appendSym(b, dictRelation, e.Relation)
+	if scope, key, ok := splitObject(e.Object); ok {
+		b = appendStr(appendStr(append(b, 1), scope), key)
+	} else {
+		b = appendStr(append(b, 0), e.Object)
+	}
+	b = appendSym(b, dictReason, e.Reason)
+	b = binary.AppendUvarint(b, uint64(len(e.CaveatContext)))
+	for _, c := range e.CaveatContext {
+		b = appendStr(b, c)
+	}
+	b = binary.AppendVarint(b, e.Timestamp.UnixMicro())
+	b = appendSym(b, dictMethod, e.Method)
+	b = appendSym(b, dictCode, e.Code)
+	var flags byte
+	for i, d := range [][]byte{e.PayloadSHA256, e.SignatureSHA256} {
+		switch len(d) {
+		case 0:
+		case 32:
+			flags |= 1 << i
+		default:
+			return b[:start], fmt.Errorf("auditlog: digest of %d bytes, want 32", len(d))
+		}
+	}
+	b = append(b, flags)
+	b = append(b, e.PayloadSHA256...)
+	b = append(b, e.SignatureSHA256...)
+	if len(b)-start > MaxLeafSize {
+		return b[:start], fmt.Errorf("auditlog: entry encodes to %d bytes, limit %d", len(b)-start, MaxLeafSize)
+	}
+	return b, nil
+}
+
+// splitObject recognises "signing-key:<scope>:<key id>" with a scope free of
+// ':' — the form every object this signer writes has.
+func splitObject(o string) (scope, key string, ok bool) {
+	rest, ok := strings.CutPrefix(o, objectPrefix)
+	if !ok {
+		return "", "", false
+	}
+	return strings.Cut(rest, ":")
+}
+
+// ErrMalformedLeaf is returned for bytes that are not a canonical leaf.
+var ErrMalformedLeaf = errors.New("auditlog: malformed leaf")
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) fail() {
+	if r.err == nil {
+		r.err = ErrMalformedLeaf
+	}
+	r.b = nil
+}
+
+func (r *reader) bytes(n int) []byte {
+	if n < 0 || len(r.b) < n {
+		r.fail()
+		return nil
+	}
+	out := r.b[:n]
+	r.b = r.b[n:]
+	return out
+}
+
+func (r *reader) u8() byte {
+	if b := r.bytes(1); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) str() string {
+	n := r.uvarint()
+	if n > MaxLeafSize {
+		r.fail()
+		return ""
+	}
+	return string(r.bytes(int(n)))
+}
+
+func (r *reader) sym(dict []string) string {
+	t := int(r.u8())
+	switch {
+	case t == 0:
+		return r.str()
+	case t <= len(dict):
+		return dict[t-1]
+	}
+	r.fail()
+	return ""
+}
+
+// ParseLeaf decodes a canonical leaf. Seq is left zero: the caller knows the
+// leaf's position.
+func ParseLeaf(leaf []byte) (Entry, error) {
+	if len(leaf) == 0 || leaf[0] != LeafVersion || len(leaf) > MaxLeafSize {
+		return Entry{}, ErrMalformedLeaf
+	}
+	r := &reader{b: leaf[1:]}
+	var e Entry
+	copy(e.RequestID[:], r.bytes(len(e.RequestID)))
+	switch r.u8() {
+	case 0:
+		e.Subject = r.str()
+	case 1:
+		e.Subject = SubjectSigner
+	case 2:
+		e.Subject = subjectPeerPrefix + r.str()
+	default:
+		r.fail()
+	}
+	e.Relation = r.sym(dictRelation)
+	switch r.u8() {
+	case 0:
+		e.Object = r.str()
+	case 1:
+		scope := r.str()
+		e.Object = objectPrefix + scope + ":" + r.str()
+	default:
+		r.fail()
+	}
+	e.Reason = r.sym(dictReason)
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.fail()
+	}
+	e.CaveatContext = make([]string, 0, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		e.CaveatContext = append(e.CaveatContext, r.str())
+	}
+	e.Timestamp = time.UnixMicro(r.varint()).UTC()
+	e.Method = r.sym(dictMethod)
+	e.Code = r.sym(dictCode)
+	flags := r.u8()
+	if flags&^3 != 0 {
+		r.fail()
+	}
+	if flags&1 != 0 {
+		e.PayloadSHA256 = bytes.Clone(r.bytes(32))
+	}
+	if flags&2 != 0 {
+		e.SignatureSHA256 = bytes.Clone(r.bytes(32))
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return Entry{}, ErrMalformedLeaf
+	}
+	// One entry, one encoding: a literal where the dictionary has the value,
+	// a non-minimal varint and the like are refused.
+	if again, err := AppendLeaf(nil, &e); err != nil || !bytes.Equal(again, leaf) {
+		return Entry{}, fmt.Errorf("%w: not canonical", ErrMalformedLeaf)
+	}
+	return e, nil
+}
+
+// LeafHash is the RFC 6962 leaf hash of a leaf: SHA-256(0x00 || leaf).
+func LeafHash(leaf []byte) [32]byte {
+	var h [32]byte
+	copy(h[:], rfc6962.DefaultHasher.HashLeaf(leaf))
+	return h
+}

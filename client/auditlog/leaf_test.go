@@ -1,0 +1,107 @@
+package auditlog_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plexsphere/signer/client/auditlog"
+)
+
+func sample() auditlog.Entry {
+	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationSign,
+		"/plexsphere.signer.v1.SignerService/Sign", time.Date(2026, 11, 29, 8, 0, 0, 123456789, time.FixedZone("CET", 3600)))
+	e.Object = auditlog.Object("payments", "abcdefghijklmnopqrstuvwx")
+	e.Reason, e.Code = auditlog.ReasonGranted, "OK"
+	p, s := sha256.Sum256([]byte("payload")), sha256.Sum256([]byte("signature"))
+	e.PayloadSHA256, e.SignatureSHA256 = p[:], s[:]
+	return e
+}
+
+func TestLeafRoundTrip(t *testing.T) {
+	adm := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectPeer("spiffe://example.org/ns/plexsphere/sa/plexsphere-core"),
+		auditlog.RelationConnect, "/plexsphere.signer.v1.SignerService/Sign", time.Now())
+	adm.Reason, adm.Code = auditlog.ReasonGranted, "OK"
+	odd := sample()
+	odd.Subject, odd.Relation, odd.Object, odd.Method, odd.Code = "other", "custom", "no-prefix", "auto-rotate/other", "Teapot"
+	odd.CaveatContext = []string{"a", ""}
+	odd.SignatureSHA256 = nil
+	for _, e := range []auditlog.Entry{sample(), adm, odd} {
+		leaf, err := auditlog.AppendLeaf(nil, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := auditlog.ParseLeaf(leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.RequestID != e.RequestID || got.Subject != e.Subject || got.Relation != e.Relation || got.Object != e.Object ||
+			got.Reason != e.Reason || strings.Join(got.CaveatContext, "|") != strings.Join(e.CaveatContext, "|") ||
+			got.CaveatContext == nil || !got.Timestamp.Equal(e.Timestamp) || got.Timestamp.Location() != time.UTC ||
+			got.Method != e.Method || got.Code != e.Code || !bytes.Equal(got.PayloadSHA256, e.PayloadSHA256) ||
+			!bytes.Equal(got.SignatureSHA256, e.SignatureSHA256) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v", got, e)
+		}
+	}
+}
+
+// Both of a granted Sign's entries fit the storage budget with room for the
+// store's own overhead (docs/performance.md: ≤ 400 bytes per Sign).
+func TestLeafIsCompact(t *testing.T) {
+	adm := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectPeer("spiffe://example.org/ns/plexsphere/sa/plexsphere-core"),
+		auditlog.RelationConnect, "/plexsphere.signer.v1.SignerService/Sign", time.Now())
+	adm.Object, adm.Reason, adm.Code = auditlog.Object("payments", ""), auditlog.ReasonGranted, "OK"
+	mw := sample()
+	a, _ := auditlog.AppendLeaf(nil, &adm)
+	b, _ := auditlog.AppendLeaf(nil, &mw)
+	if n := len(a) + len(b); n > 260 {
+		t.Fatalf("a Sign's two leaves take %d bytes", n)
+	} else {
+		t.Logf("admission %d + middleware %d = %d bytes", len(a), len(b), n)
+	}
+}
+
+// One entry has one leaf: anything else that decodes is refused.
+func TestLeafIsCanonical(t *testing.T) {
+	e := sample()
+	leaf, _ := auditlog.AppendLeaf(nil, &e)
+	// The relation "sign" spelled as a literal instead of its dictionary tag.
+	i := 1 + 16 + 1 // version, request id, subject tag
+	literal := append(append(bytes.Clone(leaf[:i]), 0, 4, 's', 'i', 'g', 'n'), leaf[i+1:]...)
+	if _, err := auditlog.ParseLeaf(literal); err == nil {
+		t.Fatal("a literal where the dictionary has the value decoded")
+	}
+	for n := 0; n < len(leaf); n++ {
+		if _, err := auditlog.ParseLeaf(leaf[:n]); err == nil {
+			t.Fatalf("a truncated leaf (%d of %d bytes) decoded", n, len(leaf))
+		}
+	}
+	if _, err := auditlog.ParseLeaf(append(bytes.Clone(leaf), 0)); err == nil {
+		t.Fatal("a leaf with trailing bytes decoded")
+	}
+	bad := bytes.Clone(leaf)
+	bad[0] = 2
+	if _, err := auditlog.ParseLeaf(bad); err == nil {
+		t.Fatal("an unknown version decoded")
+	}
+}
+
+func FuzzParseLeaf(f *testing.F) {
+	e := sample()
+	leaf, _ := auditlog.AppendLeaf(nil, &e)
+	f.Add(leaf)
+	f.Add([]byte{1})
+	f.Add(bytes.Repeat([]byte{1}, 64))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := auditlog.ParseLeaf(b)
+		if err != nil {
+			return
+		}
+		again, err := auditlog.AppendLeaf(nil, &got)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("decoded but does not re-encode to itself: %v", err)
+		}
+	})
+}

@@ -1,0 +1,185 @@
+package server
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+
+	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/metrics"
+	"github.com/plexsphere/signer/internal/signing/peeridentity"
+	"github.com/plexsphere/signer/internal/store"
+)
+
+// maxScopeLabels bounds the scope label of the key-state gauge; further
+// scopes are summed under scope="_other".
+const maxScopeLabels = 100
+
+// signerMetrics are the signer's Prometheus metrics (docs/operations.md).
+type signerMetrics struct {
+	*metrics.Registry
+	rpcs         *prometheus.CounterVec
+	rpcDuration  *prometheus.HistogramVec
+	admissions   *prometheus.CounterVec
+	batchSize    prometheus.Histogram
+	commit       prometheus.Histogram
+	commitFails  prometheus.Counter
+	signLatency  *prometheus.HistogramVec
+	signErrors   *prometheus.CounterVec
+	logBroken    prometheus.Gauge
+	logSize      prometheus.Gauge
+	connsRefused *prometheus.CounterVec
+}
+
+func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key, error), svid x509svid.Source) *signerMetrics {
+	m := &signerMetrics{Registry: metrics.NewRegistry(methods)}
+	m.rpcs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_rpcs_total",
+		Help: "RPCs by method and gRPC status code."}, []string{"method", "code"})
+	m.rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "plexsphere_signer_rpc_duration_seconds",
+		Help: "RPC latency including the audit commit.", Buckets: metrics.Buckets}, []string{"method"})
+	m.admissions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_admissions_total",
+		Help: "Admission decisions by service and outcome."}, []string{"service", "outcome"})
+	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "plexsphere_signer_audit_batch_entries",
+		Help: "Audit entries per group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)})
+	m.commit = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "plexsphere_signer_audit_commit_duration_seconds",
+		Help: "Audit group-commit latency.", Buckets: metrics.Buckets})
+	m.commitFails = prometheus.NewCounter(prometheus.CounterOpts{Name: "plexsphere_signer_audit_commit_failures_total",
+		Help: "Audit commits that failed (their RPCs failed Unavailable)."})
+	m.signLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "plexsphere_signer_provider_sign_duration_seconds",
+		Help: "Key provider signing latency.", Buckets: metrics.Buckets}, []string{"provider"})
+	m.signErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_provider_sign_errors_total",
+		Help: "Key provider signing failures."}, []string{"provider"})
+	m.logBroken = prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_signer_audit_log_broken",
+		Help: "1 while the stored audit log does not match its last signed checkpoint (the signer refuses every RPC)."})
+	m.logSize = prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_signer_audit_checkpoint_size",
+		Help: "Size of the newest signed audit checkpoint."})
+	m.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_connections_refused_total",
+		Help: "Connections refused or closed by flood control, by reason."}, []string{"reason"})
+	m.MustRegister(m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.signLatency, m.signErrors,
+		m.logBroken, m.logSize, m.connsRefused,
+		&keyStates{list: keys}, metrics.SVIDExpiry("plexsphere_signer_svid_expiry_timestamp_seconds", svid))
+	return m
+}
+
+// observeRPC is the Auditor's observer: every RPC, denied ones included.
+func (m *signerMetrics) observeRPC(method, outcome string, code codes.Code, took time.Duration) {
+	name := m.Method(method)
+	m.rpcs.WithLabelValues(name, code.String()).Inc()
+	m.rpcDuration.WithLabelValues(name).Observe(took.Seconds())
+	svc := peeridentity.Service(name)
+	if name == "other" {
+		svc = "other"
+	}
+	m.admissions.WithLabelValues(svc, outcome).Inc()
+}
+
+// observeBatch is the audit writer's BatchObserver.
+func (m *signerMetrics) observeBatch(size int, took time.Duration, err error) {
+	m.batchSize.Observe(float64(size))
+	m.commit.Observe(took.Seconds())
+	if err != nil {
+		m.commitFails.Inc()
+	}
+}
+
+// observeLog is the audit log's observer.
+func (m *signerMetrics) observeLog(size uint64, broken bool) {
+	m.logSize.Set(float64(size))
+	if broken {
+		m.logBroken.Set(1)
+	} else {
+		m.logBroken.Set(0)
+	}
+}
+
+// timed wraps p so every signature is timed and every failure counted.
+func (m *signerMetrics) timed(p keyprovider.Provider) keyprovider.Provider {
+	return &timedProvider{p, m}
+}
+
+type timedProvider struct {
+	keyprovider.Provider
+	m *signerMetrics
+}
+
+func (t *timedProvider) Load(ctx context.Context, ref keyprovider.KeyRef, handle []byte) (keyprovider.Key, error) {
+	k, err := t.Provider.Load(ctx, ref, handle)
+	if err != nil {
+		return nil, err
+	}
+	return &timedKey{k, t}, nil
+}
+
+type timedKey struct {
+	keyprovider.Key
+	p *timedProvider
+}
+
+func (k *timedKey) SignContext(ctx context.Context, msg []byte) ([]byte, error) {
+	start := time.Now()
+	sig, err := k.Key.SignContext(ctx, msg)
+	k.p.m.signLatency.WithLabelValues(k.p.Name()).Observe(time.Since(start).Seconds())
+	if err != nil {
+		k.p.m.signErrors.WithLabelValues(k.p.Name()).Inc()
+	}
+	return sig, err
+}
+
+// keyStates reports keys per scope and state at scrape time, from a
+// snapshot at most 15 s old.
+type keyStates struct {
+	list func(context.Context) ([]store.Key, error)
+	mu   sync.Mutex
+	at   time.Time
+	last map[[2]string]float64
+}
+
+var keysDesc = prometheus.NewDesc("plexsphere_signer_keys", "Keys by scope and lifecycle state (scopes beyond the first 100 summed under _other).", []string{"scope", "state"}, nil)
+
+func (k *keyStates) Describe(ch chan<- *prometheus.Desc) { ch <- keysDesc }
+
+func (k *keyStates) Collect(ch chan<- prometheus.Metric) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if time.Since(k.at) > 15*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		keys, err := k.list(ctx)
+		cancel()
+		if err == nil {
+			k.last, k.at = fold(keys), time.Now()
+		}
+	}
+	for l, v := range k.last {
+		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, v, l[0], l[1])
+	}
+}
+
+func fold(keys []store.Key) map[[2]string]float64 {
+	scopes := map[string]bool{}
+	for _, k := range keys {
+		scopes[k.Scope] = true
+	}
+	names := make([]string, 0, len(scopes))
+	for s := range scopes {
+		names = append(names, s)
+	}
+	sort.Strings(names)
+	keep := map[string]bool{}
+	for i, s := range names {
+		keep[s] = i < maxScopeLabels
+	}
+	out := map[[2]string]float64{}
+	for _, k := range keys {
+		scope := k.Scope
+		if !keep[scope] {
+			scope = "_other"
+		}
+		out[[2]string{scope, k.State.String()}]++
+	}
+	return out
+}

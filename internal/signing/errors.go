@@ -1,0 +1,107 @@
+package signing
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/signerr"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// Class is what an error means to the caller and to the audit log.
+type Class struct {
+	Err     error // the sentinel; its text is the only message a caller sees
+	Code    codes.Code
+	Reason  string // audit reason
+	WireTag signerv1.ErrorReason
+}
+
+// Table is the single mapping from sentinel to gRPC code, audit reason and
+// wire reason. The audit middleware and Status both read it through
+// Classify; a test proves every signerr sentinel has exactly one row.
+var Table = []Class{
+	{signerr.ErrClientIdentityDenied, codes.PermissionDenied, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_CLIENT_IDENTITY_DENIED},
+	{signerr.ErrKeyNotFound, codes.NotFound, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_KEY_NOT_FOUND},
+	{signerr.ErrScopeMismatch, codes.PermissionDenied, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_SCOPE_MISMATCH},
+	{signerr.ErrInvariant, codes.Internal, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVARIANT},
+	{signerr.ErrKeyRetired, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_RETIRED},
+	{signerr.ErrRotationInProgress, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_ROTATION_IN_PROGRESS},
+	{signerr.ErrProviderUnavailable, codes.Unavailable, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_PROVIDER_UNAVAILABLE},
+	{signerr.ErrKeyActive, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_ACTIVE},
+	{signerr.ErrRotationNotReady, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY},
+	{signerr.ErrInvalidArgument, codes.InvalidArgument, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	// Outages of the store and of the audit log are unclassified in the
+	// contract's terms: insufficient_relation, the reason a later reader
+	// would see if the entry could be stored.
+	{signerr.ErrStoreUnavailable, codes.Unavailable, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_STORE_UNAVAILABLE},
+	{signerr.ErrAuditUnavailable, codes.Unavailable, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE},
+	{signerr.ErrAuditLogBroken, codes.Unavailable, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN},
+	{signerr.ErrInternal, codes.Internal, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL},
+}
+
+var (
+	classGranted  = Class{Code: codes.OK, Reason: audit.ReasonGranted}
+	classCanceled = Class{context.Canceled, codes.Canceled, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL}
+	classDeadline = Class{context.DeadlineExceeded, codes.DeadlineExceeded, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL}
+	classInternal = Table[len(Table)-1]
+	// classUnknownMethod answers an admitted peer calling a method the
+	// signer does not serve. It is audited like any other outcome.
+	classUnknownMethod = Class{errUnknownMethod, codes.Unimplemented, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_UNKNOWN_METHOD}
+)
+
+var errUnknownMethod = errors.New("signing: unknown method")
+
+// Classify finds err's class. nil is granted (codes.OK). An error matching
+// no sentinel is unclassified: Internal, insufficient_relation, and the
+// caller sees only ErrInternal's text.
+func Classify(err error) Class {
+	if err == nil {
+		return classGranted
+	}
+	for _, c := range Table {
+		if errors.Is(err, c.Err) {
+			return c
+		}
+	}
+	switch {
+	case errors.Is(err, errUnknownMethod):
+		return classUnknownMethod
+	case errors.Is(err, context.Canceled):
+		return classCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return classDeadline
+	}
+	return classInternal
+}
+
+// Domain is the google.rpc.ErrorInfo domain of every signer error.
+const Domain = "signer.plexsphere.dev"
+
+// Status converts err to the gRPC status the caller sees: the class code,
+// the sentinel's text (never the wrapped internal text) and an ErrorInfo
+// whose reason is the ErrorReason enum name. An InvalidArgument that names
+// its rule says which (field and rule, never the input) in the message and
+// in the ErrorInfo metadata.
+func Status(err error) error {
+	if err == nil {
+		return nil
+	}
+	c := Classify(err)
+	msg := c.Err.Error()
+	info := &errdetails.ErrorInfo{Reason: c.WireTag.String(), Domain: Domain}
+	var inv *signerr.InvalidError
+	if c.Err == signerr.ErrInvalidArgument && errors.As(err, &inv) {
+		msg = inv.Error()
+		info.Metadata = map[string]string{"field": inv.Field, "rule": inv.Rule}
+	}
+	st := status.New(c.Code, msg)
+	if d, derr := st.WithDetails(info); derr == nil {
+		st = d
+	}
+	return st.Err()
+}

@@ -1,0 +1,104 @@
+package signing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/signerr"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+)
+
+// The table must cover every sentinel exactly once, and every wire reason the
+// proto declares must be reachable, so a new sentinel cannot ship unmapped.
+func TestTableCoversEverySentinel(t *testing.T) {
+	seen := map[error]int{}
+	for _, c := range Table {
+		seen[c.Err]++
+	}
+	for _, s := range signerr.Sentinels {
+		if seen[s] != 1 {
+			t.Errorf("%v appears %d times in Table, want 1", s, seen[s])
+		}
+	}
+	if len(Table) != len(signerr.Sentinels) {
+		t.Errorf("Table has %d rows, want %d (one per sentinel)", len(Table), len(signerr.Sentinels))
+	}
+	tags := map[signerv1.ErrorReason]bool{classUnknownMethod.WireTag: true}
+	for _, c := range Table {
+		if tags[c.WireTag] {
+			t.Errorf("wire reason %v used twice", c.WireTag)
+		}
+		tags[c.WireTag] = true
+	}
+	for v, name := range signerv1.ErrorReason_name {
+		if v != 0 && !tags[signerv1.ErrorReason(v)] {
+			t.Errorf("wire reason %s is not produced by any class", name)
+		}
+	}
+}
+
+// The contract pins these pairs; see shared/seed/security-invariants.txt.
+func TestClassifyContract(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		code   codes.Code
+		reason string
+	}{
+		{nil, codes.OK, audit.ReasonGranted},
+		{signerr.ErrClientIdentityDenied, codes.PermissionDenied, audit.ReasonInsufficientRelation},
+		{signerr.ErrKeyNotFound, codes.NotFound, audit.ReasonInsufficientRelation},
+		{signerr.ErrScopeMismatch, codes.PermissionDenied, audit.ReasonInsufficientRelation},
+		{signerr.ErrInvariant, codes.Internal, audit.ReasonInsufficientRelation},
+		{signerr.ErrKeyRetired, codes.FailedPrecondition, audit.ReasonCaveatViolation},
+		{signerr.ErrRotationInProgress, codes.FailedPrecondition, audit.ReasonCaveatViolation},
+		{signerr.ErrProviderUnavailable, codes.Unavailable, audit.ReasonCaveatViolation},
+		{errors.New("something unforeseen"), codes.Internal, audit.ReasonInsufficientRelation},
+		{fmt.Errorf("store: %w", signerr.ErrStoreUnavailable), codes.Unavailable, audit.ReasonInsufficientRelation},
+		{fmt.Errorf("writer: %w", signerr.ErrAuditUnavailable), codes.Unavailable, audit.ReasonInsufficientRelation},
+		{fmt.Errorf("x: %w", errUnknownMethod), codes.Unimplemented, audit.ReasonInsufficientRelation},
+		{context.DeadlineExceeded, codes.DeadlineExceeded, audit.ReasonInsufficientRelation},
+		{context.Canceled, codes.Canceled, audit.ReasonInsufficientRelation},
+	} {
+		c := Classify(tc.err)
+		if c.Code != tc.code || c.Reason != tc.reason {
+			t.Errorf("Classify(%v) = %v/%s, want %v/%s", tc.err, c.Code, c.Reason, tc.code, tc.reason)
+		}
+	}
+}
+
+// A caller sees the sentinel's text and the wire reason, never wrapped
+// internal detail; an invalid argument says which rule, never the input.
+func TestStatus(t *testing.T) {
+	st := status.Convert(Status(fmt.Errorf("postgres: password=hunter2 host=db: %w", signerr.ErrStoreUnavailable)))
+	if st.Code() != codes.Unavailable || st.Message() != signerr.ErrStoreUnavailable.Error() {
+		t.Fatalf("status = %v %q", st.Code(), st.Message())
+	}
+	if info := errorInfo(t, st); info.Reason != "ERROR_REASON_STORE_UNAVAILABLE" || info.Domain != Domain {
+		t.Fatalf("ErrorInfo = %+v", info)
+	}
+	st = status.Convert(Status(fmt.Errorf("sign %q: %w", "secret-scope!", signerr.Invalid("scope", "must be short"))))
+	if st.Code() != codes.InvalidArgument || st.Message() != "signing: invalid argument: scope: must be short" {
+		t.Fatalf("status = %v %q", st.Code(), st.Message())
+	}
+	if info := errorInfo(t, st); info.Metadata["field"] != "scope" || info.Metadata["rule"] != "must be short" {
+		t.Fatalf("ErrorInfo = %+v", info)
+	}
+}
+
+func errorInfo(t *testing.T, st *status.Status) *errdetails.ErrorInfo {
+	t.Helper()
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	t.Fatal("no ErrorInfo")
+	return nil
+}

@@ -1,0 +1,80 @@
+package bbolt_test
+
+import (
+	"encoding/binary"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/plexsphere/signer/internal/store/bbolt"
+)
+
+// tamper edits the bbolt file directly, as anyone who can write it could.
+type tamper struct{ s *bbolt.Store }
+
+func be(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+
+func (x tamper) update(t testing.TB, fn func(tx *bolt.Tx) error) {
+	t.Helper()
+	if err := x.s.DB().Update(fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (x tamper) PutLeaf(t testing.TB, seq uint64, leaf []byte) {
+	x.update(t, func(tx *bolt.Tx) error { return tx.Bucket([]byte("audit")).Put(be(seq), leaf) })
+}
+
+func (x tamper) DeleteLeaves(t testing.TB, from, to uint64) {
+	x.update(t, func(tx *bolt.Tx) error {
+		for seq := from; seq <= to; seq++ {
+			if err := tx.Bucket([]byte("audit")).Delete(be(seq)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (x tamper) SetSize(t testing.TB, size uint64) {
+	x.update(t, func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Put([]byte("audit_size"), be(size)) })
+}
+
+func (x tamper) PutNode(t testing.TB, level uint8, index uint64, hash []byte) {
+	x.update(t, func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("audit_nodes")).Put(append([]byte{level}, be(index)...), hash)
+	})
+}
+
+func (x tamper) DeleteCheckpoints(t testing.TB, above uint64) {
+	x.update(t, func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("audit_checkpoints"))
+		var keys [][]byte
+		b.ForEach(func(k, _ []byte) error {
+			if binary.BigEndian.Uint64(k) > above {
+				keys = append(keys, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (x tamper) Wipe(t testing.TB) {
+	x.update(t, func(tx *bolt.Tx) error {
+		for _, name := range []string{"audit", "audit_nodes", "audit_requests", "audit_checkpoints"} {
+			if err := tx.DeleteBucket([]byte(name)); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucket([]byte(name)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket([]byte("meta")).Put([]byte("audit_size"), be(0))
+	})
+}

@@ -1,0 +1,542 @@
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/plexsphere/signer/client/auditlog"
+	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/store"
+)
+
+// Tamper is an attacker with write access to one store's data (the bbolt
+// file; the Postgres tables as their owner, triggers disabled).
+type Tamper interface {
+	// PutLeaf overwrites the stored bytes of entry seq.
+	PutLeaf(t testing.TB, seq uint64, leaf []byte)
+	// DeleteLeaves removes entries from..to, inclusive.
+	DeleteLeaves(t testing.TB, from, to uint64)
+	// SetSize makes the store report size entries (bbolt keeps a head;
+	// Postgres derives its size from the rows, so it does nothing).
+	SetSize(t testing.TB, size uint64)
+	// PutNode overwrites (or inserts) a stored tree node.
+	PutNode(t testing.TB, level uint8, index uint64, hash []byte)
+	// DeleteCheckpoints removes every stored checkpoint above size.
+	DeleteCheckpoints(t testing.TB, above uint64)
+	// Wipe removes every entry, node, request and checkpoint.
+	Wipe(t testing.TB)
+}
+
+func entry(i int, rel string) audit.Entry {
+	var req audit.RequestID
+	copy(req[:], fmt.Sprintf("req-%012d", i))
+	e := audit.New(req, audit.SubjectSigner, rel, "/plexsphere.signer.v1.SignerService/Sign", t0.Add(time.Duration(i)*time.Millisecond))
+	e.Object, e.Reason, e.Code = audit.Object("s", fmt.Sprint("k", i%3)), audit.ReasonGranted, "OK"
+	return e
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// testLog is a writer, a checkpoint key and a Log over one store.
+type testLog struct {
+	w    *audit.Writer
+	log  *audit.Log
+	sign *audit.NoteSigner
+	v    *audit.Verifier
+	vkey string
+	file string // the checkpoint log file
+}
+
+func newLog(t *testing.T, s store.Store) *testLog {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	must(t, err)
+	return newLogWithKey(t, s, pub, priv)
+}
+
+func newLogWithKey(t *testing.T, s store.Store, pub ed25519.PublicKey, priv ed25519.PrivateKey) *testLog {
+	t.Helper()
+	signer, vkey, err := audit.NewNoteSigner("example.org/storetest", pub, func(m []byte) ([]byte, error) { return ed25519.Sign(priv, m), nil })
+	must(t, err)
+	v, err := audit.NewVerifier(vkey)
+	must(t, err)
+	w := audit.NewWriter(s, audit.WriterOptions{})
+	t.Cleanup(w.Close)
+	file := filepath.Join(t.TempDir(), "checkpoints.jsonl")
+	l := audit.NewLog(audit.LogConfig{Store: s, Writer: w, Signer: signer, Verifier: v, File: file, Log: quiet()})
+	return &testLog{w: w, log: l, sign: signer, v: v, vkey: vkey, file: file}
+}
+
+// restart is the same signer started again: a new writer and Log over the
+// same store, key and checkpoint file, with nothing in memory.
+func (l *testLog) restart(t *testing.T, s store.Store) *audit.Log {
+	w := audit.NewWriter(s, audit.WriterOptions{})
+	t.Cleanup(w.Close)
+	return audit.NewLog(audit.LogConfig{Store: s, Writer: w, Signer: l.sign, Verifier: l.v, File: l.file, Log: quiet()})
+}
+
+// write commits n entries starting at entry number first, one request each.
+func (l *testLog) write(t *testing.T, first, n int) {
+	t.Helper()
+	ctx := context.Background()
+	var pend []*audit.Pending
+	for i := first; i < first+n; i++ {
+		pend = append(pend, l.w.Submit(ctx, audit.LaneAdmitted, entry(i, "sign")))
+	}
+	for _, p := range pend {
+		must(t, p.Wait(ctx))
+	}
+}
+
+func testAuditAppend(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	l := newLog(t, s)
+	p := l.w.Submit(ctx, audit.LaneAdmitted, entry(1, "connect"), entry(1, "sign"))
+	must(t, p.Wait(ctx))
+	if c := p.Committed(); c[0].Seq != 1 || c[1].Seq != 2 {
+		t.Fatalf("seqs = %d, %d", c[0].Seq, c[1].Seq)
+	}
+	l.write(t, 2, 40)
+	size, err := s.AuditSize(ctx)
+	must(t, err)
+	if size != 42 || l.w.Head().Size != 42 {
+		t.Fatalf("size = %d, writer head %d, want 42", size, l.w.Head().Size)
+	}
+	leaves, err := s.Leaves(ctx, 0, size)
+	must(t, err)
+	tree := audit.NewTree()
+	for i, leaf := range leaves {
+		e, err := audit.ParseLeaf(leaf)
+		must(t, err)
+		if i == 1 && (e.Subject != audit.SubjectSigner || e.Relation != "sign" || e.Object != "signing-key:s:k1" || e.Reason != "granted" ||
+			e.CaveatContext == nil || len(e.CaveatContext) != 0 || !e.Timestamp.Equal(t0.Add(time.Millisecond)) || e.Timestamp.Location() != time.UTC) {
+			t.Fatalf("entry read back = %+v", e)
+		}
+		h := audit.LeafHash(leaf)
+		tree.Append(h[:], nil)
+	}
+	stored, err := audit.TreeAt(ctx, s, size)
+	must(t, err)
+	if !bytes.Equal(stored.Root(), tree.Root()) || !bytes.Equal(l.w.Head().Root, tree.Root()) {
+		t.Fatal("the stored tree, the writer's and the leaves' roots differ")
+	}
+	var req audit.RequestID
+	copy(req[:], "req-000000000007")
+	seq, err := s.FindRequest(ctx, req)
+	must(t, err)
+	if seq != 8 {
+		t.Fatalf("FindRequest = %d, want 8", seq)
+	}
+	if _, err := s.FindRequest(ctx, audit.NewRequestID()); !errors.Is(err, signerr.ErrKeyNotFound) {
+		t.Fatalf("unknown request: %v", err)
+	}
+	if _, err := s.Leaves(ctx, 40, 43); !errors.Is(err, audit.ErrTreeBroken) {
+		t.Fatalf("Leaves beyond the log: %v", err)
+	}
+}
+
+func testAuditHeadMoved(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	leaf, err := audit.AppendLeaf(nil, ptr(entry(1, "sign")))
+	must(t, err)
+	must(t, s.AppendAudit(ctx, &audit.Batch{Start: 1, Leaves: [][]byte{leaf}}))
+	for _, start := range []uint64{1, 3} {
+		if err := s.AppendAudit(ctx, &audit.Batch{Start: start, Leaves: [][]byte{leaf}}); !errors.Is(err, audit.ErrHeadMoved) {
+			t.Fatalf("append at %d onto a log of 1: %v, want ErrHeadMoved", start, err)
+		}
+	}
+	if size, _ := s.AuditSize(ctx); size != 1 {
+		t.Fatalf("size after refused appends = %d", size)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func testAuditQuery(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	l := newLog(t, s)
+	var es []audit.Entry
+	for i := range 10 {
+		rel := "sign"
+		if i%2 == 1 {
+			rel = "public_key"
+		}
+		e := entry(i, rel)
+		if i == 4 {
+			e.Reason = audit.ReasonCaveatViolation
+		}
+		es = append(es, e)
+	}
+	must(t, l.w.Write(ctx, es...))
+	got, err := store.ListAudit(ctx, s, store.AuditQuery{Relation: "public_key"})
+	must(t, err)
+	if len(got) != 5 {
+		t.Fatalf("relation filter: %d", len(got))
+	}
+	got, err = store.ListAudit(ctx, s, store.AuditQuery{AfterSeq: 7})
+	must(t, err)
+	if len(got) != 3 || got[0].Seq != 8 {
+		t.Fatalf("after seq 7: %d entries", len(got))
+	}
+	got, err = store.ListAudit(ctx, s, store.AuditQuery{Limit: 2, Reason: audit.ReasonGranted})
+	must(t, err)
+	if len(got) != 2 || got[1].Seq != 2 {
+		t.Fatalf("limit: %+v", got)
+	}
+	got, err = store.ListAudit(ctx, s, store.AuditQuery{ObjectPrefix: "signing-key:s:k1", Reason: audit.ReasonCaveatViolation})
+	must(t, err)
+	if len(got) != 1 || got[0].Seq != 5 {
+		t.Fatalf("object prefix + reason: %+v", got)
+	}
+}
+
+// Two writers on one store stand for two replicas: they race for the same
+// seqs, the loser reloads the tree, and the log stays one gapless tree.
+func testAuditConcurrent(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	w1 := audit.NewWriter(s, audit.WriterOptions{MaxBatch: 8})
+	w2 := audit.NewWriter(s, audit.WriterOptions{MaxBatch: 8})
+	defer w1.Close()
+	defer w2.Close()
+	const per = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*per)
+	for wi, w := range []*audit.Writer{w1, w2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var pend []*audit.Pending
+			for i := range per {
+				pend = append(pend, w.Submit(ctx, audit.LaneAdmitted, entry(wi*1000+i, "sign")))
+			}
+			for _, p := range pend {
+				errs <- p.Wait(ctx)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		must(t, err)
+	}
+	size, err := s.AuditSize(ctx)
+	must(t, err)
+	if size != 2*per {
+		t.Fatalf("%d entries, want %d", size, 2*per)
+	}
+	leaves, err := s.Leaves(ctx, 0, size)
+	must(t, err)
+	seen := map[audit.RequestID]bool{}
+	r := audit.NewReplay(audit.NewTree(), nil, s.Nodes)
+	for i, leaf := range leaves {
+		e, err := audit.ParseLeaf(leaf)
+		must(t, err)
+		if seen[e.RequestID] {
+			t.Fatalf("entry %v committed twice", e.RequestID)
+		}
+		seen[e.RequestID] = true
+		must(t, r.Add(ctx, uint64(i+1), leaf))
+	}
+	must(t, r.Finish(ctx))
+}
+
+func testCheckpoints(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	l := newLog(t, s)
+	first, err := l.log.Checkpoint(ctx)
+	must(t, err)
+	if first.Size != 0 || !bytes.Equal(first.Root, audit.EmptyRoot()) {
+		t.Fatalf("checkpoint of the empty log: size %d", first.Size)
+	}
+	l.write(t, 0, 20)
+	cp, err := l.log.Checkpoint(ctx)
+	must(t, err)
+	if cp.Size != 20 {
+		t.Fatalf("checkpoint size %d, want 20", cp.Size)
+	}
+	// A replica signing the same size is not an error, and keeps one copy.
+	must(t, s.PutCheckpoint(ctx, cp.Size, cp.Note))
+	latest, err := s.LatestCheckpoint(ctx)
+	must(t, err)
+	if !bytes.Equal(latest, cp.Note) {
+		t.Fatal("LatestCheckpoint is not the newest")
+	}
+	all, err := s.Checkpoints(ctx, 0, 10)
+	must(t, err)
+	if len(all) != 1 {
+		t.Fatalf("Checkpoints(after 0) = %d notes, want 1 (size 20; the empty one is size 0)", len(all))
+	}
+	opened, err := l.v.Open(latest)
+	must(t, err)
+	if opened.Size != 20 || !bytes.Equal(opened.Root, l.w.Head().Root) {
+		t.Fatal("the stored checkpoint does not sign the writer's head")
+	}
+}
+
+func testLogKey(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if _, err := s.LogKey(ctx); !errors.Is(err, signerr.ErrKeyNotFound) {
+		t.Fatalf("LogKey of a new store: %v", err)
+	}
+	k := newKey("log1", store.LogKeyScope, store.Active, t0)
+	got, err := s.CreateLogKey(ctx, k)
+	must(t, err)
+	if got.ID != "log1" {
+		t.Fatalf("CreateLogKey = %q", got.ID)
+	}
+	// A second replica racing to create one gets the first.
+	got, err = s.CreateLogKey(ctx, newKey("log2", store.LogKeyScope, store.Active, t0))
+	must(t, err)
+	if got.ID != "log1" || !bytes.Equal(got.Public, k.Public) || !bytes.Equal(got.Handle, k.Handle) {
+		t.Fatalf("second CreateLogKey = %+v", got)
+	}
+	keys, err := s.Keys(ctx, "")
+	must(t, err)
+	if len(keys) != 0 {
+		t.Fatalf("the log key is listed with the signing keys: %+v", keys)
+	}
+}
+
+func testProofs(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	l := newLog(t, s)
+	l.write(t, 0, 37)
+	old, err := l.log.Checkpoint(ctx)
+	must(t, err)
+	l.write(t, 100, 70)
+	cp, err := l.log.Checkpoint(ctx)
+	must(t, err)
+	for _, seq := range []uint64{1, 2, 16, 17, 33, 37, 64, 100, 107} {
+		leaves, err := s.Leaves(ctx, seq-1, seq)
+		must(t, err)
+		p, err := audit.InclusionProof(ctx, s, seq-1, cp.Size)
+		must(t, err)
+		if err := auditlog.VerifyInclusion(cp, seq-1, leaves[0], p); err != nil {
+			t.Fatalf("inclusion of %d: %v", seq, err)
+		}
+		if err := auditlog.VerifyInclusion(cp, seq%cp.Size, leaves[0], p); err == nil && seq%cp.Size != seq-1 {
+			t.Fatalf("the proof of %d verifies at another index", seq)
+		}
+	}
+	p, err := audit.ConsistencyProof(ctx, s, old.Size, cp.Size)
+	must(t, err)
+	if err := auditlog.VerifyConsistency(old, cp, p); err != nil {
+		t.Fatal(err)
+	}
+	bad := old
+	bad.Root = bytes.Clone(cp.Root)
+	if auditlog.VerifyConsistency(bad, cp, p) == nil {
+		t.Fatal("consistency verified from a wrong old root")
+	}
+}
+
+func testPrune(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	pr, ok := s.(store.Pruner)
+	if !ok {
+		t.Fatal("store cannot prune")
+	}
+	l := newLog(t, s)
+	l.write(t, 0, 50)
+	cp, err := l.log.Checkpoint(ctx)
+	must(t, err)
+	for _, bad := range []uint64{0, 17, 64} {
+		if err := pr.PruneAudit(ctx, bad); err == nil {
+			t.Fatalf("prune up to %d accepted", bad)
+		}
+	}
+	must(t, pr.PruneAudit(ctx, 32))
+	if err := pr.PruneAudit(ctx, 32); err == nil {
+		t.Fatal("pruning the same range twice accepted")
+	}
+	if n, _ := s.PrunedUpTo(ctx); n != 32 {
+		t.Fatalf("PrunedUpTo = %d", n)
+	}
+	if _, err := s.Leaves(ctx, 10, 11); !errors.Is(err, audit.ErrPruned) {
+		t.Fatalf("a pruned entry: %v", err)
+	}
+	// Later entries still prove, the tree still extends, the log still checks.
+	leaves, err := s.Leaves(ctx, 40, 41)
+	must(t, err)
+	p, err := audit.InclusionProof(ctx, s, 40, cp.Size)
+	must(t, err)
+	must(t, auditlog.VerifyInclusion(cp, 40, leaves[0], p))
+	l.write(t, 100, 5)
+	must(t, l.log.Check(ctx))
+	if size, _ := s.AuditSize(ctx); size != 55 {
+		t.Fatalf("size after prune and append = %d", size)
+	}
+	got, err := store.ListAudit(ctx, s, store.AuditQuery{})
+	must(t, err)
+	if len(got) != 23 || got[0].Seq != 33 {
+		t.Fatalf("ListAudit after prune: %d entries from %d", len(got), got[0].Seq)
+	}
+}
+
+// The attacks: each with write access to the store after entries were
+// committed and a checkpoint signed. Each must be caught by the signer's
+// own check (the Log, which then refuses to append) and by a replay of the
+// entries against the signed checkpoints (signerctl audit verify).
+var tampers = []struct {
+	name string
+	fn   func(t *testing.T, s store.Store, x Tamper)
+}{
+	{"EntryBytesChanged", tamperEntry},
+	{"MiddleEntryDeleted", tamperMiddle},
+	{"NewestEntryDeleted", tamperNewest},
+	{"TailDeletedHeadRewound", tamperTail},
+	{"NodeRewritten", tamperNode},
+	{"WholeLogRewritten", tamperRewrite},
+	{"CheckpointByAnotherKey", tamperForeignCheckpoint},
+}
+
+// setup writes 40 entries, signs a checkpoint, then 10 more.
+func setup(t *testing.T, s store.Store) (*testLog, audit.Checkpoint) {
+	l := newLog(t, s)
+	l.write(t, 0, 40)
+	cp, err := l.log.Checkpoint(context.Background())
+	must(t, err)
+	l.write(t, 40, 10)
+	return l, cp
+}
+
+// caught asserts the signer's sweep breaks the log (and the writer then
+// refuses), and the replay's error names want.
+func caught(t *testing.T, s store.Store, l *testLog, want string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := l.log.Sweep(ctx); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("Log.Sweep after tampering: %v, want ErrAuditLogBroken", err)
+	}
+	if l.log.Broken() == nil {
+		t.Fatal("the log is not marked broken")
+	}
+	if err := l.w.Write(ctx, entry(999, "sign")); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("the writer appended to a broken log: %v", err)
+	}
+	if err := replay(t, s, l.v); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("replay: %v, want an error containing %q", err, want)
+	}
+}
+
+// replay checks every stored entry against the stored tree and checkpoints,
+// as AuditService.Verify and the signer's sweep do.
+func replay(t *testing.T, s store.Store, v *audit.Verifier) error {
+	t.Helper()
+	_, err := audit.ReplayStore(context.Background(), s, v)
+	return err
+}
+
+func tamperEntry(t *testing.T, s store.Store, x Tamper) {
+	l, _ := setup(t, s)
+	e := entry(20, "sign")
+	e.Reason = audit.ReasonCaveatViolation // a granted call rewritten as refused
+	leaf, err := audit.AppendLeaf(nil, &e)
+	must(t, err)
+	x.PutLeaf(t, 21, leaf)
+	caught(t, s, l, "entries 17..32 do not match the stored tree node")
+}
+
+func tamperMiddle(t *testing.T, s store.Store, x Tamper) {
+	l, _ := setup(t, s)
+	x.DeleteLeaves(t, 25, 25)
+	caught(t, s, l, "entry 25 is missing")
+}
+
+func tamperNewest(t *testing.T, s store.Store, x Tamper) {
+	l, cp := setup(t, s)
+	// Remove everything after the checkpoint and its newest entry.
+	x.DeleteLeaves(t, cp.Size, 50)
+	x.SetSize(t, cp.Size-1)
+	if err := l.log.Check(context.Background()); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("Log.Check of a truncated log: %v", err)
+	}
+	caught(t, s, l, "entries after seq 39 were removed")
+}
+
+func tamperTail(t *testing.T, s store.Store, x Tamper) {
+	l, cp := setup(t, s)
+	x.DeleteLeaves(t, 31, 50)
+	x.SetSize(t, 30)
+	if err := l.log.Check(context.Background()); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("Log.Check of a rewound log: %v", err)
+	}
+	caught(t, s, l, fmt.Sprintf("a checkpoint was signed at size %d", cp.Size))
+}
+
+func tamperNode(t *testing.T, s store.Store, x Tamper) {
+	l, _ := setup(t, s)
+	x.PutNode(t, 4, 1, bytes.Repeat([]byte{7}, 32))
+	caught(t, s, l, "entries 17..32 do not match the stored tree node")
+}
+
+// The whole log replaced by a consistent forgery, checkpoints deleted: the
+// store is internally perfect. The signer's memory of its last checkpoint,
+// a checkpoint an auditor saved, and the checkpoint file all expose it.
+func tamperRewrite(t *testing.T, s store.Store, x Tamper) {
+	ctx := context.Background()
+	l, saved := setup(t, s)
+	x.Wipe(t)
+	forger := audit.NewWriter(s, audit.WriterOptions{})
+	var forged []audit.Entry
+	for i := range 60 {
+		e := entry(i, "sign")
+		e.Reason = audit.ReasonCaveatViolation
+		forged = append(forged, e)
+	}
+	must(t, forger.Write(ctx, forged...))
+	forger.Close()
+	if err := l.log.Check(ctx); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("the signer's own check: %v", err)
+	}
+	// An auditor with the saved checkpoint: the consistency proof fails.
+	latest := audit.NewTree()
+	leaves, err := s.Leaves(ctx, 0, 60)
+	must(t, err)
+	for _, leaf := range leaves {
+		h := audit.LeafHash(leaf)
+		latest.Append(h[:], nil)
+	}
+	p, err := audit.ConsistencyProof(ctx, s, saved.Size, 60)
+	must(t, err)
+	if err := auditlog.VerifyConsistency(saved, auditlog.Checkpoint{Size: 60, Root: latest.Root()}, p); err == nil {
+		t.Fatal("a rewritten log proved consistent with a checkpoint saved before")
+	}
+	// The signer restarted, nothing in memory: its checkpoint file still
+	// holds the checkpoint the forgery does not extend.
+	if err := l.restart(t, s).Check(ctx); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("a restarted signer with its checkpoint file: %v", err)
+	}
+}
+
+func tamperForeignCheckpoint(t *testing.T, s store.Store, x Tamper) {
+	ctx := context.Background()
+	l, _ := setup(t, s)
+	x.DeleteCheckpoints(t, 0)
+	mallory := newLog(t, s)
+	forged, err := audit.SignCheckpoint(mallory.sign, 50, l.w.Head().Root)
+	must(t, err)
+	// Mallory's checkpoint names this log's origin but another key.
+	must(t, s.PutCheckpoint(ctx, forged.Size, forged.Note))
+	if _, err := l.v.Open(forged.Note); !errors.Is(err, auditlog.ErrCheckpoint) {
+		t.Fatalf("Verifier.Open of a foreign checkpoint: %v", err)
+	}
+	if err := l.restart(t, s).Check(ctx); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("a restarted signer trusting the store's newest checkpoint: %v", err)
+	}
+	if err := replay(t, s, l.v); err == nil || !strings.Contains(err.Error(), "a stored checkpoint does not verify") {
+		t.Fatalf("replay: %v, want the foreign checkpoint refused", err)
+	}
+}
