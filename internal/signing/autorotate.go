@@ -95,20 +95,27 @@ func (a *AutoRotator) step(ctx context.Context, s Schedule) error {
 			pending = k
 		case store.Previous:
 			if !now.Before(k.DeactivatedAt.Add(s.VerifyOnly)) {
-				_, err := a.rot.transition(ctx, store.OpRetire, s.Scope, k.ID)
+				_, err := a.rot.transitionWithin(ctx, store.OpRetire, s.Scope, k.ID, a.windows(s))
 				a.record(ctx, "retire", s.Scope, k.ID, err)
 			}
 		}
 	}
 	switch {
 	case pending != nil && !now.Before(pending.CreatedAt.Add(s.PrePublish)):
-		_, err := a.rot.transition(ctx, store.OpCommit, s.Scope, pending.ID)
+		_, err := a.rot.transitionWithin(ctx, store.OpCommit, s.Scope, pending.ID, a.windows(s))
 		a.record(ctx, "commit", s.Scope, pending.ID, err)
 	case pending == nil && (active == nil || !now.Before(active.ActivatedAt.Add(s.Period-s.PrePublish))):
 		k, err := a.rot.open(ctx, s.Scope)
 		a.record(ctx, "open", s.Scope, k.ID, err)
 	}
 	return nil
+}
+
+// windows are the schedule's own windows, never shorter than the signer's:
+// the store checks them inside the transaction, so the decision taken on the
+// keys listed above is only a hint.
+func (a *AutoRotator) windows(s Schedule) Windows {
+	return Windows{PrePublish: max(s.PrePublish, a.rot.windows.PrePublish), VerifyOnly: max(s.VerifyOnly, a.rot.windows.VerifyOnly)}
 }
 
 // record audits one automatic step; a step another replica won is not an

@@ -17,17 +17,11 @@ import (
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
-// Windows make rotation safe by construction.
-type Windows struct {
-	// PrePublish: Commit refuses until the PENDING key has been published
-	// this long, so verifiers' caches learn it before it signs.
-	PrePublish time.Duration
-	// VerifyOnly: Retire refuses until the key has been PREVIOUS this long,
-	// so signatures it made keep verifying. Never shorter than the keyring
-	// TTL: a replica with a stale cache may still sign with a key demoted
-	// elsewhere, and that signature must still verify.
-	VerifyOnly time.Duration
-}
+// Windows make rotation safe by construction (see store.Windows). The
+// VerifyOnly window is never shorter than the keyring TTL: a replica with a
+// stale cache may still sign with a key demoted elsewhere, and that
+// signature must still verify.
+type Windows = store.Windows
 
 // Rotation implements RotationService and start-up bootstrap.
 type Rotation struct {
@@ -107,26 +101,20 @@ func target(scope, id string) error {
 	return names.CheckKeyID(id)
 }
 
-// transition applies op after checking its waiting window against the
-// current record.
+// transition applies op with the signer's windows.
 func (r *Rotation) transition(ctx context.Context, op store.Op, scope, id string) ([]store.Key, error) {
+	return r.transitionWithin(ctx, op, scope, id, r.windows)
+}
+
+// transitionWithin applies op; the store checks state and windows w inside
+// the transaction that applies it (store.Apply), never against a record read
+// before it.
+func (r *Rotation) transitionWithin(ctx context.Context, op store.Op, scope, id string, w Windows) ([]store.Key, error) {
 	if err := target(scope, id); err != nil {
 		return nil, err
 	}
-	rec, err := r.store.Key(ctx, id)
-	if err != nil {
-		return nil, err
-	}
 	now := r.now().UTC().Truncate(time.Microsecond)
-	if rec.Scope == scope {
-		switch {
-		case op == store.OpCommit && rec.State == store.Pending && now.Before(rec.CreatedAt.Add(r.windows.PrePublish)):
-			return nil, onKey(id, fmt.Errorf("key %q is committable at %s: %w", id, rec.CreatedAt.Add(r.windows.PrePublish).Format(time.RFC3339), signerr.ErrRotationNotReady))
-		case op == store.OpRetire && rec.State == store.Previous && now.Before(rec.DeactivatedAt.Add(r.windows.VerifyOnly)):
-			return nil, onKey(id, fmt.Errorf("key %q is retirable at %s: %w", id, rec.DeactivatedAt.Add(r.windows.VerifyOnly).Format(time.RFC3339), signerr.ErrRotationNotReady))
-		}
-	}
-	changed, err := r.store.Transition(ctx, op, scope, id, now)
+	changed, err := r.store.Transition(ctx, op, scope, id, now, w)
 	if err != nil {
 		return nil, onKey(id, err)
 	}

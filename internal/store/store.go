@@ -106,9 +106,12 @@ type Store interface {
 	// all scopes, ordered by scope then age.
 	Keys(ctx context.Context, scope string) ([]Key, error)
 	// Transition applies op to key id of scope at time at, atomically with
-	// any companion change (Commit demotes the current ACTIVE key). It returns
-	// the changed keys, the target first.
-	Transition(ctx context.Context, op Op, scope, id string, at time.Time) ([]Key, error)
+	// any companion change (Commit demotes the current ACTIVE key). The
+	// record is read and Apply's rule (state and windows w) decided inside
+	// the transaction that writes the change, so a concurrent transition
+	// cannot slip between the check and the write. It returns the changed
+	// keys, the target first.
+	Transition(ctx context.Context, op Op, scope, id string, at time.Time, w Windows) ([]Key, error)
 
 	// The audit log: leaves, the stored tree nodes, checkpoints (package
 	// audit). Nothing in it is ever updated; only an owner-run prune of
@@ -233,10 +236,22 @@ func (o Op) String() string {
 	return map[Op]string{OpCommit: "commit", OpAbort: "abort", OpRetire: "retire"}[o]
 }
 
+// Windows are the lifecycle's waiting times, which make rotation safe by
+// construction.
+type Windows struct {
+	// PrePublish: Commit refuses until the PENDING key has been published
+	// this long, so verifiers' caches learn it before it signs.
+	PrePublish time.Duration
+	// VerifyOnly: Retire refuses until the key has been PREVIOUS this long,
+	// so signatures it made keep verifying.
+	VerifyOnly time.Duration
+}
+
 // Apply is the lifecycle rule for one key, shared by every store so that the
-// rules live in one place. It returns k after op, or the sentinel that
-// refuses it.
-func Apply(op Op, k Key, scope string, at time.Time) (Key, error) {
+// rules live in one place: k must be the record as read inside the
+// transaction that will write the result. It returns k after op, or the
+// sentinel that refuses it (ErrRotationNotReady while a window of w runs).
+func Apply(op Op, k Key, scope string, at time.Time, w Windows) (Key, error) {
 	if k.Scope != scope {
 		return k, fmt.Errorf("store: %s key %q: %w", op, k.ID, signerr.ErrScopeMismatch)
 	}
@@ -244,10 +259,16 @@ func Apply(op Op, k Key, scope string, at time.Time) (Key, error) {
 	refuse := func() (Key, error) {
 		return k, fmt.Errorf("store: %s key %q in state %s: %w", op, k.ID, k.State, StateError(k.State))
 	}
+	notYet := func(what string, when time.Time) (Key, error) {
+		return k, fmt.Errorf("store: key %q is %s at %s: %w", k.ID, what, when.UTC().Format(time.RFC3339), signerr.ErrRotationNotReady)
+	}
 	switch op {
 	case OpCommit:
 		if k.State != Pending {
 			return refuse()
+		}
+		if ready := k.CreatedAt.Add(w.PrePublish); at.Before(ready) {
+			return notYet("committable", ready)
 		}
 		k.State, k.ActivatedAt = Active, at
 	case OpAbort:
@@ -258,6 +279,9 @@ func Apply(op Op, k Key, scope string, at time.Time) (Key, error) {
 	case OpRetire:
 		if k.State != Previous {
 			return refuse()
+		}
+		if ready := k.DeactivatedAt.Add(w.VerifyOnly); at.Before(ready) {
+			return notYet("retirable", ready)
 		}
 		k.State, k.RetiredAt = Retired, at
 	default:

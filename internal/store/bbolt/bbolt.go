@@ -221,13 +221,15 @@ func (s *Store) Keys(_ context.Context, scope string) (out []store.Key, err erro
 	return out, err
 }
 
-func (s *Store) Transition(_ context.Context, op store.Op, scope, id string, at time.Time) (changed []store.Key, err error) {
+// Transition reads, decides and writes in one write transaction: bbolt
+// has one writer at a time, so the rule sees the state it changes.
+func (s *Store) Transition(_ context.Context, op store.Op, scope, id string, at time.Time, w store.Windows) (changed []store.Key, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		k, err := getKey(tx, id)
 		if err != nil {
 			return err
 		}
-		next, err := store.Apply(op, k, scope, at)
+		next, err := store.Apply(op, k, scope, at, w)
 		if err != nil {
 			return err
 		}

@@ -310,7 +310,11 @@ func (s *Store) Keys(ctx context.Context, scope string) ([]store.Key, error) {
 	return keys, classify(err)
 }
 
-func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, at time.Time) (changed []store.Key, err error) {
+// Transition locks the target row (FOR UPDATE) and, for a Commit, the
+// scope's ACTIVE row, then decides with store.Apply on what it locked and
+// writes in the same transaction: a concurrent transition of the same key
+// waits for this one and then sees its result.
+func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, at time.Time, w store.Windows) (changed []store.Key, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		k, err := scanKey(tx.QueryRow(ctx, `SELECT `+keyCols+` FROM signing_keys WHERE id = $1 FOR UPDATE`, id))
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -319,7 +323,7 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 		if err != nil {
 			return err
 		}
-		next, err := store.Apply(op, k, scope, at)
+		next, err := store.Apply(op, k, scope, at, w)
 		if err != nil {
 			return err
 		}

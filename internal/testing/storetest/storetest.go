@@ -33,6 +33,8 @@ func Run(t *testing.T, open Opener) {
 		{"OneOpenRotationPerScope", keys(testOneOpenRotation)},
 		{"Lifecycle", keys(testLifecycle)},
 		{"Refusals", keys(testRefusals)},
+		{"Windows", keys(testWindows)},
+		{"LifecycleRace", keys(testLifecycleRace)},
 		{"LogKey", keys(testLogKey)},
 		{"AuditAppendAndRead", keys(testAuditAppend)},
 		{"AuditHeadMoved", keys(testAuditHeadMoved)},
@@ -155,7 +157,7 @@ func testLifecycle(t *testing.T, s store.Store) {
 	must(t, s.CreateKey(ctx, newKey("k1", "s", store.Active, t0)))
 	must(t, s.CreateKey(ctx, newKey("k2", "s", store.Pending, t0.Add(time.Second))))
 	t1 := t0.Add(time.Minute)
-	changed, err := s.Transition(ctx, store.OpCommit, "s", "k2", t1)
+	changed, err := s.Transition(ctx, store.OpCommit, "s", "k2", t1, store.Windows{})
 	must(t, err)
 	if len(changed) != 2 || changed[0].ID != "k2" || changed[0].State != store.Active || !changed[0].ActivatedAt.Equal(t1) ||
 		changed[1].ID != "k1" || changed[1].State != store.Previous || !changed[1].DeactivatedAt.Equal(t1) {
@@ -169,17 +171,17 @@ func testLifecycle(t *testing.T, s store.Store) {
 	if act.ID != "k2" {
 		t.Fatalf("active = %s", act.ID)
 	}
-	_, err = s.Transition(ctx, store.OpRetire, "s", "k1", t1)
+	_, err = s.Transition(ctx, store.OpRetire, "s", "k1", t1, store.Windows{})
 	must(t, err)
 	must(t, s.CreateKey(ctx, newKey("k3", "s", store.Pending, t0.Add(2*time.Second))))
-	_, err = s.Transition(ctx, store.OpAbort, "s", "k3", t1)
+	_, err = s.Transition(ctx, store.OpAbort, "s", "k3", t1, store.Windows{})
 	must(t, err)
 	if got := states(t, s, "s"); got != "k1=RETIRED k2=ACTIVE k3=RETIRED " {
 		t.Fatalf("after retire and abort: %s", got)
 	}
 	// A first commit in a scope without an ACTIVE key demotes nothing.
 	must(t, s.CreateKey(ctx, newKey("n1", "new", store.Pending, t0)))
-	changed, err = s.Transition(ctx, store.OpCommit, "new", "n1", t1)
+	changed, err = s.Transition(ctx, store.OpCommit, "new", "n1", t1, store.Windows{})
 	must(t, err)
 	if len(changed) != 1 {
 		t.Fatalf("first commit changed %d keys", len(changed))
@@ -190,6 +192,33 @@ func testLifecycle(t *testing.T, s store.Store) {
 	if len(all) != 5 {
 		t.Fatalf("Keys(all) = %d keys, want 5", len(all))
 	}
+}
+
+// The store itself refuses a transition inside its window: Commit before the
+// PENDING key was published PrePublish, Retire before the key was PREVIOUS
+// VerifyOnly. The state changes nothing until the window has passed.
+func testWindows(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	w := store.Windows{PrePublish: 10 * time.Minute, VerifyOnly: time.Hour}
+	must(t, s.CreateKey(ctx, newKey("old", "s", store.Active, t0)))
+	must(t, s.CreateKey(ctx, newKey("new", "s", store.Pending, t0)))
+	_, err := s.Transition(ctx, store.OpCommit, "s", "new", t0.Add(10*time.Minute-time.Microsecond), w)
+	wantErr(t, err, signerr.ErrRotationNotReady)
+	if got := states(t, s, "s"); got != "old=ACTIVE new=PENDING " && got != "new=PENDING old=ACTIVE " {
+		t.Fatalf("a refused Commit changed state: %s", got)
+	}
+	demoted := t0.Add(10 * time.Minute)
+	_, err = s.Transition(ctx, store.OpCommit, "s", "new", demoted, w)
+	must(t, err)
+	_, err = s.Transition(ctx, store.OpRetire, "s", "old", demoted.Add(time.Hour-time.Microsecond), w)
+	wantErr(t, err, signerr.ErrRotationNotReady)
+	old, err := s.Key(ctx, "old")
+	must(t, err)
+	if old.State != store.Previous {
+		t.Fatalf("a refused Retire changed state: %s", old.State)
+	}
+	_, err = s.Transition(ctx, store.OpRetire, "s", "old", demoted.Add(time.Hour), w)
+	must(t, err)
 }
 
 func testRefusals(t *testing.T, s store.Store) {
@@ -209,7 +238,7 @@ func testRefusals(t *testing.T, s store.Store) {
 		{store.OpCommit, "s", "oth", signerr.ErrScopeMismatch},
 		{store.OpCommit, "s", "missing", signerr.ErrKeyNotFound},
 	} {
-		_, err := s.Transition(ctx, tc.op, tc.scope, tc.id, t0)
+		_, err := s.Transition(ctx, tc.op, tc.scope, tc.id, t0, store.Windows{})
 		if !errors.Is(err, tc.want) {
 			t.Errorf("%s %s/%s: err = %v, want %v", tc.op, tc.scope, tc.id, err, tc.want)
 		}
