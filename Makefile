@@ -5,7 +5,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: all build run test unit generate-check proto lint bench fmt clean spire fuzz images
+.PHONY: all build run test deps unit generate-check proto lint bench fmt clean spire fuzz images
 # Tests and benchmarks include the PKCS#11 provider (cgo); the default build
 # and the scratch images do not (see docs/hsm.md).
 TAGS  := pkcs11
@@ -19,11 +19,16 @@ build:
 run: build
 	./scripts/run-local.sh
 
-## test: generated code is current, vet and format are clean, then every test with -race.
-test: generate-check lint spire
+## test: what a fresh machine lacks is installed first (scripts/deps.sh), then: generated code is
+## current, vet and format are clean, and every test runs with -race.
+test: deps generate-check lint spire
 	@rm -f $(BIN)/fault-matrix.txt
 	FAULT_MATRIX_REPORT=$(BIN)/fault-matrix.txt $(GO) test -race -count=1 -tags $(TAGS) ./...
 	@if [ -f $(BIN)/fault-matrix.txt ]; then cat $(BIN)/fault-matrix.txt; fi
+
+## deps: apt packages and local images the tests need, when missing (scripts/deps.sh).
+deps:
+	./scripts/deps.sh
 
 ## unit: the tests alone (no generate-check, no lint).
 unit: spire
@@ -55,7 +60,7 @@ lint:
 
 ## fuzz: run every fuzz target for FUZZTIME each (their seed corpora also run in `make test`).
 FUZZTIME ?= 10s
-FUZZ := ./internal/store:FuzzNames ./internal/signing:FuzzSignRequest \
+FUZZ := ./internal/names:FuzzNames ./client/auditlog:FuzzParseLeaf ./internal/signing:FuzzSignRequest \
 	./internal/signing/peeridentity:FuzzFirstSPIFFEID ./internal/config:FuzzSidecarListen \
 	./internal/config:FuzzSignerSettings ./sidecar:FuzzMethodFilter
 fuzz:

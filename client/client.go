@@ -101,6 +101,9 @@ func (c *Client) Close() error { return c.cc.Close() }
 type Signature struct {
 	Bytes []byte
 	KeyID string
+	// RequestID names the call in the signer's audit log: `signerctl audit
+	// prove <RequestID>` proves its entries are in the log.
+	RequestID string
 }
 
 // Sign signs payload with the scope's ACTIVE key.
@@ -113,7 +116,7 @@ func (c *Client) sign(ctx context.Context, scope string, payload []byte, keyID *
 	if err != nil {
 		return Signature{}, fromStatus(err)
 	}
-	return Signature{Bytes: resp.GetSignature(), KeyID: resp.GetKeyId()}, nil
+	return Signature{Bytes: resp.GetSignature(), KeyID: resp.GetKeyId(), RequestID: resp.GetRequestId()}, nil
 }
 
 // PublicKey is a published key.

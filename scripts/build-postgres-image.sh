@@ -50,6 +50,7 @@ CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$root/usr/local/bin/docker
 
 cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM scratch
+LABEL plexsphere.inputs="${POSTGRES_IMAGE_LABEL:-}"
 COPY rootfs/ /
 COPY --chown=999:999 owned/ /
 ENV PGDATA=/var/lib/postgresql/data PATH=$PG/bin:/usr/local/bin:/bin TZ=UTC LANG=C

@@ -249,7 +249,11 @@ func (c *cli) auditVerify(ctx context.Context, args []string) error {
 			if err != nil {
 				return brokenError{fmt.Sprintf("a stored checkpoint does not verify: %v", err)}
 			}
-			cps = append(cps, cp)
+			// Checkpoints signed since latest (this command's own calls
+			// make some) are beyond what is replayed.
+			if cp.Size <= latest.Size {
+				cps = append(cps, cp)
+			}
 			afterSize = cp.Size
 		}
 		if len(r.Checkpoints) == 0 {
@@ -447,7 +451,7 @@ func (c *cli) auditExport(ctx context.Context, args []string) error {
 		}
 		vkey = r.VerifierKey
 	}
-	f, err := os.OpenFile(*to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(*to, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return usageError(err.Error())
 	}

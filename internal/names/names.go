@@ -6,10 +6,29 @@ package names
 import (
 	"crypto/rand"
 	"encoding/base32"
+	"errors"
 	"fmt"
-
-	"github.com/plexsphere/signer/internal/signerr"
 )
+
+// ErrInvalid is the sentinel every rule error wraps; the signer's errors
+// (internal/signerr) use it as ErrInvalidArgument, so names stays a leaf
+// that even the sidecar may link.
+var ErrInvalid = errors.New("signing: invalid argument")
+
+// RuleError names the rule a request field broke, in words safe to show
+// the caller: it never repeats the input.
+type RuleError struct {
+	Field string // the request field: "scope", "key_id", "payload"
+	Rule  string // e.g. "must be 1-128 characters of [A-Za-z0-9._-], ..."
+}
+
+func (e *RuleError) Error() string { return ErrInvalid.Error() + ": " + e.Field + ": " + e.Rule }
+
+// Unwrap makes errors.Is(err, ErrInvalid) hold.
+func (e *RuleError) Unwrap() error { return ErrInvalid }
+
+// Invalid returns a *RuleError.
+func Invalid(field, rule string) error { return &RuleError{Field: field, Rule: rule} }
 
 // Limits on names. Scopes and key ids appear in audit objects
 // ("signing-key:<scope>:<key_id>"), metric labels and JWKS, so they are kept
@@ -43,7 +62,7 @@ func validName(s string, max int) bool {
 // letter or digit.
 func CheckScope(scope string) error {
 	if !validName(scope, MaxScopeLen) {
-		return signerr.Invalid("scope", ScopeRule)
+		return Invalid("scope", ScopeRule)
 	}
 	return nil
 }
@@ -52,7 +71,7 @@ func CheckScope(scope string) error {
 // letter or digit.
 func CheckKeyID(id string) error {
 	if !validName(id, MaxKeyIDLen) {
-		return signerr.Invalid("key_id", KeyIDRule)
+		return Invalid("key_id", KeyIDRule)
 	}
 	return nil
 }

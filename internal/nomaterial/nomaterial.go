@@ -149,3 +149,67 @@ func Scan(dir string, patterns ...string) ([]Finding, []string, error) {
 	}
 	return findings, ours, nil
 }
+
+// Linked is one forbidden package in a root's import graph, with the chain
+// of imports that brings it in.
+type Linked struct {
+	Root, Package string
+	Via           []string
+}
+
+func (l Linked) String() string {
+	return fmt.Sprintf("%s links %s (via %s)", l.Root, l.Package, strings.Join(l.Via, " → "))
+}
+
+// Imports reports every package of patterns' import graphs (relative to
+// dir) whose path is one of forbidden or under one of them: the check that
+// a core-side binary links no server-side code (no store, no key provider,
+// no audit writer), so it could not reach keys even through a bug.
+func Imports(dir string, forbidden []string, patterns ...string) ([]Linked, error) {
+	cfg := &packages.Config{Mode: packages.NeedName | packages.NeedImports | packages.NeedDeps, Dir: dir}
+	roots, err := packages.Load(cfg, patterns...)
+	if err != nil {
+		return nil, err
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("nomaterial: %v matched no packages", patterns)
+	}
+	banned := func(path string) bool {
+		for _, f := range forbidden {
+			if path == f || strings.HasPrefix(path, f+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	var out []Linked
+	for _, r := range roots {
+		if len(r.Errors) > 0 {
+			return nil, fmt.Errorf("nomaterial: %s: %v", r.PkgPath, r.Errors[0])
+		}
+		// Breadth first, so each finding carries a shortest import chain.
+		via := map[string][]string{r.PkgPath: {r.PkgPath}}
+		queue := []*packages.Package{r}
+		for len(queue) > 0 {
+			p := queue[0]
+			queue = queue[1:]
+			if banned(p.PkgPath) {
+				out = append(out, Linked{Root: r.PkgPath, Package: p.PkgPath, Via: via[p.PkgPath]})
+				continue
+			}
+			paths := make([]string, 0, len(p.Imports))
+			for path := range p.Imports {
+				paths = append(paths, path)
+			}
+			sort.Strings(paths)
+			for _, path := range paths {
+				if _, seen := via[path]; seen {
+					continue
+				}
+				via[path] = append(append([]string{}, via[p.PkgPath]...), path)
+				queue = append(queue, p.Imports[path])
+			}
+		}
+	}
+	return out, nil
+}

@@ -70,3 +70,16 @@ func TestFixtures(t *testing.T) {
 		})
 	}
 }
+
+// The import-graph check finds server-side code however deep it is linked,
+// names the chain, and passes a binary that does not link it.
+func TestImportsFixture(t *testing.T) {
+	got, err := nomaterial.Imports("testdata/fixture", []string{"example.com/fixture/server"}, "./leakycmd", "./clean")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Root != "example.com/fixture/leakycmd" || got[0].Package != "example.com/fixture/server/store" ||
+		strings.Join(got[0].Via, " ") != "example.com/fixture/leakycmd example.com/fixture/leaky example.com/fixture/server/store" {
+		t.Fatalf("findings = %v", got)
+	}
+}

@@ -2,13 +2,18 @@
 // stores, key providers and services return (wrapped with their operation)
 // so that callers can decide with errors.Is.
 //
-// It is a leaf: it imports nothing of the project, no gRPC and no protobuf,
-// so storage and providers can use it without linking the wire. The mapping
+// It is a leaf: it imports nothing of the project but the name rules, no
+// gRPC and no protobuf, so storage and providers can use it without
+// linking the wire. The mapping
 // of each sentinel to a gRPC code, an audit reason and a wire reason lives
 // with the gRPC layer (internal/signing/errors.go).
 package signerr
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/plexsphere/signer/internal/names"
+)
 
 var (
 	// ErrClientIdentityDenied: the peer presented no client certificate, or
@@ -42,8 +47,8 @@ var (
 	// refuses to serve until an operator acts (docs/audit.md).
 	ErrAuditLogBroken = errors.New("signing: audit log does not match its checkpoint")
 	// ErrInvalidArgument: a request breaks a rule (payload size, scope or
-	// key id syntax). Wrap it in an *InvalidError to say which rule.
-	ErrInvalidArgument = errors.New("signing: invalid argument")
+	// key id syntax). Invalid says which rule.
+	ErrInvalidArgument = names.ErrInvalid
 	// ErrKeyActive: the operation would remove the ACTIVE key (Retire of the
 	// ACTIVE key).
 	ErrKeyActive = errors.New("signing: key is active")
@@ -63,17 +68,9 @@ var Sentinels = []error{
 	ErrInvalidArgument, ErrKeyActive, ErrRotationNotReady, ErrInternal,
 }
 
-// InvalidError is an ErrInvalidArgument that names the rule a request broke,
-// in words safe to show the caller: it never repeats the input.
-type InvalidError struct {
-	Field string // the request field: "scope", "key_id", "payload"
-	Rule  string // e.g. "1-128 characters of [A-Za-z0-9._-], starting with a letter or digit"
-}
-
-func (e *InvalidError) Error() string { return "signing: invalid argument: " + e.Field + ": " + e.Rule }
-
-// Unwrap makes errors.Is(err, ErrInvalidArgument) hold.
-func (e *InvalidError) Unwrap() error { return ErrInvalidArgument }
+// InvalidError is an ErrInvalidArgument that names the rule a request
+// broke, in words safe to show the caller: it never repeats the input.
+type InvalidError = names.RuleError
 
 // Invalid returns an *InvalidError.
-func Invalid(field, rule string) error { return &InvalidError{Field: field, Rule: rule} }
+func Invalid(field, rule string) error { return names.Invalid(field, rule) }

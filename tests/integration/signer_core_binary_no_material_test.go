@@ -97,6 +97,32 @@ func TestCoreBinaryHoldsNoSigningMaterialTypeAware(t *testing.T) {
 	}
 }
 
+// serverSide is what a core-side binary must never link: the store, the
+// key providers, the audit writer and the signer's error table's package.
+var serverSide = []string{module + "/internal/store", module + "/internal/keyprovider", module + "/internal/audit",
+	module + "/internal/signerr", module + "/internal/server", module + "/internal/signing"}
+
+// The sidecar binary and the example core link no server-side package, so
+// not even a bug could make them reach keys or the audit log; the fixture
+// in internal/nomaterial proves the check fails when one does.
+func TestCoreBinaryLinksNoServerCode(t *testing.T) {
+	linked, err := nomaterial.Imports(repoRoot(t), serverSide, "./cmd/plexsphere-sidecar", "./examples/core", "./client/...", "./sidecar/...")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range linked {
+		t.Error(l)
+	}
+	// Not vacuous: the signer links all of it.
+	linked, err = nomaterial.Imports(repoRoot(t), serverSide, "./cmd/plexsphere-signer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(linked) == 0 {
+		t.Fatal("the signer links no server-side package: the check sees nothing")
+	}
+}
+
 // The checks are not vacuous: the signer itself does hold keys.
 func TestNoMaterialCheckFlagsTheSigner(t *testing.T) {
 	findings, _, err := nomaterial.Scan(repoRoot(t), "./cmd/plexsphere-signer")

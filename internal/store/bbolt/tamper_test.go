@@ -6,6 +6,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
 )
 
@@ -78,3 +79,5 @@ func (x tamper) Wipe(t testing.TB) {
 		return tx.Bucket([]byte("meta")).Put([]byte("audit_size"), be(0))
 	})
 }
+
+func (x tamper) Owner(testing.TB) store.Pruner { return x.s }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -357,11 +358,14 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 
 // appendSQL extends the log in one statement, so one round trip and one
 // implicit transaction per batch: the leaves, the tree nodes they complete
-// and the request index, only if the log holds exactly $1-1 entries.
-// Replicas racing for the same seqs collide on the primary key; the loser
-// gets ErrHeadMoved and its writer reloads the tree.
-const appendSQL = `WITH head AS (
-	SELECT greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
+// and the request index, only if it gets the append lock at once and the
+// log holds exactly $1-1 entries. Otherwise nothing is written and the
+// writer (told ErrHeadMoved) reloads the tree under the lock, waiting for
+// it (AppendAuditLocked). So every append of every replica is serialised by
+// the one advisory lock, and a replica pays the wait only when it races.
+var appendSQL = `WITH head AS (
+	SELECT pg_try_advisory_xact_lock(` + strconv.FormatInt(appendLock, 10) + `)
+	   AND greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
 	                (SELECT coalesce(max(upto), 0) FROM audit_pruned)) = $1::bigint - 1 AS ok
 ), e AS (
 	INSERT INTO audit_entries (seq, leaf)
@@ -411,8 +415,7 @@ func (s *Store) AuditSize(ctx context.Context) (uint64, error) {
 	return uint64(n), classify(err)
 }
 
-// appendLock is the advisory lock key under which writers append when
-// their tree is stale; it serialises replicas only on that path.
+// appendLock is the advisory lock key every append holds.
 const appendLock = 0x706c78_61756474 // "plx" "audt"
 
 // AppendAuditLocked builds and appends a batch under the append lock, in

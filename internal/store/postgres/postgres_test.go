@@ -71,6 +71,15 @@ func (x tamper) DeleteCheckpoints(t testing.TB, above uint64) {
 	x.exec(t, `DELETE FROM audit_checkpoints WHERE size > $1`, int64(above))
 }
 
+func (x tamper) Owner(t testing.TB) store.Pruner {
+	owner, err := postgres.Open(context.Background(), postgres.Config{DSN: x.dsn, MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { owner.Close() })
+	return owner
+}
+
 func (x tamper) Wipe(t testing.TB) {
 	x.exec(t, `DELETE FROM audit_entries; DELETE FROM audit_nodes; DELETE FROM audit_requests; DELETE FROM audit_checkpoints`)
 }
@@ -130,6 +139,29 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 	got, err := store.ListAudit(ctx, st, store.AuditQuery{})
 	if err != nil || len(got) != 2 {
 		t.Fatalf("audit log after the attempts: %v %v", got, err)
+	}
+}
+
+// Only the owner prunes: the serving role is refused, and nothing goes.
+func TestRuntimeRoleCannotPrune(t *testing.T) {
+	srv := pgtest.Require(t)
+	st, _ := srv.Open(t)
+	ctx := context.Background()
+	w := audit.NewWriter(st, audit.WriterOptions{})
+	for range 20 {
+		if err := w.Write(ctx, audit.New(audit.NewRequestID(), audit.SubjectSigner, "sign", "/m", time.Now())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	if err := st.PruneAudit(ctx, 16); err == nil {
+		t.Fatal("the serving role pruned the audit log")
+	}
+	if n, _ := st.PrunedUpTo(ctx); n != 0 {
+		t.Fatalf("pruned up to %d", n)
+	}
+	if got, err := store.ListAudit(ctx, st, store.AuditQuery{}); err != nil || len(got) != 20 {
+		t.Fatalf("entries after the refused prune: %d %v", len(got), err)
 	}
 }
 

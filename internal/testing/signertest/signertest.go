@@ -42,6 +42,7 @@ const (
 	SignerID    = "spiffe://example.org/ns/plexsphere/sa/plexsphere-signer"
 	CoreID      = "spiffe://example.org/ns/plexsphere/sa/plexsphere-core"
 	OperatorID  = "spiffe://example.org/ns/plexsphere/sa/signer-operator"
+	AuditorID   = "spiffe://example.org/ns/security/sa/auditor"
 	Scope       = "payments"
 )
 
@@ -172,7 +173,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 	os.WriteFile(kekFile, []byte(fmtHex(kek)), 0o600)
 
 	cfg := config.Signer{
-		Listen: "127.0.0.1:0", AllowSPIFFEIDs: []string{CoreID}, RotationAllowSPIFFEIDs: []string{OperatorID},
+		Listen: "127.0.0.1:0", AllowSPIFFEIDs: []string{CoreID}, RotationAllowSPIFFEIDs: []string{OperatorID}, AuditorAllowSPIFFEIDs: []string{AuditorID},
 		SVIDCertFile: files.Cert, SVIDKeyFile: files.Key, TrustBundleFile: files.Bundle, IdentityReload: 0,
 		Store: "bbolt", BboltPath: filepath.Join(dir, "signer.db"), PostgresMaxConns: 4, AuditMaxBatch: 256,
 		Provider: "local", LocalKEKFile: kekFile, PKCS11Sessions: 1,

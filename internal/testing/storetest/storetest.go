@@ -42,7 +42,7 @@ func Run(t *testing.T, open Opener) {
 		{"AuditConcurrentWriters", keys(testAuditConcurrent)},
 		{"AuditCheckpoints", keys(testCheckpoints)},
 		{"AuditProofs", keys(testProofs)},
-		{"AuditPrune", keys(testPrune)},
+		{"AuditPrune", testPrune},
 	}
 	for _, tc := range tampers {
 		tests = append(tests, struct {
