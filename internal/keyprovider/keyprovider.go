@@ -12,6 +12,9 @@ import (
 	"context"
 	"crypto"
 	"crypto/ed25519"
+	"fmt"
+
+	"github.com/plexsphere/signer/internal/signerr"
 )
 
 // Key is a provider-held Ed25519 key. Sign (crypto.Signer) signs the whole
@@ -22,6 +25,17 @@ type Key interface {
 	ID() string
 	SignContext(ctx context.Context, message []byte) ([]byte, error)
 }
+
+// Releaser is a Key whose private half lives in this process's memory.
+// Release zeroes it; afterwards the key refuses to sign with ErrReleased
+// (never with a zeroed key). A holder calls Release when it drops the key.
+type Releaser interface {
+	Release()
+}
+
+// ErrReleased is returned by a released key. The caller loads the key again;
+// if it reaches a caller it is a provider that cannot sign right now.
+var ErrReleased = fmt.Errorf("keyprovider: key released: %w", signerr.ErrProviderUnavailable)
 
 // KeyRef is what binds a provider key to its record in the store: its id,
 // its scope and its public half.

@@ -1,7 +1,11 @@
 // Package local is the in-process key provider: keys are generated with
 // crypto/rand and sealed at rest with XChaCha20-Poly1305 under a 32-byte
 // key-encryption key (KEK) that the operator supplies. The sealed blob is the
-// handle the store keeps; the store never sees a key in clear.
+// handle the store keeps; the store never sees a key in clear. The sealing
+// binds each key to its record (key id, scope, public half) as AEAD
+// associated data, and carries a check value of the KEK, so that a wrong KEK
+// (ErrProviderUnavailable) is told apart from a record moved or swapped in
+// the store (ErrInvariant).
 //
 // Use it for development and where no HSM or KMS is available. The private
 // halves are in the signer's memory while it runs; the pkcs11 provider is the
@@ -12,13 +16,18 @@ import (
 	"context"
 	"crypto"
 	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/chacha20poly1305"
 
@@ -29,7 +38,13 @@ import (
 // Name is the provider name recorded with each key.
 const Name = "local"
 
-const sealVersion = 1
+// sealVersion 2 binds the key id, the scope and the public half (version 1
+// bound only the id; the project was pre-release, so version 1 handles are
+// refused rather than carried: recreate such a store).
+const sealVersion = 2
+
+// checkSize is the length of the KEK check value in each handle.
+const checkSize = 8
 
 // Provider is the local provider.
 type Provider struct {
@@ -38,20 +53,35 @@ type Provider struct {
 		Open(dst, nonce, ciphertext, additionalData []byte) ([]byte, error)
 		NonceSize() int
 	}
+	// check identifies the KEK without revealing it (an HKDF output beside
+	// the sealing key): a handle sealed under another KEK is told apart from
+	// a handle that was moved, swapped or edited in the store.
+	check []byte
 }
 
 var _ keyprovider.Provider = (*Provider)(nil)
 
-// New returns a provider sealing under kek (32 bytes).
+// New returns a provider sealing under kek (32 bytes). The sealing key and
+// the KEK check value are derived from kek with HKDF-SHA256, under distinct
+// labels, so the check value says nothing about the sealing key.
 func New(kek []byte) (*Provider, error) {
 	if len(kek) != chacha20poly1305.KeySize {
 		return nil, fmt.Errorf("local: KEK must be %d bytes, got %d", chacha20poly1305.KeySize, len(kek))
 	}
-	aead, err := chacha20poly1305.NewX(kek)
+	sealKey, err := hkdf.Key(sha256.New, kek, nil, "plexsphere-signer/local/v2 seal", chacha20poly1305.KeySize)
 	if err != nil {
 		return nil, err
 	}
-	return &Provider{aead: aead}, nil
+	defer clear(sealKey)
+	check, err := hkdf.Key(sha256.New, kek, nil, "plexsphere-signer/local/v2 kek-check", checkSize)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := chacha20poly1305.NewX(sealKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Provider{aead: aead, check: check}, nil
 }
 
 // ParseKEK decodes a KEK given as 64 hex digits or standard/URL base64 of 32
@@ -72,68 +102,126 @@ func ParseKEK(s string) ([]byte, error) {
 
 func (p *Provider) Name() string { return Name }
 
-func aad(id string) []byte { return []byte("plexsphere-signer/local/v1:" + id) }
+// aad binds a sealed seed to its record: key id, scope and public half,
+// each length-prefixed so no two records encode alike.
+func aad(ref keyprovider.KeyRef, pub ed25519.PublicKey) []byte {
+	b := []byte("plexsphere-signer/local/v2\x00")
+	for _, f := range [][]byte{[]byte(ref.ID), []byte(ref.Scope), pub} {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return b
+}
 
-// Generate creates a key and returns it sealed: version || nonce || ciphertext.
-// The key id is bound as associated data, so a blob cannot be replayed under
-// another id.
+// Generate creates a key for ref and returns it sealed:
+// version || KEK check || nonce || ciphertext. The key id, scope and public
+// half are the associated data, so the blob opens only for that record.
 func (p *Provider) Generate(_ context.Context, ref keyprovider.KeyRef) ([]byte, ed25519.PublicKey, error) {
-	id := ref.ID
+	if ref.ID == "" || ref.Scope == "" {
+		return nil, nil, fmt.Errorf("local: generate: a key needs an id and a scope: %w", signerr.ErrInvariant)
+	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("local: generate: %w", err)
 	}
+	defer clear(priv)
 	seed := priv.Seed()
 	defer clear(seed)
-	nonce := make([]byte, p.aead.NonceSize(), 1+p.aead.NonceSize()+len(seed)+chacha20poly1305.Overhead)
+	ns := p.aead.NonceSize()
+	handle := make([]byte, 1+checkSize+ns, 1+checkSize+ns+len(seed)+chacha20poly1305.Overhead)
+	handle[0] = sealVersion
+	copy(handle[1:], p.check)
+	nonce := handle[1+checkSize:]
 	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
 		return nil, nil, fmt.Errorf("local: nonce: %w", err)
 	}
-	handle := append([]byte{sealVersion}, nonce...)
-	handle = p.aead.Seal(handle, nonce, seed, aad(id))
+	handle = p.aead.Seal(handle, nonce, seed, aad(ref, pub))
 	return handle, pub, nil
 }
 
-// Load unseals a handle. A wrong KEK or a tampered blob fails here, not at
-// sign time.
+// Load unseals a handle for ref. A handle sealed under another KEK is
+// ErrProviderUnavailable (the operator's KEK is wrong, nothing can sign); a
+// handle that does not open for ref's id, scope and public half, or whose key
+// is not ref.Public, is ErrInvariant (the record was moved, swapped or
+// edited in the store) and never signs.
 func (p *Provider) Load(_ context.Context, ref keyprovider.KeyRef, handle []byte) (keyprovider.Key, error) {
 	id := ref.ID
 	ns := p.aead.NonceSize()
-	if len(handle) < 1+ns || handle[0] != sealVersion {
+	switch {
+	case len(handle) >= 1 && handle[0] == 1:
+		return nil, fmt.Errorf("local: key %q: sealed in format 1, which did not bind scope and public key; this version refuses it (recreate the store): %w", id, signerr.ErrInvariant)
+	case len(handle) < 1+checkSize+ns || handle[0] != sealVersion:
 		return nil, fmt.Errorf("local: key %q: malformed handle: %w", id, signerr.ErrInvariant)
+	case !hmac.Equal(handle[1:1+checkSize], p.check):
+		return nil, fmt.Errorf("local: key %q: sealed under another key-encryption key (its check value differs): %w", id, signerr.ErrProviderUnavailable)
+	case len(ref.Public) != ed25519.PublicKeySize:
+		return nil, fmt.Errorf("local: key %q: record has no valid public key: %w", id, signerr.ErrInvariant)
 	}
-	seed, err := p.aead.Open(nil, handle[1:1+ns], handle[1+ns:], aad(id))
+	nonce := handle[1+checkSize : 1+checkSize+ns]
+	seed, err := p.aead.Open(nil, nonce, handle[1+checkSize+ns:], aad(ref, ref.Public))
 	if err != nil {
-		return nil, fmt.Errorf("local: key %q: unseal failed (wrong KEK or tampered handle): %w", id, signerr.ErrProviderUnavailable)
+		return nil, fmt.Errorf("local: key %q: the sealed key does not belong to this record (scope %q, id and public key bound at generation): moved, swapped or edited in the store: %w", id, ref.Scope, signerr.ErrInvariant)
 	}
 	defer clear(seed)
 	if len(seed) != ed25519.SeedSize {
 		return nil, fmt.Errorf("local: key %q: bad seed length: %w", id, signerr.ErrInvariant)
 	}
-	return &key{id: id, priv: ed25519.NewKeyFromSeed(seed)}, nil
+	priv := ed25519.NewKeyFromSeed(seed)
+	pub := priv.Public().(ed25519.PublicKey)
+	if !pub.Equal(ref.Public) {
+		clear(priv)
+		return nil, fmt.Errorf("local: key %q: private half does not match the record's public key: %w", id, signerr.ErrInvariant)
+	}
+	return &key{id: id, pub: pub, priv: priv}, nil
 }
 
 func (p *Provider) Health(context.Context) error { return nil }
 func (p *Provider) Close() error                 { return nil }
 
+// key holds an unsealed private key. Release zeroes it; a signature is never
+// made with a released (zeroed) key: the lock orders the two.
 type key struct {
-	id   string
-	priv ed25519.PrivateKey
+	id  string
+	pub ed25519.PublicKey
+
+	mu   sync.RWMutex
+	priv ed25519.PrivateKey // nil once released
 }
 
+var _ keyprovider.Releaser = (*key)(nil)
+
 func (k *key) ID() string               { return k.id }
-func (k *key) Public() crypto.PublicKey { return k.priv.Public() }
+func (k *key) Public() crypto.PublicKey { return k.pub }
 
 func (k *key) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
 	if opts != nil && opts.HashFunc() != 0 {
 		return nil, fmt.Errorf("local: only pure Ed25519 is supported: %w", signerr.ErrInvalidArgument)
 	}
-	return ed25519.Sign(k.priv, message), nil
+	return k.sign(message)
 }
 
 func (k *key) SignContext(ctx context.Context, message []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	return k.sign(message)
+}
+
+func (k *key) sign(message []byte) ([]byte, error) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.priv == nil {
+		return nil, fmt.Errorf("local: key %q: %w", k.id, keyprovider.ErrReleased)
+	}
 	return ed25519.Sign(k.priv, message), nil
+}
+
+// Release zeroes the private key. The expanded key crypto/ed25519 derives
+// for each signature lives on the stack of that call and cannot be reached
+// from here; the copies made by the unseal are cleared as they go.
+func (k *key) Release() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	clear(k.priv)
+	k.priv = nil
 }

@@ -115,6 +115,69 @@ type conn struct {
 	all      []p11.SessionHandle
 	objects  sync.Map // CKA_ID (string) → private key ObjectHandle
 	broken   atomic.Bool
+
+	// Callers using the connection, counted so that a reconnect closes the
+	// sessions only once every caller has given its session back: closing
+	// a session under a caller would fail its call, or worse, let the
+	// library hand the handle to a new session mid-operation.
+	mu      sync.Mutex
+	users   int
+	closing bool
+	drained chan struct{}
+}
+
+// drainTimeout bounds how long a reconnect waits for callers still inside a
+// PKCS#11 call (which cannot be interrupted) before it closes their
+// sessions anyway: a hung token must not block recovery forever.
+var drainTimeout = 10 * time.Second
+
+// testHookDraining, if set, is called when a drain starts waiting for users.
+var testHookDraining func()
+
+// acquire registers a user; it fails once the connection is being closed.
+func (c *conn) acquire() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.users++
+	return true
+}
+
+func (c *conn) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.users--
+	if c.closing && c.users == 0 && c.drained != nil {
+		close(c.drained)
+		c.drained = nil
+	}
+}
+
+// drain refuses new users and waits until the current ones are done, up to
+// timeout. It reports whether they all finished.
+func (c *conn) drain(timeout time.Duration) bool {
+	c.mu.Lock()
+	c.closing = true
+	if c.users == 0 {
+		c.mu.Unlock()
+		return true
+	}
+	done := make(chan struct{})
+	c.drained = done
+	c.mu.Unlock()
+	if testHookDraining != nil {
+		testHookDraining()
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 var _ keyprovider.Provider = (*Provider)(nil)
@@ -178,9 +241,7 @@ func (p *Provider) current(force bool) (*conn, error) {
 // sessions and logs in.
 func (p *Provider) connect() (*conn, error) {
 	if old := p.conn.Swap(nil); old != nil {
-		for _, s := range old.all {
-			p.module.CloseSession(s)
-		}
+		p.retire(old)
 	}
 	if err := p.module.reinitialise(); err != nil {
 		return nil, unavailable("initialize", err)
@@ -219,6 +280,14 @@ func (p *Provider) connect() (*conn, error) {
 		return nil, unavailable("login (check the PIN)", err)
 	}
 	return c, nil
+}
+
+// retire drains a connection's users and closes its sessions.
+func (p *Provider) retire(c *conn) {
+	if !c.drain(drainTimeout) {
+		p.log.Warn("pkcs11: closing sessions still in use after the drain timeout", "timeout", drainTimeout)
+	}
+	p.closeAll(c)
 }
 
 func (p *Provider) closeAll(c *conn) {
@@ -260,17 +329,28 @@ func fatal(err error) bool {
 // with runs fn on a pooled session, marking the connection broken on a
 // fatal error.
 func (p *Provider) with(ctx context.Context, op string, fn func(c *conn, s p11.SessionHandle) error) error {
-	c, err := p.current(false)
-	if err != nil {
-		return err
+	var c *conn
+	for attempt := 0; ; attempt++ {
+		var err error
+		if c, err = p.current(false); err != nil {
+			return err
+		}
+		if c.acquire() {
+			break
+		}
+		// Being closed by a reconnect; the next current() waits for it.
+		if attempt == 1 {
+			return fmt.Errorf("pkcs11: reconnecting: %w", signerr.ErrProviderUnavailable)
+		}
 	}
+	defer c.release()
 	var s p11.SessionHandle
 	select {
 	case s = <-c.sessions:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	err = fn(c, s)
+	err := fn(c, s)
 	c.sessions <- s
 	if err != nil {
 		var ee *errKeyMissing
@@ -292,10 +372,21 @@ func (e *errKeyMissing) Error() string {
 }
 func (e *errKeyMissing) Unwrap() error { return signerr.ErrKeyNotFound }
 
+// label binds a token object to its record: scope and key id. Load reads it
+// back, and compares the token's public key with the record's, so a record
+// moved to another scope or swapped with another is refused.
+func label(ref keyprovider.KeyRef) string {
+	return "plexsphere-signer:" + ref.Scope + ":" + ref.ID
+}
+
 // Generate makes an Ed25519 key pair inside the token; the private half is
-// sensitive and never extractable. The handle is the objects' CKA_ID.
+// sensitive and never extractable. The handle is the objects' CKA_ID (the
+// key id); their CKA_LABEL binds scope and id.
 func (p *Provider) Generate(ctx context.Context, ref keyprovider.KeyRef) ([]byte, ed25519.PublicKey, error) {
 	id := ref.ID
+	if id == "" || ref.Scope == "" {
+		return nil, nil, fmt.Errorf("pkcs11: generate: a key needs an id and a scope: %w", signerr.ErrInvariant)
+	}
 	ckaID := []byte(id)
 	var pub ed25519.PublicKey
 	err := p.with(ctx, "generate", func(c *conn, s p11.SessionHandle) error {
@@ -306,7 +397,7 @@ func (p *Provider) Generate(ctx context.Context, ref keyprovider.KeyRef) ([]byte
 			p11.NewAttribute(p11.CKA_VERIFY, true),
 			p11.NewAttribute(p11.CKA_EC_PARAMS, ed25519Params),
 			p11.NewAttribute(p11.CKA_ID, ckaID),
-			p11.NewAttribute(p11.CKA_LABEL, id),
+			p11.NewAttribute(p11.CKA_LABEL, label(ref)),
 		}
 		privT := []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PRIVATE_KEY),
@@ -317,7 +408,7 @@ func (p *Provider) Generate(ctx context.Context, ref keyprovider.KeyRef) ([]byte
 			p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
 			p11.NewAttribute(p11.CKA_SIGN, true),
 			p11.NewAttribute(p11.CKA_ID, ckaID),
-			p11.NewAttribute(p11.CKA_LABEL, id),
+			p11.NewAttribute(p11.CKA_LABEL, label(ref)),
 		}
 		pubH, privH, err := p.module.GenerateKeyPair(s, []*p11.Mechanism{p11.NewMechanism(ckmECEdwardsKeyPairGen, nil)}, pubT, privT)
 		if err != nil {
@@ -382,15 +473,20 @@ func (p *Provider) object(c *conn, s p11.SessionHandle, id string) (p11.ObjectHa
 	return objs[0], nil
 }
 
-// Load finds the key in the token and reads its public half from there.
+// Load finds the key in the token, reads its labels and public half from
+// there and checks them against ref: the label must bind ref's scope and id,
+// the token's public key must be ref.Public. A mismatch (the record moved or
+// swapped in the store) is ErrInvariant.
 func (p *Provider) Load(ctx context.Context, ref keyprovider.KeyRef, handle []byte) (keyprovider.Key, error) {
 	id := ref.ID
 	if string(handle) != id {
 		return nil, fmt.Errorf("pkcs11: handle does not name key %q: %w", id, signerr.ErrInvariant)
 	}
 	var pub ed25519.PublicKey
+	var labels [2]string
 	err := p.with(ctx, "load", func(c *conn, s p11.SessionHandle) error {
-		if _, err := p.object(c, s, id); err != nil {
+		priv, err := p.object(c, s, id)
+		if err != nil {
 			return err
 		}
 		objs, err := p.find(s, p11.CKO_PUBLIC_KEY, handle)
@@ -400,11 +496,25 @@ func (p *Provider) Load(ctx context.Context, ref keyprovider.KeyRef, handle []by
 		if len(objs) != 1 {
 			return &errKeyMissing{id}
 		}
+		for i, o := range []p11.ObjectHandle{priv, objs[0]} {
+			attrs, err := p.module.GetAttributeValue(s, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil)})
+			if err != nil {
+				return err
+			}
+			labels[i] = string(attrs[0].Value)
+		}
 		pub, err = p.readPublic(s, objs[0])
 		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	want := label(ref)
+	switch {
+	case labels[0] != want || labels[1] != want:
+		return nil, fmt.Errorf("pkcs11: key %q: token objects are labelled %q, the record says %q: moved or swapped in the store: %w", id, labels[0], want, signerr.ErrInvariant)
+	case !pub.Equal(ref.Public):
+		return nil, fmt.Errorf("pkcs11: key %q: the token's public key is not the record's: %w", id, signerr.ErrInvariant)
 	}
 	return &key{p: p, id: id, pub: pub}, nil
 }
@@ -430,7 +540,7 @@ func (p *Provider) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c := p.conn.Swap(nil); c != nil {
-		p.closeAll(c)
+		p.retire(c)
 	}
 	p.module.release()
 	return nil

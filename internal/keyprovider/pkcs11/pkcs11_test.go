@@ -125,3 +125,60 @@ func TestUnknownToken(t *testing.T) {
 		t.Fatalf("health: %v", err)
 	}
 }
+
+// A reconnect (the token looked gone) waits for callers still inside a
+// PKCS#11 call before it closes their sessions: the caller's session stays
+// valid until it gives it back, and only then is the old connection closed.
+// Before, the reconnect closed every session at once, under the caller.
+func TestReconnectDrainsSessionsInUse(t *testing.T) {
+	tok := hsmtest.New(t)
+	p := open(t, tok)
+	defer p.Close()
+	ctx := context.Background()
+	if err := p.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	draining := make(chan struct{})
+	testHookDraining = func() { close(draining) }
+	defer func() { testHookDraining = nil }()
+
+	inUse, proceed := make(chan struct{}), make(chan struct{})
+	callerErr := make(chan error, 1)
+	go func() {
+		callerErr <- p.with(ctx, "slow", func(c *conn, s p11.SessionHandle) error {
+			close(inUse)
+			<-proceed
+			// The session this caller holds must still be open.
+			_, err := p.module.GetSessionInfo(s)
+			return err
+		})
+	}()
+	<-inUse
+	p.conn.Load().broken.Store(true)
+	reconnected := make(chan error, 1)
+	go func() { reconnected <- p.Health(ctx) }()
+	select {
+	case <-draining:
+	case err := <-reconnected:
+		t.Fatalf("reconnected (%v) while a session was still in use", err)
+	}
+	close(proceed)
+	if err := <-callerErr; err != nil {
+		t.Fatalf("the caller's session was closed under it: %v", err)
+	}
+	if err := <-reconnected; err != nil {
+		t.Fatalf("reconnect after the drain: %v", err)
+	}
+	// The new connection signs.
+	_, pub, err := p.Generate(ctx, keyprovider.KeyRef{ID: "after", Scope: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := p.Load(ctx, keyprovider.KeyRef{ID: "after", Scope: "s", Public: pub}, []byte("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sig, err := k.SignContext(ctx, []byte("m")); err != nil || !ed25519.Verify(pub, []byte("m"), sig) {
+		t.Fatalf("sign after reconnect: %v", err)
+	}
+}

@@ -7,11 +7,13 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/signerr"
 )
 
 // Run runs the suite. open returns a provider; calls to open within one Run
@@ -98,6 +100,29 @@ func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider) {
 		}
 		if _, err := p.Load(ctx, ref, nil); err == nil {
 			t.Fatal("an empty handle loaded")
+		}
+	})
+
+	// A key is bound to its record: loading it for another scope, another
+	// id or another public key (a row moved or swapped in the store) is
+	// ErrInvariant and yields no key.
+	t.Run("BoundToRecord", func(t *testing.T) {
+		h, pub, _ := newKey(t, "conf-g")
+		h2, pub2, _ := newKey(t, "conf-g2")
+		for _, tc := range []struct {
+			name   string
+			ref    keyprovider.KeyRef
+			handle []byte
+		}{
+			{"another scope", keyprovider.KeyRef{ID: "conf-g", Scope: "elsewhere", Public: pub}, h},
+			{"another public key", keyprovider.KeyRef{ID: "conf-g", Scope: "conformance", Public: pub2}, h},
+			{"another record's handle", keyprovider.KeyRef{ID: "conf-g", Scope: "conformance", Public: pub}, h2},
+			{"another record's handle and public key", keyprovider.KeyRef{ID: "conf-g", Scope: "conformance", Public: pub2}, h2},
+		} {
+			k, err := p.Load(ctx, tc.ref, tc.handle)
+			if !errors.Is(err, signerr.ErrInvariant) || k != nil {
+				t.Errorf("%s: key=%v err=%v, want ErrInvariant", tc.name, k, err)
+			}
 		}
 	})
 
