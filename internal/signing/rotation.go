@@ -115,6 +115,9 @@ func (r *Rotation) transitionWithin(ctx context.Context, op store.Op, scope, id 
 	}
 	now := r.now().UTC().Truncate(time.Microsecond)
 	changed, err := r.store.Transition(ctx, op, scope, id, now, w)
+	if errors.Is(err, signerr.ErrKeyNotFound) {
+		return nil, err // no key was resolved: audited as key id "-"
+	}
 	if err != nil {
 		return nil, onKey(id, err)
 	}
