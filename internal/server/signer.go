@@ -349,13 +349,17 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	go func() { defer wg.Done(); s.watchHealth(hctx, 5*time.Second) }()
 	go func() { defer wg.Done(); s.auditLog.Run(hctx) }()
 	// A store shared by replicas announces key changes: drop stale cache
-	// entries at once instead of waiting out the TTL.
+	// entries soon (rate limited per scope, see Keyring.Notice) instead of
+	// waiting out the TTL.
 	if w, ok := s.store.(interface {
 		WatchKeys(context.Context, func(string))
 	}); ok {
 		wg.Add(1)
-		go func() { defer wg.Done(); w.WatchKeys(hctx, s.keys.Invalidate) }()
+		go func() { defer wg.Done(); w.WatchKeys(hctx, s.keys.Notice) }()
 	}
+	// Loaded keys nobody uses any more (retired elsewhere) leave memory.
+	wg.Add(1)
+	go func() { defer wg.Done(); s.keys.Run(hctx, time.Second) }()
 	if s.auto != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.auto.Run(hctx, autoRotateEvery) }()

@@ -2,6 +2,8 @@ package signing
 
 import (
 	"context"
+	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -11,37 +13,87 @@ import (
 	"github.com/plexsphere/signer/internal/store"
 )
 
+// Defaults of KeyringOptions.
+const (
+	// DefaultMaxCached bounds each of the keyring's maps (records by scope,
+	// published sets, records by id, loaded keys): above the 10k scopes the
+	// signer is sized for, far below what an attacker's junk would need.
+	DefaultMaxCached = 16384
+	// DefaultNoticeInterval is the least time between two reloads of one
+	// scope caused by store change notices.
+	DefaultNoticeInterval = time.Second
+	// minKeyLife is how long an unsealed key is kept without use of its
+	// record when the record cache is off (TTL 0).
+	minKeyLife = time.Minute
+)
+
 // Keyring resolves scopes and key ids to store records and loaded provider
 // keys, caching both. Records are re-read after TTL, and at once after a
-// rotation on this replica (Invalidate) or a change notice from the store,
-// so replicas sharing a store converge within TTL at worst. Loaded keys are
-// cached by id for the life of the process: a key id never changes material.
+// rotation on this replica (Invalidate) or, rate limited, after a change
+// notice from the store (Notice), so replicas sharing a store converge
+// within TTL at worst.
+//
+// Every map is bounded and only what exists is cached: an empty answer (an
+// unknown scope, an unknown id) is never kept, so callers choosing names
+// cannot grow it. Loaded keys are kept for the life of their record in the
+// cache (at least a minute) and bound to the record they were loaded for
+// (id, scope, public key): a record that changed under the same id goes
+// back to the provider, which refuses a moved or swapped one. A key that
+// leaves the cache is released (zeroed where the provider holds it in
+// memory), so a RETIRED key's private half does not stay in the process.
 type Keyring struct {
 	store    store.Store
 	provider keyprovider.Provider
 	ttl      time.Duration
 	now      func() time.Time
+	opts     KeyringOptions
 
 	mu        sync.RWMutex
 	active    map[string]cached[store.Key]   // scope → its ACTIVE key
 	published map[string]cached[[]store.Key] // scope → published keys
 	byID      map[string]cached[store.Key]   // key id → record
-	loaded    map[string]keyprovider.Key     // key id → provider key
+	loaded    map[string]loadedKey           // key id → provider key
+	noticed   map[string]time.Time           // scope → last reload forced by a notice
+}
+
+// KeyringOptions bound the keyring; zero values take the defaults.
+type KeyringOptions struct {
+	MaxCached      int           // entries per map
+	NoticeInterval time.Duration // least time between notice-driven reloads of a scope
 }
 
 type cached[T any] struct {
 	v       T
+	scope   string
 	expires time.Time
 }
 
-// NewKeyring caches records for ttl (0 disables the cache).
+type loadedKey struct {
+	key     keyprovider.Key
+	scope   string
+	public  ed25519.PublicKey
+	expires time.Time
+}
+
+// NewKeyring caches records for ttl (0 disables the record cache).
 func NewKeyring(s store.Store, p keyprovider.Provider, ttl time.Duration, now func() time.Time) *Keyring {
+	return NewKeyringWith(s, p, ttl, now, KeyringOptions{})
+}
+
+// NewKeyringWith is NewKeyring with explicit bounds.
+func NewKeyringWith(s store.Store, p keyprovider.Provider, ttl time.Duration, now func() time.Time, o KeyringOptions) *Keyring {
 	if now == nil {
 		now = time.Now
 	}
-	return &Keyring{store: s, provider: p, ttl: ttl, now: now,
+	if o.MaxCached <= 0 {
+		o.MaxCached = DefaultMaxCached
+	}
+	if o.NoticeInterval <= 0 {
+		o.NoticeInterval = DefaultNoticeInterval
+	}
+	return &Keyring{store: s, provider: p, ttl: ttl, now: now, opts: o,
 		active: map[string]cached[store.Key]{}, published: map[string]cached[[]store.Key]{},
-		byID: map[string]cached[store.Key]{}, loaded: map[string]keyprovider.Key{}}
+		byID: map[string]cached[store.Key]{}, loaded: map[string]loadedKey{}, noticed: map[string]time.Time{}}
 }
 
 // TTL is the longest a replica may act on a superseded record.
@@ -58,30 +110,165 @@ func lookup[T any](r *Keyring, m map[string]cached[T], k string) (T, bool) {
 	return zero, false
 }
 
-func keep[T any](r *Keyring, m map[string]cached[T], k string, v T) {
+func keep[T any](r *Keyring, m map[string]cached[T], k, scope string, v T) {
 	if r.ttl <= 0 {
 		return
 	}
+	now := r.now()
 	r.mu.Lock()
-	m[k] = cached[T]{v: v, expires: r.now().Add(r.ttl)}
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	if _, ok := m[k]; !ok && len(m) >= r.opts.MaxCached {
+		r.sweepLocked(now)
+		if len(m) >= r.opts.MaxCached {
+			for victim := range m { // Go's map order is random: a random victim
+				delete(m, victim)
+				break
+			}
+		}
+	}
+	m[k] = cached[T]{v: v, scope: scope, expires: now.Add(r.ttl)}
 }
 
-// Invalidate drops the cached records of a scope ("" drops everything).
+// Invalidate drops the cached records and loaded keys of a scope ("" drops
+// everything) at once: this replica changed them.
 func (r *Keyring) Invalidate(scope string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if scope == "" {
-		clear(r.active)
-		clear(r.published)
-		clear(r.byID)
+	r.expireLocked(scope, time.Time{})
+}
+
+// Notice is told of a key change announced by the store (another replica
+// rotated). Anyone who can write to the store's notice channel can send
+// them, so they are rate limited per scope: a scope's cache is dropped at
+// once if no notice dropped it within the notice interval, otherwise what
+// was cached since expires when that interval ends. A flood of notices thus
+// costs at most one reload per scope per interval, and a genuine change is
+// seen within the interval. Notices for scopes not cached cost nothing.
+func (r *Keyring) Notice(scope string) {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if last, ok := r.noticed[scope]; ok && now.Before(last.Add(r.opts.NoticeInterval)) {
+		r.expireLocked(scope, last.Add(r.opts.NoticeInterval))
 		return
 	}
-	delete(r.active, scope)
-	delete(r.published, scope)
-	for id, c := range r.byID {
-		if c.v.Scope == scope {
-			delete(r.byID, id)
+	if scope == "" || r.cachedLocked(scope) {
+		if len(r.noticed) >= r.opts.MaxCached {
+			r.sweepLocked(now)
+		}
+		if len(r.noticed) < r.opts.MaxCached {
+			r.noticed[scope] = now
+		}
+		r.expireLocked(scope, time.Time{})
+	}
+}
+
+func (r *Keyring) cachedLocked(scope string) bool {
+	if _, ok := r.active[scope]; ok {
+		return true
+	}
+	if _, ok := r.published[scope]; ok {
+		return true
+	}
+	for _, c := range r.byID {
+		if c.scope == scope {
+			return true
+		}
+	}
+	for _, l := range r.loaded {
+		if l.scope == scope {
+			return true
+		}
+	}
+	return false
+}
+
+// expireIn makes the scope's entries ("" every entry) expire by deadline; a
+// zero deadline drops them now.
+func expireIn[T any](m map[string]cached[T], scope string, deadline time.Time) {
+	for k, c := range m {
+		if scope != "" && c.scope != scope {
+			continue
+		}
+		if deadline.IsZero() {
+			delete(m, k)
+		} else if deadline.Before(c.expires) {
+			c.expires = deadline
+			m[k] = c
+		}
+	}
+}
+
+// expireLocked is expireIn over every map; dropped keys are released.
+func (r *Keyring) expireLocked(scope string, deadline time.Time) {
+	expireIn(r.active, scope, deadline)
+	expireIn(r.published, scope, deadline)
+	expireIn(r.byID, scope, deadline)
+	for id, l := range r.loaded {
+		if scope != "" && l.scope != scope {
+			continue
+		}
+		if deadline.IsZero() {
+			delete(r.loaded, id)
+			release(l.key)
+		} else if deadline.Before(l.expires) {
+			l.expires = deadline
+			r.loaded[id] = l
+		}
+	}
+}
+
+func release(k keyprovider.Key) {
+	if rk, ok := k.(keyprovider.Releaser); ok {
+		rk.Release()
+	}
+}
+
+// Sweep drops expired entries and releases loaded keys past their life.
+func (r *Keyring) Sweep() {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sweepLocked(now)
+}
+
+func sweepIn[T any](m map[string]cached[T], now time.Time) {
+	for k, c := range m {
+		if !now.Before(c.expires) {
+			delete(m, k)
+		}
+	}
+}
+
+func (r *Keyring) sweepLocked(now time.Time) {
+	sweepIn(r.active, now)
+	sweepIn(r.published, now)
+	sweepIn(r.byID, now)
+	for id, l := range r.loaded {
+		if !now.Before(l.expires) {
+			delete(r.loaded, id)
+			release(l.key)
+		}
+	}
+	for scope, at := range r.noticed {
+		if !now.Before(at.Add(r.opts.NoticeInterval)) {
+			delete(r.noticed, scope)
+		}
+	}
+}
+
+// Run sweeps every interval until ctx ends, so that keys nobody asks for
+// any more (a key retired by another replica) leave memory on time.
+func (r *Keyring) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.Invalidate("")
+			return
+		case <-t.C:
+			r.Sweep()
 		}
 	}
 }
@@ -95,7 +282,7 @@ func (r *Keyring) Record(ctx context.Context, id string) (store.Key, error) {
 	if err != nil {
 		return store.Key{}, err
 	}
-	keep(r, r.byID, id, k)
+	keep(r, r.byID, id, k.Scope, k)
 	return k, nil
 }
 
@@ -108,11 +295,12 @@ func (r *Keyring) Active(ctx context.Context, scope string) (store.Key, error) {
 	if err != nil {
 		return store.Key{}, err
 	}
-	keep(r, r.active, scope, k)
+	keep(r, r.active, scope, scope, k)
 	return k, nil
 }
 
-// Published returns the scope's PENDING, ACTIVE and PREVIOUS keys.
+// Published returns the scope's PENDING, ACTIVE and PREVIOUS keys. A scope
+// with none is not cached.
 func (r *Keyring) Published(ctx context.Context, scope string) ([]store.Key, error) {
 	if ks, ok := lookup(r, r.published, scope); ok {
 		return ks, nil
@@ -127,17 +315,26 @@ func (r *Keyring) Published(ctx context.Context, scope string) ([]store.Key, err
 			ks = append(ks, k)
 		}
 	}
-	keep(r, r.published, scope, ks)
+	if len(ks) > 0 {
+		keep(r, r.published, scope, scope, ks)
+	}
 	return ks, nil
 }
 
-// Load returns the provider key for a record.
+// keyLife is how long a loaded key is kept.
+func (r *Keyring) keyLife() time.Duration { return max(r.ttl, minKeyLife) }
+
+// Load returns the provider key for a record: the cached one if it was
+// loaded for this very record (id, scope, public key), else the provider's,
+// which refuses a handle that was not made for the record (ErrInvariant).
+// The key's public half must be the record's.
 func (r *Keyring) Load(ctx context.Context, rec store.Key) (keyprovider.Key, error) {
+	now := r.now()
 	r.mu.RLock()
-	k, ok := r.loaded[rec.ID]
+	l, ok := r.loaded[rec.ID]
 	r.mu.RUnlock()
-	if ok {
-		return k, nil
+	if ok && l.scope == rec.Scope && l.public.Equal(rec.Public) && now.Before(l.expires) {
+		return l.key, nil
 	}
 	if rec.Provider != r.provider.Name() {
 		return nil, fmt.Errorf("keyring: key %q belongs to provider %q, this signer runs %q: %w",
@@ -147,10 +344,42 @@ func (r *Keyring) Load(ctx context.Context, rec store.Key) (keyprovider.Key, err
 	if err != nil {
 		return nil, err
 	}
+	if pub, ok := k.Public().(ed25519.PublicKey); !ok || !pub.Equal(rec.Public) {
+		release(k)
+		return nil, fmt.Errorf("keyring: key %q: the provider's public key is not the record's: %w", rec.ID, signerr.ErrInvariant)
+	}
 	r.mu.Lock()
-	r.loaded[rec.ID] = k
+	if old, ok := r.loaded[rec.ID]; ok {
+		release(old.key)
+	} else if len(r.loaded) >= r.opts.MaxCached {
+		r.sweepLocked(now)
+		for victim, v := range r.loaded {
+			if len(r.loaded) < r.opts.MaxCached {
+				break
+			}
+			delete(r.loaded, victim)
+			release(v.key)
+		}
+	}
+	r.loaded[rec.ID] = loadedKey{key: k, scope: rec.Scope, public: rec.Public, expires: now.Add(r.keyLife())}
 	r.mu.Unlock()
 	return k, nil
+}
+
+// Sign signs message with the key of rec. A key released between Load and
+// its use (swept, or invalidated by a rotation) is loaded again once.
+func (r *Keyring) Sign(ctx context.Context, rec store.Key, message []byte) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		key, err := r.Load(ctx, rec)
+		if err != nil {
+			return nil, err
+		}
+		sig, err := key.SignContext(ctx, message)
+		if errors.Is(err, keyprovider.ErrReleased) && attempt == 0 {
+			continue
+		}
+		return sig, err
+	}
 }
 
 // Signing resolves the key that may sign for scope: its ACTIVE key, or keyID

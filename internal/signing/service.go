@@ -53,11 +53,7 @@ func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv
 	if err != nil {
 		return nil, onKey(rec.ID, err)
 	}
-	key, err := s.keys.Load(ctx, rec)
-	if err != nil {
-		return nil, onKey(rec.ID, err)
-	}
-	sig, err := key.SignContext(ctx, req.GetPayload())
+	sig, err := s.keys.Sign(ctx, rec, req.GetPayload())
 	if err != nil {
 		return nil, onKey(rec.ID, err)
 	}
