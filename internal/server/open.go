@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
+	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
 	"github.com/plexsphere/signer/internal/store/postgres"
@@ -75,5 +77,39 @@ func openPKCS11(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, err
 	if errors.Is(err, pkcs11.ErrNotBuilt) {
 		return nil, config.Errorf(cfg, "Provider", "%v", err)
 	}
-	return p, err
+	if err != nil {
+		return nil, providerError(cfg, "the PKCS#11 module", err)
+	}
+	// A token that is missing or refuses the PIN now would make every Sign
+	// fail Unavailable, which clients retry forever: refuse to start.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Health(ctx); err != nil {
+		p.Close()
+		return nil, providerError(cfg, "the token", err)
+	}
+	return p, nil
+}
+
+// providerError names the setting behind a provider failure at start-up:
+// the KEK for the local provider; the module, token label or PIN for
+// PKCS#11. Other errors pass unchanged.
+func providerError(cfg *config.Signer, what string, err error) error {
+	switch {
+	case cfg.Provider == "local" && errors.Is(err, signerr.ErrProviderUnavailable):
+		return config.Errorf(cfg, "LocalKEKFile", "%s does not unseal with this key-encryption key (%s): is it the KEK this store's keys were sealed with? %v",
+			what, config.Name(cfg, "LocalKEK"), err)
+	case cfg.Provider != "pkcs11":
+		return err
+	case errors.Is(err, pkcs11.ErrModule):
+		return config.Errorf(cfg, "PKCS11Module", "%s: %v", what, err)
+	case errors.Is(err, pkcs11.ErrNoToken):
+		return config.Errorf(cfg, "PKCS11TokenLabel", "%s: %v", what, err)
+	case errors.Is(err, pkcs11.ErrLogin):
+		return config.Errorf(cfg, "PKCS11PINFile", "%s: %v (%s)", what, err, config.Name(cfg, "PKCS11PIN"))
+	case errors.Is(err, signerr.ErrProviderUnavailable):
+		return config.Errorf(cfg, "PKCS11TokenLabel", "%s cannot be used: %v (check %s, %s and %s)", what, err,
+			config.Name(cfg, "PKCS11Module"), config.Name(cfg, "PKCS11TokenLabel"), config.Name(cfg, "PKCS11PINFile"))
+	}
+	return err
 }

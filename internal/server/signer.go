@@ -123,6 +123,9 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	if err := s.openLog(ctx, untimed, clock); err != nil {
 		return nil, err
 	}
+	if err := s.canary(ctx, untimed); err != nil {
+		return nil, err
+	}
 
 	s.keys = signing.NewKeyring(s.store, s.provider, cfg.KeyCacheTTL, clock)
 	s.rotation = signing.NewRotation(s.store, s.provider, s.keys,
@@ -213,8 +216,8 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func() time.Time) error {
 	key, rec, err := logKey(ctx, s.store, p, clock)
 	if err != nil {
-		if errors.Is(err, signerr.ErrProviderUnavailable) && s.cfg.Provider == "local" {
-			return config.Errorf(&s.cfg, "LocalKEKFile", "the audit checkpoint key does not unseal with this key-encryption key (%s): is it the KEK this store's keys were sealed with? %v", config.Name(&s.cfg, "LocalKEK"), err)
+		if errors.Is(err, signerr.ErrProviderUnavailable) {
+			return providerError(&s.cfg, "the audit checkpoint key", err)
 		}
 		return fmt.Errorf("audit checkpoint key: %w", err)
 	}
@@ -279,6 +282,45 @@ func logKey(ctx context.Context, st store.Store, p keyprovider.Provider, clock f
 		return nil, store.Key{}, fmt.Errorf("the checkpoint key's public half does not match its record: %w", signerr.ErrInvariant)
 	}
 	return k, rec, nil
+}
+
+// canaryKeys bounds how many signing keys start-up unseals as a canary.
+const canaryKeys = 256
+
+// canary loads the ACTIVE signing keys (up to canaryKeys) through the
+// provider before anything is served: a KEK or token that does not hold the
+// store's signing keys (the checkpoint key alone proves only its own) stops
+// start-up naming the setting, instead of a signer that reports ready and
+// fails every Sign with Unavailable. A record that does not match its key
+// (ErrInvariant: moved or swapped in the store), or a key missing from the
+// token, is logged and left to be
+// refused, audited, at every Sign of it; it does not stop the other scopes.
+func (s *Signer) canary(ctx context.Context, p keyprovider.Provider) error {
+	keys, err := s.store.Keys(ctx, "")
+	if err != nil {
+		return fmt.Errorf("start-up key check: %w", err)
+	}
+	checked := 0
+	for _, k := range keys {
+		if k.State != store.Active || k.Provider != p.Name() || checked == canaryKeys {
+			continue
+		}
+		checked++
+		key, err := p.Load(ctx, keyprovider.KeyRef{ID: k.ID, Scope: k.Scope, Public: k.Public}, k.Handle)
+		switch {
+		case err == nil:
+			if r, ok := key.(keyprovider.Releaser); ok {
+				r.Release()
+			}
+		case errors.Is(err, signerr.ErrProviderUnavailable):
+			return providerError(&s.cfg, fmt.Sprintf("signing key %s of scope %q", k.ID, k.Scope), err)
+		case errors.Is(err, signerr.ErrInvariant), errors.Is(err, signerr.ErrKeyNotFound):
+			s.log.Error("signing key does not match its record or is missing; it will refuse to sign", "scope", k.Scope, "key_id", k.ID, "err", err)
+		default:
+			return fmt.Errorf("start-up key check: key %s: %w", k.ID, err)
+		}
+	}
+	return nil
 }
 
 func (s *Signer) closeOwned() {

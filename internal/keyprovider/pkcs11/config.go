@@ -19,6 +19,14 @@ const Name = "pkcs11"
 // ErrNotBuilt is returned by Open in a build without the pkcs11 tag.
 var ErrNotBuilt = errors.New("this build has no pkcs11 provider: build with cgo and -tags pkcs11 (the plexsphere-signer-pkcs11 image)")
 
+// What a connection can fail on, so that start-up names the setting to fix.
+// Each is wrapped together with signerr.ErrProviderUnavailable.
+var (
+	ErrModule  = errors.New("pkcs11: the module cannot be loaded or initialised")
+	ErrNoToken = errors.New("pkcs11: no token with this label")
+	ErrLogin   = errors.New("pkcs11: login refused (check the PIN)")
+)
+
 // Config locates the token.
 type Config struct {
 	Module     string // path of the PKCS#11 library (.so)

@@ -69,7 +69,7 @@ func loadModule(path string) (*module, error) {
 	}
 	c := p11.New(path)
 	if c == nil {
-		return nil, fmt.Errorf("pkcs11: cannot load module %s", path)
+		return nil, fmt.Errorf("pkcs11: cannot load module %s: %w", path, ErrModule)
 	}
 	m := &module{Ctx: c, path: path, users: 1}
 	modules[path] = m
@@ -244,7 +244,7 @@ func (p *Provider) connect() (*conn, error) {
 		p.retire(old)
 	}
 	if err := p.module.reinitialise(); err != nil {
-		return nil, unavailable("initialize", err)
+		return nil, unavailable("initialize", fmt.Errorf("%w: %w", ErrModule, err))
 	}
 	slots, err := p.module.GetSlotList(true)
 	if err != nil {
@@ -259,11 +259,11 @@ func (p *Provider) connect() (*conn, error) {
 		}
 	}
 	if !found {
-		return nil, fmt.Errorf("pkcs11: no token labelled %q: %w", p.cfg.TokenLabel, signerr.ErrProviderUnavailable)
+		return nil, fmt.Errorf("pkcs11: no token labelled %q: %w: %w", p.cfg.TokenLabel, ErrNoToken, signerr.ErrProviderUnavailable)
 	}
 	pin, err := p.cfg.PIN()
 	if err != nil {
-		return nil, fmt.Errorf("pkcs11: read PIN: %v: %w", err, signerr.ErrProviderUnavailable)
+		return nil, fmt.Errorf("pkcs11: read PIN: %v: %w: %w", err, ErrLogin, signerr.ErrProviderUnavailable)
 	}
 	c := &conn{slot: slot, sessions: make(chan p11.SessionHandle, p.cfg.Sessions)}
 	for i := 0; i < p.cfg.Sessions; i++ {
@@ -277,7 +277,7 @@ func (p *Provider) connect() (*conn, error) {
 	}
 	if err := p.module.Login(c.all[0], p11.CKU_USER, pin); err != nil && !isCode(err, p11.CKR_USER_ALREADY_LOGGED_IN) {
 		p.closeAll(c)
-		return nil, unavailable("login (check the PIN)", err)
+		return nil, unavailable("login", fmt.Errorf("%w: %w", ErrLogin, err))
 	}
 	return c, nil
 }
