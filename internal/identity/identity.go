@@ -6,7 +6,6 @@ package identity
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -21,22 +20,30 @@ type Source interface {
 }
 
 // ServerTLS is the signer's listener configuration. It presents the current
-// SVID and verifies any client certificate against the trust bundle (a
-// certificate from another trust domain, expired, or not chaining to the
-// bundle fails the handshake). A client with no certificate is let through on
-// purpose: the peeridentity interceptor denies it and the denial is audited.
-// Who may call what is decided there, not here.
+// SVID and verifies any client certificate against the current trust bundle
+// (a certificate from another trust domain, expired, or not chaining to the
+// bundle fails the handshake). The check runs in VerifyConnection, which
+// crypto/tls calls for every connection, resumed sessions included
+// (VerifyPeerCertificate is skipped on resumption): a CA removed from the
+// bundle loses access at once, not when its clients' session tickets run
+// out. A client with no certificate is let through on purpose: the
+// interceptor denies it and the denial is audited. Who may call what is
+// decided there, not here.
 func ServerTLS(src Source) *tls.Config {
 	verify := tlsconfig.VerifyPeerCertificate(src, tlsconfig.AuthorizeAny())
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: tlsconfig.GetCertificate(src),
 		ClientAuth:     tls.RequestClientCert,
-		VerifyPeerCertificate: func(raw [][]byte, chains [][]*x509.Certificate) error {
-			if len(raw) == 0 {
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
 				return nil
 			}
-			return verify(raw, chains)
+			raw := make([][]byte, len(cs.PeerCertificates))
+			for i, c := range cs.PeerCertificates {
+				raw[i] = c.Raw
+			}
+			return verify(raw, nil)
 		},
 	}
 }

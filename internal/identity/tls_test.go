@@ -1,0 +1,137 @@
+package identity_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"os"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/testing/devpki"
+)
+
+// serveTLS accepts on a loopback port with ServerTLS(src): each connection
+// that completes its handshake gets "ok".
+func serveTLS(t *testing.T, src identity.Source) string {
+	t.Helper()
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", identity.ServerTLS(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if c.(*tls.Conn).Handshake() == nil {
+					c.Write([]byte("ok"))
+				}
+			}()
+		}
+	}()
+	return lis.Addr().String()
+}
+
+// dial connects with cfg and reads the server's answer: a refused client
+// certificate surfaces here (TLS 1.3 verifies it after the client's
+// Finished). It reports whether the session was resumed.
+func dial(addr string, cfg *tls.Config) (resumed bool, err error) {
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return c.ConnectionState().DidResume, err
+	}
+	if string(buf) != "ok" {
+		return false, errors.New("unexpected answer")
+	}
+	return c.ConnectionState().DidResume, nil
+}
+
+// Distrusting a CA takes effect at once. The signer's bundle rotates from
+// CA1 to CA2; a client holding a CA1 certificate and a session ticket from
+// before the rotation is refused when it resumes, exactly as a full
+// handshake is. Before, VerifyPeerCertificate (skipped by crypto/tls on
+// resumption) let it back in. A client without a certificate still gets
+// through to the interceptor.
+func TestDistrustedCARefusedOnResumption(t *testing.T) {
+	dir := t.TempDir()
+	ca1, _ := devpki.NewCA("example.org")
+	ca2, _ := devpki.NewCA("example.org")
+	signerSVID, _ := ca1.Issue("spiffe://example.org/signer")
+	files, err := ca1.WriteFiles(dir, "signer", signerSVID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := identity.NewFileSource(files.Cert, files.Key, files.Bundle, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	addr := serveTLS(t, src)
+
+	clientSVID, _ := ca1.Issue("spiffe://example.org/core")
+	clientFiles, err := ca1.WriteFiles(t.TempDir(), "core", clientSVID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientSrc, err := identity.NewFileSource(clientFiles.Cert, clientFiles.Key, clientFiles.Bundle, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clientSrc.Close()
+	client := func() *tls.Config {
+		return identity.ClientTLS(clientSrc, tlsconfig.AuthorizeAny())
+	}
+	resuming := client()
+	resuming.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+
+	if _, err := dial(addr, resuming); err != nil {
+		t.Fatalf("before the rotation: %v", err)
+	}
+	if resumed, err := dial(addr, resuming); err != nil || !resumed {
+		t.Fatalf("the client did not resume before the rotation (resumed=%v, %v): the test would prove nothing", resumed, err)
+	}
+
+	// The operator distrusts CA1: the bundle now holds CA2 only.
+	if err := os.WriteFile(files.Bundle, ca2.BundlePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := src.Reload(); err != nil || !changed {
+		t.Fatalf("reload: %v %v", changed, err)
+	}
+	if _, err := dial(addr, client()); err == nil {
+		t.Fatal("a full handshake with a CA1 certificate was accepted after the rotation")
+	}
+	if resumed, err := dial(addr, resuming); err == nil {
+		t.Fatalf("a CA1 client was admitted after the rotation by resuming its session (resumed=%v)", resumed)
+	}
+
+	// No certificate: through the TLS layer (the interceptor denies it).
+	anon := tlsconfig.TLSClientConfig(clientSrc, tlsconfig.AuthorizeAny())
+	anon.MinVersion = tls.VersionTLS13
+	if _, err := dial(addr, anon); err != nil {
+		t.Fatalf("a certificate-less client was refused by TLS: %v", err)
+	}
+	// A CA2 client is admitted.
+	newSVID, _ := ca2.Issue("spiffe://example.org/core")
+	newFiles, _ := ca2.WriteFiles(t.TempDir(), "core", newSVID)
+	newSrc, err := identity.NewFileSource(newFiles.Cert, newFiles.Key, clientFiles.Bundle, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newSrc.Close()
+	if _, err := dial(addr, identity.ClientTLS(newSrc, tlsconfig.AuthorizeAny())); err != nil {
+		t.Fatalf("a CA2 client after the rotation: %v", err)
+	}
+}
