@@ -28,17 +28,37 @@ type Client struct {
 }
 
 type options struct {
-	ttl  time.Duration
-	now  func() time.Time
-	dial []grpc.DialOption
+	ttl        time.Duration
+	minRefresh time.Duration
+	maxStale   time.Duration
+	maxScopes  int
+	now        func() time.Time
+	dial       []grpc.DialOption
 }
 
 // Option configures Dial.
 type Option func(*options)
 
 // WithCacheTTL sets how long fetched public keys are used before a refresh
-// (an unknown key id always triggers one).
+// (an unknown key id triggers one sooner, see WithMinRefresh).
 func WithCacheTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
+
+// WithMinRefresh sets the least time between two fetches of one scope's
+// keys (default DefaultMinRefresh): an unknown key id refreshes the scope
+// at once unless it was fetched more recently than this, and a key id the
+// last fetch did not have is answered ErrKeyNotFound from memory until the
+// next fetch. Unknown ids chosen by whoever hands the core a signature thus
+// cannot turn Verify calls into signer round trips.
+func WithMinRefresh(d time.Duration) Option { return func(o *options) { o.minRefresh = d } }
+
+// WithMaxStale sets how old fetched keys may get while refreshes fail
+// (default DefaultMaxStale, never less than the TTL); past it Verify
+// reports the outage instead of trusting keys that may have been retired.
+func WithMaxStale(d time.Duration) Option { return func(o *options) { o.maxStale = d } }
+
+// WithMaxScopes bounds how many scopes' keys are cached (default
+// DefaultMaxScopes).
+func WithMaxScopes(n int) Option { return func(o *options) { o.maxScopes = n } }
 
 // WithDialOptions adds gRPC dial options (interceptors, stats handlers).
 func WithDialOptions(opts ...grpc.DialOption) Option {
@@ -57,7 +77,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	if err := checkLocal(target); err != nil {
 		return nil, err
 	}
-	o := options{ttl: DefaultCacheTTL, now: time.Now}
+	o := options{ttl: DefaultCacheTTL, minRefresh: DefaultMinRefresh, maxStale: DefaultMaxStale, maxScopes: DefaultMaxScopes, now: time.Now}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -71,7 +91,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("client: dial %s: %w", target, err)
 	}
 	c := &Client{cc: cc, rpc: signerv1.NewSignerServiceClient(cc)}
-	c.cache = newCache(o.ttl, o.now, c.fetch)
+	c.cache = newCache(cacheConfig{ttl: o.ttl, minRefresh: o.minRefresh, maxStale: o.maxStale, maxScopes: o.maxScopes, now: o.now}, c.fetch)
 	return c, nil
 }
 
@@ -150,14 +170,16 @@ func (c *Client) fetch(ctx context.Context, scope string) ([]PublicKey, error) {
 
 // PublicKeys returns the scope's published keys (PENDING, ACTIVE, PREVIOUS)
 // from the cache, refreshing it when it is older than the TTL. If a refresh
-// fails, the last keys fetched are returned.
+// fails, the last keys fetched are returned while younger than the
+// WithMaxStale bound.
 func (c *Client) PublicKeys(ctx context.Context, scope string) ([]PublicKey, error) {
 	return c.cache.keys(ctx, scope)
 }
 
 // Verify checks sig over payload against key keyID of scope. An unknown key
-// id refreshes the scope's keys once (one fetch in flight per scope) before
-// it is reported as ErrKeyNotFound. A mismatch is ErrInvalidSignature.
+// id refreshes the scope's keys (one fetch in flight per scope, at most one
+// per WithMinRefresh interval) before it is reported as ErrKeyNotFound. A
+// mismatch is ErrInvalidSignature.
 func (c *Client) Verify(ctx context.Context, scope, keyID string, payload, sig []byte) error {
 	k, err := c.cache.key(ctx, scope, keyID)
 	if err != nil {

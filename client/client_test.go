@@ -87,7 +87,7 @@ func start(t *testing.T) env {
 		c.PrePublish, c.VerifyOnly = time.Minute, time.Hour
 	}))
 	sc := signertest.StartSidecar(t, s.Addr, s.Source(s.Issue(t, signertest.CoreID)))
-	c, err := client.Dial(context.Background(), sc.Socket, client.WithCacheTTL(time.Hour))
+	c, err := client.Dial(context.Background(), sc.Socket, client.WithCacheTTL(time.Hour), client.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
