@@ -14,9 +14,32 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// Server returns the ops HTTP server. ready decides /readyz; metrics, if
-// not nil, serves /metrics.
+// Timeouts bound what one client can hold on the ops listener.
+type Timeouts struct {
+	ReadHeader time.Duration // request line and headers
+	Read       time.Duration // a whole request, body included
+	Write      time.Duration // writing a response
+	Idle       time.Duration // a keep-alive connection between requests
+}
+
+// DefaultTimeouts are generous for probes and scrapes and short for a
+// client that trickles bytes or parks connections.
+var DefaultTimeouts = Timeouts{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 30 * time.Second, Idle: 60 * time.Second}
+
+// maxStreams bounds concurrent HTTP/2 streams (gRPC health calls) per
+// connection.
+const maxStreams = 16
+
+// Server returns the ops HTTP server with DefaultTimeouts. ready decides
+// /readyz; metrics, if not nil, serves /metrics.
 func Server(hs *health.Server, ready func(context.Context) error, metrics http.Handler) *http.Server {
+	return ServerWith(hs, ready, metrics, DefaultTimeouts)
+}
+
+// ServerWith is Server with explicit timeouts. A gRPC health Watch is a
+// long-lived stream: its own read and write deadlines are lifted (the
+// connection's idle timeout and the stream cap still apply).
+func ServerWith(hs *health.Server, ready func(context.Context) error, metrics http.Handler, t Timeouts) *http.Server {
 	g := grpc.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	mux := http.NewServeMux()
@@ -34,13 +57,23 @@ func Server(hs *health.Server, ready func(context.Context) error, metrics http.H
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+				if r.URL.Path == "/grpc.health.v1.Health/Watch" {
+					rc := http.NewResponseController(w)
+					rc.SetReadDeadline(time.Time{})
+					rc.SetWriteDeadline(time.Time{})
+				}
 				g.ServeHTTP(w, r)
 				return
 			}
 			mux.ServeHTTP(w, r)
 		}),
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: t.ReadHeader,
+		ReadTimeout:       t.Read,
+		WriteTimeout:      t.Write,
+		IdleTimeout:       t.Idle,
+		MaxHeaderBytes:    16 << 10,
 		Protocols:         new(http.Protocols),
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 	}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
