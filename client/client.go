@@ -48,7 +48,9 @@ func WithCacheTTL(d time.Duration) Option { return func(o *options) { o.ttl = d 
 // at once unless it was fetched more recently than this, and a key id the
 // last fetch did not have is answered ErrKeyNotFound from memory until the
 // next fetch. Unknown ids chosen by whoever hands the core a signature thus
-// cannot turn Verify calls into signer round trips.
+// cannot turn Verify calls into signer round trips. Keep it below the
+// signer's pre-publication window: a new key is then always in a fetch
+// made within the interval before it can sign.
 func WithMinRefresh(d time.Duration) Option { return func(o *options) { o.minRefresh = d } }
 
 // WithMaxStale sets how old fetched keys may get while refreshes fail

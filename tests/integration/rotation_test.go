@@ -27,7 +27,7 @@ func TestRotationUnderSustainedSigning(t *testing.T) {
 	env := signertest.Start(t, signertest.WithStore(st), signertest.WithClock(clock),
 		signertest.WithConfig(func(c *config.Signer) { c.PrePublish, c.VerifyOnly = time.Minute, time.Hour }))
 	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
-	core, err := client.Dial(context.Background(), sc.Socket, client.WithCacheTTL(time.Hour))
+	core, err := client.Dial(context.Background(), sc.Socket, client.WithCacheTTL(time.Hour), client.WithClock(clock.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
