@@ -349,7 +349,13 @@ func (r *Keyring) Load(ctx context.Context, rec store.Key) (keyprovider.Key, err
 		return nil, fmt.Errorf("keyring: key %q: the provider's public key is not the record's: %w", rec.ID, signerr.ErrInvariant)
 	}
 	r.mu.Lock()
-	if old, ok := r.loaded[rec.ID]; ok {
+	if old, ok := r.loaded[rec.ID]; ok && old.scope == rec.Scope && old.public.Equal(rec.Public) && now.Before(old.expires) {
+		// Another caller loaded the same key meanwhile: keep one copy,
+		// never release a key a concurrent Sign may be using.
+		r.mu.Unlock()
+		release(k)
+		return old.key, nil
+	} else if ok {
 		release(old.key)
 	} else if len(r.loaded) >= r.opts.MaxCached {
 		r.sweepLocked(now)

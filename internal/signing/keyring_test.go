@@ -215,3 +215,29 @@ func TestKeyringReleasesKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Many Signs on a cold cache load the key concurrently: every one of them
+// signs (none meets a copy released by another's load).
+func TestKeyringConcurrentColdLoads(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, signing.KeyringOptions{}, "payments")
+	rec, err := f.kr.Active(ctx, "payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 20 {
+		f.kr.Invalidate("")
+		errs := make(chan error, 32)
+		for range 32 {
+			go func() {
+				_, err := f.kr.Sign(ctx, rec, []byte("m"))
+				errs <- err
+			}()
+		}
+		for range 32 {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+	}
+}
