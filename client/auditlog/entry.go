@@ -11,6 +11,7 @@ package auditlog
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"time"
@@ -63,16 +64,25 @@ func Object(scope, keyID string) string {
 // RequestID links the admission and middleware entries of one RPC.
 type RequestID [16]byte
 
-// NewRequestID returns a random request id.
+// NewRequestID returns a fresh request id: the time in microseconds (8
+// bytes, big-endian) and 8 random bytes. Ids sort by time, so the stores'
+// request index grows at its end (a random key costs a random page per
+// insert: measured 5x slower group commits in bbolt).
 func NewRequestID() RequestID {
 	var r RequestID
-	if _, err := rand.Read(r[:]); err != nil {
+	binary.BigEndian.PutUint64(r[:8], uint64(time.Now().UnixMicro()))
+	if _, err := rand.Read(r[8:]); err != nil {
 		panic("auditlog: crypto/rand failed: " + err.Error())
 	}
 	return r
 }
 
 func (r RequestID) String() string { return hex.EncodeToString(r[:]) }
+
+// Time is when the request id was minted (at admission).
+func (r RequestID) Time() time.Time {
+	return time.UnixMicro(int64(binary.BigEndian.Uint64(r[:8]))).UTC()
+}
 
 // ParseRequestID is the inverse of String.
 func ParseRequestID(s string) (RequestID, error) {

@@ -19,20 +19,12 @@ var ErrClosed = errors.New("audit: writer closed")
 // someone removed entries). The writer reloads the tree and retries.
 var ErrHeadMoved = errors.New("audit: log head moved")
 
-// Batch is one commit: the leaves for seqs Start.., the tree nodes they
-// complete (levels StoredLevel and up) and where each request's entries
-// start, for lookups by request id.
+// Batch is one commit: the leaves for seqs Start.. and the tree nodes they
+// complete (levels StoredLevel and up).
 type Batch struct {
-	Start    uint64
-	Leaves   [][]byte
-	Nodes    []Node
-	Requests []RequestRef
-}
-
-// RequestRef locates the first entry of a request.
-type RequestRef struct {
-	ID  RequestID
-	Seq uint64
+	Start  uint64
+	Leaves [][]byte
+	Nodes  []Node
 }
 
 // Appender is the store side of the writer.
@@ -407,8 +399,6 @@ func (w *Writer) append(ctx context.Context, batch []*Pending, n int, base *Tree
 	b := &Batch{Start: t.Size() + 1, Leaves: make([][]byte, 0, n)}
 	keep := func(nd Node) { b.Nodes = append(b.Nodes, nd) }
 	for _, p := range batch {
-		seq := t.Size() + 1
-		b.Requests = append(b.Requests, RequestRef{ID: p.entries[0].RequestID, Seq: seq})
 		for i := range p.entries {
 			t.Append(p.hashes[i][:], keep)
 			b.Leaves = append(b.Leaves, p.leaves[i])

@@ -102,7 +102,7 @@ func (a *AuditReader) ProveInclusion(ctx context.Context, req *signerv1.ProveInc
 		if err != nil {
 			return nil, signerr.Invalid("request_id", "must be 32 hex digits")
 		}
-		first, err := a.store.FindRequest(ctx, id)
+		first, err := audit.FindRequest(ctx, a.store, id)
 		if err != nil {
 			return nil, err
 		}

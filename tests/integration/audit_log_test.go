@@ -228,7 +228,7 @@ func TestRewrittenLogCaughtBySavedCheckpoint(t *testing.T) {
 	provider := env.Provider
 	env.Stop()
 
-	ownerExec(t, db.AdminDSN, `DELETE FROM audit_entries`, `DELETE FROM audit_nodes`, `DELETE FROM audit_requests`, `DELETE FROM audit_checkpoints`)
+	ownerExec(t, db.AdminDSN, `DELETE FROM audit_entries`, `DELETE FROM audit_nodes`, `DELETE FROM audit_checkpoints`)
 	forger, err := postgres.Open(context.Background(), postgres.Config{DSN: db.AdminDSN})
 	if err != nil {
 		t.Fatal(err)

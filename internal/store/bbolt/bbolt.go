@@ -21,11 +21,10 @@ import (
 )
 
 var (
-	bucketKeys        = []byte("keys")        // key id → JSON Key
-	bucketScopes      = []byte("scopes")      // scope → bucket of key id → nil
-	bucketAudit       = []byte("audit")       // big-endian seq → canonical leaf (package audit)
-	bucketNodes       = []byte("audit_nodes") // level (1 byte) + big-endian index → hash
-	bucketRequests    = []byte("audit_requests")
+	bucketKeys        = []byte("keys")              // key id → JSON Key
+	bucketScopes      = []byte("scopes")            // scope → bucket of key id → nil
+	bucketAudit       = []byte("audit")             // big-endian seq → canonical leaf (package audit)
+	bucketNodes       = []byte("audit_nodes")       // level (1 byte) + big-endian index → hash
 	bucketCheckpoints = []byte("audit_checkpoints") // big-endian size → signed note
 	bucketMeta        = []byte("meta")
 	metaSize          = []byte("audit_size")   // big-endian count of entries ever appended
@@ -51,7 +50,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketNodes, bucketRequests, bucketCheckpoints, bucketMeta} {
+		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketNodes, bucketCheckpoints, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -310,12 +309,6 @@ func appendTx(tx *bolt.Tx, b *audit.Batch) error {
 			return err
 		}
 	}
-	rb := tx.Bucket(bucketRequests)
-	for _, r := range b.Requests {
-		if err := rb.Put(r.ID[:], seqKey(r.Seq)); err != nil {
-			return err
-		}
-	}
 	return tx.Bucket(bucketMeta).Put(metaSize, seqKey(size+uint64(len(b.Leaves))))
 }
 
@@ -393,18 +386,6 @@ func (r txReader) Nodes(_ context.Context, ids []audit.NodeID) (out [][]byte, er
 		return nil
 	}()
 	return out, err
-}
-
-func (s *Store) FindRequest(_ context.Context, id audit.RequestID) (seq uint64, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketRequests).Get(id[:])
-		if len(v) != 8 {
-			return fmt.Errorf("bbolt: request %s: %w", id, signerr.ErrKeyNotFound)
-		}
-		seq = binary.BigEndian.Uint64(v)
-		return nil
-	})
-	return seq, err
 }
 
 func (s *Store) PutCheckpoint(_ context.Context, size uint64, note []byte) error {

@@ -68,7 +68,7 @@ func (x tamper) DeleteCheckpoints(t testing.TB, above uint64) {
 
 func (x tamper) Wipe(t testing.TB) {
 	x.update(t, func(tx *bolt.Tx) error {
-		for _, name := range []string{"audit", "audit_nodes", "audit_requests", "audit_checkpoints"} {
+		for _, name := range []string{"audit", "audit_nodes", "audit_checkpoints"} {
 			if err := tx.DeleteBucket([]byte(name)); err != nil {
 				return err
 			}

@@ -119,7 +119,7 @@ func redact(err error) error {
 var RuntimeGrants = []string{
 	"GRANT USAGE ON SCHEMA public TO %s",
 	"GRANT SELECT, INSERT, UPDATE ON signing_keys TO %s",
-	"GRANT SELECT, INSERT ON audit_entries, audit_nodes, audit_requests, audit_checkpoints, audit_log_key TO %s",
+	"GRANT SELECT, INSERT ON audit_entries, audit_nodes, audit_checkpoints, audit_log_key TO %s",
 	"GRANT SELECT ON audit_pruned, goose_db_version TO %s",
 }
 
@@ -357,8 +357,8 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 }
 
 // appendSQL extends the log in one statement, so one round trip and one
-// implicit transaction per batch: the leaves, the tree nodes they complete
-// and the request index, only if it gets the append lock at once and the
+// implicit transaction per batch: the leaves and the tree nodes they
+// complete, only if it gets the append lock at once and the
 // log holds exactly $1-1 entries. Otherwise nothing is written and the
 // writer (told ErrHeadMoved) reloads the tree under the lock, waiting for
 // it (AppendAuditLocked). So every append of every replica is serialised by
@@ -374,9 +374,6 @@ var appendSQL = `WITH head AS (
 ), n AS (
 	INSERT INTO audit_nodes (level, idx, hash)
 	SELECT t.lv, t.ix, t.h FROM unnest($3::smallint[], $4::bigint[], $5::bytea[]) AS t(lv, ix, h), head WHERE head.ok
-), r AS (
-	INSERT INTO audit_requests (request_id, seq)
-	SELECT t.id, t.s FROM unnest($6::bytea[], $7::bigint[]) AS t(id, s), head WHERE head.ok
 )
 SELECT count(*) FROM e`
 
@@ -392,13 +389,8 @@ func appendBatch(ctx context.Context, q querier, b *audit.Batch) error {
 	for i, n := range b.Nodes {
 		levels[i], idx[i], hs[i] = int16(n.Level), int64(n.Index), n.Hash
 	}
-	ids := make([][]byte, len(b.Requests))
-	seqs := make([]int64, len(b.Requests))
-	for i, r := range b.Requests {
-		ids[i], seqs[i] = r.ID[:], int64(r.Seq)
-	}
 	var n int64
-	if err := q.QueryRow(ctx, appendSQL, int64(b.Start), b.Leaves, levels, idx, hs, ids, seqs).Scan(&n); err != nil {
+	if err := q.QueryRow(ctx, appendSQL, int64(b.Start), b.Leaves, levels, idx, hs).Scan(&n); err != nil {
 		return err
 	}
 	if n != int64(len(b.Leaves)) {
@@ -522,15 +514,6 @@ func (r reader) Nodes(ctx context.Context, ids []audit.NodeID) ([][]byte, error)
 		}
 	}
 	return out, nil
-}
-
-func (s *Store) FindRequest(ctx context.Context, id audit.RequestID) (uint64, error) {
-	var seq int64
-	err := s.pool.QueryRow(ctx, `SELECT seq FROM audit_requests WHERE request_id = $1`, id[:]).Scan(&seq)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("postgres: request %s: %w", id, signerr.ErrKeyNotFound)
-	}
-	return uint64(seq), classify(err)
 }
 
 func (s *Store) PutCheckpoint(ctx context.Context, size uint64, note []byte) error {

@@ -135,18 +135,43 @@ func testAuditAppend(t *testing.T, s store.Store) {
 	if !bytes.Equal(stored.Root(), tree.Root()) || !bytes.Equal(l.w.Head().Root, tree.Root()) {
 		t.Fatal("the stored tree, the writer's and the leaves' roots differ")
 	}
-	var req audit.RequestID
-	copy(req[:], "req-000000000007")
-	seq, err := s.FindRequest(ctx, req)
-	must(t, err)
-	if seq != 8 {
-		t.Fatalf("FindRequest = %d, want 8", seq)
-	}
-	if _, err := s.FindRequest(ctx, audit.NewRequestID()); !errors.Is(err, signerr.ErrKeyNotFound) {
-		t.Fatalf("unknown request: %v", err)
-	}
 	if _, err := s.Leaves(ctx, 40, 43); !errors.Is(err, audit.ErrTreeBroken) {
 		t.Fatalf("Leaves beyond the log: %v", err)
+	}
+}
+
+// Requests are found by their id without an index (the id starts with its
+// time): in a log of hundreds of requests minted over time, each one, the
+// first and the last included; an unknown id is ErrKeyNotFound.
+func testFindRequest(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	w := audit.NewWriter(s, audit.WriterOptions{})
+	defer w.Close()
+	var ids []audit.RequestID
+	var seqs []uint64
+	for i := range 300 {
+		req := audit.NewRequestID()
+		e := entry(i, "sign")
+		e.RequestID = req
+		adm := e
+		adm.Relation = audit.RelationConnect
+		p := w.Submit(ctx, audit.LaneAdmitted, adm, e)
+		must(t, p.Wait(ctx))
+		ids, seqs = append(ids, req), append(seqs, p.Committed()[0].Seq)
+	}
+	for _, i := range []int{0, 1, 150, 298, 299} {
+		seq, err := audit.FindRequest(ctx, s, ids[i])
+		must(t, err)
+		if seq != seqs[i] {
+			t.Fatalf("FindRequest(%d) = %d, want %d", i, seq, seqs[i])
+		}
+	}
+	if _, err := audit.FindRequest(ctx, s, audit.NewRequestID()); !errors.Is(err, signerr.ErrKeyNotFound) {
+		t.Fatalf("unknown request: %v", err)
+	}
+	var old audit.RequestID // the epoch: before every entry
+	if _, err := audit.FindRequest(ctx, s, old); !errors.Is(err, signerr.ErrKeyNotFound) {
+		t.Fatalf("an id from before the log: %v", err)
 	}
 }
 

@@ -38,6 +38,7 @@ func Run(t *testing.T, open Opener) {
 		{"LogKey", keys(testLogKey)},
 		{"AuditAppendAndRead", keys(testAuditAppend)},
 		{"AuditHeadMoved", keys(testAuditHeadMoved)},
+		{"AuditFindRequest", keys(testFindRequest)},
 		{"AuditQuery", keys(testAuditQuery)},
 		{"AuditConcurrentWriters", keys(testAuditConcurrent)},
 		{"AuditCheckpoints", keys(testCheckpoints)},

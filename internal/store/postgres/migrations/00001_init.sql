@@ -33,11 +33,6 @@ CREATE TABLE audit_nodes (
     hash  bytea    NOT NULL CHECK (length(hash) = 32),
     PRIMARY KEY (level, idx)
 );
--- Where each request's entries start, for proofs by request id.
-CREATE TABLE audit_requests (
-    request_id bytea  PRIMARY KEY CHECK (length(request_id) = 16),
-    seq        bigint NOT NULL
-);
 -- Signed checkpoints (C2SP signed notes), one per size.
 CREATE TABLE audit_checkpoints (
     size bigint PRIMARY KEY,
@@ -88,8 +83,6 @@ CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_ch
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
 CREATE TRIGGER audit_log_key_append_only BEFORE UPDATE OR DELETE ON audit_log_key
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
-CREATE TRIGGER audit_requests_append_only BEFORE UPDATE OR DELETE ON audit_requests
-    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
 CREATE TRIGGER audit_entries_no_truncate BEFORE TRUNCATE ON audit_entries
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 CREATE TRIGGER audit_nodes_no_truncate BEFORE TRUNCATE ON audit_nodes
@@ -101,7 +94,6 @@ CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoint
 DROP TABLE audit_log_key;
 DROP TABLE audit_pruned;
 DROP TABLE audit_checkpoints;
-DROP TABLE audit_requests;
 DROP TABLE audit_nodes;
 DROP TABLE audit_entries;
 DROP FUNCTION audit_append_only();
