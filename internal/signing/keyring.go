@@ -163,24 +163,14 @@ func (r *Keyring) Notice(scope string) {
 	}
 }
 
+// cachedLocked reports, in constant time (a notice flood must stay cheap),
+// whether the scope's records are cached. Records cached only by key id
+// (pinned Signs) are not looked for: they expire with the TTL, the
+// fallback the notices only shorten.
 func (r *Keyring) cachedLocked(scope string) bool {
-	if _, ok := r.active[scope]; ok {
-		return true
-	}
-	if _, ok := r.published[scope]; ok {
-		return true
-	}
-	for _, c := range r.byID {
-		if c.scope == scope {
-			return true
-		}
-	}
-	for _, l := range r.loaded {
-		if l.scope == scope {
-			return true
-		}
-	}
-	return false
+	_, active := r.active[scope]
+	_, published := r.published[scope]
+	return active || published
 }
 
 // expireIn makes the scope's entries ("" every entry) expire by deadline; a
