@@ -5,7 +5,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: all build run test unit generate-check proto lint bench fmt clean spire fuzz images
+.PHONY: all build run test unit generate-check proto lint bench fmt clean spire fuzz images kind-node e2e-kind
 # Tests and benchmarks include the PKCS#11 provider (cgo); the default build
 # and the scratch images do not (see docs/hsm.md).
 TAGS  := pkcs11
@@ -65,6 +65,14 @@ fuzz:
 ## images: the container images, built locally (scripts/build-images.sh).
 images:
 	./scripts/build-images.sh dev
+
+## kind-node: the kind node image, built from Go modules and Debian packages (cached by input hash).
+kind-node:
+	./scripts/build-kind-node.sh
+
+## e2e-kind: the end-to-end scenarios on a one-node kind cluster (scripts/e2e-kind.sh).
+e2e-kind:
+	./scripts/e2e-kind.sh
 
 ## bench: throughput and latency, each beside a baseline measured in the same run.
 bench:
