@@ -116,21 +116,27 @@ single=()
 kubectl -n kube-system wait --for=condition=Ready pods --all --timeout=180s >/dev/null
 
 phase "SPIRE"
-kubectl apply -f tests/e2e/kind/spire.yaml >/dev/null
+kubectl apply -f tests/e2e/kind/spire-server.yaml >/dev/null
 kubectl -n spire rollout status statefulset/spire-server --timeout=180s
+spire_server=(kubectl -n spire exec spire-server-0 -- /usr/local/bin/spire-server)
+sock=(-socketPath /tmp/spire-server/private/api.sock)
+# The agents' trust bundle, before they start (the server's k8sbundle
+# notifier keeps it current afterwards).
+"${spire_server[@]}" bundle show "${sock[@]}" >"$tools/spire-bundle.crt"
+kubectl -n spire create configmap spire-bundle --from-file=bundle.crt="$tools/spire-bundle.crt" --dry-run=client -o yaml |
+  kubectl apply -f - >/dev/null
 entry() { # SPIFFE ID path, selectors...
   local id=$1 args=()
   shift
   for s in "$@"; do args+=(-selector "$s"); done
-  kubectl -n spire exec spire-server-0 -- /usr/local/bin/spire-server entry create -socketPath /tmp/spire-server/private/api.sock \
-    -parentID "spiffe://$TD/k8s/plexsphere-e2e/node" -spiffeID "spiffe://$TD$id" "${args[@]}" >/dev/null
+  "${spire_server[@]}" entry create "${sock[@]}" -parentID "spiffe://$TD/k8s/plexsphere-e2e/node" -spiffeID "spiffe://$TD$id" "${args[@]}" >/dev/null
 }
 # Every agent of this cluster is a parent of the workload entries.
-kubectl -n spire exec spire-server-0 -- /usr/local/bin/spire-server entry create -socketPath /tmp/spire-server/private/api.sock -node \
-  -spiffeID "spiffe://$TD/k8s/plexsphere-e2e/node" -selector k8s_psat:cluster:plexsphere-e2e >/dev/null
+"${spire_server[@]}" entry create "${sock[@]}" -node -spiffeID "spiffe://$TD/k8s/plexsphere-e2e/node" -selector k8s_psat:cluster:plexsphere-e2e >/dev/null
 for sa in "$NS_SIGNER/signer" "$NS_SIGNER/signer-bbolt" "$NS_SIGNER/signer-operator" "$NS_CORE/core" "$NS_CORE/intruder"; do
   entry "/ns/${sa%%/*}/sa/${sa##*/}" "k8s:ns:${sa%%/*}" "k8s:sa:${sa##*/}"
 done
+kubectl apply -f tests/e2e/kind/spire-agent.yaml >/dev/null
 kubectl -n spire rollout status daemonset/spire-agent --timeout=180s
 
 phase "Postgres"
