@@ -214,6 +214,11 @@ func TestSignerChart(t *testing.T) {
 	if ru := d.Spec.Strategy.RollingUpdate; ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 || ru.MaxSurge.IntValue() != 1 {
 		t.Errorf("rolling update %+v", d.Spec.Strategy)
 	}
+	// A stopping replica keeps serving past the DNS cache TTL, then drains.
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil || c.Lifecycle.PreStop.Sleep.Seconds != 35 ||
+		pod.TerminationGracePeriodSeconds == nil || *pod.TerminationGracePeriodSeconds != 35+20+10 || env["SIGNER_SHUTDOWN_TIMEOUT"] != "20s" {
+		t.Errorf("shutdown: lifecycle %+v, grace %v, SIGNER_SHUTDOWN_TIMEOUT %q", c.Lifecycle, pod.TerminationGracePeriodSeconds, env["SIGNER_SHUTDOWN_TIMEOUT"])
+	}
 	// The runtime role never migrates.
 	if env["SIGNER_POSTGRES_MIGRATE"] != "false" {
 		t.Errorf("SIGNER_POSTGRES_MIGRATE=%q with a migration Job", env["SIGNER_POSTGRES_MIGRATE"])

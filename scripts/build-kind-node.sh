@@ -45,6 +45,16 @@ if [[ $(docker image inspect -f "{{ index .Config.Labels \"$LABEL\" }}" "$image"
   exit 0
 fi
 
+# quiet runs a docker command with the classic builder and shows its output
+# only when it fails (the CLI warns on every legacy build).
+quiet() {
+  local out
+  if ! out=$(DOCKER_BUILDKIT=0 "$@" 2>&1); then
+    echo "$out" >&2
+    return 1
+  fi
+}
+
 start=$(date +%s)
 step() { log "[$(($(date +%s) - start))s] $*"; }
 work=${KIND_BUILD_DIR:-$(mktemp -d /var/tmp/plexsphere-kind.XXXXXX)}
@@ -154,7 +164,7 @@ copy_from_rootfs() { # dest root, rootfs paths...: each path and the libraries i
 }
 netbase=$work/netbase
 rm -rf "$netbase"
-mkdir -p "$netbase/usr/bin" "$netbase/usr/sbin" "$netbase/usr/lib" "$netbase/run"
+mkdir -p "$netbase/usr/bin" "$netbase/usr/sbin" "$netbase/usr/lib" "$netbase/usr/lib64" "$netbase/run"
 for d in bin sbin lib lib64; do ln -s "usr/$d" "$netbase/$d"; done
 layer "$netbase"
 mapfile -t xt < <(cd "$rootfs" && find usr/lib/x86_64-linux-gnu/xtables -name '*.so' | sed 's#^#/#')
@@ -187,7 +197,7 @@ mkimage() { # tag, base dir (or ""), binary, path in image, Dockerfile lines...
     printf '%s\n' "$@"
     echo "LABEL $LABEL=$hash"
   } >"$ctx/Dockerfile"
-  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$ctx" >/dev/null
+  quiet docker build -q -t "$tag" "$ctx"
   image_tags+=("$tag")
 }
 step "images"
@@ -266,6 +276,8 @@ docker exec "$build_container" /bin/bash -euc '
   containerd >/tmp/containerd.log 2>&1 &
   for _ in $(seq 1 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
   ctr --namespace=k8s.io images import --all-platforms --no-unpack --digests /preload.tar >/dev/null
+  # --digests also names the archive itself (import-<date>@sha256:...).
+  ctr --namespace=k8s.io images ls -q | grep "^import-" | xargs -r ctr --namespace=k8s.io images rm >/dev/null
   ctr --namespace=k8s.io images ls -q | grep -v "^sha256:"
   kill %1; wait || true
   rm -rf /preload.tar /tmp/* /run/containerd'
@@ -273,7 +285,7 @@ docker commit "$build_container" "$base-preloaded" >/dev/null
 # systemd stops on SIGRTMIN+3; `docker commit --change` cannot set that.
 printf '%s\n' "FROM $base-preloaded" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
   'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' 'CMD []' "LABEL $LABEL=$hash" |
-  DOCKER_BUILDKIT=0 docker build -q -t "$image" - >/dev/null
+  quiet docker build -q -t "$image" -
 docker rmi "$base-preloaded" "$base" "${image_tags[@]}" >/dev/null 2>&1 || true
 step "built $image ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'))"
 echo "$image"

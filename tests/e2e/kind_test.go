@@ -174,16 +174,26 @@ func operatorSpec(release, restart string, args ...string) string {
 	return fmt.Sprintf(`
       serviceAccountName: signer-operator
       automountServiceAccountToken: false
-      restartPolicy: %s
+      restartPolicy: %[1]s
       securityContext:
         runAsNonRoot: true
         runAsUser: 65532
         seccompProfile: {type: RuntimeDefault}
+      initContainers:
+        # Start signerctl only once the policy admits this new pod.
+        - name: reachable
+          image: plexsphere/e2e-probe:dev
+          imagePullPolicy: Never
+          args: ["--until-ok", "60s", "--every", "200ms", "--timeout", "1s", "%[3]s.plexsphere.svc:8443"]
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {drop: ["ALL"]}
       containers:
         - name: signerctl
           image: plexsphere/signerctl:dev
           imagePullPolicy: Never
-          args: %s
+          args: %[2]s
           env:
             - {name: SIGNERCTL_SIGNER, value: "%[3]s.plexsphere.svc:8443"}
             - {name: SIGNERCTL_SIGNER_SPIFFE_ID, value: "spiffe://%[4]s/ns/plexsphere/sa/%[3]s"}
@@ -227,7 +237,7 @@ spec:
 			break
 		}
 		if strings.HasSuffix(st, fmt.Sprintf("/%d", backoff+1)) || time.Now().After(deadline) {
-			logs, _ := kubectlE("-n", nsSigner, "logs", "job/"+name)
+			logs, _ := kubectlE("-n", nsSigner, "logs", "job/"+name, "--all-containers")
 			t.Fatalf("signerctl %v: job %s: %s\n%s", args, name, st, logs)
 		}
 		time.Sleep(time.Second)
@@ -238,7 +248,7 @@ spec:
 	if len(pods) == 0 {
 		t.Fatalf("job %s succeeded without a pod", name)
 	}
-	out := kubectl(t, "-n", nsSigner, "logs", pods[0])
+	out := kubectl(t, "-n", nsSigner, "logs", pods[0], "-c", "signerctl")
 	kubectl(t, "-n", nsSigner, "delete", "job", name, "--wait=false")
 	return out
 }
@@ -310,7 +320,7 @@ func grantedSigns(t *testing.T) map[uint64]auditEntry {
 	})
 	var out string
 	for _, prev := range []bool{true, false} { // the restarted container's predecessor too
-		o, _ := kubectlE("-n", nsSigner, "logs", "audit-reader", fmt.Sprintf("--previous=%v", prev))
+		o, _ := kubectlE("-n", nsSigner, "logs", "audit-reader", "-c", "signerctl", fmt.Sprintf("--previous=%v", prev))
 		out += o + "\n"
 	}
 	return parseAudit(t, out)

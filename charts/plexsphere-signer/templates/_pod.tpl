@@ -55,6 +55,7 @@ PersistentVolumeClaim).
 {{- $fileID := or (eq .Values.identity.mode "files") (eq .Values.identity.mode "cert-manager") -}}
 serviceAccountName: {{ include "signer.name" . }}
 automountServiceAccountToken: false
+terminationGracePeriodSeconds: {{ add .Values.shutdown.drainSeconds .Values.shutdown.timeoutSeconds 10 }}
 enableServiceLinks: false
 securityContext:
   runAsNonRoot: true
@@ -110,6 +111,8 @@ containers:
         value: {{ .Values.maxConnectionAge | quote }}
       - name: SIGNER_LOG_LEVEL
         value: {{ .Values.logLevel | quote }}
+      - name: SIGNER_SHUTDOWN_TIMEOUT
+        value: "{{ .Values.shutdown.timeoutSeconds }}s"
       {{- include "signer.identityEnv" . | nindent 6 }}
       - name: SIGNER_STORE
         value: {{ .Values.store.type | quote }}
@@ -141,6 +144,17 @@ containers:
       - name: SIGNER_LOCAL_KEK_FILE
         value: /var/run/secrets/plexsphere/kek/{{ .Values.provider.local.kekSecret.key }}
       {{- end }}
+    {{- if gt (int .Values.shutdown.drainSeconds) 0 }}
+    # A stopping replica keeps serving while the sidecars learn that it is
+    # going: it leaves the headless Service's DNS answer at once, but
+    # CoreDNS may serve the old answer for its cache TTL (30 s in kubeadm's
+    # Corefile) and a gRPC dns resolver re-resolves only when a connection
+    # drops. Only then does it stop (GOAWAY, in-flight calls drained).
+    lifecycle:
+      preStop:
+        sleep:
+          seconds: {{ .Values.shutdown.drainSeconds }}
+    {{- end }}
     startupProbe:
       grpc:
         port: {{ .Values.ops.port }}
