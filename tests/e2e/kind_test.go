@@ -447,32 +447,104 @@ func TestKindIntruderDeniedAndAudited(t *testing.T) {
 	}
 }
 
-// A signer replica deleted while the core signs every 50 ms: the core keeps
-// signing, its only failures are Unavailable, and every signature it got
-// has exactly one granted audit row.
-func TestKindSignerPodDeletedUnderLoad(t *testing.T) {
-	pods := strings.Fields(kubectl(t, "-n", nsSigner, "get", "pods", "-l", "app.kubernetes.io/instance=signer", "-o", "name"))
-	if len(pods) != 2 {
-		t.Fatalf("want 2 replicas, have %v", pods)
+// podState is a signer pod as the scenarios see it: a draining pod (its
+// deletion requested, preStop running) still shows phase Running.
+type podState struct {
+	name            string
+	deleting, ready bool
+}
+
+func signerPods(t *testing.T) []podState {
+	t.Helper()
+	out := kubectl(t, "-n", nsSigner, "get", "pods", "-l", "app.kubernetes.io/instance=signer", "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
+	var ps []podState
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		p := podState{name: f[0], ready: f[len(f)-1] == "True"}
+		p.deleting = len(f) == 3
+		ps = append(ps, p)
 	}
+	return ps
+}
+
+// serving are the names of the ready signer pods not being deleted.
+func serving(ps []podState) []string {
+	var names []string
+	for _, p := range ps {
+		if p.ready && !p.deleting {
+			names = append(names, p.name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// settled waits until exactly two signer pods exist, both serving (no
+// replica of an earlier scenario still draining), and returns them.
+func settled(t *testing.T) []string {
+	t.Helper()
+	var names []string
+	eventually(t, 3*time.Minute, func() string {
+		ps := signerPods(t)
+		names = serving(ps)
+		if len(ps) != 2 || len(names) != 2 {
+			return fmt.Sprintf("signer pods %+v", ps)
+		}
+		return ""
+	})
+	return names
+}
+
+func contains(names []string, n string) bool {
+	for _, m := range names {
+		if m == n {
+			return true
+		}
+	}
+	return false
+}
+
+// A signer replica deleted while the core signs every 50 ms: the core keeps
+// signing through the replica's drain and stop, its only failures are
+// Unavailable, and every signature it got has exactly one granted audit row.
+func TestKindSignerPodDeletedUnderLoad(t *testing.T) {
+	before := settled(t)
 	core := corePod(t, "core")
 	deleted := time.Now()
-	kubectl(t, "-n", nsSigner, "delete", pods[0], "--wait=false")
-	var ready time.Duration
+	kubectl(t, "-n", nsSigner, "delete", "pod", before[0], "--wait=false")
+	var ready, gone time.Duration
 	eventually(t, 3*time.Minute, func() string {
-		if kubectl(t, "-n", nsSigner, "get", "deploy/signer", "-o", "jsonpath={.status.readyReplicas}") != "2" {
-			return "the signer Deployment is not back to 2 ready replicas"
-		}
+		ps := signerPods(t)
 		if ready == 0 {
-			ready = time.Since(deleted)
+			for _, n := range serving(ps) {
+				if !contains(before, n) {
+					ready = time.Since(deleted)
+				}
+			}
 		}
-		if sigs, _ := tally(coreLog(t, nsCore, core, "core"), deleted, time.Now().Add(time.Hour)); sigs < 300 {
-			return fmt.Sprintf("%d signatures since the deletion", sigs)
+		if gone == 0 {
+			found := false
+			for _, p := range ps {
+				found = found || p.name == before[0]
+			}
+			if !found {
+				gone = time.Since(deleted)
+			}
+		}
+		if ready == 0 || gone == 0 {
+			return fmt.Sprintf("replacement ready after %v, deleted pod gone after %v: %+v", ready, gone, ps)
+		}
+		if sigs, _ := tally(coreLog(t, nsCore, core, "core"), deleted.Add(gone), time.Now().Add(time.Hour)); sigs < 100 {
+			return fmt.Sprintf("%d signatures since the deleted pod stopped", sigs)
 		}
 		return ""
 	})
 	lines := coreLog(t, nsCore, core, "core")
-	sigs, fails := tally(lines, deleted.Add(-10*time.Second), time.Now().Add(time.Hour))
+	sigs, fails := tally(lines, deleted, time.Now().Add(time.Hour))
 	var all []string
 	for _, l := range lines {
 		if l.sig != "" {
@@ -480,7 +552,6 @@ func TestKindSignerPodDeletedUnderLoad(t *testing.T) {
 		}
 	}
 	var granted map[string]int
-	var missing int
 	eventually(t, 2*time.Minute, func() string {
 		granted = map[string]int{}
 		for _, e := range grantedSigns(t) {
@@ -488,7 +559,7 @@ func TestKindSignerPodDeletedUnderLoad(t *testing.T) {
 				granted[e.SignatureSHA256]++
 			}
 		}
-		missing = 0
+		missing := 0
 		for _, s := range all {
 			if granted[s] == 0 {
 				missing++
@@ -499,17 +570,17 @@ func TestKindSignerPodDeletedUnderLoad(t *testing.T) {
 		}
 		return ""
 	})
-	var twice int
+	var other int
 	for _, s := range all {
 		if granted[s] != 1 {
-			twice++
+			other++
 		}
 	}
-	figure(t, "deleted %s; replacement ready after %.1f s; around the deletion the core got %d signatures, failures %v; "+
-		"all %d signatures of the run: each with exactly one granted audit row: %v (%d with another count)",
-		pods[0], ready.Seconds(), sigs, fails, len(all), twice == 0, twice)
-	if twice != 0 {
-		t.Errorf("%d signatures without exactly one granted audit row", twice)
+	figure(t, "deleted %s; replacement ready after %.1f s, the deleted pod drained and gone after %.1f s; since the deletion the core got %d signatures, failures %v; "+
+		"all %d signatures of the run have exactly one granted audit row: %v (%d with another count)",
+		before[0], ready.Seconds(), gone.Seconds(), sigs, fails, len(all), other == 0, other)
+	if other != 0 {
+		t.Errorf("%d signatures without exactly one granted audit row", other)
 	}
 	for code := range fails {
 		if code != "Unavailable" {
@@ -519,24 +590,28 @@ func TestKindSignerPodDeletedUnderLoad(t *testing.T) {
 }
 
 // `helm upgrade` rolls both signer replicas (a new pod before an old one
-// stops) while the core signs every 50 ms: no Sign fails.
+// stops, each old one draining before it stops) while the core signs every
+// 50 ms: no Sign fails, from the upgrade until the last old pod is gone.
 func TestKindHelmUpgradeRollsWithoutFailedSign(t *testing.T) {
+	before := settled(t)
 	core := corePod(t, "core")
-	before := strings.Fields(kubectl(t, "-n", nsSigner, "get", "pods", "-l", "app.kubernetes.io/instance=signer", "-o", "name"))
 	start := time.Now()
 	helm(t, "upgrade", "-n", nsSigner, "signer", "../../charts/plexsphere-signer", "--reuse-values",
 		"--set-string", "podAnnotations.e2e/rolled="+fmt.Sprint(start.Unix()), "--wait", "--timeout", "5m")
-	kubectl(t, "-n", nsSigner, "rollout", "status", "deploy/signer", "--timeout=3m")
-	took := time.Since(start)
-	after := strings.Fields(kubectl(t, "-n", nsSigner, "get", "pods", "-l", "app.kubernetes.io/instance=signer",
-		"--field-selector=status.phase=Running", "-o", "name"))
-	for _, p := range after {
-		for _, q := range before {
-			if p == q {
-				t.Fatalf("pod %s was not replaced (before %v, after %v)", p, before, after)
+	var after []string
+	eventually(t, 5*time.Minute, func() string {
+		ps := signerPods(t)
+		for _, p := range ps {
+			if contains(before, p.name) {
+				return fmt.Sprintf("old pod %s still there: %+v", p.name, ps)
 			}
 		}
-	}
+		if after = serving(ps); len(after) != 2 {
+			return fmt.Sprintf("signer pods %+v", ps)
+		}
+		return ""
+	})
+	took := time.Since(start)
 	// Then 50 more signatures on the new replicas.
 	rolled := time.Now()
 	eventually(t, time.Minute, func() string {
@@ -546,7 +621,8 @@ func TestKindHelmUpgradeRollsWithoutFailedSign(t *testing.T) {
 		return ""
 	})
 	sigs, fails := tally(coreLog(t, nsCore, core, "core"), start, time.Now())
-	figure(t, "helm upgrade replaced %v by %v in %.1f s; the core got %d signatures meanwhile, failed Sign: %v", before, after, took.Seconds(), sigs, fails)
+	figure(t, "helm upgrade replaced %v by %v, the old ones drained and gone after %.1f s; the core got %d signatures meanwhile, failed Sign: %v",
+		before, after, took.Seconds(), sigs, fails)
 	if len(fails) != 0 {
 		t.Errorf("failed Sign during the upgrade: %v", fails)
 	}
