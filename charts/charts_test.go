@@ -477,7 +477,7 @@ func TestExampleCoreChartNativeSidecar(t *testing.T) {
 			t.Errorf("core receives %s", name)
 		}
 	}
-	if !strings.Contains(strings.Join(core.Args, " "), "--signer unix:///run/plexsphere/signer.sock") {
+	if a := strings.Join(core.Args, " "); !strings.Contains(a, "--signer unix:///run/plexsphere/signer.sock") || !strings.Contains(a, "--wait 30s") {
 		t.Errorf("core args %v", core.Args)
 	}
 	var identity bool
