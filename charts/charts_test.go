@@ -287,6 +287,11 @@ func TestSignerChartMigrationJob(t *testing.T) {
 	}
 	c := pod.Containers[0]
 	checkHardened(t, "migrate", pod, c)
+	// The Secret's files are 0400 root: the non-root container reads them
+	// through the pod's fsGroup (the first kind run with a Job failed here).
+	if ps := pod.SecurityContext; ps.FSGroup == nil || ps.RunAsUser == nil || *ps.FSGroup != *ps.RunAsGroup {
+		t.Errorf("migrate pod fsGroup %v, runAsGroup %v", ps.FSGroup, ps.RunAsGroup)
+	}
 	env := envOf(c)
 	if fmt.Sprint(c.Args) != "[--migrate-only]" || env["SIGNER_POSTGRES_RUNTIME_ROLE"] != "signer" ||
 		env["SIGNER_POSTGRES_OWNER_DSN_FILE"] != "/var/run/secrets/plexsphere/postgres-owner/dsn" {
