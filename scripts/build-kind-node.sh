@@ -286,6 +286,12 @@ docker commit "$build_container" "$base-preloaded" >/dev/null
 printf '%s\n' "FROM $base-preloaded" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
   'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' 'CMD []' "LABEL $LABEL=$hash" |
   quiet docker build -q -t "$image" -
+docker rm -f "$build_container" >/dev/null
+build_container=
 docker rmi "$base-preloaded" "$base" "${image_tags[@]}" >/dev/null 2>&1 || true
 step "built $image ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'))"
+# Node images of earlier inputs are a gigabyte each: keep only this one.
+docker images --format '{{.Repository}}:{{.Tag}}' plexsphere/kind-node | while read -r old; do
+  if [[ $old != "$image" ]]; then docker rmi "$old" >/dev/null 2>&1 && log "removed $old"; fi
+done
 echo "$image"
