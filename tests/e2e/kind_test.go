@@ -263,7 +263,7 @@ type auditEntry struct {
 	Code            string `json:"code"`
 	Method          string `json:"method"`
 	SignatureSHA256 string `json:"signature_sha256"`
-	Hash            string `json:"hash"`
+	Leaf            string `json:"leaf"` // the canonical encoding, base64
 }
 
 func parseAudit(t *testing.T, out string) map[uint64]auditEntry {
@@ -710,7 +710,7 @@ func TestKindBboltSurvivesPodDeletion(t *testing.T) {
 	keysAfter, auditAfter := keys(), audit()
 	kept := 0
 	for seq, e := range auditBefore {
-		if a, ok := auditAfter[seq]; ok && a.Hash == e.Hash {
+		if a, ok := auditAfter[seq]; ok && a.Leaf != "" && a.Leaf == e.Leaf {
 			kept++
 		}
 	}
