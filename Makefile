@@ -5,7 +5,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: all build run test deps unit generate-check proto lint bench fmt clean spire fuzz images
+.PHONY: all build run test deps unit generate-check proto lint bench fmt clean spire fuzz images kind-node e2e-kind
 # Tests and benchmarks include the PKCS#11 provider (cgo); the default build
 # and the scratch images do not (see docs/hsm.md).
 TAGS  := pkcs11
@@ -20,11 +20,13 @@ run: build
 	./scripts/run-local.sh
 
 ## test: what a fresh machine lacks is installed first (scripts/deps.sh), then: generated code is
-## current, vet and format are clean, and every test runs with -race.
+## current, vet and format are clean, every test runs with -race, and the Kubernetes scenarios run
+## on a kind cluster (make e2e-kind).
 test: deps generate-check lint spire
 	@rm -f $(BIN)/fault-matrix.txt
 	FAULT_MATRIX_REPORT=$(BIN)/fault-matrix.txt $(GO) test -race -count=1 -tags $(TAGS) ./...
 	@if [ -f $(BIN)/fault-matrix.txt ]; then cat $(BIN)/fault-matrix.txt; fi
+	$(MAKE) e2e-kind
 
 ## deps: apt packages and local images the tests need, when missing (scripts/deps.sh).
 deps:
@@ -70,6 +72,14 @@ fuzz:
 ## images: the container images, built locally (scripts/build-images.sh).
 images:
 	./scripts/build-images.sh dev
+
+## kind-node: the kind node image, built from Go modules and Debian packages (cached by input hash).
+kind-node:
+	./scripts/build-kind-node.sh
+
+## e2e-kind: the end-to-end scenarios on a one-node kind cluster (scripts/e2e-kind.sh).
+e2e-kind:
+	./scripts/e2e-kind.sh
 
 ## bench: throughput and latency, each beside a baseline measured in the same run.
 bench:

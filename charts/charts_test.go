@@ -8,6 +8,7 @@ import (
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -17,6 +18,8 @@ import (
 // manifests are the rendered objects, decoded strictly by kind.
 type manifests struct {
 	deployments     []appsv1.Deployment
+	statefulSets    []appsv1.StatefulSet
+	jobs            []batchv1.Job
 	services        []corev1.Service
 	serviceAccounts []corev1.ServiceAccount
 	policies        []networkingv1.NetworkPolicy
@@ -39,7 +42,11 @@ func render(t *testing.T, dir string, vals map[string]any) (manifests, error) {
 		return manifests{}, err
 	}
 	var m manifests
-	for _, doc := range strings.Split(rel.Manifest, "\n---") {
+	docs := strings.Split(rel.Manifest, "\n---")
+	for _, h := range rel.Hooks { // the migration Job
+		docs = append(docs, h.Manifest)
+	}
+	for _, doc := range docs {
 		if strings.TrimSpace(doc) == "" {
 			continue
 		}
@@ -57,6 +64,14 @@ func render(t *testing.T, dir string, vals map[string]any) (manifests, error) {
 			var d appsv1.Deployment
 			strict(&d)
 			m.deployments = append(m.deployments, d)
+		case "StatefulSet":
+			var d appsv1.StatefulSet
+			strict(&d)
+			m.statefulSets = append(m.statefulSets, d)
+		case "Job":
+			var j batchv1.Job
+			strict(&j)
+			m.jobs = append(m.jobs, j)
 		case "Service":
 			var s corev1.Service
 			strict(&s)
@@ -100,6 +115,10 @@ store:
   type: postgres
   postgres:
     dsnSecret: {name: signer-db, key: dsn}
+    migration:
+      mode: job
+      ownerDsnSecret: {name: signer-db-owner, key: dsn}
+      runtimeRole: signer
 provider:
   type: local
   local:
@@ -146,8 +165,9 @@ func TestSignerChart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(m.deployments) != 1 || len(m.serviceAccounts) != 1 || len(m.policies) != 1 || len(m.pdbs) != 1 || len(m.services) != 3 {
-		t.Fatalf("rendered %d deployments, %d SAs, %d policies, %d PDBs, %d services", len(m.deployments), len(m.serviceAccounts), len(m.policies), len(m.pdbs), len(m.services))
+	if len(m.deployments) != 1 || len(m.statefulSets) != 0 || len(m.serviceAccounts) != 1 || len(m.policies) != 2 || len(m.pdbs) != 1 || len(m.services) != 3 || len(m.jobs) != 1 {
+		t.Fatalf("rendered %d deployments, %d statefulsets, %d SAs, %d policies, %d PDBs, %d services, %d jobs",
+			len(m.deployments), len(m.statefulSets), len(m.serviceAccounts), len(m.policies), len(m.pdbs), len(m.services), len(m.jobs))
 	}
 	d, sa := m.deployments[0], m.serviceAccounts[0]
 	pod := d.Spec.Template.Spec
@@ -186,13 +206,27 @@ func TestSignerChart(t *testing.T) {
 	if !headless {
 		t.Error("no headless Service for client-side balancing")
 	}
-	if m.pdbs[0].Spec.MinAvailable == nil || m.pdbs[0].Spec.MinAvailable.IntValue() != 1 {
-		t.Errorf("PDB %+v", m.pdbs[0].Spec)
+	// Two replicas: a budget that lets one go at a time; an upgrade starts a
+	// new pod before stopping an old one.
+	if p := m.pdbs[0].Spec; p.MinAvailable != nil || p.MaxUnavailable == nil || p.MaxUnavailable.IntValue() != 1 {
+		t.Errorf("PDB %+v", p)
+	}
+	if ru := d.Spec.Strategy.RollingUpdate; ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 || ru.MaxSurge.IntValue() != 1 {
+		t.Errorf("rolling update %+v", d.Spec.Strategy)
+	}
+	// A stopping replica keeps serving past the DNS cache TTL, then drains.
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil || c.Lifecycle.PreStop.Sleep.Seconds != 35 ||
+		pod.TerminationGracePeriodSeconds == nil || *pod.TerminationGracePeriodSeconds != 35+20+10 || env["SIGNER_SHUTDOWN_TIMEOUT"] != "20s" {
+		t.Errorf("shutdown: lifecycle %+v, grace %v, SIGNER_SHUTDOWN_TIMEOUT %q", c.Lifecycle, pod.TerminationGracePeriodSeconds, env["SIGNER_SHUTDOWN_TIMEOUT"])
+	}
+	// The runtime role never migrates.
+	if env["SIGNER_POSTGRES_MIGRATE"] != "false" {
+		t.Errorf("SIGNER_POSTGRES_MIGRATE=%q with a migration Job", env["SIGNER_POSTGRES_MIGRATE"])
 	}
 
 	// NetworkPolicy: default deny both ways; gRPC in only from labelled pods
 	// in the allowed namespaces (one peer: both selectors must match).
-	np := m.policies[0].Spec
+	np := policyNamed(t, m, "signer").Spec
 	if fmt.Sprint(np.PolicyTypes) != "[Ingress Egress]" {
 		t.Errorf("policy types %v", np.PolicyTypes)
 	}
@@ -225,6 +259,161 @@ func TestSignerChart(t *testing.T) {
 	}
 }
 
+func policyNamed(t *testing.T, m manifests, name string) networkingv1.NetworkPolicy {
+	t.Helper()
+	for _, p := range m.policies {
+		if p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("no NetworkPolicy %q", name)
+	return networkingv1.NetworkPolicy{}
+}
+
+// The schema is applied by a Helm hook Job as the owner role, from a Secret
+// the signer pods never mount; the pods run with SIGNER_POSTGRES_MIGRATE=false.
+func TestSignerChartMigrationJob(t *testing.T) {
+	m, err := render(t, "plexsphere-signer", values(t, signerValues))
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := m.jobs[0]
+	if job.Annotations["helm.sh/hook"] != "pre-install,pre-upgrade" {
+		t.Errorf("job hook %q", job.Annotations["helm.sh/hook"])
+	}
+	pod := job.Spec.Template.Spec
+	if pod.RestartPolicy != corev1.RestartPolicyNever || len(pod.Containers) != 1 {
+		t.Fatalf("job pod %+v", pod)
+	}
+	c := pod.Containers[0]
+	checkHardened(t, "migrate", pod, c)
+	// The Secret's files are 0400 root: the non-root container reads them
+	// through the pod's fsGroup (the first kind run with a Job failed here).
+	if ps := pod.SecurityContext; ps.FSGroup == nil || ps.RunAsUser == nil || *ps.FSGroup != *ps.RunAsGroup {
+		t.Errorf("migrate pod fsGroup %v, runAsGroup %v", ps.FSGroup, ps.RunAsGroup)
+	}
+	env := envOf(c)
+	if fmt.Sprint(c.Args) != "[--migrate-only]" || env["SIGNER_POSTGRES_RUNTIME_ROLE"] != "signer" ||
+		env["SIGNER_POSTGRES_OWNER_DSN_FILE"] != "/var/run/secrets/plexsphere/postgres-owner/dsn" {
+		t.Errorf("migrate args %v env %v", c.Args, env)
+	}
+	if len(pod.Volumes) != 1 || pod.Volumes[0].Secret == nil || pod.Volumes[0].Secret.SecretName != "signer-db-owner" {
+		t.Errorf("job volumes %+v", pod.Volumes)
+	}
+	// The owner's Secret is nowhere in the signer pods.
+	for _, v := range m.deployments[0].Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "signer-db-owner" {
+			t.Errorf("the signer pods mount the owner's Secret as %s", v.Name)
+		}
+	}
+	// Its own policy: DNS and Postgres out, nothing in.
+	np := policyNamed(t, m, "signer-migrate").Spec
+	if len(np.Ingress) != 0 || len(np.Egress) != 2 || np.PodSelector.MatchLabels["app.kubernetes.io/name"] != job.Spec.Template.Labels["app.kubernetes.io/name"] {
+		t.Errorf("migration policy %+v", np)
+	}
+
+	// self: the pods migrate (throwaway databases), no Job.
+	v := values(t, signerValues)
+	v["store"].(map[string]any)["postgres"].(map[string]any)["migration"] = map[string]any{"mode": "self"}
+	m, err = render(t, "plexsphere-signer", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.jobs) != 0 || envOf(m.deployments[0].Spec.Template.Spec.Containers[0])["SIGNER_POSTGRES_MIGRATE"] != "true" {
+		t.Errorf("self migration: %d jobs, env %v", len(m.jobs), envOf(m.deployments[0].Spec.Template.Spec.Containers[0]))
+	}
+}
+
+// bbolt: a StatefulSet of one whose file lives on a PersistentVolumeClaim of
+// the configured size; no PodDisruptionBudget (it would block every drain).
+func TestSignerChartBboltOnAVolume(t *testing.T) {
+	v := values(t, signerValues)
+	v["replicaCount"] = 1
+	v["store"] = map[string]any{"type": "bbolt", "bbolt": map[string]any{"size": "3Gi", "storageClassName": "standard"}}
+	m, err := render(t, "plexsphere-signer", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.deployments) != 0 || len(m.statefulSets) != 1 || len(m.pdbs) != 0 || len(m.jobs) != 0 {
+		t.Fatalf("bbolt: %d deployments, %d statefulsets, %d PDBs, %d jobs", len(m.deployments), len(m.statefulSets), len(m.pdbs), len(m.jobs))
+	}
+	ss := m.statefulSets[0]
+	if *ss.Spec.Replicas != 1 || len(ss.Spec.VolumeClaimTemplates) != 1 {
+		t.Fatalf("statefulset %+v", ss.Spec)
+	}
+	pvc := ss.Spec.VolumeClaimTemplates[0]
+	if pvc.Name != "data" || pvc.Spec.Resources.Requests.Storage().String() != "3Gi" || *pvc.Spec.StorageClassName != "standard" ||
+		fmt.Sprint(pvc.Spec.AccessModes) != "[ReadWriteOnce]" {
+		t.Errorf("claim %+v", pvc)
+	}
+	pod := ss.Spec.Template.Spec
+	for _, vol := range pod.Volumes {
+		if vol.Name == "data" {
+			t.Errorf("the data volume is a pod volume (%+v), not the claim", vol.VolumeSource)
+		}
+	}
+	c := pod.Containers[0]
+	var mounted bool
+	for _, vm := range c.VolumeMounts {
+		mounted = mounted || (vm.Name == "data" && vm.MountPath == "/var/lib/plexsphere")
+	}
+	if env := envOf(c); !mounted || env["SIGNER_BBOLT_PATH"] != "/var/lib/plexsphere/signer.db" {
+		t.Errorf("bbolt mount %v, env %v", c.VolumeMounts, env)
+	}
+	// And postgres with one replica: no budget either.
+	v = values(t, signerValues)
+	v["replicaCount"] = 1
+	if m, err = render(t, "plexsphere-signer", v); err != nil || len(m.pdbs) != 0 {
+		t.Errorf("postgres, one replica: %d PDBs (err %v)", len(m.pdbs), err)
+	}
+}
+
+// The identity modes: a Workload API socket by CSI or by hostPath (SPIRE's
+// agent socket directory), SVID files by cert-manager's CSI driver or from a
+// Secret.
+func TestSignerChartIdentityModes(t *testing.T) {
+	for _, tc := range []struct {
+		mode, extra, env string
+		volume           func(corev1.VolumeSource) bool
+	}{
+		{"spiffe-csi", "", "SIGNER_WORKLOAD_API_ADDR=unix:///spiffe-workload-api/spire-agent.sock",
+			func(v corev1.VolumeSource) bool { return v.CSI != nil && v.CSI.Driver == "csi.spiffe.io" }},
+		{"hostpath", "", "SIGNER_WORKLOAD_API_ADDR=unix:///spiffe-workload-api/spire-agent.sock",
+			func(v corev1.VolumeSource) bool {
+				return v.HostPath != nil && v.HostPath.Path == "/run/spire/agent-sockets" && *v.HostPath.Type == corev1.HostPathDirectory
+			}},
+		{"cert-manager", "", "SIGNER_SVID_CERT_FILE=/var/run/secrets/spiffe.io/tls.crt",
+			func(v corev1.VolumeSource) bool { return v.CSI != nil && v.CSI.Driver == "spiffe.csi.cert-manager.io" }},
+		{"files", "signer-svid", "SIGNER_TRUST_BUNDLE_FILE=/var/run/secrets/spiffe.io/ca.crt",
+			func(v corev1.VolumeSource) bool { return v.Secret != nil && v.Secret.SecretName == "signer-svid" }},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			v := values(t, signerValues)
+			id := map[string]any{"mode": tc.mode}
+			if tc.extra != "" {
+				id["files"] = map[string]any{"secretName": tc.extra}
+			}
+			v["identity"] = id
+			m, err := render(t, "plexsphere-signer", v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := m.deployments[0].Spec.Template.Spec
+			name, value, _ := strings.Cut(tc.env, "=")
+			if got := envOf(pod.Containers[0])[name]; got != value {
+				t.Errorf("%s=%q, want %q", name, got, value)
+			}
+			var found bool
+			for _, vol := range pod.Volumes {
+				found = found || (vol.Name == "spiffe-identity" && tc.volume(vol.VolumeSource))
+			}
+			if !found {
+				t.Errorf("identity volume: %+v", pod.Volumes)
+			}
+		})
+	}
+}
+
 func TestSignerChartRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		name, extra, want string
@@ -234,6 +423,11 @@ func TestSignerChartRefusals(t *testing.T) {
 		{"bad SPIFFE ID", "allowSpiffeIDs: [core]", "allowSpiffeIDs"},
 		{"core may not rotate", "rotationAllowSpiffeIDs: [\"" + coreID + "\"]", "must never rotate"},
 		{"unknown value", "replicas: 3", "additional properties"},
+		{"migration job without an owner secret", "store: {type: postgres, postgres: {dsnSecret: {name: db, key: dsn}, migration: {mode: job, runtimeRole: signer}}}", "ownerDsnSecret.name is required"},
+		{"owner secret is the runtime secret", "store: {type: postgres, postgres: {dsnSecret: {name: db, key: dsn}, migration: {mode: job, runtimeRole: signer, ownerDsnSecret: {name: db, key: dsn}}}}", "must be another Secret"},
+		{"migration job without a runtime role", "store: {type: postgres, postgres: {dsnSecret: {name: db, key: dsn}, migration: {mode: job, ownerDsnSecret: {name: owner, key: dsn}}}}", "runtimeRole is required"},
+		{"bbolt size not a quantity", "replicaCount: 1\nstore: {type: bbolt, bbolt: {size: lots}}", "size"},
+		{"files identity without a secret", "identity: {mode: files}", "identity.files.secretName is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := values(t, signerValues)
@@ -288,7 +482,7 @@ func TestExampleCoreChartNativeSidecar(t *testing.T) {
 			t.Errorf("core receives %s", name)
 		}
 	}
-	if !strings.Contains(strings.Join(core.Args, " "), "--signer unix:///run/plexsphere/signer.sock") {
+	if a := strings.Join(core.Args, " "); !strings.Contains(a, "--signer unix:///run/plexsphere/signer.sock") || !strings.Contains(a, "--wait 30s") {
 		t.Errorf("core args %v", core.Args)
 	}
 	var identity bool
@@ -301,6 +495,85 @@ func TestExampleCoreChartNativeSidecar(t *testing.T) {
 	env := envOf(sc)
 	if env["SIDECAR_ALLOW_UIDS"] != "65532" || !strings.HasPrefix(env["SIDECAR_LISTEN"], "unix://") {
 		t.Errorf("sidecar env %v", env)
+	}
+	// Distinct uids: the core's (the pod's) is the one on the allow-list, the
+	// sidecar runs as another, in the core's group (the socket is 0660).
+	if pod.SecurityContext.RunAsUser == nil || *pod.SecurityContext.RunAsUser != 65532 {
+		t.Errorf("core uid %v", pod.SecurityContext.RunAsUser)
+	}
+	if s := sc.SecurityContext; s.RunAsUser == nil || *s.RunAsUser != 65533 || s.RunAsGroup == nil || *s.RunAsGroup != *pod.SecurityContext.RunAsGroup {
+		t.Errorf("sidecar uid %v gid %v", s.RunAsUser, s.RunAsGroup)
+	}
+	// The sidecar carries its own seccomp profile, whatever the pod sets.
+	if s := sc.SecurityContext; s.SeccompProfile == nil || s.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("sidecar seccomp %+v", s.SeccompProfile)
+	}
+	if pod.ShareProcessNamespace == nil || *pod.ShareProcessNamespace {
+		t.Errorf("shareProcessNamespace %v", pod.ShareProcessNamespace)
+	}
+	if len(m.policies) != 0 {
+		t.Errorf("%d NetworkPolicies rendered by default", len(m.policies))
+	}
+}
+
+// The optional policy for core pods: the sidecar's ops port only from the
+// scrape namespaces, every other port of the pod as open as before.
+func TestExampleCoreChartOpsPolicy(t *testing.T) {
+	v := values(t, coreValues)
+	v["sidecar"].(map[string]any)["networkPolicy"] = map[string]any{"enabled": true, "scrapeNamespaces": []any{"monitoring"}}
+	m, err := render(t, "example-core", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.policies) != 1 {
+		t.Fatalf("%d policies", len(m.policies))
+	}
+	np := m.policies[0].Spec
+	if np.PodSelector.MatchLabels["app.kubernetes.io/name"] != "example-core" || fmt.Sprint(np.PolicyTypes) != "[Ingress]" || len(np.Ingress) != 2 {
+		t.Fatalf("policy %+v", np)
+	}
+	var open []string
+	for _, p := range np.Ingress[0].Ports {
+		open = append(open, fmt.Sprintf("%s:%s-%d", *p.Protocol, p.Port, *p.EndPort))
+	}
+	if got := strings.Join(open, " "); len(np.Ingress[0].From) != 0 || got != "TCP:1-9090 TCP:9092-65535 UDP:1-65535 SCTP:1-65535" {
+		t.Errorf("open ports %s from %v", got, np.Ingress[0].From)
+	}
+	ops := np.Ingress[1]
+	if len(ops.From) != 1 || fmt.Sprint(ops.From[0].NamespaceSelector.MatchExpressions[0].Values) != "[monitoring]" ||
+		len(ops.Ports) != 1 || ops.Ports[0].Port.IntValue() != 9091 {
+		t.Errorf("ops rule %+v", ops)
+	}
+}
+
+// Identity by hostPath (the SPIRE agent's socket directory) and from a Secret.
+func TestExampleCoreChartIdentityModes(t *testing.T) {
+	for _, tc := range []struct{ mode, env string }{
+		{"hostpath", "SIDECAR_WORKLOAD_API_ADDR=unix:///spiffe-workload-api/spire-agent.sock"},
+		{"files", "SIDECAR_SVID_KEY_FILE=/var/run/secrets/spiffe.io/tls.key"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			v := values(t, coreValues)
+			v["sidecar"].(map[string]any)["identity"] = map[string]any{"mode": tc.mode, "files": map[string]any{"secretName": "core-svid"}}
+			m, err := render(t, "example-core", v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := m.deployments[0].Spec.Template.Spec
+			name, value, _ := strings.Cut(tc.env, "=")
+			if got := envOf(pod.InitContainers[0])[name]; got != value {
+				t.Errorf("%s=%q, want %q", name, got, value)
+			}
+			for _, vol := range pod.Volumes {
+				if vol.Name != "plexsphere-identity" {
+					continue
+				}
+				if (tc.mode == "hostpath") != (vol.HostPath != nil && vol.HostPath.Path == "/run/spire/agent-sockets") ||
+					(tc.mode == "files") != (vol.Secret != nil && vol.Secret.SecretName == "core-svid") {
+					t.Errorf("identity volume %+v", vol.VolumeSource)
+				}
+			}
+		})
 	}
 }
 
@@ -322,8 +595,28 @@ func TestExampleCoreChartRefusals(t *testing.T) {
 		name, extra, want string
 	}{
 		{"signer SPIFFE ID unset", "sidecar: {signerSpiffeID: ''}", "sidecar.signerSpiffeID is required"},
-		{"core mounts the identity", "extraVolumeMounts: [{name: plexsphere-identity, mountPath: /id}]", "must not mount the sidecar's identity volume"},
+		{"core mounts the identity", "extraVolumeMounts: [{name: plexsphere-identity, mountPath: /id}]", "must not mount plexsphere-identity"},
 		{"core gets the SVID path", "extraEnv: [{name: SIDECAR_SVID_KEY_FILE, value: /id/key}]", "must not receive SIDECAR_SVID_KEY_FILE"},
+		{"core gets a Workload API address", "extraEnv: [{name: SPIFFE_ENDPOINT_SOCKET, value: unix:///id/agent.sock}]", "must not receive SPIFFE_ENDPOINT_SOCKET"},
+		{"shared process namespace", "shareProcessNamespace: true", "shareProcessNamespace is refused"},
+		{"identity CSI driver under another name",
+			"extraVolumes: [{name: certs, csi: {driver: csi.spiffe.io, readOnly: true}}]\nextraVolumeMounts: [{name: certs, mountPath: /id}]",
+			"must not mount certs"},
+		{"cert-manager CSI driver under another name",
+			"extraVolumes: [{name: x, csi: {driver: spiffe.csi.cert-manager.io, readOnly: true}}]\nextraVolumeMounts: [{name: x, mountPath: /id}]",
+			"must not mount x"},
+		{"agent socket directory by hostPath",
+			"extraVolumes: [{name: run, hostPath: {path: /run/spire/agent-sockets/}}]\nextraVolumeMounts: [{name: run, mountPath: /x}]",
+			"must not mount run"},
+		{"a hostPath above the agent socket directory",
+			"extraVolumes: [{name: host-run, hostPath: {path: /run}}]\nextraVolumeMounts: [{name: host-run, mountPath: /x}]",
+			"must not mount host-run"},
+		{"the SVID Secret under another name",
+			"sidecar: {identity: {mode: files, files: {secretName: core-svid}}}\nextraVolumes: [{name: s, secret: {secretName: core-svid}}]\nextraVolumeMounts: [{name: s, mountPath: /s}]",
+			"must not mount s"},
+		{"sidecar uid on the allow-list", "sidecar: {allowUIDs: [65532, 65533]}", "sidecar.runAsUser 65533 is on sidecar.allowUIDs"},
+		{"empty allow-list", "sidecar: {allowUIDs: []}", "sidecar.allowUIDs is empty"},
+		{"core uid not on the allow-list", "runAsUser: 1000", "runAsUser 1000 is not on sidecar.allowUIDs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := values(t, coreValues)

@@ -2,7 +2,9 @@
 # `make images`: the project's container images, built locally (no registry
 # is reachable). Static binaries FROM scratch, non-root, no shell:
 #   plexsphere/signer:dev  plexsphere/sidecar:dev  plexsphere/example-core:dev
+#   plexsphere/signerctl:dev (operator CLI, e.g. as a Kubernetes Job)
 #   plexsphere/pause:dev (the Docker e2e's network-namespace holder)
+#   plexsphere/e2e-probe:dev (the kind e2e's TCP reachability probe)
 # and the PKCS#11 variant of the signer, which needs a C library: it is
 # assembled FROM scratch out of the cgo binary, the shared libraries ldd
 # names, and Debian's SoftHSM2 module (mount a vendor's module for a real HSM):
@@ -31,6 +33,8 @@ DOCKERFILE
 static signer ./cmd/plexsphere-signer
 static sidecar ./cmd/plexsphere-sidecar
 static example-core ./examples/core
+static signerctl ./cmd/signerctl
+static e2e-probe ./tests/e2e/probe
 static pause ./tests/e2e/pause # holds a test "pod's" network namespace
 
 # The PKCS#11 variant: a dynamically linked binary and its libraries.

@@ -2,13 +2,25 @@
 plexsphere-sidecar: named templates a core chart includes. Each takes a dict
 with "sidecar" (the values block shown in values.yaml). The core container
 mounts only the socket directory (plexsphere-sidecar.coreVolumeMounts) and
-never the identity volume: plexsphere-sidecar.checkCore fails the render if
-it would.
+never the identity: plexsphere-sidecar.checkCore fails the render if it
+could reach it any way the chart can see.
 */}}
 
 {{- define "plexsphere-sidecar.require" -}}
-{{- if not .sidecar.signerSpiffeID -}}
+{{- $s := .sidecar -}}
+{{- if not $s.signerSpiffeID -}}
 {{- fail "sidecar.signerSpiffeID is required: the sidecar must know which SPIFFE ID the signer presents" -}}
+{{- end -}}
+{{- if not $s.allowUIDs -}}
+{{- fail "sidecar.allowUIDs is empty: name the core container's uid, or any process in the pod could sign" -}}
+{{- end -}}
+{{- range $s.allowUIDs -}}
+{{- if eq (int .) (int $s.runAsUser) -}}
+{{- fail (printf "sidecar.runAsUser %d is on sidecar.allowUIDs: the core and the sidecar must run as different uids" (int $s.runAsUser)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $s.identity.mode "files") (not $s.identity.files.secretName) -}}
+{{- fail "sidecar.identity.files.secretName is required with identity.mode=files" -}}
 {{- end -}}
 {{- end -}}
 
@@ -22,63 +34,83 @@ it would.
 unix://{{ .sidecar.socketDir }}/signer.sock
 {{- end -}}
 
+{{/* Where the identity is mounted in the sidecar. */}}
+{{- define "plexsphere-sidecar.identityMountPath" -}}
+{{- if has .sidecar.identity.mode (list "spiffe-csi" "hostpath") -}}
+/spiffe-workload-api
+{{- else -}}
+/var/run/secrets/spiffe.io
+{{- end -}}
+{{- end -}}
+
 {{- define "plexsphere-sidecar.spec" -}}
 {{- include "plexsphere-sidecar.require" . -}}
+{{- $s := .sidecar -}}
+{{- $id := $s.identity -}}
 name: plexsphere-sidecar
-image: "{{ .sidecar.image.repository }}:{{ .sidecar.image.tag }}"
-imagePullPolicy: {{ .sidecar.image.pullPolicy }}
+image: "{{ $s.image.repository }}:{{ $s.image.tag }}"
+imagePullPolicy: {{ $s.image.pullPolicy }}
+# Its own uid (the core's is on SIDECAR_ALLOW_UIDS, the sidecar's never), the
+# pod's group (the socket is 0660), and its own seccomp profile whatever the
+# including chart sets for the pod.
 securityContext:
   allowPrivilegeEscalation: false
   readOnlyRootFilesystem: true
   runAsNonRoot: true
-  runAsUser: 65532
+  runAsUser: {{ $s.runAsUser }}
+  runAsGroup: {{ $s.runAsGroup }}
   capabilities:
     drop: ["ALL"]
+  seccompProfile:
+    type: RuntimeDefault
 env:
   - name: SIDECAR_LISTEN
-    value: "unix://{{ .sidecar.socketDir }}/signer.sock"
+    value: "unix://{{ $s.socketDir }}/signer.sock"
   - name: SIDECAR_UPSTREAM
-    value: {{ .sidecar.upstream | quote }}
+    value: {{ $s.upstream | quote }}
   - name: SIDECAR_SIGNER_SPIFFE_ID
-    value: {{ .sidecar.signerSpiffeID | quote }}
+    value: {{ $s.signerSpiffeID | quote }}
   - name: SIDECAR_ALLOW_UIDS
-    value: {{ join "," .sidecar.allowUIDs | quote }}
+    value: {{ join "," $s.allowUIDs | quote }}
   - name: SIDECAR_OPS_LISTEN
-    value: ":{{ .sidecar.opsPort }}"
-  {{- if eq .sidecar.identity.mode "spiffe-csi" }}
+    value: ":{{ $s.opsPort }}"
+  {{- if eq $id.mode "spiffe-csi" }}
   - name: SIDECAR_WORKLOAD_API_ADDR
-    value: "unix:///spiffe-workload-api/{{ .sidecar.identity.spiffeCSI.socket }}"
+    value: "unix:///spiffe-workload-api/{{ $id.spiffeCSI.socket }}"
+  {{- else if eq $id.mode "hostpath" }}
+  - name: SIDECAR_WORKLOAD_API_ADDR
+    value: "unix:///spiffe-workload-api/{{ $id.hostPath.socket }}"
   {{- else }}
   - name: SIDECAR_SVID_CERT_FILE
-    value: /var/run/secrets/spiffe.io/tls.crt
+    value: /var/run/secrets/spiffe.io/{{ if eq $id.mode "files" }}{{ $id.files.certKey }}{{ else }}tls.crt{{ end }}
   - name: SIDECAR_SVID_KEY_FILE
-    value: /var/run/secrets/spiffe.io/tls.key
+    value: /var/run/secrets/spiffe.io/{{ if eq $id.mode "files" }}{{ $id.files.keyKey }}{{ else }}tls.key{{ end }}
   - name: SIDECAR_TRUST_BUNDLE_FILE
-    value: /var/run/secrets/spiffe.io/ca.crt
+    value: /var/run/secrets/spiffe.io/{{ if eq $id.mode "files" }}{{ $id.files.bundleKey }}{{ else }}ca.crt{{ end }}
   {{- end }}
 ports:
   - name: sidecar-ops
-    containerPort: {{ .sidecar.opsPort }}
+    containerPort: {{ $s.opsPort }}
 # Passes only once the mTLS handshake with the signer works: the health
 # service reports NOT_SERVING until then, so the core starts after it.
 startupProbe:
   grpc:
-    port: {{ .sidecar.opsPort }}
+    port: {{ $s.opsPort }}
     service: plexsphere.sidecar
   periodSeconds: 1
   failureThreshold: 120
 readinessProbe:
   grpc:
-    port: {{ .sidecar.opsPort }}
+    port: {{ $s.opsPort }}
     service: plexsphere.sidecar
   periodSeconds: 5
 resources:
-  {{- toYaml .sidecar.resources | nindent 2 }}
+  {{- toYaml $s.resources | nindent 2 }}
 volumeMounts:
   - name: plexsphere-socket
-    mountPath: {{ .sidecar.socketDir }}
+    mountPath: {{ $s.socketDir }}
   - name: plexsphere-identity
-    mountPath: {{ if eq .sidecar.identity.mode "spiffe-csi" }}/spiffe-workload-api{{ else }}/var/run/secrets/spiffe.io{{ end }}
+    mountPath: {{ include "plexsphere-sidecar.identityMountPath" . }}
     readOnly: true
 {{- end -}}
 
@@ -98,21 +130,33 @@ volumeMounts:
 {{- end -}}
 
 {{- define "plexsphere-sidecar.volumes" -}}
+{{- $id := .sidecar.identity -}}
 - name: plexsphere-socket
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
 - name: plexsphere-identity
+  {{- if eq $id.mode "spiffe-csi" }}
   csi:
-    {{- if eq .sidecar.identity.mode "spiffe-csi" }}
-    driver: {{ .sidecar.identity.spiffeCSI.driver }}
+    driver: {{ $id.spiffeCSI.driver }}
     readOnly: true
-    {{- else }}
-    driver: {{ .sidecar.identity.certManager.driver }}
+  {{- else if eq $id.mode "cert-manager" }}
+  csi:
+    driver: {{ $id.certManager.driver }}
     readOnly: true
     volumeAttributes:
-      spiffe.csi.cert-manager.io/fs-group: "65532"
-    {{- end }}
+      spiffe.csi.cert-manager.io/fs-group: {{ .sidecar.runAsGroup | quote }}
+  {{- else if eq $id.mode "hostpath" }}
+  # The SPIRE agent's socket directory on the node (SPIRE's quick-start way,
+  # for clusters without the SPIFFE CSI driver).
+  hostPath:
+    path: {{ $id.hostPath.path }}
+    type: Directory
+  {{- else }}
+  secret:
+    secretName: {{ $id.files.secretName }}
+    defaultMode: 0440
+  {{- end }}
 {{- end -}}
 
 {{/* What the core container mounts: the socket directory, nothing else. */}}
@@ -122,22 +166,111 @@ volumeMounts:
 {{- end -}}
 
 {{/*
-checkCore fails the render if a core container would receive the identity
-volume or the sidecar's credentials. Pass "containers": the core containers
-as values (name, volumeMounts, env).
+checkCore fails the render if a core container could reach the sidecar's
+identity or credentials. Pass:
+  "sidecar":    the sidecar values;
+  "pod":        pod-level settings (shareProcessNamespace);
+  "volumes":    the pod's other volumes (the chart's extra volumes);
+  "containers": the core containers (name, volumeMounts, env).
+Refused:
+  - shareProcessNamespace: the core could read the sidecar's memory and
+    files through /proc;
+  - a core mount of plexsphere-identity, or of ANY volume whose source is the
+    identity's (the CSI driver, a hostPath at or above/below the agent's
+    socket directory, the SVID Secret), whatever its name;
+  - Workload API and SVID overrides in the core's environment
+    (SPIFFE_ENDPOINT_SOCKET, SIDECAR_*, SIGNER_*).
 */}}
 {{- define "plexsphere-sidecar.checkCore" -}}
+{{- $s := .sidecar -}}
+{{- $id := $s.identity -}}
+{{- if and .pod .pod.shareProcessNamespace -}}
+{{- fail "shareProcessNamespace is refused in a pod with the plexsphere sidecar: the core could read the sidecar's SVID through /proc" -}}
+{{- end -}}
+{{- $drivers := list $id.spiffeCSI.driver $id.certManager.driver -}}
+{{- $agentDir := trimSuffix "/" $id.hostPath.path -}}
+{{- $identityVolumes := list "plexsphere-identity" -}}
+{{- range .volumes -}}
+{{- $v := . -}}
+{{- $isIdentity := false -}}
+{{- if and $v.csi (has $v.csi.driver $drivers) -}}{{- $isIdentity = true -}}{{- end -}}
+{{- if $v.hostPath -}}
+{{- $p := trimSuffix "/" $v.hostPath.path -}}
+{{- if or (eq $p $agentDir) (hasPrefix (printf "%s/" $agentDir) $p) (hasPrefix (printf "%s/" $p) $agentDir) (eq $p "") -}}{{- $isIdentity = true -}}{{- end -}}
+{{- end -}}
+{{- if and $v.secret $id.files.secretName (eq $v.secret.secretName $id.files.secretName) -}}{{- $isIdentity = true -}}{{- end -}}
+{{- if $v.projected -}}
+{{- range $v.projected.sources -}}
+{{- if and .secret $id.files.secretName (eq .secret.name $id.files.secretName) -}}{{- $isIdentity = true -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $isIdentity -}}{{- $identityVolumes = append $identityVolumes $v.name -}}{{- end -}}
+{{- end -}}
 {{- range .containers -}}
 {{- $c := . -}}
 {{- range .volumeMounts -}}
-{{- if eq .name "plexsphere-identity" -}}
-{{- fail (printf "container %s must not mount the sidecar's identity volume (plexsphere-identity): the core holds no credentials" $c.name) -}}
+{{- if has .name $identityVolumes -}}
+{{- fail (printf "container %s must not mount %s: it is the sidecar's identity (%s); the core holds no credentials" $c.name .name $id.mode) -}}
 {{- end -}}
 {{- end -}}
 {{- range .env -}}
-{{- if hasPrefix "SIDECAR_SVID" .name -}}
-{{- fail (printf "container %s must not receive %s: the core holds no credentials" $c.name .name) -}}
+{{- if or (eq .name "SPIFFE_ENDPOINT_SOCKET") (hasPrefix "SIDECAR_" .name) (hasPrefix "SIGNER_" .name) -}}
+{{- fail (printf "container %s must not receive %s: the core holds no credentials and reaches no Workload API" $c.name .name) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+networkPolicy: an optional NetworkPolicy for the core pods that admits the
+sidecar's ops port (metrics, health) only from the scrape namespaces, and
+leaves every other port of the pod as open as it was. Pass "sidecar",
+"name" (the policy's name) and "selector" (the core pods' labels).
+*/}}
+{{- define "plexsphere-sidecar.networkPolicy" -}}
+{{- $s := .sidecar -}}
+{{- $np := $s.networkPolicy -}}
+{{- if $np.enabled -}}
+{{- $ops := int $s.opsPort -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ .name }}-sidecar-ops
+spec:
+  podSelector:
+    matchLabels:
+      {{- toYaml .selector | nindent 6 }}
+  policyTypes: ["Ingress"]
+  ingress:
+    # Every port but the sidecar's ops port, from anywhere, as before.
+    - ports:
+        {{- if gt $ops 1 }}
+        - protocol: TCP
+          port: 1
+          endPort: {{ sub $ops 1 }}
+        {{- end }}
+        {{- if lt $ops 65535 }}
+        - protocol: TCP
+          port: {{ add $ops 1 }}
+          endPort: 65535
+        {{- end }}
+        - protocol: UDP
+          port: 1
+          endPort: 65535
+        - protocol: SCTP
+          port: 1
+          endPort: 65535
+    {{- if $np.scrapeNamespaces }}
+    # The ops port, from the scrapers' namespaces only.
+    - from:
+        - namespaceSelector:
+            matchExpressions:
+              - key: kubernetes.io/metadata.name
+                operator: In
+                values: {{ toJson $np.scrapeNamespaces }}
+      ports:
+        - protocol: TCP
+          port: {{ $ops }}
+    {{- end }}
 {{- end -}}
 {{- end -}}

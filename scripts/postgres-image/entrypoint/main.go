@@ -86,6 +86,16 @@ func initialise(pgdata, user, password, auth, db string) error {
 			return fmt.Errorf("create database %s: %w", db, err)
 		}
 	}
+	// POSTGRES_INIT_SQL: statements (each ending in ";" on its own line end)
+	// run once, as the superuser in the new database, like the official
+	// image's docker-entrypoint-initdb.d; e.g. a second, unprivileged role.
+	if sql := strings.TrimSpace(os.Getenv("POSTGRES_INIT_SQL")); sql != "" {
+		// Single-user mode with -j ends a statement at ";" and a blank line.
+		stmts := strings.ReplaceAll(sql, ";\n", ";\n\n") + "\n\n"
+		if err := runCmd(stmts, "postgres", "--single", "-j", "-D", pgdata, db); err != nil {
+			return fmt.Errorf("POSTGRES_INIT_SQL: %w", err)
+		}
+	}
 	return nil
 }
 
