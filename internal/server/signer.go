@@ -50,27 +50,32 @@ type Options struct {
 	Store    store.Store
 	Provider keyprovider.Provider
 	Identity identity.Source
+	// SkipMerkle stores audit entries without the Merkle tree and without
+	// checkpoints. Benchmarks only (it prices the tree in the same run,
+	// docs/performance.md); a signer so built cannot prove its log.
+	SkipMerkle bool
 }
 
 // Signer is an assembled signer.
 type Signer struct {
-	cfg      config.Signer
-	log      *slog.Logger
-	store    store.Store
-	provider keyprovider.Provider
-	ident    identity.Source
-	writer   *audit.Writer
-	auditLog *audit.Log
-	vkey     string
-	keys     *signing.Keyring
-	rotation *signing.Rotation
-	auto     *signing.AutoRotator // nil without schedules
-	metrics  *signerMetrics
-	guard    *guard
-	grpc     *grpc.Server
-	health   *health.Server
-	ready    atomic.Pointer[error] // the last readiness check, refreshed in the background
-	owned    []func() error        // closed in reverse order
+	cfg        config.Signer
+	log        *slog.Logger
+	store      store.Store
+	provider   keyprovider.Provider
+	ident      identity.Source
+	writer     *audit.Writer
+	auditLog   *audit.Log
+	vkey       string
+	skipMerkle bool
+	keys       *signing.Keyring
+	rotation   *signing.Rotation
+	auto       *signing.AutoRotator // nil without schedules
+	metrics    *signerMetrics
+	guard      *guard
+	grpc       *grpc.Server
+	health     *health.Server
+	ready      atomic.Pointer[error] // the last readiness check, refreshed in the background
+	owned      []func() error        // closed in reverse order
 }
 
 // New opens everything cfg names (unless opts supplies it), checks the audit
@@ -117,7 +122,8 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	// provider metrics count the signatures callers ask for.
 	untimed := s.provider
 	s.provider = s.metrics.timed(s.provider)
-	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.observeBatch})
+	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.observeBatch, SkipTree: opts.SkipMerkle})
+	s.skipMerkle = opts.SkipMerkle
 	s.owned = append(s.owned, func() error { s.writer.Close(); return nil })
 
 	if err := s.openLog(ctx, untimed, clock); err != nil {
@@ -246,6 +252,9 @@ func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func
 	s.vkey = vkey
 	s.auditLog = audit.NewLog(audit.LogConfig{Store: s.store, Writer: s.writer, Signer: signer, Verifier: verifier,
 		Interval: s.cfg.CheckpointInterval, File: s.cfg.CheckpointLog, Log: s.log, Observe: s.metrics.observeLog})
+	if s.skipMerkle {
+		return nil
+	}
 	if err := s.auditLog.Check(ctx); err != nil && !errors.Is(err, signerr.ErrAuditLogBroken) {
 		s.log.Warn("audit log not checked at start-up; retrying in the background", "err", err)
 	}
@@ -387,9 +396,12 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	defer s.closeOwned()
 	hctx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go func() { defer wg.Done(); s.watchHealth(hctx, 5*time.Second) }()
-	go func() { defer wg.Done(); s.auditLog.Run(hctx) }()
+	if !s.skipMerkle {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.auditLog.Run(hctx) }()
+	}
 	// A store shared by replicas announces key changes: drop stale cache
 	// entries soon (rate limited per scope, see Keyring.Notice) instead of
 	// waiting out the TTL.

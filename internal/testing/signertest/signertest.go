@@ -104,7 +104,12 @@ type options struct {
 	identity identity.Source
 	log      *slog.Logger
 	ops      bool
+	noMerkle bool
 }
+
+// WithoutMerkle stores the audit log without its Merkle tree and
+// checkpoints: for the benchmark that prices the tree, never elsewhere.
+func WithoutMerkle() Option { return func(o *options) { o.noMerkle = true } }
 
 // WithOps starts the ops listener (health, metrics) on a loopback port.
 func WithOps() Option { return func(o *options) { o.ops = true } }
@@ -211,7 +216,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 		o.log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	srv, err := server.New(ctx, cfg, server.Options{Log: o.log,
-		Clock: o.clock.Now, Store: o.store, Provider: o.provider, Identity: o.identity})
+		Clock: o.clock.Now, Store: o.store, Provider: o.provider, Identity: o.identity, SkipMerkle: o.noMerkle})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
