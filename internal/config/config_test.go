@@ -94,6 +94,33 @@ func TestValidateNamesTheSetting(t *testing.T) {
 	}
 }
 
+// A rotation window shorter than the key-cache TTL is refused, naming both
+// settings and both values; a window equal to the TTL is accepted.
+func TestRotationWindowBelowKeyCacheTTLRefused(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // "" accepts
+	}{
+		{[]string{"--key-cache-ttl", "30s", "--rotation-prepublish", "10s"},
+			"--rotation-prepublish / SIGNER_ROTATION_PREPUBLISH: 10s is shorter than --key-cache-ttl / SIGNER_KEY_CACHE_TTL (30s)"},
+		{[]string{"--key-cache-ttl", "30s", "--rotation-verify-only", "29s"},
+			"--rotation-verify-only / SIGNER_ROTATION_VERIFY_ONLY: 29s is shorter than --key-cache-ttl / SIGNER_KEY_CACHE_TTL (30s)"},
+		{[]string{"--key-cache-ttl", "30s", "--rotation-prepublish", "30s", "--rotation-verify-only", "30s"}, ""},
+		{[]string{"--key-cache-ttl", "0s", "--rotation-prepublish", "0s", "--rotation-verify-only", "0s"}, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			valid(t)
+			_, err := load(t, tc.args...)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestIdentityChoice(t *testing.T) {
 	t.Setenv("SIGNER_LOCAL_KEK_FILE", "/secrets/kek")
 	if _, err := load(t); err == nil || !strings.Contains(err.Error(), "no identity") {

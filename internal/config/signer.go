@@ -218,6 +218,19 @@ func (c *Signer) Validate() error {
 	if c.VerifyOnly < 0 {
 		add(Errorf(c, "VerifyOnly", "must not be negative"))
 	}
+	// A replica may answer from a key cache up to KeyCacheTTL old: a window
+	// shorter than that could let a key sign before every replica publishes
+	// it, or be retired while a replica still signs with it. Refused, not
+	// silently raised, so the configured value is the one in force.
+	for _, w := range []struct {
+		field string
+		v     time.Duration
+	}{{"PrePublish", c.PrePublish}, {"VerifyOnly", c.VerifyOnly}} {
+		if w.v >= 0 && c.KeyCacheTTL > 0 && w.v < c.KeyCacheTTL {
+			add(Errorf(c, w.field, "%v is shorter than %s (%v): every rotation window must be at least the key-cache TTL; raise it or lower the TTL",
+				w.v, Name(c, "KeyCacheTTL"), c.KeyCacheTTL))
+		}
+	}
 	if c.ShutdownTimeout <= 0 {
 		add(Errorf(c, "ShutdownTimeout", "must be positive"))
 	}
