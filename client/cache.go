@@ -59,6 +59,7 @@ type scopeKeys struct {
 	byID     map[string]PublicKey
 	fetched  time.Time // last successful fetch; zero: never
 	missing  bool      // the last successful fetch: the signer has no keys for the scope
+	notFound error     // the signer's answer when missing (an *Error with its reason)
 	tried    time.Time // last fetch finished, successful or not
 	lastErr  error     // of the last fetch
 	expired  bool      // forced stale by expire
@@ -163,6 +164,7 @@ func (c *cache) run(scope string, s *scopeKeys, r *refresh) {
 	defer cancel()
 	keys, err := c.fetch(ctx, scope)
 	missing := errors.Is(err, ErrKeyNotFound)
+	notFound := err
 	if missing {
 		keys, err = nil, nil
 	}
@@ -171,6 +173,10 @@ func (c *cache) run(scope string, s *scopeKeys, r *refresh) {
 	s.tried, s.lastErr = now, err
 	if err == nil {
 		s.keys, s.missing, s.fetched, s.expired = keys, missing, now, false
+		s.notFound = nil
+		if missing {
+			s.notFound = notFound
+		}
 		s.byID = make(map[string]PublicKey, len(keys))
 		for _, k := range keys {
 			s.byID[k.KeyID] = k
@@ -199,6 +205,8 @@ func (c *cache) keys(ctx context.Context, scope string) ([]PublicKey, error) {
 	}
 	defer c.mu.Unlock()
 	switch {
+	case c.usable(s, now) && s.missing && s.notFound != nil:
+		return nil, s.notFound
 	case c.usable(s, now) && s.missing:
 		return nil, ErrKeyNotFound
 	case c.usable(s, now):

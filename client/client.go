@@ -193,8 +193,9 @@ func (c *Client) Verify(ctx context.Context, scope, keyID string, payload, sig [
 	return nil
 }
 
-// errNoActive is returned when a scope has published keys but none ACTIVE.
-var errNoActive = fmt.Errorf("client: scope has no ACTIVE key: %w", ErrKeyNotFound)
+// errNoActive is returned when a scope has published keys but none ACTIVE
+// (a scope whose first key is still PENDING).
+var errNoActive = fmt.Errorf("client: the scope publishes keys but none is ACTIVE (a rotation opened on a new scope is not committed yet): %w", ErrKeyNotFound)
 
 // active returns the scope's ACTIVE key, refreshing once if the cache has
 // none.

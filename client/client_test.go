@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ed25519"
@@ -9,6 +10,8 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"math/big"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/config"
+	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -165,7 +169,10 @@ func TestVerifyAcrossKeyChange(t *testing.T) {
 // ScopeSigner works unchanged with crypto/x509 and x/crypto/ssh.
 func TestCryptoSignerAdapter(t *testing.T) {
 	e := start(t)
-	s := e.core.Signer(scope)
+	s, err := e.core.NewSigner(context.Background(), scope)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pub, ok := s.Public().(ed25519.PublicKey)
 	if !ok || len(pub) != ed25519.PublicKeySize || s.KeyID() == "" {
 		t.Fatalf("Public() = %T, KeyID %q", s.Public(), s.KeyID())
@@ -208,7 +215,131 @@ func TestCryptoSignerAdapter(t *testing.T) {
 	if _, err := s.Sign(rand.Reader, data, crypto.Hash(0)); !errors.Is(err, client.ErrKeyRetired) {
 		t.Fatalf("sign with a demoted pinned key: %v", err)
 	}
-	if fresh := e.core.Signer(scope); fresh.KeyID() == s.KeyID() {
+	if fresh, err := e.core.NewSigner(context.Background(), scope); err != nil || fresh.KeyID() == s.KeyID() {
 		t.Fatal("a new Signer did not bind to the new ACTIVE key")
+	}
+}
+
+// NewSigner resolves the key before it returns: a scope that does not
+// resolve is an error with its reason (errors.Is) and, for a malformed one,
+// the rule it broke (errors.As), never a nil Public() to be puzzled over.
+// Through a real sidecar to a real signer over mTLS.
+func TestNewSignerReportsWhyAScopeDoesNotResolve(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	// A scope whose only key is PENDING: published, but nothing signs yet.
+	if _, err := e.op.Open(ctx, &signerv1.OpenRequest{Scope: "fresh"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, scope string
+		want        error
+		reason      string // ErrorInfo reason, "" for none
+		field, rule string
+	}{
+		{"alphabet", "bad:scope", client.ErrInvalidArgument, "ERROR_REASON_INVALID_ARGUMENT", "scope", names.ScopeRule},
+		{"length", strings.Repeat("s", names.MaxScopeLen+1), client.ErrInvalidArgument, "ERROR_REASON_INVALID_ARGUMENT", "scope", names.ScopeRule},
+		{"empty", "", client.ErrInvalidArgument, "ERROR_REASON_INVALID_ARGUMENT", "scope", names.ScopeRule},
+		{"unknown", "nosuchscope", client.ErrKeyNotFound, "ERROR_REASON_KEY_NOT_FOUND", "", ""},
+		{"only pending", "fresh", client.ErrKeyNotFound, "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := e.core.NewSigner(ctx, tc.scope)
+			if s != nil || !errors.Is(err, tc.want) {
+				t.Fatalf("NewSigner(%q) = %v, %v; want %v", tc.scope, s, err, tc.want)
+			}
+			var ce *client.Error
+			if tc.reason == "" {
+				if errors.As(err, &ce) {
+					t.Fatalf("a local refusal carries a wire status: %+v", ce)
+				}
+				if !strings.Contains(err.Error(), "none is ACTIVE") {
+					t.Fatalf("error does not say why: %v", err)
+				}
+				return
+			}
+			if !errors.As(err, &ce) || ce.Reason != tc.reason || ce.Field != tc.field || ce.Rule != tc.rule {
+				t.Fatalf("errors.As: %+v, want reason %s field %q rule %q", ce, tc.reason, tc.field, tc.rule)
+			}
+			if tc.scope != "" && strings.Contains(ce.Status.Message(), tc.scope) {
+				t.Fatalf("the signer echoed the input: %q", ce.Status.Message())
+			}
+			if tc.rule != "" && !strings.Contains(ce.Status.Message(), tc.rule) {
+				t.Fatalf("message %q does not name the rule", ce.Status.Message())
+			}
+		})
+	}
+
+	// Unreachable: retryable, and said at construction.
+	gone, err := client.Dial(ctx, "unix://"+filepath.Join(t.TempDir(), "none.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gone.Close()
+	if _, err := gone.NewSigner(ctx, scope); !errors.Is(err, client.ErrUnavailable) || !client.IsRetryable(err) {
+		t.Fatalf("NewSigner without a sidecar: %v", err)
+	}
+
+	// A scope that resolves: bound at once, crypto.Signer as before.
+	s, err := e.core.NewSigner(ctx, scope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, ok := s.Public().(ed25519.PublicKey)
+	if !ok || s.KeyID() == "" || s.Scope() != scope {
+		t.Fatalf("Public() = %T, KeyID %q", s.Public(), s.KeyID())
+	}
+	sig, err := s.Sign(rand.Reader, []byte("m"), crypto.Hash(0))
+	if err != nil || !ed25519.Verify(pub, []byte("m"), sig) {
+		t.Fatalf("sign: %v", err)
+	}
+
+	// The deprecated Signer still works, and still hides the reason.
+	if old := e.core.Signer("nosuchscope"); old.Public() != nil || old.KeyID() != "" {
+		t.Fatal("the deprecated Signer changed behaviour")
+	}
+}
+
+// Every caller-facing InvalidArgument names its field and rule, in the
+// message and in the ErrorInfo, and never repeats the input: errors.Is
+// matches ErrInvalidArgument and errors.As gives the rule.
+func TestInvalidArgumentNamesTheRule(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	const secret = "hunter2"
+	for _, tc := range []struct {
+		name        string
+		scope       string
+		payload     []byte
+		field, rule string
+	}{
+		{"payload size", scope, bytes.Repeat([]byte(secret), 64<<10/len(secret)+1), "payload", "must be at most 65536 bytes"},
+		{"empty payload", scope, nil, "payload", "must not be empty"},
+		{"scope alphabet", secret + "/x", []byte("p"), "scope", names.ScopeRule},
+		{"scope length", strings.Repeat(secret, 20), []byte("p"), "scope", names.ScopeRule},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.core.Sign(ctx, tc.scope, tc.payload)
+			var ce *client.Error
+			if !errors.Is(err, client.ErrInvalidArgument) || !errors.As(err, &ce) {
+				t.Fatalf("Sign: %v", err)
+			}
+			if ce.Field != tc.field || ce.Rule != tc.rule || ce.Reason != "ERROR_REASON_INVALID_ARGUMENT" || status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("got field %q rule %q reason %q code %v", ce.Field, ce.Rule, ce.Reason, status.Code(err))
+			}
+			if msg := ce.Status.Message(); !strings.Contains(msg, tc.field+": "+tc.rule) || strings.Contains(msg, secret) {
+				t.Fatalf("message %q: want the rule, never the input", msg)
+			}
+		})
+	}
+	// key_id format: the public client pins only ids the signer issued, so
+	// ask the signer directly (the same mapping applies).
+	core := signerv1.NewSignerServiceClient(e.signer.Dial(t, e.signer.Issue(t, signertest.CoreID)))
+	bad := "../" + secret
+	_, err := core.Sign(ctx, &signerv1.SignRequest{Scope: scope, Payload: []byte("p"), KeyId: &bad})
+	err = client.FromStatusForTest(err)
+	var ce *client.Error
+	if !errors.Is(err, client.ErrInvalidArgument) || !errors.As(err, &ce) || ce.Field != "key_id" || ce.Rule != names.KeyIDRule || strings.Contains(err.Error(), secret) {
+		t.Fatalf("malformed key id: %v (%+v)", err, ce)
 	}
 }

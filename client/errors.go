@@ -70,11 +70,25 @@ var byCode = map[codes.Code]error{
 	codes.NotFound:          ErrKeyNotFound,
 }
 
-// Error is a failed call: errors.Is matches its sentinel, and status.Code
-// still sees the gRPC status.
+// Error is a failed call: errors.Is matches its sentinel, errors.As gives
+// the signer's reason and, for ErrInvalidArgument, the rule the request
+// broke; status.Code still sees the gRPC status.
+//
+//	var e *client.Error
+//	if errors.As(err, &e) && e.Rule != "" {
+//		log.Printf("%s %s", e.Field, e.Rule) // e.g. "payload must be at most 65536 bytes"
+//	}
 type Error struct {
 	Sentinel error
 	Status   *status.Status
+	// Reason is the signer's wire reason (google.rpc.ErrorInfo reason, an
+	// ErrorReason name such as "ERROR_REASON_KEY_NOT_FOUND"); "" when the
+	// error carries none (transport failures, the sidecar's own refusals).
+	Reason string
+	// Field and Rule name the request field ("scope", "key_id", "payload")
+	// and the rule it broke ("must be at most 65536 bytes"), from the
+	// ErrorInfo metadata of an InvalidArgument. They never repeat the input.
+	Field, Rule string
 }
 
 func (e *Error) Error() string {
@@ -104,7 +118,7 @@ func fromStatus(err error) error {
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
 			if s, ok := byReason[signerv1.ErrorReason(signerv1.ErrorReason_value[info.Reason])]; ok {
-				return &Error{Sentinel: s, Status: st}
+				return &Error{Sentinel: s, Status: st, Reason: info.Reason, Field: info.Metadata["field"], Rule: info.Metadata["rule"]}
 			}
 		}
 	}

@@ -62,15 +62,27 @@ func ExampleClient_Verify() {
 }
 
 // A compact JWS (RFC 7515, alg EdDSA) signed through the crypto.Signer
-// adapter; the kid header is the pinned key id.
-func ExampleClient_Signer() {
+// adapter; the kid header is the pinned key id. NewSigner resolves the key
+// first, so a scope that does not resolve says why.
+func ExampleClient_NewSigner() {
 	ctx := context.Background()
 	c, err := client.Dial(ctx, "unix:///run/plexsphere/signer.sock")
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer c.Close()
-	s := c.Signer("payments")
+	s, err := c.NewSigner(ctx, "payments")
+	var e *client.Error
+	switch {
+	case errors.Is(err, client.ErrInvalidArgument) && errors.As(err, &e):
+		log.Fatalf("scope %s", e.Rule) // "scope must be 1-128 characters of [A-Za-z0-9._-], ..."
+	case errors.Is(err, client.ErrKeyNotFound):
+		log.Fatal("no such scope, or it has no ACTIVE key yet")
+	case client.IsRetryable(err):
+		log.Fatalf("signer unavailable, retry later: %v", err)
+	case err != nil:
+		log.Fatal(err)
+	}
 
 	b64 := base64.RawURLEncoding.EncodeToString
 	header, _ := json.Marshal(map[string]string{"alg": "EdDSA", "typ": "JWT", "kid": s.KeyID()})
@@ -81,4 +93,19 @@ func ExampleClient_Signer() {
 		log.Fatal(err)
 	}
 	fmt.Println(input + "." + b64(sig))
+}
+
+// The rule a request broke, from errors.As: the signer names the field and
+// the rule, never the input.
+func ExampleError() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "unix:///run/plexsphere/signer.sock")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Sign(ctx, "payments", make([]byte, 100_000)) // over the default 64 KiB
+	if e := (*client.Error)(nil); errors.As(err, &e) && e.Rule != "" {
+		fmt.Println(e.Field, e.Rule) // payload must be at most 65536 bytes
+	}
 }

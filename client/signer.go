@@ -12,10 +12,11 @@ import (
 )
 
 // ScopeSigner is a crypto.Signer for one scope, so JWT, SSH and X.509
-// libraries can sign through the signer unchanged. It binds to the scope's
-// ACTIVE key on first use (Public, KeyID or Sign) and pins every signature to
-// that key id, so Public() always matches what Sign produced. After a
-// rotation Sign fails with ErrKeyRetired; take a new Signer then.
+// libraries can sign through the signer unchanged. It is bound to the
+// scope's ACTIVE key (at NewSigner, or on first use for the deprecated
+// Signer) and pins every signature to that key id, so Public() always
+// matches what Sign produced. After a rotation Sign fails with
+// ErrKeyRetired; take a new ScopeSigner then.
 type ScopeSigner struct {
 	c       *Client
 	scope   string
@@ -27,11 +28,35 @@ type ScopeSigner struct {
 
 var _ crypto.Signer = (*ScopeSigner)(nil)
 
-// Signer returns a crypto.Signer for scope. Public and Sign carry no context,
-// so each call is bounded by a 10-second timeout.
-func (c *Client) Signer(scope string) *ScopeSigner {
-	return &ScopeSigner{c: c, scope: scope, timeout: 10 * time.Second}
+// signTimeout bounds Public, KeyID and Sign, which carry no context.
+const signTimeout = 10 * time.Second
+
+// NewSigner returns a crypto.Signer for scope, bound now to the scope's
+// ACTIVE key. A scope that does not resolve is an error here, with its
+// reason, instead of a nil Public() later: a malformed scope is
+// ErrInvalidArgument (errors.As to *Error gives the field and rule), an
+// unknown scope or one without an ACTIVE key ErrKeyNotFound, an unreachable
+// signer ErrUnavailable. Sign, Public and KeyID then carry no context and
+// are each bounded by a 10-second timeout; SignContext takes the caller's.
+func (c *Client) NewSigner(ctx context.Context, scope string) (*ScopeSigner, error) {
+	s := &ScopeSigner{c: c, scope: scope, timeout: signTimeout}
+	if _, err := s.bind(ctx); err != nil {
+		return nil, fmt.Errorf("client: signer for scope %q: %w", scope, err)
+	}
+	return s, nil
 }
+
+// Signer returns a crypto.Signer for scope, bound on first use.
+//
+// Deprecated: use NewSigner. A Signer whose scope does not resolve returns
+// nil from Public and "" from KeyID, which libraries report as an unrelated
+// "key is invalid"; NewSigner returns the reason instead.
+func (c *Client) Signer(scope string) *ScopeSigner {
+	return &ScopeSigner{c: c, scope: scope, timeout: signTimeout}
+}
+
+// Scope is the scope this signer signs for.
+func (s *ScopeSigner) Scope() string { return s.scope }
 
 func (s *ScopeSigner) bind(ctx context.Context) (PublicKey, error) {
 	s.mu.Lock()
