@@ -41,13 +41,15 @@ spire: $(BIN)/spire-server $(BIN)/spire-agent
 $(BIN)/spire-server $(BIN)/spire-agent &: tools/spire/go.mod tools/spire/go.sum
 	cd tools/spire && $(GO) build -o $(BIN)/ github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
 
-## proto: regenerate Go code from proto/ (protoc from apt, plugins pinned in go.mod).
+## proto: regenerate Go code from proto/ (protoc from apt, plugins pinned in go.mod) and the descriptor set
+## proto/plexsphere-signer.protoset (the schema plus google.rpc error details, for grpcurl).
 proto:
 	$(GO) build -o $(BIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	protoc -I proto \
 	  --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --go_out=paths=source_relative:proto \
 	  --plugin=protoc-gen-go-grpc=$(BIN)/protoc-gen-go-grpc --go-grpc_out=paths=source_relative:proto \
 	  proto/plexsphere/signer/v1/signer.proto
+	$(GO) run ./internal/tools/protoset -o proto/plexsphere-signer.protoset
 
 ## generate-check: fail if the committed generated code is stale.
 generate-check: proto

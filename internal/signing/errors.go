@@ -7,6 +7,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signerr"
@@ -85,22 +86,26 @@ const Domain = "signer.plexsphere.dev"
 // Status converts err to the gRPC status the caller sees: the class code,
 // the sentinel's text (never the wrapped internal text) and an ErrorInfo
 // whose reason is the ErrorReason enum name. An InvalidArgument that names
-// its rule says which (field and rule, never the input) in the message and
-// in the ErrorInfo metadata.
+// its rule says which (field and rule, never the input) in the message, in
+// the ErrorInfo metadata ("field", "rule") and in a google.rpc.BadRequest
+// field violation, the detail generic gRPC tooling shows for bad requests.
+// Both detail types are in proto/plexsphere-signer.protoset.
 func Status(err error) error {
 	if err == nil {
 		return nil
 	}
 	c := Classify(err)
 	msg := c.Err.Error()
-	info := &errdetails.ErrorInfo{Reason: c.WireTag.String(), Domain: Domain}
+	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: c.WireTag.String(), Domain: Domain}}
 	var inv *signerr.InvalidError
 	if c.Err == signerr.ErrInvalidArgument && errors.As(err, &inv) {
 		msg = inv.Error()
-		info.Metadata = map[string]string{"field": inv.Field, "rule": inv.Rule}
+		details[0].(*errdetails.ErrorInfo).Metadata = map[string]string{"field": inv.Field, "rule": inv.Rule}
+		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: inv.Field, Description: inv.Rule}}})
 	}
 	st := status.New(c.Code, msg)
-	if d, derr := st.WithDetails(info); derr == nil {
+	if d, derr := st.WithDetails(details...); derr == nil {
 		st = d
 	}
 	return st.Err()

@@ -90,6 +90,15 @@ func TestStatus(t *testing.T) {
 	if info := errorInfo(t, st); info.Metadata["field"] != "scope" || info.Metadata["rule"] != "must be short" {
 		t.Fatalf("ErrorInfo = %+v", info)
 	}
+	var br *errdetails.BadRequest
+	for _, d := range st.Details() {
+		if b, ok := d.(*errdetails.BadRequest); ok {
+			br = b
+		}
+	}
+	if br == nil || len(br.FieldViolations) != 1 || br.FieldViolations[0].Field != "scope" || br.FieldViolations[0].Description != "must be short" {
+		t.Fatalf("BadRequest = %+v", br)
+	}
 }
 
 func errorInfo(t *testing.T, st *status.Status) *errdetails.ErrorInfo {
