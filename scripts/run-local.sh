@@ -42,7 +42,7 @@ pids+=($!)
 
 cat <<EOT
 run-local: signer on 127.0.0.1:$SIGNER_PORT (health: curl 127.0.0.1:$OPS_PORT/readyz), sidecar on unix://$dir/signer.sock
-run-local: operator tools: bin/signerctl --signer 127.0.0.1:$SIGNER_PORT --svid-cert $dir/operator.crt --svid-key $dir/operator.key --trust-bundle $dir/bundle.crt keys list
+run-local: operator tools: bin/signerctl --signer 127.0.0.1:$SIGNER_PORT --signer-spiffe-id spiffe://$TD/ns/plexsphere/sa/plexsphere-signer --svid-cert $dir/operator.crt --svid-key $dir/operator.key --trust-bundle $dir/bundle.crt keys list
 run-local: press Ctrl-C to stop
 EOT
 "$BIN/core" --signer "unix://$dir/signer.sock" --scope payments --every 2s &

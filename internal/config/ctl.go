@@ -11,7 +11,7 @@ import (
 // identity to present.
 type Ctl struct {
 	Signer         string `envconfig:"SIGNERCTL_SIGNER" flag:"signer" default:"127.0.0.1:8443" desc:"the signer's gRPC address (host:port or a gRPC target)"`
-	SignerSPIFFEID string `envconfig:"SIGNERCTL_SIGNER_SPIFFE_ID" flag:"signer-spiffe-id" default:"spiffe://example.org/ns/plexsphere/sa/plexsphere-signer" desc:"the SPIFFE ID the signer must present"`
+	SignerSPIFFEID string `envconfig:"SIGNERCTL_SIGNER_SPIFFE_ID" flag:"signer-spiffe-id" desc:"the SPIFFE ID the signer must present (required), e.g. spiffe://<trust domain>/ns/<namespace>/sa/<signer release>"`
 
 	SVIDCertFile    string `envconfig:"SIGNERCTL_SVID_CERT_FILE" flag:"svid-cert" desc:"PEM X.509-SVID certificate chain file (the operator identity)"`
 	SVIDKeyFile     string `envconfig:"SIGNERCTL_SVID_KEY_FILE" flag:"svid-key" desc:"PEM X.509-SVID private key file"`
@@ -35,7 +35,10 @@ func (c *Ctl) Validate() error {
 	if c.Signer == "" {
 		add(Errorf(c, "Signer", "required"))
 	}
-	if _, err := spiffeid.FromString(c.SignerSPIFFEID); err != nil {
+	// No default: a guessed ID would only fail later, at the handshake.
+	if c.SignerSPIFFEID == "" {
+		add(Errorf(c, "SignerSPIFFEID", "required: the SPIFFE ID the signer presents, e.g. spiffe://<trust domain>/ns/<namespace>/sa/<signer release> for the chart's signer"))
+	} else if _, err := spiffeid.FromString(c.SignerSPIFFEID); err != nil {
 		add(Errorf(c, "SignerSPIFFEID", "%q is not a SPIFFE ID: %v", c.SignerSPIFFEID, err))
 	}
 	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, 0))

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/client/auditlog"
@@ -23,7 +26,7 @@ const auditPage = 1000
 
 type entryJSON struct {
 	Seq             uint64   `json:"seq"`
-	Timestamp       string   `json:"timestamp"`
+	Timestamp       *string  `json:"timestamp"`
 	Subject         string   `json:"subject"`
 	Relation        string   `json:"relation"`
 	Object          string   `json:"object"`
@@ -42,10 +45,14 @@ func toEntryJSON(e *signerv1.AuditEntry) entryJSON {
 	if cav == nil {
 		cav = []string{} // the contract: always an empty list, never null
 	}
-	return entryJSON{Seq: e.Seq, Timestamp: e.Timestamp.AsTime().UTC().Format(time.RFC3339Nano), Subject: e.Subject, Relation: e.Relation,
+	return entryJSON{Seq: e.Seq, Timestamp: jsonTime(e.Timestamp), Subject: e.Subject, Relation: e.Relation,
 		Object: e.Object, Reason: e.Reason, CaveatContext: cav, Method: e.Method, Code: e.Code, RequestID: e.RequestId,
 		PayloadSHA256: e.PayloadSha256, SignatureSHA256: e.SignatureSha256, Leaf: e.Leaf}
 }
+
+// requestIDHeader names an AuditService call's request id in its answer
+// (internal/signing.RequestIDHeader).
+const requestIDHeader = "plexsphere-request-id"
 
 func (c *cli) auditTail(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("audit tail", flag.ContinueOnError)
@@ -58,6 +65,7 @@ func (c *cli) auditTail(ctx context.Context, args []string) error {
 	prefix := fs.String("object-prefix", "", "object prefix, e.g. signing-key:payments:")
 	follow := fs.Bool("follow", false, "keep polling for new entries until interrupted")
 	every := fs.Duration("every", 2*time.Second, "poll interval with --follow")
+	includeOwn := fs.Bool("include-own", false, "with --follow, also print the entries of this command's own polls")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return usageError("audit tail takes only flags")
 	}
@@ -68,19 +76,42 @@ func (c *cli) auditTail(ctx context.Context, args []string) error {
 	a := signerv1.NewAuditServiceClient(cc)
 	next := *after
 	header := true
+	// Every poll is itself audited (two entries sharing its request id,
+	// which the answer names): left out of the next polls' output unless
+	// --include-own. An id is forgotten once both its entries went by.
+	own := map[string]int{}
 	for {
 		cctx, cancel := c.call(ctx)
+		var md metadata.MD
 		resp, err := a.List(cctx, &signerv1.ListAuditRequest{AfterSeq: next, Limit: uint32(*limit), Subject: *subject,
-			Relation: *relation, Reason: *reason, ObjectPrefix: *prefix})
+			Relation: *relation, Reason: *reason, ObjectPrefix: *prefix}, grpc.Header(&md))
 		cancel()
 		if err != nil {
 			return err
 		}
-		c.printEntries(resp.Entries, header)
-		header = false
-		if n := len(resp.Entries); n > 0 {
-			next = resp.Entries[n-1].Seq
+		entries := resp.Entries
+		if n := len(entries); n > 0 {
+			next = entries[n-1].Seq
 		}
+		if *follow && !*includeOwn {
+			entries = entries[:0:0]
+			for _, e := range resp.Entries {
+				if n, mine := own[e.RequestId]; mine {
+					if n >= 1 {
+						delete(own, e.RequestId)
+					} else {
+						own[e.RequestId] = n + 1
+					}
+					continue
+				}
+				entries = append(entries, e)
+			}
+			for _, id := range md.Get(requestIDHeader) {
+				own[id] = 0
+			}
+		}
+		c.printEntries(entries, header)
+		header = false
 		if !*follow {
 			return nil
 		}
@@ -101,7 +132,7 @@ func (c *cli) printEntries(es []*signerv1.AuditEntry, header bool) {
 	}
 	var rows [][]string
 	for _, e := range es {
-		rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), e.Timestamp.AsTime().UTC().Format(time.RFC3339Nano),
+		rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), tableTime(e.Timestamp),
 			e.Subject, e.Relation, e.Object, e.Reason, e.Code, e.Method})
 	}
 	if header || len(rows) > 0 {
@@ -111,6 +142,18 @@ func (c *cli) printEntries(es []*signerv1.AuditEntry, header bool) {
 		}
 		c.table(h, rows)
 	}
+}
+
+// checkpointJSON is a verified checkpoint in every command's JSON output.
+type checkpointJSON struct {
+	Origin string `json:"origin"`
+	Size   uint64 `json:"size"`
+	Root   []byte `json:"root"`
+	Note   string `json:"note"` // the signed note, as served: save it for audit verify --checkpoint
+}
+
+func toCheckpointJSON(cp auditlog.Checkpoint) checkpointJSON {
+	return checkpointJSON{Origin: cp.Origin, Size: cp.Size, Root: cp.Root, Note: string(cp.Note)}
 }
 
 // brokenError is a failed log verification.
@@ -178,7 +221,7 @@ func (c *cli) auditCheckpoint(ctx context.Context, args []string) error {
 		return err
 	}
 	if c.cfg.Output == "json" {
-		return c.json(map[string]any{"origin": cp.Origin, "size": cp.Size, "root": cp.Root, "checkpoint": string(cp.Note)})
+		return c.json(toCheckpointJSON(cp))
 	}
 	_, err = c.out.Write(cp.Note)
 	return err
@@ -301,8 +344,18 @@ func (c *cli) auditVerify(ctx context.Context, args []string) error {
 		return brokenError{err.Error()}
 	}
 	if c.cfg.Output == "json" {
-		return c.json(map[string]any{"ok": true, "entries": replay.Checked, "size": replay.Size(), "checkpoint_size": latest.Size,
-			"checkpoints_checked": len(cps), "consistent_with": *saved})
+		var consistent *string
+		if *saved != "" {
+			consistent = saved
+		}
+		return c.json(struct {
+			OK                 bool           `json:"ok"`
+			EntriesChecked     uint64         `json:"entries_checked"`
+			LogSize            uint64         `json:"log_size"`
+			CheckpointsChecked int            `json:"checkpoints_checked"`
+			Checkpoint         checkpointJSON `json:"checkpoint"`
+			ConsistentWith     *string        `json:"consistent_with"`
+		}{true, uint64(replay.Checked), replay.Size(), len(cps), toCheckpointJSON(latest), consistent})
 	}
 	fmt.Fprintf(c.out, "audit log verified: %d entries replayed, size %d, %d signed checkpoints matched, latest at size %d\n",
 		replay.Checked, replay.Size(), len(cps), latest.Size)
@@ -386,7 +439,10 @@ func (c *cli) auditProve(ctx context.Context, args []string) error {
 		out = append(out, toEntryJSON(p.Entry))
 	}
 	if c.cfg.Output == "json" {
-		return c.json(map[string]any{"entries": out, "checkpoint_size": cp.Size, "checkpoint": string(cp.Note)})
+		return c.json(struct {
+			Entries    []entryJSON    `json:"entries"`
+			Checkpoint checkpointJSON `json:"checkpoint"`
+		}{out, toCheckpointJSON(cp)})
 	}
 	entries := make([]*signerv1.AuditEntry, 0, len(r.Proofs))
 	for _, p := range r.Proofs {
@@ -507,6 +563,14 @@ func (c *cli) auditExport(ctx context.Context, args []string) error {
 		os.Remove(*to)
 		return brokenError{fmt.Sprintf("the export does not verify: %v", err)}
 	}
+	if c.cfg.Output == "json" {
+		return c.json(struct {
+			File       string         `json:"file"`
+			FromSeq    uint64         `json:"from_seq"`
+			ToSeq      uint64         `json:"to_seq"`
+			Checkpoint checkpointJSON `json:"checkpoint"`
+		}{*to, start.Size() + 1, last, toCheckpointJSON(latest)})
+	}
 	fmt.Fprintf(c.out, "exported entries %d..%d to %s (checkpoint size %d); prune them with: plexsphere-signer --prune-audit-upto %d --prune-audit-export %s\n",
 		start.Size()+1, last, *to, latest.Size, last, *to)
 	return nil
@@ -538,6 +602,9 @@ func (c *cli) jwks(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if len(resp.Keys) == 0 {
+		return unknownScope(args[0], "")
+	}
 	set := struct {
 		Keys []jwk `json:"keys"`
 	}{Keys: []jwk{}}
@@ -547,6 +614,9 @@ func (c *cli) jwks(ctx context.Context, args []string) error {
 			set.Keys = append(set.Keys, jwk{Kty: "OKP", Crv: "Ed25519", X: base64.RawURLEncoding.EncodeToString(k.PublicKey),
 				Kid: k.KeyId, Use: "sig", Alg: "EdDSA"})
 		}
+	}
+	if len(set.Keys) == 0 {
+		return status.Errorf(codes.NotFound, "scope %q has no published key (every key is RETIRED)", args[0])
 	}
 	return c.json(set)
 }

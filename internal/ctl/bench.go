@@ -49,7 +49,7 @@ func (c *cli) runBench(ctx context.Context, args []string) error {
 	rate := fs.Float64("rate", 0, "calls per second across all workers (0: as fast as possible)")
 	size := fs.Int("payload-size", 64, "payload bytes")
 	every := fs.Duration("progress", time.Second, "progress line interval on stderr (0: none)")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
+	asJSON := fs.Bool("json", false, "print the report as JSON (as --output json does)")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *conc < 1 || *size < 0 {
 		return usageError("bench takes only flags; --concurrency >= 1")
 	}
@@ -162,7 +162,7 @@ func (c *cli) runBench(ctx context.Context, args []string) error {
 	<-done
 	elapsed := time.Since(start)
 	r := report(target, *conc, *size, elapsed, ok.Load(), errs, slices.Concat(lats...))
-	if *asJSON {
+	if *asJSON || c.cfg.Output == "json" {
 		enc := json.NewEncoder(c.out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)

@@ -5,17 +5,18 @@ package ctl
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -41,12 +42,15 @@ const (
 const usage = `usage: signerctl [global flags] <command> [arguments]
 
 commands:
-  keys list [--scope S]                    list keys in every state
-  rotate open <scope>                      open a rotation (new PENDING key)
+  keys list [--scope S]                    list keys in every state (an unknown --scope is NotFound)
+  rotate open [--create] <scope>           open a rotation (new PENDING key); a scope without keys
+                                           is refused (NotFound) unless --create says to create it
   rotate commit <scope> <key-id>           make the PENDING key ACTIVE
   rotate abort <scope> <key-id>            retire the PENDING key unused
   rotate retire <scope> <key-id>           retire a PREVIOUS key
-  audit tail [filters] [--follow]          print audit entries in commit order
+  audit tail [filters] [--follow [--include-own]]
+                                           print audit entries in commit order; --follow leaves out
+                                           the entries of its own polls unless --include-own
   audit verify [--checkpoint FILE] [--after EXPORT]
                                            replay every entry against the signed checkpoints
                                            (and prove the log grew from a saved checkpoint)
@@ -60,8 +64,12 @@ commands:
                                            load a sidecar (or the signer over mTLS) and report
                                            throughput, p50/p90/p99/max and errors by code
 
-exit codes: 0 ok, 1 refused by the signer, 2 usage, 3 signer unavailable,
+exit codes: 0 ok, 1 refused by the signer (NotFound, not ready, invalid argument),
+2 usage or configuration (a wrong --signer-spiffe-id included), 3 signer unavailable,
 4 permission denied, 5 audit log broken (naming the first bad seq or range).
+
+--output json prints JSON: times in RFC 3339, UTC, with microseconds, null when
+absent; the same field names in every command (README: signerctl output).
 `
 
 // Main runs signerctl with args and returns the exit code.
@@ -104,6 +112,10 @@ type cli struct {
 	errw io.Writer
 	src  identity.Source
 	cc   *grpc.ClientConn
+
+	// presented is the SPIFFE ID a signer presented that is not
+	// --signer-spiffe-id: the handshake failed, and exit says which flag.
+	presented atomic.Pointer[string]
 }
 
 // usageError is a command line mistake.
@@ -153,12 +165,26 @@ func (c *cli) exit(err error) int {
 		fmt.Fprintln(c.errw, "signerctl:", err)
 		return ExitBroken
 	}
+	if id := c.presented.Load(); id != nil {
+		// A configuration mistake, not an outage: say which setting.
+		fmt.Fprintf(c.errw, "signerctl: the signer at %s presents SPIFFE ID %s, not %s: set %s to the signer's ID\n",
+			c.cfg.Signer, *id, c.cfg.SignerSPIFFEID, config.Name(&c.cfg, "SignerSPIFFEID"))
+		return ExitUsage
+	}
 	st, ok := status.FromError(err)
 	if !ok {
 		fmt.Fprintln(c.errw, "signerctl:", err)
 		return ExitUnavailable
 	}
-	fmt.Fprintf(c.errw, "signerctl: %s: %s\n", st.Code(), st.Message())
+	msg := st.Message()
+	if info := errorInfo(err); info != nil && info.Reason == signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY.String() {
+		if at, perr := time.Parse(time.RFC3339Nano, info.Metadata["ready_at"]); perr == nil {
+			if wait := time.Until(at); wait > 0 {
+				msg += fmt.Sprintf(" (in %s)", wait.Round(time.Second))
+			}
+		}
+	}
+	fmt.Fprintf(c.errw, "signerctl: %s: %s\n", st.Code(), msg)
 	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		return ExitUnavailable
@@ -166,6 +192,16 @@ func (c *cli) exit(err error) int {
 		return ExitDenied
 	}
 	return ExitRefused
+}
+
+// errorInfo is the signer's ErrorInfo on a failed call, or nil.
+func errorInfo(err error) *errdetails.ErrorInfo {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	return nil
 }
 
 // reasonOf is the signer's wire reason on a failed call.
@@ -189,7 +225,19 @@ func (c *cli) conn(ctx context.Context) (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	c.src = src
-	tlsCfg := identity.ClientTLS(src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(c.cfg.SignerSPIFFEID)))
+	want, err := spiffeid.FromString(c.cfg.SignerSPIFFEID)
+	if err != nil {
+		return nil, usageError(fmt.Sprintf("%s: %v", config.Name(&c.cfg, "SignerSPIFFEID"), err))
+	}
+	authorize := func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if id != want {
+			presented := id.String()
+			c.presented.Store(&presented)
+			return fmt.Errorf("the signer presents %s, not %s (%s)", id, want, config.Name(&c.cfg, "SignerSPIFFEID"))
+		}
+		return nil
+	}
+	tlsCfg := identity.ClientTLS(src, authorize)
 	c.cc, err = grpc.NewClient(c.cfg.Signer, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	return c.cc, err
 }
@@ -222,49 +270,58 @@ func (c *cli) table(header string, rows [][]string) {
 	tw.Flush()
 }
 
-func ts(t *timestamppb.Timestamp) string {
+// TimeFormat is how every time is printed, in tables and JSON: RFC 3339 in
+// UTC with microseconds, the precision the signer stores.
+const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
+
+// jsonTime is a time in JSON output: a string, or null when absent.
+func jsonTime(t *timestamppb.Timestamp) *string {
+	if t == nil {
+		return nil
+	}
+	s := t.AsTime().UTC().Format(TimeFormat)
+	return &s
+}
+
+// tableTime is a time in a table: "-" when absent.
+func tableTime(t *timestamppb.Timestamp) string {
 	if t == nil {
 		return "-"
 	}
-	return t.AsTime().UTC().Format(time.RFC3339)
+	return t.AsTime().UTC().Format(TimeFormat)
 }
 
-// keyJSON is a key in JSON output.
+// keyJSON is a key in every command's JSON output.
 type keyJSON struct {
-	KeyID         string `json:"key_id"`
-	Scope         string `json:"scope"`
-	State         string `json:"state"`
-	PublicKey     []byte `json:"public_key"`
-	CreatedAt     string `json:"created_at"`
-	ActivatedAt   string `json:"activated_at"`
-	DeactivatedAt string `json:"deactivated_at"`
-	RetiredAt     string `json:"retired_at"`
+	KeyID         string  `json:"key_id"`
+	Scope         string  `json:"scope"`
+	State         string  `json:"state"`
+	PublicKey     []byte  `json:"public_key"`
+	CreatedAt     *string `json:"created_at"`
+	ActivatedAt   *string `json:"activated_at"`
+	DeactivatedAt *string `json:"deactivated_at"`
+	RetiredAt     *string `json:"retired_at"`
 }
 
 func stateName(s signerv1.KeyState) string {
 	return strings.TrimPrefix(s.String(), "KEY_STATE_")
 }
 
-func toJSON(k *signerv1.Key) keyJSON {
-	return keyJSON{KeyID: k.KeyId, Scope: k.Scope, State: stateName(k.State), PublicKey: k.PublicKey,
-		CreatedAt: ts(k.CreatedAt), ActivatedAt: ts(k.ActivatedAt), DeactivatedAt: ts(k.DeactivatedAt), RetiredAt: ts(k.RetiredAt)}
+func toJSON(k *signerv1.Key) *keyJSON {
+	if k == nil {
+		return nil
+	}
+	return &keyJSON{KeyID: k.KeyId, Scope: k.Scope, State: stateName(k.State), PublicKey: k.PublicKey,
+		CreatedAt: jsonTime(k.CreatedAt), ActivatedAt: jsonTime(k.ActivatedAt), DeactivatedAt: jsonTime(k.DeactivatedAt), RetiredAt: jsonTime(k.RetiredAt)}
 }
 
-func (c *cli) printKeys(keys []*signerv1.Key) error {
-	if c.cfg.Output == "json" {
-		out := make([]keyJSON, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, toJSON(k))
-		}
-		return c.json(out)
-	}
+func (c *cli) keyTable(keys []*signerv1.Key) {
 	var rows [][]string
 	for _, k := range keys {
-		j := toJSON(k)
-		rows = append(rows, []string{j.Scope, j.KeyID, j.State, j.CreatedAt, j.ActivatedAt, j.DeactivatedAt, j.RetiredAt})
+		rows = append(rows, []string{k.Scope, k.KeyId, stateName(k.State), tableTime(k.CreatedAt), tableTime(k.ActivatedAt),
+			tableTime(k.DeactivatedAt), tableTime(k.RetiredAt)})
 	}
 	c.table("SCOPE\tKEY ID\tSTATE\tCREATED\tACTIVATED\tDEACTIVATED\tRETIRED", rows)
-	return nil
 }
 
 func (c *cli) keysList(ctx context.Context, args []string) error {
@@ -274,25 +331,86 @@ func (c *cli) keysList(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return usageError("keys list takes only --scope")
 	}
-	cc, err := c.conn(ctx)
+	keys, err := c.listKeys(ctx, *scope)
 	if err != nil {
 		return err
+	}
+	if *scope != "" && len(keys) == 0 {
+		return unknownScope(*scope, "")
+	}
+	if c.cfg.Output == "json" {
+		out := make([]*keyJSON, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, toJSON(k))
+		}
+		return c.json(out)
+	}
+	c.keyTable(keys)
+	return nil
+}
+
+func (c *cli) listKeys(ctx context.Context, scope string) ([]*signerv1.Key, error) {
+	cc, err := c.conn(ctx)
+	if err != nil {
+		return nil, err
 	}
 	cctx, cancel := c.call(ctx)
 	defer cancel()
-	resp, err := signerv1.NewRotationServiceClient(cc).ListKeys(cctx, &signerv1.ListKeysRequest{Scope: *scope})
+	resp, err := signerv1.NewRotationServiceClient(cc).ListKeys(cctx, &signerv1.ListKeysRequest{Scope: scope})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return c.printKeys(resp.Keys)
+	return resp.Keys, nil
+}
+
+// unknownScope is the NotFound a command reports for a scope the signer has
+// no keys for (ListKeys answers such a scope with an empty list).
+func unknownScope(scope, hint string) error {
+	return status.Errorf(codes.NotFound, "scope %q has no keys%s", scope, hint)
+}
+
+// parseMixed parses flags that may come before, between or after the
+// positional arguments ("rotate open payments --create").
+func parseMixed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// rotateJSON is the JSON output of every rotate step: the key it moved,
+// the key a commit demoted (null otherwise) and, for open only, when Commit
+// will accept the new key.
+type rotateJSON struct {
+	Step          string   `json:"step"`
+	Key           *keyJSON `json:"key"`
+	CommittableAt *string  `json:"committable_at,omitempty"`
+	Previous      *keyJSON `json:"previous"`
 }
 
 func (c *cli) rotate(ctx context.Context, op string, args []string) error {
+	fs := flag.NewFlagSet("rotate "+op, flag.ContinueOnError)
+	fs.SetOutput(c.errw)
+	create := false
+	if op == "open" {
+		fs.BoolVar(&create, "create", false, "create the scope if it has no keys yet (its first key is then PENDING until committed)")
+	}
+	pos, err := parseMixed(fs, args)
+	if err != nil {
+		return usageError(fmt.Sprintf("rotate %s: %v", op, err))
+	}
 	want := 2
 	if op == "open" {
 		want = 1
 	}
-	if len(args) != want {
+	if len(pos) != want {
 		return usageError(fmt.Sprintf("rotate %s takes %d argument(s)", op, want))
 	}
 	cc, err := c.conn(ctx)
@@ -300,21 +418,34 @@ func (c *cli) rotate(ctx context.Context, op string, args []string) error {
 		return err
 	}
 	rot := signerv1.NewRotationServiceClient(cc)
-	cctx, cancel := c.call(ctx)
-	defer cancel()
+	out := rotateJSON{Step: op}
 	var keys []*signerv1.Key
+	var committable *timestamppb.Timestamp
 	switch op {
 	case "open":
-		r, err := rot.Open(cctx, &signerv1.OpenRequest{Scope: args[0]})
+		if !create {
+			// Never create a scope by a typo: Open on a scope without
+			// keys makes a new one, so that takes --create.
+			existing, err := c.listKeys(ctx, pos[0])
+			if err != nil {
+				return err
+			}
+			if len(existing) == 0 {
+				return unknownScope(pos[0], "; to create it, run: signerctl rotate open --create "+pos[0])
+			}
+		}
+		cctx, cancel := c.call(ctx)
+		defer cancel()
+		r, err := rot.Open(cctx, &signerv1.OpenRequest{Scope: pos[0]})
 		if err != nil {
 			return err
 		}
-		keys = []*signerv1.Key{r.Key}
-		if c.cfg.Output == "table" {
-			defer fmt.Fprintf(c.out, "committable at %s\n", ts(r.CommittableAt))
-		}
+		keys, committable = []*signerv1.Key{r.Key}, r.CommittableAt
+		out.Key, out.CommittableAt = toJSON(r.Key), jsonTime(r.CommittableAt)
 	case "commit":
-		r, err := rot.Commit(cctx, &signerv1.CommitRequest{Scope: args[0], KeyId: args[1]})
+		cctx, cancel := c.call(ctx)
+		defer cancel()
+		r, err := rot.Commit(cctx, &signerv1.CommitRequest{Scope: pos[0], KeyId: pos[1]})
 		if err != nil {
 			return err
 		}
@@ -322,20 +453,32 @@ func (c *cli) rotate(ctx context.Context, op string, args []string) error {
 		if r.Previous != nil {
 			keys = append(keys, r.Previous)
 		}
+		out.Key, out.Previous = toJSON(r.Activated), toJSON(r.Previous)
 	case "abort":
-		r, err := rot.Abort(cctx, &signerv1.AbortRequest{Scope: args[0], KeyId: args[1]})
+		cctx, cancel := c.call(ctx)
+		defer cancel()
+		r, err := rot.Abort(cctx, &signerv1.AbortRequest{Scope: pos[0], KeyId: pos[1]})
 		if err != nil {
 			return err
 		}
-		keys = []*signerv1.Key{r.Key}
+		keys, out.Key = []*signerv1.Key{r.Key}, toJSON(r.Key)
 	case "retire":
-		r, err := rot.Retire(cctx, &signerv1.RetireRequest{Scope: args[0], KeyId: args[1]})
+		cctx, cancel := c.call(ctx)
+		defer cancel()
+		r, err := rot.Retire(cctx, &signerv1.RetireRequest{Scope: pos[0], KeyId: pos[1]})
 		if err != nil {
 			return err
 		}
-		keys = []*signerv1.Key{r.Key}
+		keys, out.Key = []*signerv1.Key{r.Key}, toJSON(r.Key)
 	default:
 		return usageError(fmt.Sprintf("unknown rotate step %q", op))
 	}
-	return c.printKeys(keys)
+	if c.cfg.Output == "json" {
+		return c.json(out)
+	}
+	c.keyTable(keys)
+	if committable != nil {
+		fmt.Fprintf(c.out, "committable at %s\n", tableTime(committable))
+	}
+	return nil
 }

@@ -59,14 +59,16 @@ func TestKeysRotateAndJWKS(t *testing.T) {
 		t.Fatalf("keys list: %d\n%s", code, out)
 	}
 	code, out, _ = h.run(t, "--output", "json", "rotate", "open", "payments")
-	var opened []struct {
-		KeyID string `json:"key_id"`
-		State string `json:"state"`
+	var opened struct {
+		Key struct {
+			KeyID string `json:"key_id"`
+			State string `json:"state"`
+		} `json:"key"`
 	}
-	if code != ctl.ExitOK || json.Unmarshal([]byte(out), &opened) != nil || len(opened) != 1 || opened[0].State != "PENDING" {
+	if code != ctl.ExitOK || json.Unmarshal([]byte(out), &opened) != nil || opened.Key.State != "PENDING" {
 		t.Fatalf("rotate open: %d\n%s", code, out)
 	}
-	pending := opened[0].KeyID
+	pending := opened.Key.KeyID
 	// Refused inside the pre-publication window: exit 1, the reason on stderr.
 	code, _, errOut := h.run(t, "rotate", "commit", "payments", pending)
 	if code != ctl.ExitRefused || !strings.Contains(errOut, "rotation step not ready") {
@@ -106,8 +108,9 @@ func TestKeysRotateAndJWKS(t *testing.T) {
 		t.Fatalf("commit: %d %s", code, e)
 	}
 	code, out, _ = h.run(t, "--output", "json", "audit", "tail", "--relation", "rotate")
-	// bootstrap, keys list, open, refused commit, jwks (a ListKeys), commit
-	if code != ctl.ExitOK || strings.Count(out, `"relation": "rotate"`) != 6 || strings.Contains(out, `"caveat_context": null`) {
+	// bootstrap, keys list, open (a ListKeys: does the scope exist?, then
+	// Open), refused commit, jwks (a ListKeys), commit
+	if code != ctl.ExitOK || strings.Count(out, `"relation": "rotate"`) != 7 || strings.Contains(out, `"caveat_context": null`) {
 		t.Fatalf("audit tail: %d\n%s", code, out)
 	}
 }

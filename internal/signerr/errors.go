@@ -11,6 +11,7 @@ package signerr
 
 import (
 	"errors"
+	"time"
 
 	"github.com/plexsphere/signer/internal/names"
 )
@@ -74,3 +75,19 @@ type InvalidError = names.RuleError
 
 // Invalid returns an *InvalidError.
 func Invalid(field, rule string) error { return names.Invalid(field, rule) }
+
+// NotReadyError is an ErrRotationNotReady that says which step waits and
+// until when, so an operator is told "not ready to retire until ..."
+// instead of guessing which window runs. The time is the signer's own
+// state, never request input.
+type NotReadyError struct {
+	Step    string    // "commit" or "retire"
+	ReadyAt time.Time // when the window ends, UTC
+}
+
+func (e *NotReadyError) Error() string {
+	return ErrRotationNotReady.Error() + ": not ready to " + e.Step + " until " + e.ReadyAt.UTC().Format(time.RFC3339Nano)
+}
+
+// Unwrap makes errors.Is(err, ErrRotationNotReady) hold.
+func (e *NotReadyError) Unwrap() error { return ErrRotationNotReady }

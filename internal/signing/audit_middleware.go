@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/names"
@@ -74,6 +75,10 @@ type Auditor struct {
 	Observe func(method, outcome string, code codes.Code, took time.Duration)
 }
 
+// RequestIDHeader is the response header naming an AuditService call's
+// request id: the id its two audit entries share.
+const RequestIDHeader = "plexsphere-request-id"
+
 // Unary is the interceptor for the served methods.
 func (a *Auditor) Unary() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -117,6 +122,12 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 		return nil, Status(err)
 	}
 
+	if relation == audit.RelationAudit {
+		// An auditor tailing the log recognises its own reads by this id
+		// (signerctl audit tail --follow leaves them out). Not on Sign: the
+		// answer carries request_id already.
+		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, reqID.String()))
+	}
 	resp, err := a.call(ctx, method, handler)
 	d := describe(req, resp, err)
 	c := Classify(err)

@@ -3,6 +3,7 @@ package signing
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -89,6 +90,8 @@ const Domain = "signer.plexsphere.dev"
 // its rule says which (field and rule, never the input) in the message, in
 // the ErrorInfo metadata ("field", "rule") and in a google.rpc.BadRequest
 // field violation, the detail generic gRPC tooling shows for bad requests.
+// A rotation step refused inside its window says which step and when it
+// will be accepted (message, and ErrorInfo metadata "step", "ready_at").
 // Both detail types are in proto/plexsphere-signer.protoset.
 func Status(err error) error {
 	if err == nil {
@@ -103,6 +106,11 @@ func Status(err error) error {
 		details[0].(*errdetails.ErrorInfo).Metadata = map[string]string{"field": inv.Field, "rule": inv.Rule}
 		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
 			{Field: inv.Field, Description: inv.Rule}}})
+	}
+	var nr *signerr.NotReadyError
+	if c.Err == signerr.ErrRotationNotReady && errors.As(err, &nr) {
+		msg = nr.Error()
+		details[0].(*errdetails.ErrorInfo).Metadata = map[string]string{"step": nr.Step, "ready_at": nr.ReadyAt.UTC().Format(time.RFC3339Nano)}
 	}
 	st := status.New(c.Code, msg)
 	if d, derr := st.WithDetails(details...); derr == nil {

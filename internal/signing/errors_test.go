@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -98,6 +99,24 @@ func TestStatus(t *testing.T) {
 	}
 	if br == nil || len(br.FieldViolations) != 1 || br.FieldViolations[0].Field != "scope" || br.FieldViolations[0].Description != "must be short" {
 		t.Fatalf("BadRequest = %+v", br)
+	}
+}
+
+// A step refused inside its window says which step and until when, in the
+// message and the ErrorInfo; the code and wire reason stay those of
+// ErrRotationNotReady.
+func TestStatusNotReadySaysWhen(t *testing.T) {
+	at := time.Date(2026, 11, 30, 12, 0, 0, 123456000, time.UTC)
+	st := status.Convert(Status(fmt.Errorf("store: key %q: %w", "k1", &signerr.NotReadyError{Step: "retire", ReadyAt: at})))
+	if st.Code() != codes.FailedPrecondition || st.Message() != "signing: rotation step not ready: not ready to retire until 2026-11-30T12:00:00.123456Z" {
+		t.Fatalf("status = %v %q", st.Code(), st.Message())
+	}
+	info := errorInfo(t, st)
+	if info.Reason != "ERROR_REASON_ROTATION_NOT_READY" || info.Metadata["step"] != "retire" || info.Metadata["ready_at"] != "2026-11-30T12:00:00.123456Z" {
+		t.Fatalf("ErrorInfo = %+v", info)
+	}
+	if !errors.Is(&signerr.NotReadyError{}, signerr.ErrRotationNotReady) {
+		t.Fatal("NotReadyError does not match its sentinel")
 	}
 }
 

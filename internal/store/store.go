@@ -260,7 +260,8 @@ func Apply(op Op, k Key, scope string, at time.Time, w Windows) (Key, error) {
 		return k, fmt.Errorf("store: %s key %q in state %s: %w", op, k.ID, k.State, StateError(k.State))
 	}
 	notYet := func(what string, when time.Time) (Key, error) {
-		return k, fmt.Errorf("store: key %q is %s at %s: %w", k.ID, what, when.UTC().Format(time.RFC3339), signerr.ErrRotationNotReady)
+		return k, fmt.Errorf("store: key %q is %s at %s: %w", k.ID, what, when.UTC().Format(time.RFC3339),
+			&signerr.NotReadyError{Step: op.String(), ReadyAt: when.UTC()})
 	}
 	switch op {
 	case OpCommit:

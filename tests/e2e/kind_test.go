@@ -637,16 +637,18 @@ func TestKindHelmUpgradeRollsWithoutFailedSign(t *testing.T) {
 func TestKindRotationThroughSignerctlJob(t *testing.T) {
 	core := corePod(t, "core")
 	start := time.Now()
-	var keys []struct {
-		KeyID string `json:"key_id"`
-		State string `json:"state"`
+	var step struct {
+		Key struct {
+			KeyID string `json:"key_id"`
+			State string `json:"state"`
+		} `json:"key"`
 	}
 	out := signerctlJob(t, "signer", 0, "rotate", "open", "payments")
 	docs := jsonDocs(out)
-	if len(docs) != 1 || json.Unmarshal([]byte(docs[0]), &keys) != nil || len(keys) != 1 || keys[0].KeyID == "" {
+	if len(docs) != 1 || json.Unmarshal([]byte(docs[0]), &step) != nil || step.Key.KeyID == "" {
 		t.Fatalf("rotate open printed %q", out)
 	}
-	opened := keys[0]
+	opened := step.Key
 	// Commit is refused until the 5 s pre-publication window has passed: the
 	// Job retries (backoff) until it is accepted.
 	signerctlJob(t, "signer", 6, "rotate", "commit", "payments", opened.KeyID)
