@@ -78,9 +78,12 @@ func (c *cli) auditTail(ctx context.Context, args []string) error {
 	header := true
 	// Every poll is itself audited (two entries sharing its request id,
 	// which the answer names): left out of the next polls' output unless
-	// --include-own. An id is forgotten once both its entries went by.
-	own := map[string]int{}
-	for {
+	// --include-own. An id is forgotten once both its entries went by, or
+	// (when a filter hides one of them) maxOwnAge polls later.
+	type ownPoll struct{ seen, poll int }
+	own := map[string]ownPoll{}
+	const maxOwnAge = 1024
+	for poll := 0; ; poll++ {
 		cctx, cancel := c.call(ctx)
 		var md metadata.MD
 		resp, err := a.List(cctx, &signerv1.ListAuditRequest{AfterSeq: next, Limit: uint32(*limit), Subject: *subject,
@@ -96,18 +99,23 @@ func (c *cli) auditTail(ctx context.Context, args []string) error {
 		if *follow && !*includeOwn {
 			entries = entries[:0:0]
 			for _, e := range resp.Entries {
-				if n, mine := own[e.RequestId]; mine {
-					if n >= 1 {
+				if o, mine := own[e.RequestId]; mine {
+					if o.seen >= 1 {
 						delete(own, e.RequestId)
 					} else {
-						own[e.RequestId] = n + 1
+						own[e.RequestId] = ownPoll{o.seen + 1, o.poll}
 					}
 					continue
 				}
 				entries = append(entries, e)
 			}
+			for id, o := range own {
+				if poll-o.poll > maxOwnAge {
+					delete(own, id)
+				}
+			}
 			for _, id := range md.Get(requestIDHeader) {
-				own[id] = 0
+				own[id] = ownPoll{0, poll}
 			}
 		}
 		c.printEntries(entries, header)
