@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/bin}
-SIGNER_PORT=${SIGNER_PORT:-18443}
-OPS_PORT=${OPS_PORT:-19090}
+# RUN_ prefixed: the signer refuses any unknown SIGNER_* variable it inherits.
+RUN_SIGNER_PORT=${RUN_SIGNER_PORT:-18443}
+RUN_OPS_PORT=${RUN_OPS_PORT:-19090}
 TD=example.org
 
 dir=$(mktemp -d -t plexsphere-run.XXXXXX)
@@ -26,7 +27,7 @@ trap 'exit 0' INT TERM
 echo "run-local: dev PKI and KEK in $dir"
 
 "$BIN/plexsphere-signer" \
-  --listen "127.0.0.1:$SIGNER_PORT" --ops-listen "127.0.0.1:$OPS_PORT" \
+  --listen "127.0.0.1:$RUN_SIGNER_PORT" --ops-listen "127.0.0.1:$RUN_OPS_PORT" \
   --allow-spiffe-id "spiffe://$TD/ns/plexsphere/sa/plexsphere-core" \
   --rotation-allow-spiffe-id "spiffe://$TD/ns/plexsphere/sa/signer-operator" \
   --svid-cert "$dir/signer.crt" --svid-key "$dir/signer.key" --trust-bundle "$dir/bundle.crt" \
@@ -35,14 +36,14 @@ echo "run-local: dev PKI and KEK in $dir"
 pids+=($!)
 
 "$BIN/plexsphere-sidecar" \
-  --listen "unix://$dir/signer.sock" --upstream "127.0.0.1:$SIGNER_PORT" \
+  --listen "unix://$dir/signer.sock" --upstream "127.0.0.1:$RUN_SIGNER_PORT" \
   --signer-spiffe-id "spiffe://$TD/ns/plexsphere/sa/plexsphere-signer" \
   --svid-cert "$dir/core.crt" --svid-key "$dir/core.key" --trust-bundle "$dir/bundle.crt" &
 pids+=($!)
 
 cat <<EOT
-run-local: signer on 127.0.0.1:$SIGNER_PORT (health: curl 127.0.0.1:$OPS_PORT/readyz), sidecar on unix://$dir/signer.sock
-run-local: operator tools: bin/signerctl --signer 127.0.0.1:$SIGNER_PORT --signer-spiffe-id spiffe://$TD/ns/plexsphere/sa/plexsphere-signer --svid-cert $dir/operator.crt --svid-key $dir/operator.key --trust-bundle $dir/bundle.crt keys list
+run-local: signer on 127.0.0.1:$RUN_SIGNER_PORT (health: curl 127.0.0.1:$RUN_OPS_PORT/readyz), sidecar on unix://$dir/signer.sock
+run-local: operator tools: bin/signerctl --signer 127.0.0.1:$RUN_SIGNER_PORT --signer-spiffe-id spiffe://$TD/ns/plexsphere/sa/plexsphere-signer --svid-cert $dir/operator.crt --svid-key $dir/operator.key --trust-bundle $dir/bundle.crt keys list
 run-local: press Ctrl-C to stop
 EOT
 "$BIN/core" --signer "unix://$dir/signer.sock" --scope payments --every 2s &
