@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -101,7 +100,7 @@ func New(cfg Config) (*Proxy, error) {
 
 	target, res := upstreamTarget(cfg.Upstream)
 	dial := []grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLS(cfg.Identity, tlsconfig.AuthorizeID(cfg.SignerID)))),
+		grpc.WithTransportCredentials(credentials.NewTLS(UpstreamTLS(cfg.Identity, cfg.Identity, cfg.SignerID))),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxCallSendMsgSize(cfg.MaxMessageBytes),
