@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -43,8 +44,13 @@ const HealthService = "plexsphere.sidecar"
 type Config struct {
 	Listen     []Addr
 	SocketMode os.FileMode
-	// AllowUIDs, if not empty, admits only these uids on the Unix socket.
+	// AllowUIDs, if not empty, admits only these uids on the Unix socket,
+	// checked once per connection as it is accepted.
 	AllowUIDs []int
+	// MaxConnections caps the core's open connections (default 128);
+	// MaxConcurrentStreams caps the calls in flight on one (default 1024).
+	MaxConnections       int
+	MaxConcurrentStreams int
 	// Upstream is a gRPC target ("dns:///signer-headless.ns.svc:8443", or
 	// host:port), or a comma-separated list of host:port balanced round robin.
 	Upstream string
@@ -64,6 +70,13 @@ type Proxy struct {
 	upstream *grpc.ClientConn
 	server   *grpc.Server
 	health   *health.Server
+
+	conns        chan struct{} // one token per admitted connection
+	refusedSlots chan struct{} // one token per refused connection held open
+	refused      *queueListener
+	refuser      *grpc.Server
+
+	nextWarn, suppressed atomic.Int64
 }
 
 // New checks cfg and dials the upstream lazily.
@@ -93,7 +106,15 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer()}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = 128
+	}
+	if cfg.MaxConcurrentStreams <= 0 {
+		cfg.MaxConcurrentStreams = 1024
+	}
+	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer(),
+		conns: make(chan struct{}, cfg.MaxConnections), refusedSlots: make(chan struct{}, maxRefused),
+		refused: newQueueListener(maxRefused), refuser: newRefuser()}
 	for _, uid := range cfg.AllowUIDs {
 		p.allowUID[uid] = true
 	}
@@ -122,7 +143,7 @@ func New(cfg Config) (*Proxy, error) {
 		grpc.ForceServerCodecV2(codec{}),
 		grpc.UnknownServiceHandler(p.forward),
 		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
-		grpc.UnaryInterceptor(p.admitUnary),
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)),
 	)
 	healthpb.RegisterHealthServer(p.server, p.health)
 	ops.SetAll(p.health, false, HealthService)
@@ -146,27 +167,6 @@ func upstreamTarget(up string) (string, resolver.Builder) {
 	return r.Scheme() + ":///signer", r
 }
 
-// admit applies the uid allow-list to a caller on the Unix socket.
-func (p *Proxy) admit(ctx context.Context) error {
-	if len(p.allowUID) == 0 {
-		return nil
-	}
-	info, ok := callerOf(ctx)
-	if !ok || !info.HasCred || !p.allowUID[info.UID] {
-		p.cfg.Log.Warn("caller refused: uid not on the socket allow-list", "uid", info.UID, "pid", info.PID)
-		return status.Errorf(codes.PermissionDenied, "sidecar: caller uid %d is not allowed", info.UID)
-	}
-	return nil
-}
-
-// admitUnary guards the registered (health) service with the same uid rule.
-func (p *Proxy) admitUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := p.admit(ctx); err != nil {
-		return nil, err
-	}
-	return h(ctx, req)
-}
-
 // forward relays one unary call as raw bytes. The caller's deadline and
 // cancellation travel with ctx; no caller metadata is passed on.
 func (p *Proxy) forward(_ any, ss grpc.ServerStream) (err error) {
@@ -176,11 +176,8 @@ func (p *Proxy) forward(_ any, ss grpc.ServerStream) (err error) {
 		defer func() { p.cfg.Observe(method, status.Code(err), time.Since(start)) }()
 	}
 	ctx := ss.Context()
-	if err := p.admit(ctx); err != nil {
-		return err
-	}
 	if !Forwarded[method] {
-		p.cfg.Log.Warn("method refused: not forwarded to the signer", "method", method)
+		p.warn("method refused: not forwarded to the signer", "method", method)
 		return status.Errorf(codes.PermissionDenied, "sidecar: method %s is not forwarded to the signer", method)
 	}
 	req := new(frame)
@@ -248,9 +245,10 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 	wg.Add(1)
 	go func() { defer wg.Done(); p.watchUpstream(wctx) }()
 
+	go p.refuser.Serve(p.refused)
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
-		go func() { errc <- p.server.Serve(l) }()
+		go func() { errc <- p.server.Serve(guard{Listener: l, p: p}) }()
 		p.cfg.Log.Info("sidecar listening", "addr", l.Addr().String(), "upstream", p.cfg.Upstream, "signer_id", p.cfg.SignerID.String())
 	}
 	var err error
@@ -267,6 +265,7 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 		p.server.Stop()
 		<-done
 	}
+	p.refuser.Stop()
 	stopWatch()
 	wg.Wait()
 	p.upstream.Close()

@@ -62,7 +62,7 @@ func run(ctx context.Context, args []string) error {
 	p, err = sidecar.New(sidecar.Config{
 		Listen: addrs, SocketMode: os.FileMode(mode), AllowUIDs: cfg.AllowUIDs,
 		Upstream: cfg.Upstream, SignerID: spiffeid.RequireFromString(cfg.SignerSPIFFEID),
-		Identity: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log, Observe: m.ObserveCall,
+		Identity: src, MaxMessageBytes: cfg.MaxMessageBytes, MaxConnections: cfg.MaxConnections, MaxConcurrentStreams: cfg.MaxConcurrentStreams, Log: log, Observe: m.ObserveCall,
 	})
 	if err != nil {
 		return err

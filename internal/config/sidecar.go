@@ -26,6 +26,9 @@ type Sidecar struct {
 	IdentityReload  time.Duration `envconfig:"SIDECAR_IDENTITY_RELOAD" flag:"identity-reload" default:"5s" desc:"how often the SVID files are checked for changes"`
 	WorkloadAPIAddr string        `envconfig:"SIDECAR_WORKLOAD_API_ADDR" flag:"workload-api-addr" desc:"SPIFFE Workload API address (unix:///path); instead of the SVID files"`
 
+	MaxConnections       int `envconfig:"SIDECAR_MAX_CONNECTIONS" flag:"max-connections" default:"128" desc:"most connections the core may hold open; one more is closed"`
+	MaxConcurrentStreams int `envconfig:"SIDECAR_MAX_CONCURRENT_STREAMS" flag:"max-concurrent-streams" default:"1024" desc:"most calls in flight on one connection (HTTP/2 stream limit)"`
+
 	MaxMessageBytes int           `envconfig:"SIDECAR_MAX_MESSAGE_BYTES" flag:"max-message-bytes" default:"327680" desc:"largest message relayed either way"`
 	ShutdownTimeout time.Duration `envconfig:"SIDECAR_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"how long shutdown waits for in-flight calls"`
 	LogLevel        string        `envconfig:"SIDECAR_LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
@@ -75,6 +78,12 @@ func (c *Sidecar) Validate() error {
 	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
 	if c.MaxMessageBytes < 1024 || c.MaxMessageBytes > 16<<20 {
 		add(Errorf(c, "MaxMessageBytes", "%d is outside 1024..%d", c.MaxMessageBytes, 16<<20))
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > 1<<16 {
+		add(Errorf(c, "MaxConnections", "%d is outside 1..%d", c.MaxConnections, 1<<16))
+	}
+	if c.MaxConcurrentStreams < 1 || c.MaxConcurrentStreams > 1<<20 {
+		add(Errorf(c, "MaxConcurrentStreams", "%d is outside 1..%d", c.MaxConcurrentStreams, 1<<20))
 	}
 	if c.ShutdownTimeout <= 0 {
 		add(Errorf(c, "ShutdownTimeout", "must be positive"))
