@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -24,17 +27,31 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
-	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/internal/ops"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
-// Forwarded are the only methods the sidecar passes to the signer. Anything
+// forwarded are the only methods the sidecar passes to the signer. Anything
 // else (RotationService, AuditService, unknown methods) is refused here and
-// never reaches the signer.
-var Forwarded = map[string]bool{
+// never reaches the signer. This is the one list: metrics labels and tests
+// read it through Forwards and ForwardedMethods.
+var forwarded = map[string]bool{
 	signerv1.SignerService_Sign_FullMethodName:      true,
 	signerv1.SignerService_PublicKey_FullMethodName: true,
+}
+
+// Forwards reports whether method reaches the signer.
+func Forwards(method string) bool { return forwarded[method] }
+
+// ForwardedMethods lists the methods that reach the signer, sorted.
+func ForwardedMethods() []string {
+	ms := make([]string, 0, len(forwarded))
+	for m := range forwarded {
+		ms = append(ms, m)
+	}
+	slices.Sort(ms)
+	return ms
 }
 
 // HealthService is the health service name that tracks the upstream.
@@ -55,12 +72,22 @@ type Config struct {
 	// host:port), or a comma-separated list of host:port balanced round robin.
 	Upstream string
 	// SignerID is the only SPIFFE ID the upstream may present.
-	SignerID        spiffeid.ID
-	Identity        identity.Source
+	SignerID spiffeid.ID
+	// SVID is the pod's identity, presented to the signer; Bundle verifies
+	// the signer. Both are read at every handshake, so a rotating source
+	// (go-spiffe's workloadapi.X509Source, say) rotates the sidecar too.
+	SVID            x509svid.Source
+	Bundle          x509bundle.Source
 	MaxMessageBytes int
 	Log             *slog.Logger
 	// Observe, if set, is told the outcome of every call (for metrics).
 	Observe func(method string, code codes.Code, took time.Duration)
+
+	// Used by Run only: OpsListen is a plain HTTP address for /metrics and
+	// gRPC health ("" disables); ShutdownTimeout bounds the drain of
+	// in-flight calls (default 10 s).
+	OpsListen       string
+	ShutdownTimeout time.Duration
 }
 
 // Proxy is a running sidecar.
@@ -84,18 +111,19 @@ func New(cfg Config) (*Proxy, error) {
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("sidecar: no listen address")
 	}
-	hasTCP := false
 	for _, a := range cfg.Listen {
-		if _, err := ParseListen(a.String()); err != nil {
-			return nil, err
+		if !a.Valid() {
+			return nil, fmt.Errorf("sidecar: %w: an address not made by ParseListen", ErrNotLocal)
 		}
-		hasTCP = hasTCP || a.TCP != ""
 	}
-	if len(cfg.AllowUIDs) > 0 && hasTCP {
-		return nil, errors.New("sidecar: a uid allow-list needs Unix-socket-only listening (a loopback TCP caller has no uid to check)")
+	if err := localaddr.CheckUIDs(cfg.Listen, len(cfg.AllowUIDs)); err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
 	}
 	if cfg.SignerID.IsZero() {
 		return nil, errors.New("sidecar: the signer's SPIFFE ID is required")
+	}
+	if cfg.SVID == nil || cfg.Bundle == nil {
+		return nil, errors.New("sidecar: an SVID source and a bundle source are required")
 	}
 	if cfg.MaxMessageBytes <= 0 {
 		cfg.MaxMessageBytes = 320 << 10
@@ -121,7 +149,7 @@ func New(cfg Config) (*Proxy, error) {
 
 	target, res := upstreamTarget(cfg.Upstream)
 	dial := []grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(UpstreamTLS(cfg.Identity, cfg.Identity, cfg.SignerID))),
+		grpc.WithTransportCredentials(credentials.NewTLS(UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID))),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxCallSendMsgSize(cfg.MaxMessageBytes),
@@ -176,7 +204,7 @@ func (p *Proxy) forward(_ any, ss grpc.ServerStream) (err error) {
 		defer func() { p.cfg.Observe(method, status.Code(err), time.Since(start)) }()
 	}
 	ctx := ss.Context()
-	if !Forwarded[method] {
+	if !forwarded[method] {
 		p.warn("method refused: not forwarded to the signer", "method", method)
 		return status.Errorf(codes.PermissionDenied, "sidecar: method %s is not forwarded to the signer", method)
 	}
@@ -200,7 +228,7 @@ func (p *Proxy) Listen() ([]net.Listener, error) {
 			for _, o := range ls {
 				o.Close()
 			}
-			return nil, fmt.Errorf("sidecar: listen %s: %w", a, err)
+			return nil, fmt.Errorf("%w on %s: %w", ErrListen, a, err)
 		}
 		ls = append(ls, l)
 	}
@@ -270,8 +298,8 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 	wg.Wait()
 	p.upstream.Close()
 	for _, a := range p.cfg.Listen {
-		if a.Unix != "" {
-			os.Remove(a.Unix)
+		if a.IsUnix() {
+			os.Remove(a.Address())
 		}
 	}
 	if errors.Is(err, grpc.ErrServerStopped) {

@@ -21,6 +21,7 @@ import (
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
@@ -82,20 +83,37 @@ func TestSignThroughSidecar(t *testing.T) {
 }
 
 func TestListenMustBeLocal(t *testing.T) {
-	for _, bad := range []string{"0.0.0.0:7000", ":7000", "10.1.2.3:7000", "localhost:7000", "example.com:7000", "[::]:7000", "unix:relative.sock", "unix://"} {
+	for _, bad := range []string{"0.0.0.0:7000", ":7000", "10.1.2.3:7000", "example.com:7000", "[::]:7000", "unix:relative.sock", "unix://"} {
 		if _, err := sidecar.ParseListen(bad); !errors.Is(err, sidecar.ErrNotLocal) {
 			t.Errorf("ParseListen(%q) = %v, want ErrNotLocal", bad, err)
 		}
 	}
-	for _, good := range []string{"127.0.0.1:7000", "[::1]:7000", "127.0.0.2:1", "unix:///run/x.sock", "unix:/run/x.sock"} {
+	for _, good := range []string{"127.0.0.1:7000", "[::1]:7000", "127.0.0.2:1", "localhost:7000", "unix:///run/x.sock", "unix:/run/x.sock"} {
 		if _, err := sidecar.ParseListen(good); err != nil {
 			t.Errorf("ParseListen(%q) = %v", good, err)
 		}
 	}
-	_, err := sidecar.New(sidecar.Config{Listen: []sidecar.Addr{{TCP: "0.0.0.0:7000"}}, Upstream: "x:1",
+	// An address not made by ParseListen (the zero Addr) is refused.
+	_, err := sidecar.New(sidecar.Config{Listen: []sidecar.Addr{{}}, Upstream: "x:1",
 		SignerID: spiffeid.RequireFromString(signertest.SignerID)})
 	if !errors.Is(err, sidecar.ErrNotLocal) {
-		t.Fatalf("New with a wildcard address: %v", err)
+		t.Fatalf("New with an unparsed address: %v", err)
+	}
+}
+
+// The sidecar listens on localhost:PORT (as 127.0.0.1), the address
+// client.Dial accepts too.
+func TestListenLocalhost(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), func(c *sidecar.Config) {
+		c.Listen = []sidecar.Addr{localaddr.MustParse("localhost:0")}
+	})
+	host, port, err := net.SplitHostPort(sc.TCP)
+	if err != nil || host != "127.0.0.1" {
+		t.Fatalf("listening on %q (%v), want 127.0.0.1", sc.TCP, err)
+	}
+	if _, err := dialClient(t, "localhost:"+port).Sign(ctx10s(t), scope, []byte("m")); err != nil {
+		t.Fatalf("Sign through localhost:%s: %v", port, err)
 	}
 }
 
@@ -236,9 +254,9 @@ func TestUIDAllowList(t *testing.T) {
 	if _, err := watch(ctx10s(t), healthOf(t, allowed.Socket)); err != nil {
 		t.Fatalf("health Watch, uid on the list: %v", err)
 	}
-	_, err = sidecar.New(sidecar.Config{Listen: []sidecar.Addr{{Unix: "/tmp/x.sock"}, {TCP: "127.0.0.1:0"}}, AllowUIDs: []int{0},
-		Upstream: env.Addr, SignerID: spiffeid.RequireFromString(signertest.SignerID), Identity: src})
-	if err == nil {
+	_, err = sidecar.New(sidecar.Config{Listen: []sidecar.Addr{localaddr.MustParse("unix:///tmp/x.sock"), localaddr.MustParse("127.0.0.1:0")},
+		AllowUIDs: []int{0}, Upstream: env.Addr, SignerID: spiffeid.RequireFromString(signertest.SignerID), SVID: src, Bundle: src})
+	if !errors.Is(err, localaddr.ErrUIDsNeedUnix) {
 		t.Fatal("a uid allow-list with a TCP listener was accepted")
 	}
 }
