@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
@@ -53,6 +54,19 @@ func ForwardedMethods() []string {
 	slices.Sort(ms)
 	return ms
 }
+
+// reconnectBackoff paces reconnection to a replica that is down: from
+// 100 ms up to ReconnectMaxDelay, so a returning replica is picked up within
+// about a second while a dead one costs at most one attempt a second.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectMaxDelay}
+
+// ReconnectMaxDelay is the longest wait between two attempts to reach a
+// replica (plus up to 20 % jitter).
+const ReconnectMaxDelay = time.Second
+
+// connectTimeout bounds one connection attempt (TCP and TLS), so an attempt
+// at an address that swallows packets does not hold a replica back.
+const connectTimeout = 3 * time.Second
 
 // HealthService is the health service name that tracks the upstream.
 const HealthService = "plexsphere.sidecar"
@@ -156,6 +170,14 @@ func New(cfg Config) (*Proxy, error) {
 			grpc.ForceCodecV2(codec{})),
 		// Stay connected: readiness means "the upstream handshake works now".
 		grpc.WithIdleTimeout(0),
+		// A replica that is back is used within about a second: gRPC's
+		// default backoff grows to 120 s, so a replica that had been down
+		// for minutes stayed unused after it returned, and when the other
+		// one died every call failed until the next attempt (about 35 s
+		// measured). Failed calls stay safe: gRPC retries on its own only a
+		// call that never reached a server (transparent retry); nothing
+		// here retries a Sign that may have been signed and audited.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: connectTimeout}),
 	}
 	if res != nil {
 		dial = append(dial, grpc.WithResolvers(res))
