@@ -65,7 +65,7 @@ lint:
 ## fuzz: run every fuzz target for FUZZTIME each (their seed corpora also run in `make test`).
 FUZZTIME ?= 10s
 FUZZ := ./internal/names:FuzzNames ./client/auditlog:FuzzParseLeaf ./internal/signing:FuzzSignRequest \
-	./internal/signing/peeridentity:FuzzFirstSPIFFEID ./internal/config:FuzzSidecarListen \
+	./internal/signing/peeridentity:FuzzFirstSPIFFEID ./internal/localaddr:FuzzSidecarListen \
 	./internal/config:FuzzSignerSettings ./sidecar:FuzzMethodFilter
 fuzz:
 	@for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \

@@ -7,4 +7,11 @@
 // Messages pass through as raw bytes (no protobuf decode or re-encode), so
 // the proxy adds little latency and holds no payload longer than one call.
 // It never holds signing key material; its only secret is the pod's SVID.
+// It must never link server-side code (store, key providers, audit writer,
+// signerr): tests/integration's TestCoreBinaryLinksNoServerCode enforces it.
+//
+// Run is a whole sidecar (proxy, metrics, health); New and Serve are its
+// parts for tests and embedders. Identity comes in as go-spiffe sources
+// (x509svid.Source and x509bundle.Source), so a workloadapi.X509Source or
+// any file-backed source plugs in.
 package sidecar

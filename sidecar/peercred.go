@@ -7,12 +7,12 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 )
 
 // localCreds are the transport credentials of the sidecar's listeners: no
-// TLS (the peer is in the same pod), but the kernel's word on who connected
-// over the Unix socket (SO_PEERCRED), so callers can be checked by uid.
+// TLS (the peer is in the same pod). The caller's uid was read and checked
+// when its connection was accepted (see guard); the handshake only passes
+// that record on as the connection's AuthInfo.
 type localCreds struct{}
 
 // PeerInfo is the AuthInfo of a local caller.
@@ -28,25 +28,9 @@ func (PeerInfo) AuthType() string { return "local" }
 
 func (localCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	info := PeerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
-	uc, ok := conn.(*net.UnixConn)
-	if !ok {
-		return conn, info, nil
+	if lc, ok := conn.(*localConn); ok {
+		info.UID, info.PID, info.HasCred = lc.uid, lc.pid, lc.hasCred
 	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, nil, err
-	}
-	if cerr != nil {
-		return nil, nil, cerr
-	}
-	info.UID, info.PID, info.HasCred = int(cred.Uid), int(cred.Pid), true
 	return conn, info, nil
 }
 
@@ -62,12 +46,19 @@ func (c localCreds) Clone() credentials.TransportCredentials { return c }
 
 func (localCreds) OverrideServerName(string) error { return nil }
 
-// callerOf returns the caller's PeerInfo.
-func callerOf(ctx context.Context) (PeerInfo, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return PeerInfo{}, false
+// peerCred asks the kernel who is at the other end of a Unix socket
+// (SO_PEERCRED: the connecting process's uid and pid, not forgeable by it).
+func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
-	info, ok := p.AuthInfo.(PeerInfo)
-	return info, ok
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
 }

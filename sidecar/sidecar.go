@@ -7,13 +7,17 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
@@ -24,18 +28,45 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
-	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/internal/ops"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
-// Forwarded are the only methods the sidecar passes to the signer. Anything
+// forwarded are the only methods the sidecar passes to the signer. Anything
 // else (RotationService, AuditService, unknown methods) is refused here and
-// never reaches the signer.
-var Forwarded = map[string]bool{
+// never reaches the signer. This is the one list: metrics labels and tests
+// read it through Forwards and ForwardedMethods.
+var forwarded = map[string]bool{
 	signerv1.SignerService_Sign_FullMethodName:      true,
 	signerv1.SignerService_PublicKey_FullMethodName: true,
 }
+
+// Forwards reports whether method reaches the signer.
+func Forwards(method string) bool { return forwarded[method] }
+
+// ForwardedMethods lists the methods that reach the signer, sorted.
+func ForwardedMethods() []string {
+	ms := make([]string, 0, len(forwarded))
+	for m := range forwarded {
+		ms = append(ms, m)
+	}
+	slices.Sort(ms)
+	return ms
+}
+
+// reconnectBackoff paces reconnection to a replica that is down: from
+// 100 ms up to ReconnectMaxDelay, so a returning replica is picked up within
+// about a second while a dead one costs at most one attempt a second.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectMaxDelay}
+
+// ReconnectMaxDelay is the longest wait between two attempts to reach a
+// replica (plus up to 20 % jitter).
+const ReconnectMaxDelay = time.Second
+
+// connectTimeout bounds one connection attempt (TCP and TLS), so an attempt
+// at an address that swallows packets does not hold a replica back.
+const connectTimeout = 3 * time.Second
 
 // HealthService is the health service name that tracks the upstream.
 const HealthService = "plexsphere.sidecar"
@@ -44,18 +75,33 @@ const HealthService = "plexsphere.sidecar"
 type Config struct {
 	Listen     []Addr
 	SocketMode os.FileMode
-	// AllowUIDs, if not empty, admits only these uids on the Unix socket.
+	// AllowUIDs, if not empty, admits only these uids on the Unix socket,
+	// checked once per connection as it is accepted.
 	AllowUIDs []int
+	// MaxConnections caps the core's open connections (default 128);
+	// MaxConcurrentStreams caps the calls in flight on one (default 1024).
+	MaxConnections       int
+	MaxConcurrentStreams int
 	// Upstream is a gRPC target ("dns:///signer-headless.ns.svc:8443", or
 	// host:port), or a comma-separated list of host:port balanced round robin.
 	Upstream string
 	// SignerID is the only SPIFFE ID the upstream may present.
-	SignerID        spiffeid.ID
-	Identity        identity.Source
+	SignerID spiffeid.ID
+	// SVID is the pod's identity, presented to the signer; Bundle verifies
+	// the signer. Both are read at every handshake, so a rotating source
+	// (go-spiffe's workloadapi.X509Source, say) rotates the sidecar too.
+	SVID            x509svid.Source
+	Bundle          x509bundle.Source
 	MaxMessageBytes int
 	Log             *slog.Logger
 	// Observe, if set, is told the outcome of every call (for metrics).
 	Observe func(method string, code codes.Code, took time.Duration)
+
+	// Used by Run only: OpsListen is a plain HTTP address for /metrics and
+	// gRPC health ("" disables); ShutdownTimeout bounds the drain of
+	// in-flight calls (default 10 s).
+	OpsListen       string
+	ShutdownTimeout time.Duration
 }
 
 // Proxy is a running sidecar.
@@ -65,6 +111,13 @@ type Proxy struct {
 	upstream *grpc.ClientConn
 	server   *grpc.Server
 	health   *health.Server
+
+	conns        chan struct{} // one token per admitted connection
+	refusedSlots chan struct{} // one token per refused connection held open
+	refused      *queueListener
+	refuser      *grpc.Server
+
+	nextWarn, suppressed atomic.Int64
 }
 
 // New checks cfg and dials the upstream lazily.
@@ -72,18 +125,19 @@ func New(cfg Config) (*Proxy, error) {
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("sidecar: no listen address")
 	}
-	hasTCP := false
 	for _, a := range cfg.Listen {
-		if _, err := ParseListen(a.String()); err != nil {
-			return nil, err
+		if !a.Valid() {
+			return nil, fmt.Errorf("sidecar: %w: an address not made by ParseListen", ErrNotLocal)
 		}
-		hasTCP = hasTCP || a.TCP != ""
 	}
-	if len(cfg.AllowUIDs) > 0 && hasTCP {
-		return nil, errors.New("sidecar: a uid allow-list needs Unix-socket-only listening (a loopback TCP caller has no uid to check)")
+	if err := localaddr.CheckUIDs(cfg.Listen, len(cfg.AllowUIDs)); err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
 	}
 	if cfg.SignerID.IsZero() {
 		return nil, errors.New("sidecar: the signer's SPIFFE ID is required")
+	}
+	if cfg.SVID == nil || cfg.Bundle == nil {
+		return nil, errors.New("sidecar: an SVID source and a bundle source are required")
 	}
 	if cfg.MaxMessageBytes <= 0 {
 		cfg.MaxMessageBytes = 320 << 10
@@ -94,20 +148,36 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer()}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = 128
+	}
+	if cfg.MaxConcurrentStreams <= 0 {
+		cfg.MaxConcurrentStreams = 1024
+	}
+	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer(),
+		conns: make(chan struct{}, cfg.MaxConnections), refusedSlots: make(chan struct{}, maxRefused),
+		refused: newQueueListener(maxRefused), refuser: newRefuser()}
 	for _, uid := range cfg.AllowUIDs {
 		p.allowUID[uid] = true
 	}
 
 	target, res := upstreamTarget(cfg.Upstream)
 	dial := []grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLS(cfg.Identity, tlsconfig.AuthorizeID(cfg.SignerID)))),
+		grpc.WithTransportCredentials(credentials.NewTLS(UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID))),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxCallSendMsgSize(cfg.MaxMessageBytes),
 			grpc.ForceCodecV2(codec{})),
 		// Stay connected: readiness means "the upstream handshake works now".
 		grpc.WithIdleTimeout(0),
+		// A replica that is back is used within about a second: gRPC's
+		// default backoff grows to 120 s, so a replica that had been down
+		// for minutes stayed unused after it returned, and when the other
+		// one died every call failed until the next attempt (about 35 s
+		// measured). Failed calls stay safe: gRPC retries on its own only a
+		// call that never reached a server (transparent retry); nothing
+		// here retries a Sign that may have been signed and audited.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: connectTimeout}),
 	}
 	if res != nil {
 		dial = append(dial, grpc.WithResolvers(res))
@@ -123,7 +193,7 @@ func New(cfg Config) (*Proxy, error) {
 		grpc.ForceServerCodecV2(codec{}),
 		grpc.UnknownServiceHandler(p.forward),
 		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
-		grpc.UnaryInterceptor(p.admitUnary),
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)),
 	)
 	healthpb.RegisterHealthServer(p.server, p.health)
 	ops.SetAll(p.health, false, HealthService)
@@ -147,27 +217,6 @@ func upstreamTarget(up string) (string, resolver.Builder) {
 	return r.Scheme() + ":///signer", r
 }
 
-// admit applies the uid allow-list to a caller on the Unix socket.
-func (p *Proxy) admit(ctx context.Context) error {
-	if len(p.allowUID) == 0 {
-		return nil
-	}
-	info, ok := callerOf(ctx)
-	if !ok || !info.HasCred || !p.allowUID[info.UID] {
-		p.cfg.Log.Warn("caller refused: uid not on the socket allow-list", "uid", info.UID, "pid", info.PID)
-		return status.Errorf(codes.PermissionDenied, "sidecar: caller uid %d is not allowed", info.UID)
-	}
-	return nil
-}
-
-// admitUnary guards the registered (health) service with the same uid rule.
-func (p *Proxy) admitUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := p.admit(ctx); err != nil {
-		return nil, err
-	}
-	return h(ctx, req)
-}
-
 // forward relays one unary call as raw bytes. The caller's deadline and
 // cancellation travel with ctx; no caller metadata is passed on.
 func (p *Proxy) forward(_ any, ss grpc.ServerStream) (err error) {
@@ -177,11 +226,8 @@ func (p *Proxy) forward(_ any, ss grpc.ServerStream) (err error) {
 		defer func() { p.cfg.Observe(method, status.Code(err), time.Since(start)) }()
 	}
 	ctx := ss.Context()
-	if err := p.admit(ctx); err != nil {
-		return err
-	}
-	if !Forwarded[method] {
-		p.cfg.Log.Warn("method refused: not forwarded to the signer", "method", method)
+	if !forwarded[method] {
+		p.warn("method refused: not forwarded to the signer", "method", method)
 		return status.Errorf(codes.PermissionDenied, "sidecar: method %s is not forwarded to the signer", method)
 	}
 	req := new(frame)
@@ -204,7 +250,7 @@ func (p *Proxy) Listen() ([]net.Listener, error) {
 			for _, o := range ls {
 				o.Close()
 			}
-			return nil, fmt.Errorf("sidecar: listen %s: %w", a, err)
+			return nil, fmt.Errorf("%w on %s: %w", ErrListen, a, err)
 		}
 		ls = append(ls, l)
 	}
@@ -249,9 +295,10 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 	wg.Add(1)
 	go func() { defer wg.Done(); p.watchUpstream(wctx) }()
 
+	go p.refuser.Serve(p.refused)
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
-		go func() { errc <- p.server.Serve(l) }()
+		go func() { errc <- p.server.Serve(guard{Listener: l, p: p}) }()
 		p.cfg.Log.Info("sidecar listening", "addr", l.Addr().String(), "upstream", p.cfg.Upstream, "signer_id", p.cfg.SignerID.String())
 	}
 	var err error
@@ -268,12 +315,13 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 		p.server.Stop()
 		<-done
 	}
+	p.refuser.Stop()
 	stopWatch()
 	wg.Wait()
 	p.upstream.Close()
 	for _, a := range p.cfg.Listen {
-		if a.Unix != "" {
-			os.Remove(a.Unix)
+		if a.IsUnix() {
+			os.Remove(a.Address())
 		}
 	}
 	if errors.Is(err, grpc.ErrServerStopped) {

@@ -21,6 +21,7 @@ import (
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
@@ -82,20 +83,37 @@ func TestSignThroughSidecar(t *testing.T) {
 }
 
 func TestListenMustBeLocal(t *testing.T) {
-	for _, bad := range []string{"0.0.0.0:7000", ":7000", "10.1.2.3:7000", "localhost:7000", "example.com:7000", "[::]:7000", "unix:relative.sock", "unix://"} {
+	for _, bad := range []string{"0.0.0.0:7000", ":7000", "10.1.2.3:7000", "example.com:7000", "[::]:7000", "unix:relative.sock", "unix://"} {
 		if _, err := sidecar.ParseListen(bad); !errors.Is(err, sidecar.ErrNotLocal) {
 			t.Errorf("ParseListen(%q) = %v, want ErrNotLocal", bad, err)
 		}
 	}
-	for _, good := range []string{"127.0.0.1:7000", "[::1]:7000", "127.0.0.2:1", "unix:///run/x.sock", "unix:/run/x.sock"} {
+	for _, good := range []string{"127.0.0.1:7000", "[::1]:7000", "127.0.0.2:1", "localhost:7000", "unix:///run/x.sock", "unix:/run/x.sock"} {
 		if _, err := sidecar.ParseListen(good); err != nil {
 			t.Errorf("ParseListen(%q) = %v", good, err)
 		}
 	}
-	_, err := sidecar.New(sidecar.Config{Listen: []sidecar.Addr{{TCP: "0.0.0.0:7000"}}, Upstream: "x:1",
+	// An address not made by ParseListen (the zero Addr) is refused.
+	_, err := sidecar.New(sidecar.Config{Listen: []sidecar.Addr{{}}, Upstream: "x:1",
 		SignerID: spiffeid.RequireFromString(signertest.SignerID)})
 	if !errors.Is(err, sidecar.ErrNotLocal) {
-		t.Fatalf("New with a wildcard address: %v", err)
+		t.Fatalf("New with an unparsed address: %v", err)
+	}
+}
+
+// The sidecar listens on localhost:PORT (as 127.0.0.1), the address
+// client.Dial accepts too.
+func TestListenLocalhost(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), func(c *sidecar.Config) {
+		c.Listen = []sidecar.Addr{localaddr.MustParse("localhost:0")}
+	})
+	host, port, err := net.SplitHostPort(sc.TCP)
+	if err != nil || host != "127.0.0.1" {
+		t.Fatalf("listening on %q (%v), want 127.0.0.1", sc.TCP, err)
+	}
+	if _, err := dialClient(t, "localhost:"+port).Sign(ctx10s(t), scope, []byte("m")); err != nil {
+		t.Fatalf("Sign through localhost:%s: %v", port, err)
 	}
 }
 
@@ -177,7 +195,30 @@ func TestUnexpectedSignerIDRefused(t *testing.T) {
 	}
 }
 
-// On the Unix socket, only uids on the allow-list get through (SO_PEERCRED).
+// healthOf dials target and returns a health client on it.
+func healthOf(t *testing.T, target string) healthpb.HealthClient {
+	t.Helper()
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return healthpb.NewHealthClient(cc)
+}
+
+// watch opens a health Watch stream and returns its first answer.
+func watch(ctx context.Context, h healthpb.HealthClient) (*healthpb.HealthCheckResponse, error) {
+	w, err := h.Watch(ctx, &healthpb.HealthCheckRequest{Service: sidecar.HealthService})
+	if err != nil {
+		return nil, err
+	}
+	return w.Recv()
+}
+
+// On the Unix socket, only uids on the allow-list get through
+// (SO_PEERCRED), checked once per connection as it is accepted: a refused
+// caller gets PermissionDenied for every call, health Watch streams
+// included, and none of its calls reaches the proxy or the signer.
 func TestUIDAllowList(t *testing.T) {
 	env := signertest.Start(t)
 	src := env.Source(env.Issue(t, signertest.CoreID))
@@ -191,19 +232,78 @@ func TestUIDAllowList(t *testing.T) {
 	seq := env.LastSeq(t)
 	_, err := dialClient(t, denied.Socket).Sign(ctx10s(t), scope, []byte("m"))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "uid") {
-		t.Fatalf("uid not on the list: %v", err)
+		t.Fatalf("Sign, uid not on the list: %v", err)
+	}
+	h := healthOf(t, denied.Socket)
+	for i := range 20 {
+		if r, err := watch(ctx10s(t), h); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("health Watch %d, uid not on the list: %v %v", i, r, err)
+		}
+	}
+	if r, err := h.Check(ctx10s(t), &healthpb.HealthCheckRequest{Service: sidecar.HealthService}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("health Check, uid not on the list: %v %v", r, err)
 	}
 	if got := env.AuditAfter(t, seq); len(got) != 0 {
 		t.Fatalf("a refused caller reached the signer: %+v", got)
 	}
+
 	allowed := signertest.StartSidecar(t, env.Addr, src, unixOnly(os.Getuid()))
 	if _, err := dialClient(t, allowed.Socket).Sign(ctx10s(t), scope, []byte("m")); err != nil {
-		t.Fatalf("uid on the list: %v", err)
+		t.Fatalf("Sign, uid on the list: %v", err)
 	}
-	_, err = sidecar.New(sidecar.Config{Listen: []sidecar.Addr{{Unix: "/tmp/x.sock"}, {TCP: "127.0.0.1:0"}}, AllowUIDs: []int{0},
-		Upstream: env.Addr, SignerID: spiffeid.RequireFromString(signertest.SignerID), Identity: src})
-	if err == nil {
+	if _, err := watch(ctx10s(t), healthOf(t, allowed.Socket)); err != nil {
+		t.Fatalf("health Watch, uid on the list: %v", err)
+	}
+	_, err = sidecar.New(sidecar.Config{Listen: []sidecar.Addr{localaddr.MustParse("unix:///tmp/x.sock"), localaddr.MustParse("127.0.0.1:0")},
+		AllowUIDs: []int{0}, Upstream: env.Addr, SignerID: spiffeid.RequireFromString(signertest.SignerID), SVID: src, Bundle: src})
+	if !errors.Is(err, localaddr.ErrUIDsNeedUnix) {
 		t.Fatal("a uid allow-list with a TCP listener was accepted")
+	}
+}
+
+// Calls in flight per connection and connections are capped: a stream over
+// the cap waits for a slot, a connection over the cap is closed, and a
+// closed connection gives its slot back.
+func TestStreamAndConnectionCaps(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), func(c *sidecar.Config) {
+		c.MaxConcurrentStreams, c.MaxConnections = 2, 1
+	})
+	cc, err := grpc.NewClient(sc.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := healthpb.NewHealthClient(cc)
+	ctx1, cancel1 := context.WithCancel(ctx10s(t))
+	if _, err := watch(ctx1, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch(ctx10s(t), h); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if r, err := watch(short, h); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a third stream on a connection capped at two: %v %v", r, err)
+	}
+	cancel1() // a slot frees
+	if _, err := watch(ctx10s(t), h); err != nil {
+		t.Fatalf("a stream after one ended: %v", err)
+	}
+
+	if _, err := healthOf(t, sc.Socket).Check(ctx10s(t), &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a second connection with the cap at one: %v", err)
+	}
+	cc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := healthOf(t, sc.Socket).Check(ctx10s(t), &healthpb.HealthCheckRequest{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the closed connection's slot never came back: %v", err)
+		}
 	}
 }
 

@@ -1,6 +1,6 @@
 // Command plexsphere-sidecar runs the sidecar proxy (package sidecar) beside a
-// core container: configuration, identity and the ops listener are wired
-// here, the proxy lives in the package.
+// core container: it reads the settings, opens the pod's SPIFFE identity and
+// hands both to sidecar.Run, which holds the rest of the wiring.
 package main
 
 import (
@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,9 +16,6 @@ import (
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
-	"github.com/plexsphere/signer/internal/metrics"
-	"github.com/plexsphere/signer/internal/ops"
-	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 	"github.com/plexsphere/signer/sidecar"
 )
 
@@ -50,35 +46,19 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("%s: %w", config.IdentitySettings(&cfg, cfg.WorkloadAPIAddr), err)
 	}
 	defer src.Close()
-	var addrs []sidecar.Addr
-	for _, l := range cfg.Listen {
-		a, _ := sidecar.ParseListen(l) // validated
-		addrs = append(addrs, a)
-	}
-	mode, _ := cfg.Mode()
-	var p *sidecar.Proxy
-	forwarded := []string{signerv1.SignerService_Sign_FullMethodName, signerv1.SignerService_PublicKey_FullMethodName}
-	m := metrics.NewSidecar(forwarded, func() bool { return p.Ready(ctx) == nil }, src)
-	p, err = sidecar.New(sidecar.Config{
-		Listen: addrs, SocketMode: os.FileMode(mode), AllowUIDs: cfg.AllowUIDs,
-		Upstream: cfg.Upstream, SignerID: spiffeid.RequireFromString(cfg.SignerSPIFFEID),
-		Identity: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log, Observe: m.ObserveCall,
+	mode, _ := cfg.Mode() // validated
+	err = sidecar.Run(ctx, sidecar.Config{
+		Listen: cfg.ListenAddrs(), SocketMode: os.FileMode(mode), AllowUIDs: cfg.AllowUIDs,
+		MaxConnections: cfg.MaxConnections, MaxConcurrentStreams: cfg.MaxConcurrentStreams,
+		Upstream: cfg.Upstream, SignerID: spiffeid.RequireFromString(cfg.SignerSPIFFEID), // validated
+		SVID: src, Bundle: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log,
+		OpsListen: cfg.OpsListen, ShutdownTimeout: cfg.ShutdownTimeout,
 	})
-	if err != nil {
-		return err
-	}
-	ls, err := p.Listen()
-	if err != nil {
+	switch {
+	case errors.Is(err, sidecar.ErrListen):
 		return config.Errorf(&cfg, "Listen", "%v", err)
+	case errors.Is(err, sidecar.ErrOpsListen):
+		return config.Errorf(&cfg, "OpsListen", "%v", err)
 	}
-	if cfg.OpsListen != "" {
-		ol, err := net.Listen("tcp", cfg.OpsListen)
-		if err != nil {
-			return config.Errorf(&cfg, "OpsListen", "%v", err)
-		}
-		srv := ops.Server(p.Health(), p.Ready, m.Handler())
-		go srv.Serve(ol)
-		defer srv.Close()
-	}
-	return p.Serve(ctx, ls, cfg.ShutdownTimeout)
+	return err
 }

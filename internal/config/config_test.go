@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/tools/go/packages"
+
 	"github.com/plexsphere/signer/internal/config"
 )
 
@@ -145,11 +147,51 @@ func TestSidecarRefusesNonLoopbackListen(t *testing.T) {
 			t.Errorf("listen %s: %v", addr, err)
 		}
 	}
+	var ok config.Sidecar
+	if err := config.Load("test", "SIDECAR_", &ok, []string{"--listen", "localhost:7000", "--listen", "unix:///run/a.sock"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("localhost: %v", err)
+	}
+	if as := ok.ListenAddrs(); len(as) != 2 || as[0].String() != "127.0.0.1:7000" || !as[1].IsUnix() {
+		t.Fatalf("parsed addresses: %v", as)
+	}
 	var s config.Sidecar
 	if err := config.Load("test", "SIDECAR_", &s, []string{"--listen", "127.0.0.1:7000", "--allow-uid", "1000"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "--allow-uid / SIDECAR_ALLOW_UIDS") {
 		t.Errorf("uid list with TCP: %v", err)
+	}
+}
+
+// internal/config is a leaf: of this module it links only the small leaf
+// packages of rules (names, localaddr), never the sidecar, the store or
+// anything else that would drag a binary's code into another's.
+func TestConfigIsALeaf(t *testing.T) {
+	pkgs, err := packages.Load(&packages.Config{Mode: packages.NeedName | packages.NeedImports | packages.NeedDeps}, ".")
+	if err != nil || len(pkgs) != 1 {
+		t.Fatalf("load: %v", err)
+	}
+	const module = "github.com/plexsphere/signer/"
+	allowed := map[string]bool{module + "internal/names": true, module + "internal/localaddr": true}
+	seen := map[string]bool{}
+	var walk func(p *packages.Package)
+	walk = func(p *packages.Package) {
+		for path, dep := range p.Imports {
+			if seen[path] {
+				continue
+			}
+			seen[path] = true
+			if strings.HasPrefix(path, module) && !allowed[path] {
+				t.Errorf("internal/config links %s", path)
+			}
+			walk(dep)
+		}
+	}
+	walk(pkgs[0])
+	if !seen[module+"internal/localaddr"] {
+		t.Fatal("the walk saw no first-party package: the check sees nothing")
 	}
 }

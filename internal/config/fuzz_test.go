@@ -1,41 +1,13 @@
 package config_test
 
 import (
-	"net/netip"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
-	"github.com/plexsphere/signer/sidecar"
 )
-
-// A listen address the sidecar accepts is a loopback IP or an absolute
-// socket path, whatever the input.
-func FuzzSidecarListen(f *testing.F) {
-	for _, s := range []string{"127.0.0.1:7000", "[::1]:1", "unix:///run/x.sock", "unix:/x", "0.0.0.0:1", ":1", "localhost:1", "[::ffff:127.0.0.1]:1", "unix://rel"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		a, err := sidecar.ParseListen(s)
-		if err != nil {
-			return
-		}
-		switch {
-		case a.Unix != "":
-			if !filepath.IsAbs(a.Unix) || a.TCP != "" {
-				t.Fatalf("%q accepted as %+v", s, a)
-			}
-		default:
-			ap, err := netip.ParseAddrPort(a.TCP)
-			if err != nil || !ap.Addr().IsLoopback() {
-				t.Fatalf("%q accepted as %+v", s, a)
-			}
-		}
-	})
-}
 
 // The multi-part settings parse without panicking, and what they accept
 // keeps their rules.

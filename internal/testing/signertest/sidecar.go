@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/sidecar"
 )
 
@@ -31,10 +32,11 @@ func StartSidecar(t testing.TB, upstream string, src identity.Source, opts ...Si
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "signer.sock")
 	cfg := sidecar.Config{
-		Listen:   []sidecar.Addr{{Unix: sock}, {TCP: "127.0.0.1:0"}},
+		Listen:   []sidecar.Addr{localaddr.MustParse("unix://" + sock), localaddr.MustParse("127.0.0.1:0")},
 		Upstream: upstream,
 		SignerID: spiffeid.RequireFromString(SignerID),
-		Identity: src,
+		SVID:     src,
+		Bundle:   src,
 		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	for _, o := range opts {
