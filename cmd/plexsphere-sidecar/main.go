@@ -40,10 +40,9 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log := config.Logger(os.Stderr, cfg.LogLevel)
-	src, err := identity.Open(ctx, identity.Config{WorkloadAPIAddr: cfg.WorkloadAPIAddr, CertFile: cfg.SVIDCertFile,
-		KeyFile: cfg.SVIDKeyFile, BundleFile: cfg.TrustBundleFile, Reload: cfg.IdentityReload}, log)
+	src, err := identity.Open(ctx, cfg.Identity, log)
 	if err != nil {
-		return fmt.Errorf("%s: %w", config.IdentitySettings(&cfg, cfg.WorkloadAPIAddr), err)
+		return fmt.Errorf("%s: %w", cfg.Identity.Settings(&cfg), err)
 	}
 	defer src.Close()
 	mode, _ := cfg.Mode() // validated

@@ -28,28 +28,34 @@ type field struct {
 	v                 reflect.Value
 	name, env, fl     string
 	desc, def, secret string
+	shared            bool // in an embedded block envconfig skips: Bind reads it
 }
 
 func fields(cfg any) []field {
 	var out []field
-	var walk func(v reflect.Value)
-	walk = func(v reflect.Value) {
+	var walk func(v reflect.Value, prefix string)
+	walk = func(v reflect.Value, prefix string) {
 		t := v.Type()
 		for i := range t.NumField() {
 			sf := t.Field(i)
 			if sf.Anonymous && sf.Type.Kind() == reflect.Struct {
-				walk(v.Field(i))
+				walk(v.Field(i), sf.Tag.Get("prefix"))
 				continue
 			}
 			env := sf.Tag.Get("envconfig")
+			if prefix != "" {
+				// A shared block (Identity): its own tag is the name after the
+				// embedding binary's prefix.
+				env = prefix + sf.Tag.Get("env")
+			}
 			if env == "" {
 				continue
 			}
 			out = append(out, field{v: v.Field(i), name: sf.Name, env: env, fl: sf.Tag.Get("flag"),
-				desc: sf.Tag.Get("desc"), def: sf.Tag.Get("default"), secret: sf.Tag.Get("secret")})
+				desc: sf.Tag.Get("desc"), def: sf.Tag.Get("default"), secret: sf.Tag.Get("secret"), shared: prefix != ""})
 		}
 	}
-	walk(reflect.ValueOf(cfg).Elem())
+	walk(reflect.ValueOf(cfg).Elem(), "")
 	return out
 }
 
@@ -106,6 +112,17 @@ func Bind(fs *flag.FlagSet, envPrefix string, cfg any) error {
 	known := map[string]bool{}
 	for _, f := range fields(cfg) {
 		known[f.env] = true
+		if f.shared {
+			s, set := os.LookupEnv(f.env)
+			if !set {
+				s = f.def
+			}
+			if s != "" {
+				if err := (&value{f: f}).Set(s); err != nil {
+					return fmt.Errorf("%s: cannot parse %q: %v", Name(cfg, f.name), s, err)
+				}
+			}
+		}
 		if f.fl == "" {
 			continue
 		}
@@ -213,13 +230,4 @@ func ReadSecret(inline, file string) (string, error) {
 		return "", err
 	}
 	return strings.TrimSpace(string(b)), nil
-}
-
-// IdentitySettings names the settings an identity error is about: the
-// Workload API address if one is set, else the three SVID files.
-func IdentitySettings(cfg any, workloadAPI string) string {
-	if workloadAPI != "" {
-		return Name(cfg, "WorkloadAPIAddr")
-	}
-	return Name(cfg, "SVIDCertFile") + ", " + Name(cfg, "SVIDKeyFile") + ", " + Name(cfg, "TrustBundleFile")
 }

@@ -195,3 +195,43 @@ func TestConfigIsALeaf(t *testing.T) {
 		t.Fatal("the walk saw no first-party package: the check sees nothing")
 	}
 }
+
+// The identity settings are declared once and take each binary's prefix:
+// the prefixed variables and flags are read, an unprefixed SVID_CERT_FILE
+// is never a fallback, the reload default applies, and errors name the
+// binary's own spelling.
+func TestIdentitySettingsTakeTheBinarysPrefix(t *testing.T) {
+	t.Setenv("SVID_CERT_FILE", "/stray/svid.crt")
+	t.Setenv("SIDECAR_SVID_CERT_FILE", "/sidecar/svid.crt")
+	t.Setenv("SIGNERCTL_SVID_CERT_FILE", "/ctl/svid.crt")
+	valid(t)
+	c, err := load(t, "--identity-reload", "7s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SVIDCertFile != "/id/svid.crt" || c.IdentityReload.Seconds() != 7 {
+		t.Fatalf("signer identity = %+v", c.Identity)
+	}
+	var s config.Sidecar
+	if err := config.Load("test", "SIDECAR_", &s, []string{"--svid-key", "/sidecar/svid.key"}); err != nil {
+		t.Fatal(err)
+	}
+	if s.SVIDCertFile != "/sidecar/svid.crt" || s.SVIDKeyFile != "/sidecar/svid.key" || s.IdentityReload.Seconds() != 5 {
+		t.Fatalf("sidecar identity = %+v", s.Identity)
+	}
+	err = s.Validate()
+	if err == nil || !strings.Contains(err.Error(), "--trust-bundle / SIDECAR_TRUST_BUNDLE_FILE: required with the other SVID files") {
+		t.Fatalf("Validate = %v, want the sidecar's bundle setting named", err)
+	}
+
+	t.Setenv("SIGNER_SVID_CERT_FILE", "")
+	t.Setenv("SIGNER_SVID_KEY_FILE", "")
+	t.Setenv("SIGNER_TRUST_BUNDLE_FILE", "")
+	if _, err := load(t); err == nil || !strings.Contains(err.Error(), "no identity") {
+		t.Fatalf("signer without identity (a stray SVID_CERT_FILE set) = %v, want refused", err)
+	}
+	t.Setenv("SIGNER_IDENTITY_RELOAD", "soon")
+	if _, err := load(t); err == nil || !strings.Contains(err.Error(), `--identity-reload / SIGNER_IDENTITY_RELOAD: cannot parse "soon"`) {
+		t.Fatalf("bad reload = %v, want the setting named", err)
+	}
+}

@@ -13,10 +13,7 @@ type Ctl struct {
 	Signer         string `envconfig:"SIGNERCTL_SIGNER" flag:"signer" default:"127.0.0.1:8443" desc:"the signer's gRPC address (host:port or a gRPC target)"`
 	SignerSPIFFEID string `envconfig:"SIGNERCTL_SIGNER_SPIFFE_ID" flag:"signer-spiffe-id" desc:"the SPIFFE ID the signer must present (required), e.g. spiffe://<trust domain>/ns/<namespace>/sa/<signer release>"`
 
-	SVIDCertFile    string `envconfig:"SIGNERCTL_SVID_CERT_FILE" flag:"svid-cert" desc:"PEM X.509-SVID certificate chain file (the operator identity)"`
-	SVIDKeyFile     string `envconfig:"SIGNERCTL_SVID_KEY_FILE" flag:"svid-key" desc:"PEM X.509-SVID private key file"`
-	TrustBundleFile string `envconfig:"SIGNERCTL_TRUST_BUNDLE_FILE" flag:"trust-bundle" desc:"PEM SPIFFE trust bundle file"`
-	WorkloadAPIAddr string `envconfig:"SIGNERCTL_WORKLOAD_API_ADDR" flag:"workload-api-addr" desc:"SPIFFE Workload API address (unix:///path); instead of the SVID files"`
+	Identity `ignored:"true" prefix:"SIGNERCTL_"`
 
 	CheckpointKey string `envconfig:"SIGNERCTL_CHECKPOINT_KEY" flag:"checkpoint-key" desc:"the audit log's checkpoint verifier key (<origin>+<hash>+<key>, from the signer's start-up log or chart values); pin it: audit commands then trust nothing the signer says about its own key"`
 
@@ -41,7 +38,7 @@ func (c *Ctl) Validate() error {
 	} else if _, err := spiffeid.FromString(c.SignerSPIFFEID); err != nil {
 		add(Errorf(c, "SignerSPIFFEID", "%q is not a SPIFFE ID: %v", c.SignerSPIFFEID, err))
 	}
-	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, 0))
+	add(c.Identity.check(c))
 	if c.Output != "table" && c.Output != "json" {
 		add(Errorf(c, "Output", "%q: use table or json", c.Output))
 	}

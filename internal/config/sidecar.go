@@ -20,11 +20,7 @@ type Sidecar struct {
 	Upstream       string `envconfig:"SIDECAR_UPSTREAM" flag:"upstream" desc:"the signer: a gRPC target such as dns:///plexsphere-signer-headless.ns.svc:8443, or host:port[,host:port...]"`
 	SignerSPIFFEID string `envconfig:"SIDECAR_SIGNER_SPIFFE_ID" flag:"signer-spiffe-id" desc:"the SPIFFE ID the signer must present"`
 
-	SVIDCertFile    string        `envconfig:"SIDECAR_SVID_CERT_FILE" flag:"svid-cert" desc:"PEM X.509-SVID certificate chain file"`
-	SVIDKeyFile     string        `envconfig:"SIDECAR_SVID_KEY_FILE" flag:"svid-key" desc:"PEM X.509-SVID private key file"`
-	TrustBundleFile string        `envconfig:"SIDECAR_TRUST_BUNDLE_FILE" flag:"trust-bundle" desc:"PEM SPIFFE trust bundle file"`
-	IdentityReload  time.Duration `envconfig:"SIDECAR_IDENTITY_RELOAD" flag:"identity-reload" default:"5s" desc:"how often the SVID files are checked for changes"`
-	WorkloadAPIAddr string        `envconfig:"SIDECAR_WORKLOAD_API_ADDR" flag:"workload-api-addr" desc:"SPIFFE Workload API address (unix:///path); instead of the SVID files"`
+	Identity `ignored:"true" prefix:"SIDECAR_"`
 
 	MaxConnections       int `envconfig:"SIDECAR_MAX_CONNECTIONS" flag:"max-connections" default:"128" desc:"most connections the core may hold open; one more is closed"`
 	MaxConcurrentStreams int `envconfig:"SIDECAR_MAX_CONCURRENT_STREAMS" flag:"max-concurrent-streams" default:"1024" desc:"most calls in flight on one connection (HTTP/2 stream limit)"`
@@ -83,7 +79,7 @@ func (c *Sidecar) Validate() error {
 	} else if _, err := spiffeid.FromString(c.SignerSPIFFEID); err != nil {
 		add(Errorf(c, "SignerSPIFFEID", "%q is not a SPIFFE ID: %v", c.SignerSPIFFEID, err))
 	}
-	add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
+	add(c.Identity.check(c))
 	if c.MaxMessageBytes < 1024 || c.MaxMessageBytes > 16<<20 {
 		add(Errorf(c, "MaxMessageBytes", "%d is outside 1024..%d", c.MaxMessageBytes, 16<<20))
 	}

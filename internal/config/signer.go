@@ -25,11 +25,7 @@ type Signer struct {
 	ScopeGrants            []string `envconfig:"SIGNER_SCOPE_GRANTS" flag:"scope-grant" desc:"<spiffe-id>=<scope|*>: once any is set, each SignerService caller may use only its granted scopes"`
 	AutoRotate             []string `envconfig:"SIGNER_AUTO_ROTATE" flag:"auto-rotate" desc:"<scope>:<period>:<prepublish>:<verify-only>, e.g. payments:720h:1h:48h: rotate the scope automatically"`
 
-	SVIDCertFile    string        `envconfig:"SIGNER_SVID_CERT_FILE" flag:"svid-cert" desc:"PEM X.509-SVID certificate chain file"`
-	SVIDKeyFile     string        `envconfig:"SIGNER_SVID_KEY_FILE" flag:"svid-key" desc:"PEM X.509-SVID private key file"`
-	TrustBundleFile string        `envconfig:"SIGNER_TRUST_BUNDLE_FILE" flag:"trust-bundle" desc:"PEM SPIFFE trust bundle file"`
-	IdentityReload  time.Duration `envconfig:"SIGNER_IDENTITY_RELOAD" flag:"identity-reload" default:"5s" desc:"how often the SVID files are checked for changes"`
-	WorkloadAPIAddr string        `envconfig:"SIGNER_WORKLOAD_API_ADDR" flag:"workload-api-addr" desc:"SPIFFE Workload API address (unix:///path); instead of the SVID files"`
+	Identity `ignored:"true" prefix:"SIGNER_"`
 
 	Store            string `envconfig:"SIGNER_STORE" flag:"store" default:"bbolt" desc:"key and audit store: bbolt (embedded, one replica) or postgres"`
 	BboltPath        string `envconfig:"SIGNER_BBOLT_PATH" flag:"bbolt-path" default:"signer.db" desc:"bbolt database file"`
@@ -123,7 +119,7 @@ func (c *Signer) Validate() error {
 	}
 	// The maintenance modes talk to the store only: no identity, no keys.
 	if !c.Maintenance() {
-		add(checkIdentity(c, c.WorkloadAPIAddr, c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload))
+		add(c.Identity.check(c))
 	}
 
 	switch c.Store {
@@ -255,27 +251,6 @@ func checkIDs(cfg any, fieldName string, ids []string) error {
 		if _, err := spiffeid.FromString(id); err != nil {
 			return Errorf(cfg, fieldName, "%q is not a SPIFFE ID: %v", id, err)
 		}
-	}
-	return nil
-}
-
-// checkIdentity accepts either the Workload API or all three SVID files.
-func checkIdentity(cfg any, workloadAPI, cert, key, bundle string, reload time.Duration) error {
-	files := cert != "" || key != "" || bundle != ""
-	switch {
-	case workloadAPI != "" && files:
-		return Errorf(cfg, "WorkloadAPIAddr", "set either the Workload API address or the SVID files, not both")
-	case workloadAPI == "" && !files:
-		return Errorf(cfg, "SVIDCertFile", "no identity: set the SVID files (%s, %s, %s) or %s",
-			Name(cfg, "SVIDCertFile"), Name(cfg, "SVIDKeyFile"), Name(cfg, "TrustBundleFile"), Name(cfg, "WorkloadAPIAddr"))
-	case files && cert == "":
-		return Errorf(cfg, "SVIDCertFile", "required with the other SVID files")
-	case files && key == "":
-		return Errorf(cfg, "SVIDKeyFile", "required with the other SVID files")
-	case files && bundle == "":
-		return Errorf(cfg, "TrustBundleFile", "required with the other SVID files")
-	case reload < 0:
-		return Errorf(cfg, "IdentityReload", "must not be negative")
 	}
 	return nil
 }

@@ -219,10 +219,9 @@ func (c *cli) conn(ctx context.Context) (*grpc.ClientConn, error) {
 	if c.cc != nil {
 		return c.cc, nil
 	}
-	src, err := identity.Open(ctx, identity.Config{WorkloadAPIAddr: c.cfg.WorkloadAPIAddr, CertFile: c.cfg.SVIDCertFile,
-		KeyFile: c.cfg.SVIDKeyFile, BundleFile: c.cfg.TrustBundleFile}, nil)
+	src, err := identity.Open(ctx, c.cfg.Identity, nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", c.cfg.Identity.Settings(&c.cfg), err)
 	}
 	c.src = src
 	want, err := spiffeid.FromString(c.cfg.SignerSPIFFEID)

@@ -4,22 +4,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/plexsphere/signer/internal/config"
 )
 
-// Config selects a source: the Workload API when WorkloadAPIAddr is set,
-// otherwise the three files.
-type Config struct {
-	WorkloadAPIAddr               string
-	CertFile, KeyFile, BundleFile string
-	Reload                        time.Duration
-}
-
-// Open returns the configured source. With the Workload API it waits (up to
-// ctx) for the first SVID.
-func Open(ctx context.Context, c Config, log *slog.Logger) (Source, error) {
+// Open returns the source the settings select: the Workload API when
+// WorkloadAPIAddr is set, otherwise the three files. With the Workload API it
+// waits (up to ctx) for the first SVID.
+func Open(ctx context.Context, c config.Identity, log *slog.Logger) (Source, error) {
 	if c.WorkloadAPIAddr != "" {
 		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(c.WorkloadAPIAddr)))
 		if err != nil {
@@ -27,5 +21,5 @@ func Open(ctx context.Context, c Config, log *slog.Logger) (Source, error) {
 		}
 		return src, nil
 	}
-	return NewFileSource(c.CertFile, c.KeyFile, c.BundleFile, c.Reload, log)
+	return NewFileSource(c.SVIDCertFile, c.SVIDKeyFile, c.TrustBundleFile, c.IdentityReload, log)
 }

@@ -103,9 +103,8 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	s.ready.Store(&notChecked)
 
 	if s.ident = opts.Identity; s.ident == nil {
-		if s.ident, err = identity.Open(ctx, identity.Config{WorkloadAPIAddr: cfg.WorkloadAPIAddr, CertFile: cfg.SVIDCertFile,
-			KeyFile: cfg.SVIDKeyFile, BundleFile: cfg.TrustBundleFile, Reload: cfg.IdentityReload}, s.log); err != nil {
-			return nil, fmt.Errorf("%s: %w", config.IdentitySettings(&cfg, cfg.WorkloadAPIAddr), err)
+		if s.ident, err = identity.Open(ctx, cfg.Identity, s.log); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.Identity.Settings(&cfg), err)
 		}
 		s.owned = append(s.owned, s.ident.Close)
 	}

@@ -57,7 +57,7 @@ func startSPIREWorld(t *testing.T, ttl, maxConnAge time.Duration) *spireWorld {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	w.src, err = identity.Open(ctx, identity.Config{WorkloadAPIAddr: sp.WorkloadAPI}, nil)
+	w.src, err = identity.Open(ctx, config.Identity{WorkloadAPIAddr: sp.WorkloadAPI}, nil)
 	if err != nil {
 		t.Fatalf("signer SVID from the agent: %v", err)
 	}
