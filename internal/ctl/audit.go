@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"encoding/base64"
 	"flag"
 	"fmt"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
+	"github.com/plexsphere/signer/internal/jwks"
+	"github.com/plexsphere/signer/internal/store"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -512,16 +513,6 @@ func (c *cli) auditExport(ctx context.Context, args []string) error {
 	return nil
 }
 
-// jwk is an RFC 8037 OKP key.
-type jwk struct {
-	Kty string `json:"kty"`
-	Crv string `json:"crv"`
-	X   string `json:"x"`
-	Kid string `json:"kid"`
-	Use string `json:"use"`
-	Alg string `json:"alg"`
-}
-
 // jwks prints the scope's published keys (PENDING, ACTIVE, PREVIOUS): what a
 // verifier should trust. Always JSON.
 func (c *cli) jwks(ctx context.Context, args []string) error {
@@ -538,15 +529,10 @@ func (c *cli) jwks(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	set := struct {
-		Keys []jwk `json:"keys"`
-	}{Keys: []jwk{}}
+	// The signer's JWKS endpoint builds its set with the same function.
+	keys := make([]store.Key, 0, len(resp.Keys))
 	for _, k := range resp.Keys {
-		switch k.State {
-		case signerv1.KeyState_KEY_STATE_PENDING, signerv1.KeyState_KEY_STATE_ACTIVE, signerv1.KeyState_KEY_STATE_PREVIOUS:
-			set.Keys = append(set.Keys, jwk{Kty: "OKP", Crv: "Ed25519", X: base64.RawURLEncoding.EncodeToString(k.PublicKey),
-				Kid: k.KeyId, Use: "sig", Alg: "EdDSA"})
-		}
+		keys = append(keys, store.Key{ID: k.KeyId, State: store.State(k.State), Public: k.PublicKey})
 	}
-	return c.json(set)
+	return c.json(jwks.FromKeys(keys))
 }
