@@ -1,6 +1,7 @@
 package jwks
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -47,16 +48,20 @@ func LoadCertificate(certFile, keyFile string, every time.Duration, log *slog.Lo
 	return c, nil
 }
 
+// stampOf is a digest of both files' contents: a change is noticed
+// whatever the file system's timestamp resolution, and a Secret volume's
+// symlink swap is read as one change.
 func (c *Certificate) stampOf() (string, error) {
-	var stamp string
+	h := sha256.New()
 	for _, f := range []string{c.certFile, c.keyFile} {
-		fi, err := os.Stat(f)
+		b, err := os.ReadFile(f)
 		if err != nil {
 			return "", err
 		}
-		stamp += fmt.Sprintf("%d:%d;", fi.ModTime().UnixNano(), fi.Size())
+		fmt.Fprintf(h, "%d:", len(b))
+		h.Write(b)
 	}
-	return stamp, nil
+	return string(h.Sum(nil)), nil
 }
 
 // GetCertificate is tls.Config.GetCertificate. A pair that fails to load

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/jwks"
+	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -331,4 +334,46 @@ func scrape(t *testing.T, env *signertest.Env) string {
 	rec := httptest.NewRecorder()
 	env.Metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	return rec.Body.String()
+}
+
+// keysDown fails Keys while down is set.
+type keysDown struct {
+	store.Store
+	down *atomic.Bool
+}
+
+func (s keysDown) Keys(ctx context.Context, scope string) ([]store.Key, error) {
+	if s.down.Load() {
+		return nil, errors.New("postgres: connection refused to 10.0.0.7:5432 user=signer")
+	}
+	return s.Store.Keys(ctx, scope)
+}
+
+// A store that cannot be read is 503 with Retry-After and a JSON error
+// that tells nothing of the store; the endpoint recovers with the store.
+func TestJWKSEndpointStoreDown(t *testing.T) {
+	down := new(atomic.Bool)
+	env := signertest.Start(t, signertest.WithJWKS(), signertest.WithStore(keysDown{signertest.OpenBolt(t), down}))
+	hc := httpsClient(env)
+	setURL := env.JWKSURL + "/scopes/" + scope + "/.well-known/jwks.json"
+	down.Store(true)
+	resp, err := hc.Get(setURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || resp.Header.Get("Cache-Control") != "no-store" ||
+		!strings.Contains(string(body), `"error":"temporarily_unavailable"`) {
+		t.Fatalf("store down: %s Retry-After %q Cache-Control %q %s", resp.Status, resp.Header.Get("Retry-After"), resp.Header.Get("Cache-Control"), body)
+	}
+	for _, leak := range []string{"postgres", "10.0.0.7", "signer"} {
+		if strings.Contains(string(body), leak) {
+			t.Fatalf("the error leaks %q: %s", leak, body)
+		}
+	}
+	down.Store(false)
+	if set, _ := fetchSet(t, hc, setURL); len(set.Keys) != 1 {
+		t.Fatalf("after recovery: %v", kids(set))
+	}
 }
