@@ -117,7 +117,7 @@ type rendered struct {
 	body, oidc []byte // nil oidc without an issuer
 	etag       string // of body
 	oidcTag    string
-	found      bool // the scope has at least one key, in any state
+	found      bool // the scope has at least one published key
 	at         time.Time
 }
 
@@ -224,8 +224,11 @@ func (h *handler) rendered(ctx context.Context, scope string) (rendered, error) 
 	if err != nil {
 		return rendered{}, err
 	}
-	c = rendered{found: len(keys) > 0, at: now}
-	if c.body, err = json.Marshal(FromKeys(keys)); err != nil {
+	set := FromKeys(keys)
+	// Like the PublicKey RPC and signerctl jwks: a scope with nothing to
+	// publish (no key, or only RETIRED ones) is not found.
+	c = rendered{found: len(set.Keys) > 0, at: now}
+	if c.body, err = json.Marshal(set); err != nil {
 		return rendered{}, err
 	}
 	c.etag = etagOf(c.body)

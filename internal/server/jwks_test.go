@@ -275,7 +275,26 @@ func TestJWKSEndpointHTTPContract(t *testing.T) {
 			t.Fatalf("%s: the error echoes the request: %s", name, b)
 		}
 	}
-	r, b := do("POST", setURL, nil)
+	// A scope whose only key was opened and aborted (RETIRED) publishes
+	// nothing: 404, like the PublicKey RPC; while its key is PENDING, the
+	// scope is published.
+	op := signerv1.NewRotationServiceClient(env.Dial(t, env.Issue(t, signertest.OperatorID)))
+	opened, err := op.Open(context.Background(), &signerv1.OpenRequest{Scope: "aborted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	abortedURL := env.JWKSURL + "/scopes/aborted/.well-known/jwks.json"
+	if r, b := do("GET", abortedURL, nil); r.StatusCode != 200 || !strings.Contains(b, opened.GetKey().GetKeyId()) {
+		t.Fatalf("a scope with a PENDING key: %s %s", r.Status, b)
+	}
+	if _, err := op.Abort(context.Background(), &signerv1.AbortRequest{Scope: "aborted", KeyId: opened.GetKey().GetKeyId()}); err != nil {
+		t.Fatal(err)
+	}
+	env.Clock.Advance(env.Config.KeyCacheTTL)
+	r, b := do("GET", abortedURL, nil)
+	wantError("only RETIRED keys", r, b, 404, "not_found")
+
+	r, b = do("POST", setURL, nil)
 	wantError("POST", r, b, 405, "method_not_allowed")
 
 	// WithJWKS sets an issuer: discovery is served; without one it is 404
