@@ -26,6 +26,7 @@ type manifests struct {
 	pdbs            []policyv1.PodDisruptionBudget
 	configMaps      []corev1.ConfigMap
 	rules           []prometheusRule
+	serviceMonitors []serviceMonitor
 }
 
 // render installs the chart in dry-run, client-only mode and decodes every
@@ -94,6 +95,10 @@ func render(t *testing.T, dir string, vals map[string]any) (manifests, error) {
 			var c corev1.ConfigMap
 			strict(&c)
 			m.configMaps = append(m.configMaps, c)
+		case "ServiceMonitor":
+			var sm serviceMonitor
+			strict(&sm)
+			m.serviceMonitors = append(m.serviceMonitors, sm)
 		case "PrometheusRule":
 			var r prometheusRule
 			strict(&r)

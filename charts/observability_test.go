@@ -17,6 +17,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/metrics"
@@ -46,6 +47,22 @@ type prometheusRule struct {
 	} `json:"spec"`
 }
 
+// serviceMonitor is the part of prometheus-operator's ServiceMonitor the
+// chart renders, decoded strictly.
+type serviceMonitor struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   metav1.ObjectMeta `json:"metadata"`
+	Spec       struct {
+		Selector  metav1.LabelSelector `json:"selector"`
+		Endpoints []struct {
+			Port     string `json:"port"`
+			Path     string `json:"path"`
+			Interval string `json:"interval"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
 const jwksValues = `
 jwks:
   enabled: true
@@ -69,8 +86,8 @@ func TestSignerChartObservabilityOffByDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(m.configMaps) != 0 || len(m.rules) != 0 {
-		t.Errorf("%d ConfigMaps, %d PrometheusRules rendered by default", len(m.configMaps), len(m.rules))
+	if len(m.configMaps) != 0 || len(m.rules) != 0 || len(m.serviceMonitors) != 0 {
+		t.Errorf("%d ConfigMaps, %d PrometheusRules, %d ServiceMonitors rendered by default", len(m.configMaps), len(m.rules), len(m.serviceMonitors))
 	}
 	for _, s := range m.services {
 		if strings.HasSuffix(s.Name, "-jwks") {
@@ -162,6 +179,39 @@ func TestSignerChartJWKS(t *testing.T) {
 	}
 	if _, err := render(t, "plexsphere-signer", values(t, signerValues+jwksValues+"  issuerURL: http://keys.example.com\n")); err == nil {
 		t.Error("a plain-http issuer URL passed the schema")
+	}
+}
+
+// The ServiceMonitor scrapes the ops Service and nothing else: its
+// selector matches only the Service that has the ops port.
+func TestSignerChartServiceMonitor(t *testing.T) {
+	m, err := render(t, "plexsphere-signer", values(t, signerValues+jwksValues+`
+monitoring:
+  serviceMonitor: {enabled: true, labels: {release: kube-prometheus-stack}, interval: 15s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.serviceMonitors) != 1 {
+		t.Fatalf("%d ServiceMonitors", len(m.serviceMonitors))
+	}
+	sm := m.serviceMonitors[0]
+	if sm.APIVersion != "monitoring.coreos.com/v1" || sm.Metadata.Labels["release"] != "kube-prometheus-stack" ||
+		len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "ops" || sm.Spec.Endpoints[0].Path != "/metrics" || sm.Spec.Endpoints[0].Interval != "15s" {
+		t.Fatalf("ServiceMonitor %+v", sm)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var matched []string
+	for _, s := range m.services {
+		if sel.Matches(labels.Set(s.Labels)) {
+			matched = append(matched, s.Name)
+		}
+	}
+	if len(matched) != 1 || matched[0] != "signer-ops" {
+		t.Fatalf("the ServiceMonitor selects %v, want only signer-ops", matched)
 	}
 }
 
