@@ -24,6 +24,9 @@ type manifests struct {
 	serviceAccounts []corev1.ServiceAccount
 	policies        []networkingv1.NetworkPolicy
 	pdbs            []policyv1.PodDisruptionBudget
+	configMaps      []corev1.ConfigMap
+	rules           []prometheusRule
+	serviceMonitors []serviceMonitor
 }
 
 // render installs the chart in dry-run, client-only mode and decodes every
@@ -88,6 +91,18 @@ func render(t *testing.T, dir string, vals map[string]any) (manifests, error) {
 			var p policyv1.PodDisruptionBudget
 			strict(&p)
 			m.pdbs = append(m.pdbs, p)
+		case "ConfigMap":
+			var c corev1.ConfigMap
+			strict(&c)
+			m.configMaps = append(m.configMaps, c)
+		case "ServiceMonitor":
+			var sm serviceMonitor
+			strict(&sm)
+			m.serviceMonitors = append(m.serviceMonitors, sm)
+		case "PrometheusRule":
+			var r prometheusRule
+			strict(&r)
+			m.rules = append(m.rules, r)
 		default:
 			t.Fatalf("unexpected kind %q", head.Kind)
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -18,6 +19,14 @@ import (
 type Signer struct {
 	Listen    string `envconfig:"SIGNER_LISTEN" flag:"listen" default:":8443" desc:"mTLS gRPC listen address"`
 	OpsListen string `envconfig:"SIGNER_OPS_LISTEN" flag:"ops-listen" default:":9090" desc:"plain HTTP address for /metrics and gRPC health (empty disables)"`
+
+	// The JWKS endpoint: each scope's public keys over HTTPS for verifiers
+	// outside the mesh (internal/jwks, docs/operations.md).
+	JWKSListen    string `envconfig:"SIGNER_JWKS_LISTEN" flag:"jwks-listen" desc:"HTTPS address serving /scopes/<scope>/.well-known/jwks.json (empty disables; needs --jwks-cert and --jwks-key)"`
+	JWKSCertFile  string `envconfig:"SIGNER_JWKS_CERT_FILE" flag:"jwks-cert" desc:"PEM certificate chain of the JWKS endpoint, one its verifiers trust (not the SVID); reloaded when it changes"`
+	JWKSKeyFile   string `envconfig:"SIGNER_JWKS_KEY_FILE" flag:"jwks-key" desc:"PEM private key of the JWKS endpoint's certificate"`
+	JWKSIssuerURL string `envconfig:"SIGNER_JWKS_ISSUER_URL" flag:"jwks-issuer-url" desc:"https URL the JWKS endpoint is reached at; set, each scope also serves OIDC discovery with the issuer <url>/scopes/<scope>"`
+	JWKSRate      int    `envconfig:"SIGNER_JWKS_RATE" flag:"jwks-rate" default:"20" desc:"JWKS requests per second from one source address (bursts of twice that); more are answered 429"`
 
 	AllowSPIFFEIDs         []string `envconfig:"SIGNER_ALLOW_SPIFFE_IDS" flag:"allow-spiffe-id" desc:"SPIFFE ID allowed to call SignerService; an empty list admits nobody"`
 	RotationAllowSPIFFEIDs []string `envconfig:"SIGNER_ROTATION_ALLOW_SPIFFE_IDS" flag:"rotation-allow-spiffe-id" desc:"SPIFFE ID allowed to call RotationService and AuditService (operators)"`
@@ -94,6 +103,7 @@ func (c *Signer) Validate() error {
 	if c.OpsListen != "" {
 		add(checkAddr(c, "OpsListen", c.OpsListen))
 	}
+	add(c.checkJWKS())
 	add(checkIDs(c, "AllowSPIFFEIDs", c.AllowSPIFFEIDs))
 	add(checkIDs(c, "RotationAllowSPIFFEIDs", c.RotationAllowSPIFFEIDs))
 	add(checkIDs(c, "AuditorAllowSPIFFEIDs", c.AuditorAllowSPIFFEIDs))
@@ -235,6 +245,35 @@ func (c *Signer) Validate() error {
 	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		add(Errorf(c, "LogLevel", "%v", err))
+	}
+	return errors.Join(errs...)
+}
+
+// checkJWKS: the endpoint needs its own certificate; its other settings
+// mean nothing without it.
+func (c *Signer) checkJWKS() error {
+	if c.JWKSListen == "" {
+		for _, f := range []struct{ field, v string }{{"JWKSCertFile", c.JWKSCertFile}, {"JWKSKeyFile", c.JWKSKeyFile}, {"JWKSIssuerURL", c.JWKSIssuerURL}} {
+			if f.v != "" {
+				return Errorf(c, f.field, "set only with %s (the JWKS endpoint is off)", Name(c, "JWKSListen"))
+			}
+		}
+		return nil
+	}
+	var errs []error
+	errs = append(errs, checkAddr(c, "JWKSListen", c.JWKSListen))
+	if c.JWKSCertFile == "" || c.JWKSKeyFile == "" {
+		errs = append(errs, Errorf(c, "JWKSCertFile", "%s needs a server certificate and key (%s, %s) that its verifiers trust",
+			Name(c, "JWKSListen"), Name(c, "JWKSCertFile"), Name(c, "JWKSKeyFile")))
+	}
+	if c.JWKSIssuerURL != "" {
+		u, err := url.Parse(c.JWKSIssuerURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			errs = append(errs, Errorf(c, "JWKSIssuerURL", "%q is not an https URL without query or fragment (e.g. https://keys.example.com)", c.JWKSIssuerURL))
+		}
+	}
+	if c.JWKSRate < 1 {
+		errs = append(errs, Errorf(c, "JWKSRate", "must be at least 1"))
 	}
 	return errors.Join(errs...)
 }

@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"encoding/base64"
 	"flag"
 	"fmt"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
+	"github.com/plexsphere/signer/internal/jwks"
+	"github.com/plexsphere/signer/internal/store"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -584,16 +585,6 @@ func (c *cli) auditExport(ctx context.Context, args []string) error {
 	return nil
 }
 
-// jwk is an RFC 8037 OKP key.
-type jwk struct {
-	Kty string `json:"kty"`
-	Crv string `json:"crv"`
-	X   string `json:"x"`
-	Kid string `json:"kid"`
-	Use string `json:"use"`
-	Alg string `json:"alg"`
-}
-
 // jwks prints the scope's published keys (PENDING, ACTIVE, PREVIOUS): what a
 // verifier should trust. Always JSON.
 func (c *cli) jwks(ctx context.Context, args []string) error {
@@ -613,16 +604,12 @@ func (c *cli) jwks(ctx context.Context, args []string) error {
 	if len(resp.Keys) == 0 {
 		return unknownScope(args[0], "")
 	}
-	set := struct {
-		Keys []jwk `json:"keys"`
-	}{Keys: []jwk{}}
+	// The signer's JWKS endpoint builds its set with the same function.
+	keys := make([]store.Key, 0, len(resp.Keys))
 	for _, k := range resp.Keys {
-		switch k.State {
-		case signerv1.KeyState_KEY_STATE_PENDING, signerv1.KeyState_KEY_STATE_ACTIVE, signerv1.KeyState_KEY_STATE_PREVIOUS:
-			set.Keys = append(set.Keys, jwk{Kty: "OKP", Crv: "Ed25519", X: base64.RawURLEncoding.EncodeToString(k.PublicKey),
-				Kid: k.KeyId, Use: "sig", Alg: "EdDSA"})
-		}
+		keys = append(keys, store.Key{ID: k.KeyId, State: store.State(k.State), Public: k.PublicKey})
 	}
+	set := jwks.FromKeys(keys)
 	if len(set.Keys) == 0 {
 		return status.Errorf(codes.NotFound, "scope %q has no published key (every key is RETIRED)", args[0])
 	}

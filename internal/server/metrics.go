@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -34,6 +35,8 @@ type signerMetrics struct {
 	logBroken    prometheus.Gauge
 	logSize      prometheus.Gauge
 	connsRefused *prometheus.CounterVec
+	dependencyUp *prometheus.GaugeVec
+	jwks         *prometheus.CounterVec
 }
 
 func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key, error), svid x509svid.Source) *signerMetrics {
@@ -60,9 +63,19 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 		Help: "Size of the newest signed audit checkpoint."})
 	m.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_connections_refused_total",
 		Help: "Connections refused or closed by flood control, by reason."}, []string{"reason"})
+	m.dependencyUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "plexsphere_signer_dependency_up",
+		Help: "1 while the dependency answered the last health check (every 5 s): store (ping) or provider (health)."}, []string{"dependency"})
+	m.jwks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_jwks_requests_total",
+		Help: "Requests to the JWKS endpoint by HTTP status code."}, []string{"code"})
 	m.MustRegister(m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.signLatency, m.signErrors,
-		m.logBroken, m.logSize, m.connsRefused,
+		m.logBroken, m.logSize, m.connsRefused, m.dependencyUp, m.jwks,
 		&keyStates{list: keys}, metrics.SVIDExpiry("plexsphere_signer_svid_expiry_timestamp_seconds", svid))
+	// Failure counters start at 0 for every label value known up front, so
+	// that increase() and rate() see the first failure (a series born at 1
+	// has no increase) and the alerts on them fire at once.
+	for _, reason := range []string{"max_connections", "connection_rate", "denied_repeatedly"} {
+		m.connsRefused.WithLabelValues(reason)
+	}
 	return m
 }
 
@@ -97,8 +110,21 @@ func (m *signerMetrics) observeLog(size uint64, broken bool) {
 	}
 }
 
+// observeDependency records a health check of the store or the provider.
+func (m *signerMetrics) observeDependency(name string, err error) {
+	v := 0.0
+	if err == nil {
+		v = 1
+	}
+	m.dependencyUp.WithLabelValues(name).Set(v)
+}
+
+// observeJWKS counts a JWKS answer; codes are the handler's few.
+func (m *signerMetrics) observeJWKS(code int) { m.jwks.WithLabelValues(strconv.Itoa(code)).Inc() }
+
 // timed wraps p so every signature is timed and every failure counted.
 func (m *signerMetrics) timed(p keyprovider.Provider) keyprovider.Provider {
+	m.signErrors.WithLabelValues(p.Name())
 	return &timedProvider{p, m}
 }
 
@@ -133,15 +159,22 @@ func (k *timedKey) SignContext(ctx context.Context, msg []byte) ([]byte, error) 
 // keyStates reports keys per scope and state at scrape time, from a
 // snapshot at most 15 s old.
 type keyStates struct {
-	list func(context.Context) ([]store.Key, error)
-	mu   sync.Mutex
-	at   time.Time
-	last map[[2]string]float64
+	list  func(context.Context) ([]store.Key, error)
+	mu    sync.Mutex
+	at    time.Time
+	last  map[[2]string]float64
+	since map[[2]string]float64
 }
 
 var keysDesc = prometheus.NewDesc("plexsphere_signer_keys", "Keys by scope and lifecycle state (scopes beyond the first 100 summed under _other).", []string{"scope", "state"}, nil)
 
-func (k *keyStates) Describe(ch chan<- *prometheus.Desc) { ch <- keysDesc }
+// sinceDesc lets alerts see a rotation that is overdue (an ACTIVE key older
+// than the rotation period) or stuck (a PENDING key never committed).
+var sinceDesc = prometheus.NewDesc("plexsphere_signer_key_state_since_timestamp_seconds",
+	"Unix time the oldest key of the scope entered its state (PENDING: created, ACTIVE: activated, PREVIOUS: deactivated); RETIRED keys are not reported.",
+	[]string{"scope", "state"}, nil)
+
+func (k *keyStates) Describe(ch chan<- *prometheus.Desc) { ch <- keysDesc; ch <- sinceDesc }
 
 func (k *keyStates) Collect(ch chan<- prometheus.Metric) {
 	k.mu.Lock()
@@ -151,15 +184,50 @@ func (k *keyStates) Collect(ch chan<- prometheus.Metric) {
 		keys, err := k.list(ctx)
 		cancel()
 		if err == nil {
-			k.last, k.at = fold(keys), time.Now()
+			k.last, k.since, k.at = fold(keys), foldSince(keys), time.Now()
 		}
 	}
 	for l, v := range k.last {
 		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, v, l[0], l[1])
 	}
+	for l, v := range k.since {
+		ch <- prometheus.MustNewConstMetric(sinceDesc, prometheus.GaugeValue, v, l[0], l[1])
+	}
 }
 
-func fold(keys []store.Key) map[[2]string]float64 {
+// foldSince is the oldest state-entry time per scope label and state.
+func foldSince(keys []store.Key) map[[2]string]float64 {
+	scope := scopeLabels(keys)
+	out := map[[2]string]float64{}
+	for _, k := range keys {
+		var at time.Time
+		switch k.State {
+		case store.Pending:
+			at = k.CreatedAt
+		case store.Active:
+			at = k.ActivatedAt
+			if at.IsZero() { // a bootstrapped key was never PENDING
+				at = k.CreatedAt
+			}
+		case store.Previous:
+			at = k.DeactivatedAt
+		default:
+			continue
+		}
+		if at.IsZero() {
+			continue
+		}
+		l := [2]string{scope(k.Scope), k.State.String()}
+		if v, ok := out[l]; !ok || float64(at.Unix()) < v {
+			out[l] = float64(at.Unix())
+		}
+	}
+	return out
+}
+
+// scopeLabels maps a scope to its label: itself for the first
+// maxScopeLabels scopes in name order, "_other" beyond.
+func scopeLabels(keys []store.Key) func(string) string {
 	scopes := map[string]bool{}
 	for _, k := range keys {
 		scopes[k.Scope] = true
@@ -173,13 +241,19 @@ func fold(keys []store.Key) map[[2]string]float64 {
 	for i, s := range names {
 		keep[s] = i < maxScopeLabels
 	}
+	return func(s string) string {
+		if keep[s] {
+			return s
+		}
+		return "_other"
+	}
+}
+
+func fold(keys []store.Key) map[[2]string]float64 {
+	scope := scopeLabels(keys)
 	out := map[[2]string]float64{}
 	for _, k := range keys {
-		scope := k.Scope
-		if !keep[scope] {
-			scope = "_other"
-		}
-		out[[2]string{scope, k.State.String()}]++
+		out[[2]string{scope(k.Scope), k.State.String()}]++
 	}
 	return out
 }

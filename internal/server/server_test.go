@@ -576,6 +576,7 @@ func TestMetrics(t *testing.T) {
 		`plexsphere_signer_admissions_total{outcome="granted",service="plexsphere.signer.v1.SignerService"} 2`,
 		`plexsphere_signer_provider_sign_duration_seconds_count{provider="local"} 1`,
 		`plexsphere_signer_keys{scope="payments",state="ACTIVE"} 1`,
+		`plexsphere_signer_key_state_since_timestamp_seconds{scope="payments",state="ACTIVE"}`,
 		"plexsphere_signer_audit_batch_entries_count",
 		"plexsphere_signer_audit_commit_duration_seconds_count",
 		"plexsphere_signer_svid_expiry_timestamp_seconds",
@@ -646,14 +647,28 @@ func TestHealth(t *testing.T) {
 	if code := readyz(); code != http.StatusOK {
 		t.Fatalf("/readyz = %d while healthy", code)
 	}
+	// dependency_up tells which dependency failed (the alerts use it).
+	dependencies := func(store, provider string) {
+		t.Helper()
+		body := scrape(t, env)
+		for _, want := range []string{`plexsphere_signer_dependency_up{dependency="store"} ` + store,
+			`plexsphere_signer_dependency_up{dependency="provider"} ` + provider} {
+			if !strings.Contains(body, want+"\n") {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	}
+	dependencies("1", "1")
 	down.Store(true)
 	until(healthpb.HealthCheckResponse_NOT_SERVING)
 	if code := readyz(); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz = %d with the provider down", code)
 	}
+	dependencies("1", "0")
 	down.Store(false)
 	until(healthpb.HealthCheckResponse_SERVING)
 	if code := readyz(); code != http.StatusOK {
 		t.Fatalf("/readyz = %d after recovery", code)
 	}
+	dependencies("1", "1")
 }

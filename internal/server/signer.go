@@ -23,6 +23,7 @@ import (
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/jwks"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/ops"
@@ -74,6 +75,9 @@ type Signer struct {
 	guard      *guard
 	grpc       *grpc.Server
 	health     *health.Server
+	jwks       http.Handler          // nil without SIGNER_JWKS_LISTEN
+	jwksCert   *jwks.Certificate     // its server certificate
+	jwksLis    net.Listener          // set by ListenJWKS
 	ready      atomic.Pointer[error] // the last readiness check, refreshed in the background
 	owned      []func() error        // closed in reverse order
 }
@@ -217,9 +221,29 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	signerv1.RegisterRotationServiceServer(s.grpc, s.rotation)
 	signerv1.RegisterAuditServiceServer(s.grpc, reader)
 
+	if cfg.JWKSListen != "" {
+		if s.jwksCert, err = jwks.LoadCertificate(cfg.JWKSCertFile, cfg.JWKSKeyFile, 5*time.Second, s.log); err != nil {
+			return nil, config.Errorf(&cfg, "JWKSCertFile", "%v (%s)", err, config.Name(&cfg, "JWKSKeyFile"))
+		}
+		s.jwks = jwks.Handler(jwks.Config{Keys: s.store.Keys, CacheTTL: cfg.KeyCacheTTL,
+			MaxAge: jwks.MaxAge(cfg.PrePublish, cfg.KeyCacheTTL), Issuer: cfg.JWKSIssuerURL,
+			Rate: float64(cfg.JWKSRate), Clock: clock, Log: s.log, Observe: s.metrics.observeJWKS})
+	}
+
 	s.health = health.NewServer()
 	s.setServing(false)
 	return s, nil
+}
+
+// ListenJWKS hands Serve the listener of the JWKS endpoint (configured with
+// SIGNER_JWKS_LISTEN); call it before Serve. Without the setting it is an
+// error.
+func (s *Signer) ListenJWKS(l net.Listener) error {
+	if s.jwks == nil {
+		return config.Errorf(&s.cfg, "JWKSListen", "the JWKS endpoint is not configured")
+	}
+	s.jwksLis = l
+	return nil
 }
 
 // openLog loads (or creates, on first start) the checkpoint key, wires the
@@ -357,11 +381,16 @@ func (s *Signer) setServing(ok bool) {
 func (s *Signer) check(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := s.store.Ping(ctx); err != nil {
-		return fmt.Errorf("store: %w", err)
+	// Both are asked every time, so the metrics tell which one is down.
+	storeErr := s.store.Ping(ctx)
+	providerErr := s.provider.Health(ctx)
+	s.metrics.observeDependency("store", storeErr)
+	s.metrics.observeDependency("provider", providerErr)
+	if storeErr != nil {
+		return fmt.Errorf("store: %w", storeErr)
 	}
-	if err := s.provider.Health(ctx); err != nil {
-		return fmt.Errorf("provider: %w", err)
+	if providerErr != nil {
+		return fmt.Errorf("provider: %w", providerErr)
 	}
 	if err := s.auditLog.Broken(); err != nil {
 		return err
@@ -427,12 +456,18 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	}
 	defer func() { stopHealth(); wg.Wait() }()
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- s.grpc.Serve(s.guard.listener(lis)) }()
 	var opsSrv *http.Server
 	if opsLis != nil {
 		opsSrv = ops.Server(s.health, s.Ready, s.metrics.Handler())
 		go func() { errc <- opsSrv.Serve(opsLis) }()
+	}
+	var jwksSrv *http.Server
+	if s.jwksLis != nil {
+		jwksSrv = jwks.Server(s.jwks, s.jwksCert)
+		go func() { errc <- jwksSrv.ServeTLS(s.jwksLis, "", "") }()
+		s.log.Info("jwks endpoint serving", "addr", s.jwksLis.Addr().String())
 	}
 	s.log.Info("signer serving", "addr", lis.Addr().String(), "store", s.cfg.Store, "provider", s.provider.Name())
 
@@ -452,10 +487,12 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 		s.grpc.Stop()
 		<-stopped
 	}
-	if opsSrv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		opsSrv.Shutdown(sctx)
-		cancel()
+	for _, srv := range []*http.Server{opsSrv, jwksSrv} {
+		if srv != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			srv.Shutdown(sctx)
+			cancel()
+		}
 	}
 	s.log.Info("signer stopped")
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {
@@ -501,6 +538,20 @@ func Run(ctx context.Context, cfg config.Signer, log *slog.Logger) error {
 			lis.Close()
 			s.closeOwned()
 			return config.Errorf(&cfg, "OpsListen", "%v", err)
+		}
+	}
+	if cfg.JWKSListen != "" {
+		jl, err := net.Listen("tcp", cfg.JWKSListen)
+		if err == nil {
+			err = s.ListenJWKS(jl)
+		}
+		if err != nil {
+			lis.Close()
+			if opsLis != nil {
+				opsLis.Close()
+			}
+			s.closeOwned()
+			return config.Errorf(&cfg, "JWKSListen", "%v", err)
 		}
 	}
 	return s.Serve(ctx, lis, opsLis)

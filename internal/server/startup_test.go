@@ -136,3 +136,21 @@ func TestStartupRefusesWrongKEK(t *testing.T) {
 		}
 	})
 }
+
+// A JWKS certificate that does not load stops start-up naming the setting.
+func TestStartupRefusesMissingJWKSCertificate(t *testing.T) {
+	cfg := startupConfig(t)
+	cfg.LocalKEKFile, _ = writeKEK(t)
+	cfg.JWKSListen, cfg.JWKSRate = "127.0.0.1:0", 10
+	cfg.JWKSCertFile, cfg.JWKSKeyFile = filepath.Join(t.TempDir(), "missing.crt"), filepath.Join(t.TempDir(), "missing.key")
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := server.New(context.Background(), cfg, server.Options{Log: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		t.Fatalf("started with a missing JWKS certificate: %v", s)
+	}
+	if !strings.Contains(err.Error(), "--jwks-cert / SIGNER_JWKS_CERT_FILE") {
+		t.Fatalf("error %q does not name the setting", err)
+	}
+}

@@ -43,6 +43,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (eq .Values.provider.type "pkcs11") (not .Values.provider.pkcs11.pinSecret.name) -}}
 {{- fail "provider.pkcs11.pinSecret.name is required with provider.type=pkcs11" -}}
 {{- end -}}
+{{- if and .Values.jwks.enabled (not .Values.jwks.tlsSecret.name) -}}
+{{- fail "jwks.tlsSecret.name is required with jwks.enabled: a kubernetes.io/tls Secret with a certificate the verifiers trust" -}}
+{{- end -}}
 {{- range .Values.rotationAllowSpiffeIDs -}}
 {{- if has . $.Values.allowSpiffeIDs -}}
 {{- fail (printf "%s is on both allow-lists: the core's identity must never rotate keys" .) -}}

@@ -86,11 +86,27 @@ containers:
         containerPort: 8443
       - name: ops
         containerPort: {{ .Values.ops.port }}
+      {{- if .Values.jwks.enabled }}
+      - name: jwks
+        containerPort: {{ .Values.jwks.port }}
+      {{- end }}
     env:
       - name: SIGNER_LISTEN
         value: ":8443"
       - name: SIGNER_OPS_LISTEN
         value: ":{{ .Values.ops.port }}"
+      {{- if .Values.jwks.enabled }}
+      - name: SIGNER_JWKS_LISTEN
+        value: ":{{ .Values.jwks.port }}"
+      - name: SIGNER_JWKS_CERT_FILE
+        value: /var/run/secrets/plexsphere/jwks/{{ .Values.jwks.tlsSecret.certKey }}
+      - name: SIGNER_JWKS_KEY_FILE
+        value: /var/run/secrets/plexsphere/jwks/{{ .Values.jwks.tlsSecret.keyKey }}
+      - name: SIGNER_JWKS_ISSUER_URL
+        value: {{ .Values.jwks.issuerURL | quote }}
+      - name: SIGNER_JWKS_RATE
+        value: {{ .Values.jwks.ratePerSource | quote }}
+      {{- end }}
       - name: SIGNER_ALLOW_SPIFFE_IDS
         value: {{ join "," .Values.allowSpiffeIDs | quote }}
       - name: SIGNER_ROTATION_ALLOW_SPIFFE_IDS
@@ -183,6 +199,11 @@ containers:
       - name: data
         mountPath: /var/lib/plexsphere
       {{- end }}
+      {{- if .Values.jwks.enabled }}
+      - name: jwks-tls
+        mountPath: /var/run/secrets/plexsphere/jwks
+        readOnly: true
+      {{- end }}
       {{- if $pkcs11 }}
       - name: pkcs11-pin
         mountPath: /var/run/secrets/plexsphere/pkcs11
@@ -199,6 +220,12 @@ volumes:
     secret:
       secretName: {{ .Values.store.postgres.dsnSecret.name }}
       defaultMode: 0400
+  {{- end }}
+  {{- if .Values.jwks.enabled }}
+  - name: jwks-tls
+    secret:
+      secretName: {{ .Values.jwks.tlsSecret.name }}
+      defaultMode: 0440
   {{- end }}
   {{- if $pkcs11 }}
   - name: pkcs11-pin

@@ -6,10 +6,15 @@ package signertest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -80,6 +85,11 @@ type Env struct {
 	Clock    *Clock
 	Metrics  http.Handler // the signer's /metrics
 	OpsAddr  string       // the ops listener, with WithOps
+	// JWKSURL is the JWKS endpoint's base URL (https://127.0.0.1:port),
+	// with WithJWKS; it is also the configured issuer URL. JWKSRoots
+	// trusts its certificate.
+	JWKSURL   string
+	JWKSRoots *x509.CertPool
 	// CheckpointKey is the audit log's verifier key, as an operator pins it.
 	CheckpointKey string
 	// Log is the signer's audit log (tests force checks and sweeps).
@@ -104,8 +114,13 @@ type options struct {
 	identity identity.Source
 	log      *slog.Logger
 	ops      bool
+	jwks     bool
 	noMerkle bool
 }
+
+// WithJWKS starts the JWKS endpoint on a loopback port, with a server
+// certificate for 127.0.0.1 (Env.JWKSRoots) and the issuer URL set.
+func WithJWKS() Option { return func(o *options) { o.jwks = true } }
 
 // WithoutMerkle stores the audit log without its Merkle tree and
 // checkpoints: for the benchmark that prices the tree, never elsewhere.
@@ -187,6 +202,17 @@ func Start(t testing.TB, opts ...Option) *Env {
 		MaxConnectionAge: 10 * time.Minute, CheckpointInterval: 10 * time.Second,
 		MaxConnections: 4096, ConnectionRate: 1000, MaxConcurrentStreams: 256, DenialRate: 1000, DenialsPerConnection: 1000,
 	}
+	var jwksLis net.Listener
+	var jwksRoots *x509.CertPool
+	if o.jwks {
+		if jwksLis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		var certFile, keyFile string
+		jwksRoots, certFile, keyFile = serverCert(t, dir)
+		cfg.JWKSListen, cfg.JWKSCertFile, cfg.JWKSKeyFile = jwksLis.Addr().String(), certFile, keyFile
+		cfg.JWKSIssuerURL, cfg.JWKSRate = "https://"+jwksLis.Addr().String(), 1000
+	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}
@@ -194,6 +220,9 @@ func Start(t testing.TB, opts ...Option) *Env {
 		t.Fatalf("signertest config: %v", err)
 	}
 	env := &Env{CA: o.ca, Dir: dir, Config: cfg, Clock: o.clock, t: t, done: make(chan error, 1)}
+	if jwksLis != nil {
+		env.JWKSURL, env.JWKSRoots = "https://"+jwksLis.Addr().String(), jwksRoots
+	}
 	if o.store == nil {
 		s, err := bbolt.Open(cfg.BboltPath)
 		if err != nil {
@@ -237,6 +266,11 @@ func Start(t testing.TB, opts ...Option) *Env {
 		}
 		env.OpsAddr = opsLis.Addr().String()
 	}
+	if jwksLis != nil {
+		if err := srv.ListenJWKS(jwksLis); err != nil {
+			t.Fatal(err)
+		}
+	}
 	go func() { env.done <- srv.Serve(ctx, lis, opsLis) }()
 	t.Cleanup(env.Stop)
 	return env
@@ -250,6 +284,42 @@ func (e *Env) Stop() {
 			e.t.Errorf("signer: %v", err)
 		}
 	})
+}
+
+// serverCert writes a self-signed server certificate for 127.0.0.1 and
+// localhost into dir.
+func serverCert(t testing.TB, dir string) (*x509.CertPool, string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "jwks.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "jwks.crt"), filepath.Join(dir, "jwks.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	return roots, certFile, keyFile
 }
 
 type testWriter struct{ t testing.TB }
