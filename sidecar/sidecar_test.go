@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -245,6 +246,17 @@ func TestUIDAllowList(t *testing.T) {
 	}
 	if got := env.AuditAfter(t, seq); len(got) != 0 {
 		t.Fatalf("a refused caller reached the signer: %+v", got)
+	}
+	// A refused connection is not held: the sidecar closes it even if the
+	// caller keeps it open and silent.
+	raw, err := net.Dial("unix", strings.TrimPrefix(denied.Socket, "unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, raw); err != nil {
+		t.Fatalf("a refused, silent connection was kept open: %v", err)
 	}
 
 	allowed := signertest.StartSidecar(t, env.Addr, src, unixOnly(os.Getuid()))
