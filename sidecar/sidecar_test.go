@@ -31,7 +31,7 @@ import (
 
 const scope = signertest.Scope
 
-func dialClient(t *testing.T, target string) *client.Client {
+func dialClient(t testing.TB, target string) *client.Client {
 	t.Helper()
 	c, err := client.Dial(context.Background(), target)
 	if err != nil {
@@ -41,7 +41,7 @@ func dialClient(t *testing.T, target string) *client.Client {
 	return c
 }
 
-func ctx10s(t *testing.T) context.Context {
+func ctx10s(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	return ctx
