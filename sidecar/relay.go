@@ -310,24 +310,38 @@ func checkRequest(dec *hpack.Decoder, block []byte) error {
 }
 
 // dialUpstream opens an mTLS connection to the next replica that answers,
-// round robin over the configured addresses.
+// round robin over the configured addresses. A replica whose last dial
+// failed is tried only after the others for a second, so a dead replica
+// costs a new core connection nothing while another answers.
 func (p *Proxy) dialUpstream() (net.Conn, error) {
 	addrs := p.relayAddrs
 	start := int(p.nextReplica.Add(1))
-	var errs []error
+	now := time.Now()
+	order := make([]int, 0, len(addrs))
+	var later []int
 	for i := range addrs {
-		a := addrs[(start+i)%len(addrs)]
+		j := (start + i) % len(addrs)
+		if now.UnixNano() < p.relayDown[j].Load() {
+			later = append(later, j)
+			continue
+		}
+		order = append(order, j)
+	}
+	var errs []error
+	for _, j := range append(order, later...) {
+		a := addrs[j]
 		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: connectTimeout}, Config: p.relayTLS}
 		c, err := d.Dial("tcp", a)
+		if err == nil && c.(*tls.Conn).ConnectionState().NegotiatedProtocol != "h2" {
+			c.Close()
+			err = fmt.Errorf("%s: no h2 ALPN", a)
+		}
 		if err != nil {
+			p.relayDown[j].Store(time.Now().Add(ReconnectMaxDelay).UnixNano())
 			errs = append(errs, err)
 			continue
 		}
-		if c.(*tls.Conn).ConnectionState().NegotiatedProtocol != "h2" {
-			c.Close()
-			errs = append(errs, fmt.Errorf("%s: no h2 ALPN", a))
-			continue
-		}
+		p.relayDown[j].Store(0)
 		return c, nil
 	}
 	return nil, errors.Join(errs...)

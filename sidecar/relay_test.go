@@ -312,3 +312,40 @@ func TestRelayFailover(t *testing.T) {
 		t.Fatalf("%d of 50 calls failed after one replica stopped gracefully", failures)
 	}
 }
+
+// A replica that swallows connections costs the relay one connect timeout,
+// not one per core connection: after a failed dial it is tried last for a
+// while.
+func TestRelaySkipsDeadReplica(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	go func() {
+		for {
+			c, err := dead.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, dead.Addr().String()+","+env.Addr, env.Source(env.Issue(t, signertest.CoreID)), relay)
+	slow := 0
+	for i := range 6 {
+		start := time.Now()
+		cc := dialClient(t, sc.Socket) // a new core connection each time
+		if _, err := cc.Sign(ctx10s(t), scope, []byte("m")); err != nil {
+			t.Fatalf("Sign %d: %v", i, err)
+		}
+		if time.Since(start) > time.Second {
+			slow++
+		}
+		cc.Close()
+	}
+	if slow > 1 {
+		t.Fatalf("%d of 6 new connections waited on the dead replica", slow)
+	}
+}

@@ -130,6 +130,7 @@ type Proxy struct {
 	// The frame relay's upstream (Config.Relay).
 	relays      relayConns
 	relayAddrs  []string
+	relayDown   []atomic.Int64 // per address: unix nanos until which its last dial failure counts
 	relayTLS    *tls.Config
 	nextReplica atomic.Uint64
 }
@@ -181,6 +182,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 		p.relayAddrs = addrs
+		p.relayDown = make([]atomic.Int64, len(addrs))
 		p.relayTLS = UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID)
 		p.relayTLS.NextProtos = []string{"h2"}
 	}
