@@ -66,7 +66,7 @@ lint:
 FUZZTIME ?= 10s
 FUZZ := ./internal/names:FuzzNames ./client/auditlog:FuzzParseLeaf ./internal/signing:FuzzSignRequest \
 	./internal/signing/peeridentity:FuzzFirstSPIFFEID ./internal/localaddr:FuzzSidecarListen \
-	./internal/config:FuzzSignerSettings ./sidecar:FuzzMethodFilter
+	./internal/config:FuzzSignerSettings ./sidecar:FuzzMethodFilter ./sidecar:FuzzRelayMethodFilter
 fuzz:
 	@for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -97,6 +98,13 @@ type Config struct {
 	// Observe, if set, is told the outcome of every call (for metrics).
 	Observe func(method string, code codes.Code, took time.Duration)
 
+	// Relay selects the frame relay (see relay.go): one upstream
+	// connection per core connection, HTTP/2 frames passed through as
+	// bytes, a refused method closes the connection. Upstream must then be
+	// host:port addresses (comma-separated, or dns:///host:port); health is
+	// served on the ops listener only, and calls are not counted by code.
+	Relay bool
+
 	// Used by Run only: OpsListen is a plain HTTP address for /metrics and
 	// gRPC health ("" disables); ShutdownTimeout bounds the drain of
 	// in-flight calls (default 10 s).
@@ -118,6 +126,13 @@ type Proxy struct {
 	refuser      *grpc.Server
 
 	nextWarn, suppressed atomic.Int64
+
+	// The frame relay's upstream (Config.Relay).
+	relays      relayConns
+	relayAddrs  []string
+	relayDown   []atomic.Int64 // per address: unix nanos until which its last dial failure counts
+	relayTLS    *tls.Config
+	nextReplica atomic.Uint64
 }
 
 // New checks cfg and dials the upstream lazily.
@@ -159,6 +174,17 @@ func New(cfg Config) (*Proxy, error) {
 		refused: newQueueListener(maxRefused), refuser: newRefuser()}
 	for _, uid := range cfg.AllowUIDs {
 		p.allowUID[uid] = true
+	}
+
+	if cfg.Relay {
+		addrs, err := relayAddresses(cfg.Upstream)
+		if err != nil {
+			return nil, err
+		}
+		p.relayAddrs = addrs
+		p.relayDown = make([]atomic.Int64, len(addrs))
+		p.relayTLS = UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID)
+		p.relayTLS.NextProtos = []string{"h2"}
 	}
 
 	target, res := upstreamTarget(cfg.Upstream)
@@ -298,7 +324,13 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 	go p.refuser.Serve(p.refused)
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
-		go func() { errc <- p.server.Serve(guard{Listener: l, p: p}) }()
+		go func() {
+			if p.cfg.Relay {
+				errc <- p.relayServe(guard{Listener: l, p: p})
+				return
+			}
+			errc <- p.server.Serve(guard{Listener: l, p: p})
+		}()
 		p.cfg.Log.Info("sidecar listening", "addr", l.Addr().String(), "upstream", p.cfg.Upstream, "signer_id", p.cfg.SignerID.String())
 	}
 	var err error
@@ -307,6 +339,12 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 	case err = <-errc:
 	}
 	p.health.Shutdown()
+	if p.cfg.Relay {
+		for _, l := range ls {
+			l.Close()
+		}
+		p.drainRelays(grace)
+	}
 	done := make(chan struct{})
 	go func() { p.server.GracefulStop(); close(done) }()
 	select {

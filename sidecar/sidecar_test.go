@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -30,7 +31,7 @@ import (
 
 const scope = signertest.Scope
 
-func dialClient(t *testing.T, target string) *client.Client {
+func dialClient(t testing.TB, target string) *client.Client {
 	t.Helper()
 	c, err := client.Dial(context.Background(), target)
 	if err != nil {
@@ -40,7 +41,7 @@ func dialClient(t *testing.T, target string) *client.Client {
 	return c
 }
 
-func ctx10s(t *testing.T) context.Context {
+func ctx10s(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	return ctx
@@ -245,6 +246,17 @@ func TestUIDAllowList(t *testing.T) {
 	}
 	if got := env.AuditAfter(t, seq); len(got) != 0 {
 		t.Fatalf("a refused caller reached the signer: %+v", got)
+	}
+	// A refused connection is not held: the sidecar closes it even if the
+	// caller keeps it open and silent.
+	raw, err := net.Dial("unix", strings.TrimPrefix(denied.Socket, "unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, raw); err != nil {
+		t.Fatalf("a refused, silent connection was kept open: %v", err)
 	}
 
 	allowed := signertest.StartSidecar(t, env.Addr, src, unixOnly(os.Getuid()))

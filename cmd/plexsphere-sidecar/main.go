@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string) error {
 		Listen: cfg.ListenAddrs(), SocketMode: os.FileMode(mode), AllowUIDs: cfg.AllowUIDs,
 		MaxConnections: cfg.MaxConnections, MaxConcurrentStreams: cfg.MaxConcurrentStreams,
 		Upstream: cfg.Upstream, SignerID: spiffeid.RequireFromString(cfg.SignerSPIFFEID), // validated
-		SVID: src, Bundle: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log,
+		SVID: src, Bundle: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log, Relay: cfg.Relay,
 		OpsListen: cfg.OpsListen, ShutdownTimeout: cfg.ShutdownTimeout,
 	})
 	switch {

@@ -22,6 +22,8 @@ type Sidecar struct {
 
 	Identity `ignored:"true" prefix:"SIDECAR_"`
 
+	Relay bool `envconfig:"SIDECAR_RELAY" flag:"relay" desc:"frame relay: one upstream connection per core connection, HTTP/2 frames passed through, a refused method closes the connection (upstream: host:port list only; health on the ops listener only)"`
+
 	MaxConnections       int `envconfig:"SIDECAR_MAX_CONNECTIONS" flag:"max-connections" default:"128" desc:"most connections the core may hold open; one more is closed"`
 	MaxConcurrentStreams int `envconfig:"SIDECAR_MAX_CONCURRENT_STREAMS" flag:"max-concurrent-streams" default:"1024" desc:"most calls in flight on one connection (HTTP/2 stream limit)"`
 

@@ -10,10 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
 
 	"github.com/plexsphere/signer/internal/ctl"
@@ -28,6 +31,9 @@ type scenario struct {
 	fault    func(t *testing.T, f *faultCtx)          // inject, and put right
 	// restarted names signer containers the fault itself stops.
 	restarted map[int]bool
+	// maxOutage, if set, bounds the longest time between two signatures
+	// the core received (the scenario promises no full outage).
+	maxOutage time.Duration
 }
 
 // faultCtx is what a fault may touch.
@@ -35,14 +41,18 @@ type faultCtx struct {
 	tp     *topology
 	pod    pod
 	hsmDir string
+	note   string // a figure of the fault itself, for the table
 }
 
 // result is one measured row.
 type result struct {
 	name       string
+	calls      int // signatures + failures the core saw
 	signatures int
 	granted    int
 	errors     map[string]int
+	longest    time.Duration // longest time between two signatures
+	note       string
 	violations []string
 }
 
@@ -51,7 +61,9 @@ type result struct {
 // the invariants hold: every signature the core received has exactly one
 // granted audit row; every row carries a decision; the only failures are
 // Unavailable; signing resumes afterwards with no signer restarted (except
-// the one the fault kills). The measured table is printed, and written to
+// the one the fault kills); where a scenario promises no full outage, the
+// longest time between two signatures stays under its bound. The measured
+// table (calls, errors, longest outage) is printed, and written to
 // $FAULT_MATRIX_REPORT when set (make test prints it).
 func TestFaultMatrix(t *testing.T) {
 	requireImages(t)
@@ -104,6 +116,34 @@ func TestFaultMatrix(t *testing.T) {
 			f.waitFailures(t, 10)
 			must(t, f.pod.sidecar.Start(context.Background()))
 		}},
+		// Failover is the sidecar's job: replica 1 is killed and stays down
+		// long enough for gRPC's default reconnect backoff to reach ~20 s;
+		// once it is back it must be used within seconds, so killing
+		// replica 2 afterwards is no outage (it was ~35 s with the default
+		// backoff).
+		{name: "one back, then the other killed", replicas: 2, restarted: map[int]bool{0: true, 1: true}, maxOutage: 3 * time.Second,
+			fault: func(t *testing.T, f *faultCtx) {
+				zero := time.Duration(0)
+				ctx := context.Background()
+				must(t, f.tp.signers[0].Stop(ctx, &zero))
+				// The length of the fault, not a synchronisation: replica 1
+				// stays down while the sidecar keeps signing on replica 2.
+				time.Sleep(downFor)
+				must(t, f.tp.signers[0].Start(ctx))
+				f.eventually(t, "signer-1 ready again", func() bool { return f.ready(t, 0) })
+				// A rolling update would take replica 2 down now that 1 is
+				// ready; the sidecar has the few seconds it is allowed to
+				// start using replica 1 (watched, for the figure).
+				back := time.Now()
+				f.note = fmt.Sprintf("signer-1 unused %v after ready", reuseWithin)
+				for used := false; time.Since(back) < reuseWithin; time.Sleep(100 * time.Millisecond) {
+					if !used && f.signed(t, 0) > 0 {
+						used = true
+						f.note = fmt.Sprintf("signer-1 used %.1fs after ready", time.Since(back).Seconds())
+					}
+				}
+				must(t, f.tp.signers[1].Stop(ctx, &zero))
+			}},
 	}
 	var results []result
 	for _, sc := range scenarios {
@@ -116,6 +156,14 @@ func TestFaultMatrix(t *testing.T) {
 		os.WriteFile(path, []byte(table), 0o644)
 	}
 }
+
+// downFor is how long the failover scenario keeps a replica down: gRPC's
+// default backoff (1 s x1.6, up to 120 s) has then grown to about 20 s.
+const downFor = 30 * time.Second
+
+// reuseWithin is how soon after it is ready a returning replica must be in
+// use: the failover scenario kills the other replica then.
+const reuseWithin = 3 * time.Second
 
 func must(t *testing.T, err error) {
 	t.Helper()
@@ -178,7 +226,11 @@ func runScenario(t *testing.T, sc scenario) result {
 	must(t, p.core.Stop(context.Background(), &stop))
 	res := parseCore(logs(t, p.core))
 
-	r := result{name: sc.name, signatures: len(res.signatures), errors: res.failures}
+	r := result{name: sc.name, signatures: len(res.signatures), errors: res.failures, note: f.note}
+	r.calls, r.longest = outage(t, p.core)
+	if sc.maxOutage > 0 && r.longest > sc.maxOutage {
+		r.violations = append(r.violations, fmt.Sprintf("no signature for %v (bound %v) although a replica was up", r.longest, sc.maxOutage))
+	}
 	rows := auditRows(t, tp.pgDSN(t))
 	granted := map[string]int{}
 	for _, row := range rows {
@@ -231,6 +283,79 @@ func (f *faultCtx) eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// ready reports whether signer i's /readyz answers 200.
+func (f *faultCtx) ready(t *testing.T, i int) bool {
+	port, err := f.tp.signers[i].MappedPort(context.Background(), "9090/tcp")
+	if err != nil {
+		return false
+	}
+	resp, err := http.Get("http://127.0.0.1:" + port.Port() + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// signed reads how many Sign calls signer i answered OK since it started.
+func (f *faultCtx) signed(t *testing.T, i int) int {
+	port, err := f.tp.signers[i].MappedPort(context.Background(), "9090/tcp")
+	if err != nil {
+		return 0
+	}
+	resp, err := http.Get("http://127.0.0.1:" + port.Port() + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	const metric = `plexsphere_signer_rpcs_total{code="OK",method="/plexsphere.signer.v1.SignerService/Sign"} `
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, metric); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int(n)
+		}
+	}
+	return 0
+}
+
+// outage reads the core's log with Docker's timestamps: how many calls it
+// made, and the longest time between two signatures it received.
+func outage(t *testing.T, core *testcontainers.DockerContainer) (calls int, longest time.Duration) {
+	t.Helper()
+	p, err := testcontainers.NewDockerProvider()
+	must(t, err)
+	defer p.Close()
+	rc, err := p.Client().ContainerLogs(context.Background(), core.GetContainerID(), client.ContainerLogsOptions{ShowStdout: true, Timestamps: true})
+	must(t, err)
+	defer rc.Close()
+	var out bytes.Buffer
+	_, err = stdcopy.StdCopy(&out, io.Discard, rc)
+	must(t, err)
+	var last time.Time
+	for _, line := range strings.Split(out.String(), "\n") {
+		ts, text, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(text, "failed: "):
+			calls++
+		case strings.HasPrefix(text, "signed and verified:"):
+			calls++
+			if !last.IsZero() && at.Sub(last) > longest {
+				longest = at.Sub(last)
+			}
+			last = at
+		}
+	}
+	return calls, longest
 }
 
 func (f *faultCtx) waitSignatures(t *testing.T, n int) {
@@ -289,7 +414,7 @@ func (f *faultCtx) ctl(t *testing.T, args ...string) (string, int) {
 func formatTable(rs []result) string {
 	var b strings.Builder
 	fmt.Fprintln(&b, "fault matrix (container topology, core signing every 5 ms through its sidecar)")
-	fmt.Fprintf(&b, "%-32s %10s %12s  %-24s %s\n", "fault", "signatures", "granted rows", "errors by code", "invariants")
+	fmt.Fprintf(&b, "%-32s %7s %10s %12s  %-24s %14s  %s\n", "fault", "calls", "signatures", "granted rows", "errors by code", "longest outage", "invariants")
 	for _, r := range rs {
 		var codes []string
 		for c, n := range r.errors {
@@ -304,7 +429,10 @@ func formatTable(rs []result) string {
 		if len(r.violations) > 0 {
 			inv = fmt.Sprintf("%d VIOLATED", len(r.violations))
 		}
-		fmt.Fprintf(&b, "%-32s %10d %12d  %-24s %s\n", r.name, r.signatures, r.granted, errs, inv)
+		if r.note != "" {
+			inv += " (" + r.note + ")"
+		}
+		fmt.Fprintf(&b, "%-32s %7d %10d %12d  %-24s %13.2fs  %s\n", r.name, r.calls, r.signatures, r.granted, errs, r.longest.Seconds(), inv)
 	}
 	return b.String()
 }
