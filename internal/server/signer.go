@@ -225,7 +225,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		if s.jwksCert, err = jwks.LoadCertificate(cfg.JWKSCertFile, cfg.JWKSKeyFile, 5*time.Second, s.log); err != nil {
 			return nil, config.Errorf(&cfg, "JWKSCertFile", "%v (%s)", err, config.Name(&cfg, "JWKSKeyFile"))
 		}
-		s.jwks = jwks.Handler(jwks.Config{Keys: s.store.Keys, CacheTTL: cfg.KeyCacheTTL,
+		s.jwks = jwks.Handler(jwks.Config{Keys: s.keys.Published, CacheTTL: cfg.KeyCacheTTL,
 			MaxAge: jwks.MaxAge(cfg.PrePublish, cfg.KeyCacheTTL), Issuer: cfg.JWKSIssuerURL,
 			Rate: float64(cfg.JWKSRate), Clock: clock, Log: s.log, Observe: s.metrics.observeJWKS})
 	}

@@ -53,6 +53,7 @@ type Keyring struct {
 	published map[string]cached[[]store.Key] // scope → published keys
 	byID      map[string]cached[store.Key]   // key id → record
 	loaded    map[string]loadedKey           // key id → provider key
+	vouched   map[string]vouch               // key id → the record the provider vouched for
 	noticed   map[string]time.Time           // scope → last reload forced by a notice
 }
 
@@ -66,6 +67,11 @@ type cached[T any] struct {
 	v       T
 	scope   string
 	expires time.Time
+}
+
+type vouch struct {
+	scope  string
+	public ed25519.PublicKey
 }
 
 type loadedKey struct {
@@ -93,7 +99,7 @@ func NewKeyringWith(s store.Store, p keyprovider.Provider, ttl time.Duration, no
 	}
 	return &Keyring{store: s, provider: p, ttl: ttl, now: now, opts: o,
 		active: map[string]cached[store.Key]{}, published: map[string]cached[[]store.Key]{},
-		byID: map[string]cached[store.Key]{}, loaded: map[string]loadedKey{}, noticed: map[string]time.Time{}}
+		byID: map[string]cached[store.Key]{}, loaded: map[string]loadedKey{}, vouched: map[string]vouch{}, noticed: map[string]time.Time{}}
 }
 
 // TTL is the longest a replica may act on a superseded record.
@@ -289,8 +295,8 @@ func (r *Keyring) Active(ctx context.Context, scope string) (store.Key, error) {
 	return k, nil
 }
 
-// Published returns the scope's PENDING, ACTIVE and PREVIOUS keys. A scope
-// with none is not cached.
+// Published returns the scope's PENDING, ACTIVE and PREVIOUS keys, each
+// vouched for by the provider (Vouch). A scope with none is not cached.
 func (r *Keyring) Published(ctx context.Context, scope string) ([]store.Key, error) {
 	if ks, ok := lookup(r, r.published, scope); ok {
 		return ks, nil
@@ -302,6 +308,9 @@ func (r *Keyring) Published(ctx context.Context, scope string) ([]store.Key, err
 	var ks []store.Key
 	for _, k := range all {
 		if k.State.Published() {
+			if err := r.Vouch(ctx, k); err != nil {
+				return nil, err
+			}
 			ks = append(ks, k)
 		}
 	}
@@ -326,19 +335,12 @@ func (r *Keyring) Load(ctx context.Context, rec store.Key) (keyprovider.Key, err
 	if ok && l.scope == rec.Scope && l.public.Equal(rec.Public) && now.Before(l.expires) {
 		return l.key, nil
 	}
-	if rec.Provider != r.provider.Name() {
-		return nil, fmt.Errorf("keyring: key %q belongs to provider %q, this signer runs %q: %w",
-			rec.ID, rec.Provider, r.provider.Name(), signerr.ErrProviderUnavailable)
-	}
-	k, err := r.provider.Load(ctx, keyprovider.KeyRef{ID: rec.ID, Scope: rec.Scope, Public: rec.Public}, rec.Handle)
+	k, err := r.fromProvider(ctx, rec)
 	if err != nil {
 		return nil, err
 	}
-	if pub, ok := k.Public().(ed25519.PublicKey); !ok || !pub.Equal(rec.Public) {
-		release(k)
-		return nil, fmt.Errorf("keyring: key %q: the provider's public key is not the record's: %w", rec.ID, signerr.ErrInvariant)
-	}
 	r.mu.Lock()
+	r.vouchLocked(rec)
 	if old, ok := r.loaded[rec.ID]; ok && old.scope == rec.Scope && old.public.Equal(rec.Public) && now.Before(old.expires) {
 		// Another caller loaded the same key meanwhile: keep one copy,
 		// never release a key a concurrent Sign may be using.
@@ -360,6 +362,57 @@ func (r *Keyring) Load(ctx context.Context, rec store.Key) (keyprovider.Key, err
 	r.loaded[rec.ID] = loadedKey{key: k, scope: rec.Scope, public: rec.Public, expires: now.Add(r.keyLife())}
 	r.mu.Unlock()
 	return k, nil
+}
+
+// fromProvider loads rec's key from the provider, which refuses a handle
+// not made for rec (ErrInvariant), and checks its public half is rec's.
+func (r *Keyring) fromProvider(ctx context.Context, rec store.Key) (keyprovider.Key, error) {
+	if rec.Provider != r.provider.Name() {
+		return nil, fmt.Errorf("keyring: key %q belongs to provider %q, this signer runs %q: %w",
+			rec.ID, rec.Provider, r.provider.Name(), signerr.ErrProviderUnavailable)
+	}
+	k, err := r.provider.Load(ctx, keyprovider.KeyRef{ID: rec.ID, Scope: rec.Scope, Public: rec.Public}, rec.Handle)
+	if err != nil {
+		return nil, err
+	}
+	if pub, ok := k.Public().(ed25519.PublicKey); !ok || !pub.Equal(rec.Public) {
+		release(k)
+		return nil, fmt.Errorf("keyring: key %q: the provider's public key is not the record's: %w", rec.ID, signerr.ErrInvariant)
+	}
+	return k, nil
+}
+
+// Vouch checks, before rec's public key goes to a verifier, that the
+// provider holds its private half bound to rec's id, scope and public key.
+// A row written into the store by someone who holds no key (a forged
+// PENDING or PREVIOUS key that verifiers would then trust) is refused with
+// ErrInvariant. A record vouched for once stays vouched (bounded, never
+// for a changed scope or public key), so a provider outage does not stop
+// publication of keys already checked; the private half is released at
+// once unless a Sign loaded it.
+func (r *Keyring) Vouch(ctx context.Context, rec store.Key) error {
+	r.mu.RLock()
+	v, ok := r.vouched[rec.ID]
+	r.mu.RUnlock()
+	if ok && v.scope == rec.Scope && v.public.Equal(rec.Public) {
+		return nil
+	}
+	k, err := r.fromProvider(ctx, rec)
+	if err != nil {
+		return err
+	}
+	release(k)
+	r.mu.Lock()
+	r.vouchLocked(rec)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Keyring) vouchLocked(rec store.Key) {
+	if _, ok := r.vouched[rec.ID]; !ok && len(r.vouched) >= r.opts.MaxCached {
+		clear(r.vouched) // re-vouching costs one provider load per key
+	}
+	r.vouched[rec.ID] = vouch{scope: rec.Scope, public: rec.Public}
 }
 
 // Sign signs message with the key of rec. A key released between Load and

@@ -241,3 +241,50 @@ func TestKeyringConcurrentColdLoads(t *testing.T) {
 		}
 	}
 }
+
+// downProvider fails every Load while down is set, as an HSM does when its
+// token is gone.
+type downProvider struct {
+	keyprovider.Provider
+	down *atomic.Bool
+}
+
+func (p downProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte) (keyprovider.Key, error) {
+	if p.down.Load() {
+		return nil, fmt.Errorf("token removed: %w", signerr.ErrProviderUnavailable)
+	}
+	return p.Provider.Load(ctx, ref, h)
+}
+
+// A key vouched for once stays vouched while the provider is down, so
+// verifiers keep getting the keys they already trust; a key never vouched
+// for is not published until the provider can vouch for it, and a record
+// whose public key changed under the same id must be vouched for again.
+func TestKeyringVouchesOnceAndFailsClosed(t *testing.T) {
+	f := newFixture(t, signing.KeyringOptions{}, "payments")
+	var down atomic.Bool
+	kr := signing.NewKeyring(f.st, downProvider{f.p, &down}, 0, f.clock.Now)
+	ctx := context.Background()
+	ks, err := kr.Published(ctx, "payments")
+	if err != nil || len(ks) != 1 {
+		t.Fatalf("Published = %v, %v", ks, err)
+	}
+	down.Store(true)
+	if ks, err := kr.Published(ctx, "payments"); err != nil || len(ks) != 1 {
+		t.Fatalf("a vouched key while the provider is down: %v, %v", ks, err)
+	}
+	down.Store(false)
+	if _, err := f.rot.Open(ctx, &signerv1.OpenRequest{Scope: "payments"}); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	if _, err := kr.Published(ctx, "payments"); !errors.Is(err, signerr.ErrProviderUnavailable) {
+		t.Fatalf("a never-vouched PENDING key while the provider is down: %v, want ErrProviderUnavailable", err)
+	}
+	forged := ks[0]
+	forged.Public = make([]byte, len(forged.Public))
+	down.Store(false)
+	if err := kr.Vouch(ctx, forged); !errors.Is(err, signerr.ErrInvariant) {
+		t.Fatalf("a changed public key under a vouched id: %v, want ErrInvariant", err)
+	}
+}

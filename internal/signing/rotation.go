@@ -169,6 +169,14 @@ func (r *Rotation) ListKeys(ctx context.Context, req *signerv1.ListKeysRequest) 
 	}
 	resp := &signerv1.ListKeysResponse{}
 	for _, k := range keys {
+		// signerctl jwks publishes from this list: a published key the
+		// provider cannot vouch for fails the call rather than reach a
+		// verifier.
+		if k.State.Published() {
+			if err := r.keys.Vouch(ctx, k); err != nil {
+				return nil, onKey(k.ID, err)
+			}
+		}
 		resp.Keys = append(resp.Keys, KeyProto(k))
 	}
 	return resp, nil

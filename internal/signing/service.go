@@ -80,6 +80,9 @@ func (s *Service) PublicKey(ctx context.Context, req *signerv1.PublicKeyRequest)
 		case !rec.State.Published():
 			return nil, onKey(rec.ID, fmt.Errorf("key %q is %s: %w", rec.ID, rec.State, signerr.ErrKeyRetired))
 		}
+		if err := s.keys.Vouch(ctx, rec); err != nil {
+			return nil, onKey(rec.ID, err)
+		}
 		return &signerv1.PublicKeyResponse{Scope: scope, Keys: []*signerv1.Key{KeyProto(rec)}}, nil
 	}
 	keys, err := s.keys.Published(ctx, scope)

@@ -272,3 +272,90 @@ func wireReasonOf(err error) string {
 	}
 	return ""
 }
+
+// A key row forged into the store is never published: an attacker who can
+// write rows but holds no key puts their own public key into a PENDING row
+// (or moves another scope's sealed key into this scope as PREVIOUS), hoping
+// verifiers fetch it from PublicKey, the JWKS endpoint or signerctl jwks
+// and then trust tokens the attacker signs. The signer vouches for every
+// published key with the provider (the sealing binds id, scope and public
+// key) and refuses the whole answer with ErrInvariant, audited, while
+// signing with the untouched ACTIVE key goes on.
+func TestForgedKeyRowNeverPublished(t *testing.T) {
+	stores := map[string]func(t *testing.T) keyStore{
+		"bbolt": func(t *testing.T) keyStore { return &boltFile{path: filepath.Join(t.TempDir(), "signer.db")} },
+		"postgres": func(t *testing.T) keyStore {
+			return pgRows{db: pgtest.Require(t).NewDatabase(t)}
+		},
+	}
+	attackerPub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attacks := map[string]func(rows map[string]*keyRow, pending, billing string){
+		"attacker's public key in a PENDING row": func(rows map[string]*keyRow, pending, _ string) {
+			rows[pending].Public = attackerPub
+		},
+		"billing's key moved into payments as PREVIOUS": func(rows map[string]*keyRow, pending, billing string) {
+			rows[billing].Scope, rows[billing].State = "payments", "PREVIOUS"
+			rows[pending].State = "RETIRED"
+		},
+	}
+	for storeName, newStore := range stores {
+		for name, tamper := range attacks {
+			t.Run(storeName+"/"+name, func(t *testing.T) {
+				ks := newStore(t)
+				ca := signertest.NewCA(t)
+				provider := signertest.NewLocalProvider(t)
+				start := func(scopes ...string) *signertest.Env {
+					return signertest.Start(t, signertest.WithStore(ks.open(t)), signertest.WithCA(ca), signertest.WithProvider(provider),
+						signertest.WithConfig(func(c *config.Signer) { c.BootstrapScopes = scopes }))
+				}
+				env := start("payments", "billing")
+				ctx := context.Background()
+				op := signerv1.NewRotationServiceClient(env.Dial(t, env.Issue(t, signertest.OperatorID)))
+				opened, err := op.Open(ctx, &signerv1.OpenRequest{Scope: "payments"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				bill, err := op.ListKeys(ctx, &signerv1.ListKeysRequest{Scope: "billing"})
+				if err != nil || len(bill.Keys) != 1 {
+					t.Fatalf("billing keys: %v %v", bill, err)
+				}
+				env.Stop()
+				ks.edit(t, func(rows map[string]*keyRow) { tamper(rows, opened.Key.KeyId, bill.Keys[0].KeyId) })
+
+				env = start()
+				core := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
+				op = signerv1.NewRotationServiceClient(env.Dial(t, env.Issue(t, signertest.OperatorID)))
+				seq := env.LastSeq(t)
+				wantInvariant := func(what string, err error) {
+					t.Helper()
+					if status.Code(err) != codes.Internal || wireReasonOf(err) != signerv1.ErrorReason_ERROR_REASON_INVARIANT.String() {
+						t.Fatalf("%s after the forgery: %v (reason %s), want Internal / INVARIANT", what, err, wireReasonOf(err))
+					}
+				}
+				pk, err := core.PublicKey(ctx, &signerv1.PublicKeyRequest{Scope: "payments"})
+				if pk != nil {
+					t.Fatalf("PublicKey published %v", pk.Keys)
+				}
+				wantInvariant("PublicKey(payments)", err)
+				_, err = op.ListKeys(ctx, &signerv1.ListKeysRequest{Scope: "payments"})
+				wantInvariant("ListKeys(payments) (what signerctl jwks publishes)", err)
+				var pubEntries []audit.Entry
+				for _, e := range env.AuditAfter(t, seq) {
+					if e.Relation == audit.RelationPublicKey {
+						pubEntries = append(pubEntries, e)
+					}
+				}
+				if len(pubEntries) != 1 || pubEntries[0].Reason != audit.ReasonInsufficientRelation || pubEntries[0].Code != codes.Internal.String() {
+					t.Fatalf("PublicKey audit entries %+v, want one insufficient_relation / Internal", pubEntries)
+				}
+				// The ACTIVE key was not touched: signing goes on.
+				if _, err := core.Sign(ctx, &signerv1.SignRequest{Scope: "payments", Payload: []byte("still fine")}); err != nil {
+					t.Fatalf("Sign with the untouched ACTIVE key: %v", err)
+				}
+			})
+		}
+	}
+}

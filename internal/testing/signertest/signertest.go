@@ -195,7 +195,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 	cfg := config.Signer{
 		Listen: "127.0.0.1:0", AllowSPIFFEIDs: []string{CoreID}, RotationAllowSPIFFEIDs: []string{OperatorID}, AuditorAllowSPIFFEIDs: []string{AuditorID},
 		Identity: config.Identity{SVIDCertFile: files.Cert, SVIDKeyFile: files.Key, TrustBundleFile: files.Bundle},
-		Store: "bbolt", BboltPath: filepath.Join(dir, "signer.db"), PostgresMaxConns: 4, AuditMaxBatch: 256,
+		Store:    "bbolt", BboltPath: filepath.Join(dir, "signer.db"), PostgresMaxConns: 4, AuditMaxBatch: 256,
 		Provider: "local", LocalKEKFile: kekFile, PKCS11Sessions: 1,
 		BootstrapScopes: []string{Scope}, MaxPayloadBytes: 64 << 10, KeyCacheTTL: time.Second,
 		PrePublish: time.Minute, VerifyOnly: time.Hour, ShutdownTimeout: 5 * time.Second, LogLevel: "info",
