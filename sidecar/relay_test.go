@@ -135,21 +135,7 @@ func TestRelayUIDAllowList(t *testing.T) {
 
 // The core's deadline travels through the relay (grpc-timeout) and ends the
 // signer's signing call.
-func TestRelayDeadlinePropagates(t *testing.T) {
-	ended := make(chan error, 1)
-	env := signertest.Start(t, signertest.WithProvider(blockingProvider{signertest.NewLocalProvider(t), ended}))
-	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), relay)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := dialClient(t, sc.Socket).Sign(ctx, scope, []byte("m")); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Sign = %v, want DeadlineExceeded", err)
-	}
-	select {
-	case <-ended:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the caller's deadline never reached the signer's signing call")
-	}
-}
+func TestRelayDeadlinePropagates(t *testing.T) { deadlineReachesSigner(t, relay) }
 
 // rawCore speaks HTTP/2 frames to the relay by hand, to send what a gRPC
 // client never would.

@@ -390,12 +390,23 @@ func (k blockingKey) SignContext(ctx context.Context, _ []byte) ([]byte, error) 
 
 // The core's deadline travels through the sidecar and ends the signer's
 // signing call.
-func TestDeadlinePropagates(t *testing.T) {
+func TestDeadlinePropagates(t *testing.T) { deadlineReachesSigner(t) }
+
+// deadlineReachesSigner signs through a sidecar (built with opts) against a
+// signer whose key blocks until its context ends, and checks the caller's
+// deadline is what ends it. The path is warmed first (connections and
+// handshakes), so that the deadline is spent at the signer and not on a
+// loaded machine's first handshake.
+func deadlineReachesSigner(t *testing.T, opts ...signertest.SidecarOption) {
+	t.Helper()
 	ended := make(chan error, 1)
 	env := signertest.Start(t, signertest.WithProvider(blockingProvider{signertest.NewLocalProvider(t), ended}))
-	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), opts...)
 	c := dialClient(t, sc.Socket)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	if _, err := c.PublicKeys(ctx10s(t), scope); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := c.Sign(ctx, scope, []byte("m")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Sign = %v, want DeadlineExceeded", err)
