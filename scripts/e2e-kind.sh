@@ -16,6 +16,8 @@
 #     core with its injected native sidecar, all identities by hostPath;
 #  5. the scenarios: go test -tags e2e -run Kind ./tests/e2e (kind_test.go),
 #     which print their figures.
+# E2E_PREPARE_ONLY=1 stops after the node image, the tools and the SPIRE
+# images (what `make test` builds in the background while the Go tests run).
 # Logs and events are printed on failure; the cluster is always deleted at
 # the end (KEEP_CLUSTER=1 keeps it for a look).
 #
@@ -65,6 +67,16 @@ esac
 c=$(docker create "$node_image")
 docker cp "$c:/usr/bin/kubectl" "$tools/kubectl" >/dev/null
 docker rm "$c" >/dev/null
+
+if [[ ${E2E_PREPARE_ONLY:-} == 1 ]]; then
+  # `make test` runs this part at low priority beside the Go tests (the
+  # cold node image is the longest step of CI); the project images are left
+  # alone because those tests are using them.
+  phase "SPIRE images"
+  ./scripts/build-spire-images.sh e2e
+  phase "prepared (E2E_PREPARE_ONLY=1): the node image, helm, kubectl and SPIRE images are ready"
+  exit 0
+fi
 
 phase "images (project, Postgres, SPIRE)"
 ./scripts/build-images.sh dev
