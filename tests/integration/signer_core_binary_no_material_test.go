@@ -123,6 +123,25 @@ func TestCoreBinaryLinksNoServerCode(t *testing.T) {
 	}
 }
 
+// Storage and key providers do not depend on the wire: no gRPC, no
+// generated proto in their import graphs (the mapping of their errors to
+// codes and reasons lives with the gRPC layer, internal/signing/errors.go).
+func TestStorageLinksNoWireCode(t *testing.T) {
+	t.Setenv("GOFLAGS", "-tags=pkcs11") // the HSM provider too
+	wire := []string{"google.golang.org/grpc", module + "/proto"}
+	linked, err := nomaterial.Imports(repoRoot(t), wire, "./internal/store/...", "./internal/keyprovider/...")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range linked {
+		t.Error(l)
+	}
+	// Not vacuous: the signing layer links both.
+	if linked, err = nomaterial.Imports(repoRoot(t), wire, "./internal/signing"); err != nil || len(linked) == 0 {
+		t.Fatalf("internal/signing links no wire code (%v): the check sees nothing", err)
+	}
+}
+
 // The checks are not vacuous: the signer itself does hold keys.
 func TestNoMaterialCheckFlagsTheSigner(t *testing.T) {
 	findings, _, err := nomaterial.Scan(repoRoot(t), "./cmd/plexsphere-signer")
