@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"strconv"
@@ -24,6 +25,10 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binDir = dir
+		flag.Parse()
+		if flag.Lookup("test.bench").Value.String() == "" {
+			return m.Run() // the harness's own tests need no container
+		}
 		if why := pgtest.Unavailable(context.Background()); why == "" {
 			// fsync on: the point is to price durability.
 			s, err := pgtest.Start(context.Background(), pgtest.Fsync())
