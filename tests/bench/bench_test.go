@@ -1,7 +1,13 @@
 // Package bench measures the signing paths side by side in one run, each
-// reported as signs/s, latency percentiles and a ratio to in-process
-// ed25519.Sign measured in the same run (run `make bench`; results and the
-// command are recorded in docs/performance.md). Nothing here asserts a time.
+// reported as signs/s, latency percentiles, CPU µs per call of every process
+// involved (client, sidecar, signer, Postgres, read from /proc and the
+// container's cgroup), peak RSS, store bytes per call, and ratios: to
+// in-process ed25519.Sign and to the floors measured in the same run (a bare
+// grpc-go mTLS signer, cmd/floorsigner; an L4 TLS relay in the sidecar seat,
+// cmd/floorrelay). The signer and the sidecar run as their own processes,
+// configured through their environment. Run `make bench` (and `make
+// bench-scale`); how to read each figure is in docs/performance.md. Nothing
+// here asserts a time.
 package bench
 
 import (
@@ -10,11 +16,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,7 +27,6 @@ import (
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/store"
-	"github.com/plexsphere/signer/internal/testing/devpki"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -37,9 +39,34 @@ var payload = []byte("bench payload: 64 bytes of something a core would sign ...
 // benchmark and used by the later ones for their ratio.
 var baseline float64
 
+// result is one measured run.
+type result struct {
+	rate     float64 // calls/s
+	p50, p99 time.Duration
+}
+
+// measured keeps the last result of a named run ("floor-signer/inflight=64",
+// say) for the ratios of later runs in the same bench process. A ratio is
+// reported only when its reference ran first: a -bench filter must keep it.
+var measured = map[string]result{}
+
+// vs reports r against the reference run named ref, as x-<name> (throughput
+// ratio) and p50-over-<name>-µs (added median latency).
+func vs(b *testing.B, r result, ref, name string) {
+	b.Helper()
+	base, ok := measured[ref]
+	if !ok || base.rate == 0 {
+		return
+	}
+	b.ReportMetric(r.rate/base.rate, "x-"+name)
+	b.ReportMetric(float64((r.p50 - base.p50).Microseconds()), "p50-over-"+name+"-µs")
+}
+
 // drive makes b.N calls with inflight concurrent callers and reports
-// throughput, p50/p99 latency and the ratio to the baseline.
-func drive(b *testing.B, inflight int, call func(context.Context) error) float64 {
+// throughput, p50/p99 latency, the ratio to the baseline and, for every
+// meter, its change per call (CPU µs of a process, store bytes) or its
+// value after the run (peak RSS).
+func drive(b *testing.B, inflight int, call func(context.Context) error, meters ...meter) result {
 	b.Helper()
 	var next atomic.Int64
 	var failed atomic.Int64
@@ -47,6 +74,19 @@ func drive(b *testing.B, inflight int, call func(context.Context) error) float64
 	lat := make([][]time.Duration, inflight)
 	ctx := context.Background()
 	var wg sync.WaitGroup
+	before := make([]float64, len(meters))
+	for i, m := range meters {
+		if m.reset != nil {
+			m.reset()
+		}
+		if !m.peak {
+			v, err := m.read()
+			if err != nil {
+				b.Fatalf("%s: %v", m.unit, err)
+			}
+			before[i] = v
+		}
+	}
 	b.ResetTimer()
 	start := time.Now()
 	for g := range inflight {
@@ -71,17 +111,57 @@ func drive(b *testing.B, inflight int, call func(context.Context) error) float64
 	if n := failed.Load(); n > 0 {
 		b.Fatalf("%d of %d calls failed, first: %v", n, b.N, firstErr.Load())
 	}
+	for i, m := range meters {
+		v, err := m.read()
+		if err != nil {
+			b.Fatalf("%s: %v", m.unit, err)
+		}
+		if m.peak {
+			b.ReportMetric(v, m.unit)
+		} else {
+			b.ReportMetric((v-before[i])/float64(b.N), m.unit)
+		}
+	}
 	all := slices.Concat(lat...)
 	slices.Sort(all)
-	rate := float64(b.N) / elapsed.Seconds()
-	b.ReportMetric(rate, "signs/s")
-	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
+	r := result{rate: float64(b.N) / elapsed.Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100]}
+	b.ReportMetric(r.rate, "signs/s")
+	b.ReportMetric(float64(r.p50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(r.p99.Microseconds()), "p99-µs")
 	if baseline > 0 {
-		b.ReportMetric(rate/baseline, "x-inprocess")
+		b.ReportMetric(r.rate/baseline, "x-inprocess")
 	}
 	b.ReportMetric(0, "ns/op") // signs/s says it better
-	return rate
+	return r
+}
+
+// run is b.Run of drive, keeping the result (under the sub-benchmark's
+// full name) for the ratios of later runs.
+func run(b *testing.B, name string, inflight int, call func(context.Context) error, then func(*testing.B, result), meters ...meter) {
+	b.Helper()
+	b.Run(fmt.Sprintf("%s/inflight=%d", name, inflight), func(b *testing.B) {
+		r := drive(b, inflight, call, meters...)
+		measured[b.Name()] = r
+		if then != nil {
+			then(b, r)
+		}
+	})
+}
+
+// against returns a then for run reporting r against other runs at the same
+// in-flight count: pairs of (run, ratio name). A run is named relative to
+// the same benchmark ("floor-relay") or in full ("BenchmarkD_Sidecar/sidecar").
+func against(inflight int, refs ...string) func(*testing.B, result) {
+	return func(b *testing.B, r result) {
+		parent := b.Name()[:strings.Index(b.Name(), "/")]
+		for i := 0; i+1 < len(refs); i += 2 {
+			ref := refs[i]
+			if !strings.HasPrefix(ref, "Benchmark") {
+				ref = parent + "/" + ref
+			}
+			vs(b, r, fmt.Sprintf("%s/inflight=%d", ref, inflight), refs[i+1])
+		}
+	}
 }
 
 // BenchmarkA_InProcess is the baseline: ed25519.Sign in this process with 2
@@ -89,7 +169,7 @@ func drive(b *testing.B, inflight int, call func(context.Context) error) float64
 func BenchmarkA_InProcess(b *testing.B) {
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	baseline = 0 // Go calls this once per b.N; only the last run counts
-	baseline = drive(b, 2, func(context.Context) error { ed25519.Sign(priv, payload); return nil })
+	baseline = drive(b, 2, func(context.Context) error { ed25519.Sign(priv, payload); return nil }).rate
 }
 
 // discard is a store whose audit log keeps nothing: the same path without
@@ -118,55 +198,92 @@ func directCall(b *testing.B, env *signertest.Env) func(context.Context) error {
 }
 
 // BenchmarkB_Direct: a client calling the signer directly over mTLS; the
-// signer commits every entry to bbolt (fsync) before answering.
+// signer (its own process) commits every entry to bbolt (fsync) before
+// answering. Beside it, in the same run, the framework floor: a bare
+// grpc-go mTLS server whose Sign is ed25519.Sign (cmd/floorsigner), also
+// its own process. Rows: floor-signer and signer at 1 and 64 in flight;
+// the signer reports x-floor (its throughput over the floor's) and the CPU
+// µs per call of the client and of the process in the signer seat.
 func BenchmarkB_Direct(b *testing.B) {
-	env := signertest.Start(b)
-	call := directCall(b, env)
+	ca := signertest.NewCA(b)
+	fp, fenv := startFloorSigner(b, ca)
+	sp := startSigner(b, ca, nil)
+	floor, call := directCall(b, fenv), directCall(b, sp.Env)
+	for _, c := range []func(context.Context) error{floor, call} {
+		if err := waitReady(c); err != nil {
+			b.Fatal(err)
+		}
+	}
 	for _, n := range []int{1, 64} {
-		b.Run(fmt.Sprintf("inflight=%d", n), func(b *testing.B) { drive(b, n, call) })
+		run(b, "floor-signer", n, floor, nil, clientCPU("client"), fp.cpu(), fp.rss())
+		run(b, "signer", n, call, against(n, "floor-signer", "floor"),
+			clientCPU("client"), sp.cpu(), sp.rss(), boltMeter(sp.BoltPath))
 	}
 }
 
-// BenchmarkC_DirectAuditDiscarded: the same path with the audit discarded.
+// BenchmarkC_DirectAuditDiscarded: the same path with the audit discarded,
+// to price durability. The signer runs in the bench process (the discarding
+// store is a test double that only exists there), so its CPU is reported
+// together with the client's.
 func BenchmarkC_DirectAuditDiscarded(b *testing.B) {
 	env := signertest.Start(b, signertest.WithStore(&discard{Store: signertest.OpenBolt(b)}))
 	call := directCall(b, env)
 	for _, n := range []int{1, 64} {
-		b.Run(fmt.Sprintf("inflight=%d", n), func(b *testing.B) { drive(b, n, call) })
+		run(b, "signer", n, call, nil, clientCPU("client+signer"))
 	}
 }
 
-// BenchmarkD_Sidecar: the full path a core takes: client → sidecar (a
-// separate process, on a Unix socket) → signer → local provider → durable
-// audit. The sidecar's peak resident memory is reported after the runs.
+// BenchmarkD_Sidecar: the full path a core takes: client → sidecar (its own
+// process, on a Unix socket) → signer (its own process, durable bbolt).
+// Against one signer, in the same run: the client calling it directly
+// (direct), the sidecar seat's floor (floor-relay: cmd/floorrelay, plaintext
+// in, one mTLS connection out per accepted connection, bytes copied) and
+// plexsphere-sidecar. The sidecar rows report x-floor (over the relay) and
+// x-direct, the added p50 over each, the CPU µs per call of client, seat
+// and signer, and the seat's peak RSS during the run.
 func BenchmarkD_Sidecar(b *testing.B) {
-	sidecarPath(b, signertest.Start(b))
+	sp := startSigner(b, signertest.NewCA(b), nil)
+	seats(b, sp.Env, []meter{sp.cpu(), boltMeter(sp.BoltPath)}, clientCPU("client"))
 }
 
-// BenchmarkE_SidecarAuditDiscarded: the full path without the audit's fsync,
-// so the sidecar's own cost shows beside BenchmarkC (its seat ratio at 64 in
-// flight, its added serial latency at 1).
+// BenchmarkE_SidecarAuditDiscarded: direct, relay and sidecar in front of a
+// signer whose audit is discarded (in the bench process, so its CPU counts
+// with the client's): the sidecar seat's own cost with the least behind it.
 func BenchmarkE_SidecarAuditDiscarded(b *testing.B) {
-	sidecarPath(b, signertest.Start(b, signertest.WithStore(&discard{Store: signertest.OpenBolt(b)})))
+	env := signertest.Start(b, signertest.WithStore(&discard{Store: signertest.OpenBolt(b)}))
+	seats(b, env, nil, clientCPU("client+signer"))
 }
 
-func sidecarPath(b *testing.B, env *signertest.Env) {
-	sock, pid := startSidecarProcess(b, env)
+// seats measures direct, floor-relay and sidecar rows in front of env;
+// upstream are the meters of what is behind the seat.
+func seats(b *testing.B, env *signertest.Env, upstream []meter, client meter) {
+	b.Helper()
+	relaySock, rp := startRelay(b, env)
+	sideSock, scp := startSidecarProcess(b, env)
+	direct := directCall(b, env)
+	relay, side := unixCall(b, relaySock), unixCall(b, sideSock)
+	for _, c := range []func(context.Context) error{direct, relay, side} {
+		if err := waitReady(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, n := range []int{1, 64} {
+		run(b, "direct", n, direct, nil, append([]meter{client}, upstream...)...)
+		run(b, "floor-relay", n, relay, against(n, "direct", "direct"),
+			append([]meter{client, rp.cpu(), rp.rss()}, upstream...)...)
+		run(b, "sidecar", n, side, against(n, "floor-relay", "floor", "direct", "direct"),
+			append([]meter{client, scp.cpu(), scp.rss()}, upstream...)...)
+	}
+}
+
+// unixCall is the core's client (package client) on a Unix socket.
+func unixCall(b *testing.B, sock string) func(context.Context) error {
 	c, err := client.Dial(context.Background(), "unix://"+sock)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
-	call := func(ctx context.Context) error { _, err := c.Sign(ctx, scope, payload); return err }
-	if err := waitReady(call); err != nil {
-		b.Fatal(err)
-	}
-	for _, n := range []int{1, 64} {
-		b.Run(fmt.Sprintf("inflight=%d", n), func(b *testing.B) {
-			drive(b, n, call)
-			b.ReportMetric(rssMiB(b, pid, "VmHWM"), "sidecar-peak-rss-MiB")
-		})
-	}
+	b.Cleanup(func() { c.Close() })
+	return func(ctx context.Context) error { _, err := c.Sign(ctx, scope, payload); return err }
 }
 
 func waitReady(call func(context.Context) error) error {
@@ -181,56 +298,6 @@ func waitReady(call func(context.Context) error) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return err
-}
-
-// startSidecarProcess builds and runs plexsphere-sidecar with the core's
-// identity, in front of env.
-func startSidecarProcess(b *testing.B, env *signertest.Env) (sock string, pid int) {
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "plexsphere-sidecar")
-	// Built as the images build it: stripped, so RSS reflects production.
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "github.com/plexsphere/signer/cmd/plexsphere-sidecar")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build sidecar: %v\n%s", err, out)
-	}
-	files := writeSVID(b, env.CA, dir, signertest.CoreID)
-	sock = filepath.Join(dir, "signer.sock")
-	cmd := exec.Command(bin, "--listen", "unix://"+sock, "--upstream", env.Addr, "--signer-spiffe-id", signertest.SignerID,
-		"--svid-cert", files.Cert, "--svid-key", files.Key, "--trust-bundle", files.Bundle, "--log-level", "warn")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
-	return sock, cmd.Process.Pid
-}
-
-func writeSVID(b *testing.B, ca *devpki.CA, dir, id string) devpki.Files {
-	svid, err := ca.Issue(id)
-	if err != nil {
-		b.Fatal(err)
-	}
-	f, err := ca.WriteFiles(dir, "core", svid)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return f
-}
-
-// rssMiB reads a VmRSS/VmHWM line of /proc/<pid>/status.
-func rssMiB(b *testing.B, pid int, field string) float64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-			return float64(kb) / 1024
-		}
-	}
-	b.Fatalf("%s not in /proc/%d/status", field, pid)
-	return 0
 }
 
 func init() {

@@ -32,7 +32,7 @@ func BenchmarkF_DenialFlood(b *testing.B) {
 	}))
 	call := directCall(b, env)
 	quiet := 0.0
-	b.Run("quiet", func(b *testing.B) { quiet = drive(b, 64, call) })
+	b.Run("quiet", func(b *testing.B) { quiet = drive(b, 64, call).rate })
 
 	ctx, stop := context.WithCancel(context.Background())
 	var denied, closed atomic.Int64
@@ -65,7 +65,7 @@ func BenchmarkF_DenialFlood(b *testing.B) {
 	}
 	b.Run("flooded", func(b *testing.B) {
 		d0, c0, t0 := denied.Load(), closed.Load(), time.Now()
-		flooded := drive(b, 64, call)
+		flooded := drive(b, 64, call).rate
 		elapsed := time.Since(t0).Seconds()
 		if quiet > 0 {
 			b.ReportMetric(flooded/quiet, "x-admitted-under-flood")

@@ -33,7 +33,7 @@ func BenchmarkG_MerkleCost(b *testing.B) {
 		call := directCall(b, env)
 		b.Run(v.name, func(b *testing.B) {
 			c0 := processCPU()
-			rate[i] = drive(b, 64, call)
+			rate[i] = drive(b, 64, call).rate
 			b.ReportMetric(float64((processCPU()-c0).Microseconds())/float64(b.N), "cpu-µs/call")
 			if i == 1 && rate[0] > 0 {
 				b.ReportMetric(rate[1]/rate[0], "x-without-tree")

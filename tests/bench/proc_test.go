@@ -1,0 +1,271 @@
+package bench
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Processes measured from the outside: every component the bench runs as a
+// process of its own is a proc, and its CPU time (utime+stime of
+// /proc/<pid>/stat, all threads) and peak resident memory (VmHWM) are read
+// before and after each measured run. Nothing here runs in production.
+
+// clockTicks is the kernel's USER_HZ (AT_CLKTCK in the auxiliary vector),
+// the unit of utime and stime in /proc/<pid>/stat.
+var clockTicks = func() float64 {
+	raw, err := os.ReadFile("/proc/self/auxv")
+	if err == nil {
+		for i := 0; i+16 <= len(raw); i += 16 {
+			key, val := binary.NativeEndian.Uint64(raw[i:]), binary.NativeEndian.Uint64(raw[i+8:])
+			if key == 17 && val > 0 { // AT_CLKTCK
+				return float64(val)
+			}
+		}
+	}
+	return 100
+}()
+
+// procCPU is the CPU time (user+system, all threads) of pid so far, in µs.
+func procCPU(pid int) (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields count from after it.
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(raw[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseUint(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseUint(f[12], 10, 64) // field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return float64(utime+stime) / clockTicks * 1e6, nil
+}
+
+// selfCPU is this process's CPU time (getrusage, all threads) in µs: the
+// client, and the signer too when it runs in this process.
+func selfCPU() (float64, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3, nil
+}
+
+// statusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
+func statusKiB(pid int, field string) (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return float64(kb), err
+		}
+	}
+	return 0, fmt.Errorf("%s not in /proc/%d/status", field, pid)
+}
+
+// meter is one figure read around a measured run: the change per op of a
+// counter (CPU µs, bytes), or with peak the value after the run (reset, if
+// it can be, before).
+type meter struct {
+	unit  string
+	read  func() (float64, error)
+	peak  bool
+	reset func()
+}
+
+// cpuMeter reports the CPU µs per op of the process in role's seat.
+func cpuMeter(role string, pid int) meter {
+	return meter{unit: role + "-cpu-µs/op", read: func() (float64, error) { return procCPU(pid) }}
+}
+
+// clientCPU reports this process's CPU µs per op under name (the client,
+// or "client+signer" when the signer runs in the bench process).
+func clientCPU(name string) meter {
+	return meter{unit: name + "-cpu-µs/op", read: selfCPU}
+}
+
+// peakRSS reports the peak resident memory (VmHWM) of the process in
+// role's seat during the run: the kernel's high-water mark is reset before
+// (writing 5 to /proc/<pid>/clear_refs), so each run reports its own.
+func peakRSS(role string, pid int) meter {
+	return meter{
+		unit:  role + "-peak-rss-MiB",
+		peak:  true,
+		reset: func() { os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0) },
+		read: func() (float64, error) {
+			kb, err := statusKiB(pid, "VmHWM")
+			return kb / 1024, err
+		},
+	}
+}
+
+// proc is a component running as its own process until the benchmark ends.
+type proc struct {
+	role string
+	cmd  *exec.Cmd
+	pid  int
+	done chan struct{} // closed when it has exited
+	stop func()        // stops it now (idempotent; also run when the benchmark ends)
+}
+
+// startProc runs bin with args and exactly env (plus PATH and HOME), its
+// output to the bench's stderr, stopped (SIGINT, then SIGKILL after 15 s)
+// when the benchmark ends.
+func startProc(b testing.TB, role, bin string, env []string, args ...string) *proc {
+	b.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("start %s: %v", role, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	p := &proc{role: role, cmd: cmd, pid: cmd.Process.Pid, done: done, stop: sync.OnceFunc(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})}
+	b.Cleanup(p.stop)
+	return p
+}
+
+func (p *proc) cpu() meter { return cpuMeter(p.role, p.pid) }
+func (p *proc) rss() meter { return peakRSS(p.role, p.pid) }
+
+// The binaries the bench runs, built once per bench binary into binDir (set
+// up and removed by TestMain) as the images build them: static, stripped.
+var (
+	binDir   string
+	buildOne sync.Once
+	buildErr error
+)
+
+var binaries = map[string]string{
+	"plexsphere-signer":  "github.com/plexsphere/signer/cmd/plexsphere-signer",
+	"plexsphere-sidecar": "github.com/plexsphere/signer/cmd/plexsphere-sidecar",
+	"floorsigner":        "github.com/plexsphere/signer/tests/bench/cmd/floorsigner",
+	"floorrelay":         "github.com/plexsphere/signer/tests/bench/cmd/floorrelay",
+}
+
+// binPath returns the path of one of binaries, building all of them on the
+// first call.
+func binPath(b testing.TB, name string) string {
+	b.Helper()
+	buildOne.Do(func() {
+		args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", binDir + "/"}
+		for _, pkg := range binaries {
+			args = append(args, pkg)
+		}
+		cmd := exec.Command("go", args...)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		b.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, name)
+}
+
+// freeAddr returns a loopback address with a port free at the time of the
+// call (for processes that take their listen address from configuration).
+func freeAddr(b testing.TB) string {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// waitHTTP waits until url answers 200, or the process has exited, or
+// timeout has passed.
+func waitHTTP(b testing.TB, p *proc, url string, timeout time.Duration) {
+	b.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-p.done:
+			b.Fatalf("%s exited before it was ready: %v", p.role, p.cmd.ProcessState)
+		default:
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s not ready after %s (%s: %v)", p.role, timeout, url, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitIdle waits until each process spends under 5 % of a core over half a
+// second (a signer replaying a large audit log at start-up, say), so that
+// background work does not land in a measurement; it returns how long that
+// took.
+func waitIdle(b testing.TB, timeout time.Duration, ps ...meter) time.Duration {
+	b.Helper()
+	start := time.Now()
+	const window = 500 * time.Millisecond
+	for {
+		before := make([]float64, len(ps))
+		for i, m := range ps {
+			before[i], _ = m.read()
+		}
+		time.Sleep(window)
+		busy := false
+		for i, m := range ps {
+			v, _ := m.read()
+			if v-before[i] > 0.05*float64(window.Microseconds()) {
+				busy = true
+			}
+		}
+		if !busy || time.Since(start) > timeout {
+			return time.Since(start)
+		}
+	}
+}
+
+func randHex(n int) string {
+	k := make([]byte, n)
+	if _, err := rand.Read(k); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(k)
+}
