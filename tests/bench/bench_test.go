@@ -254,15 +254,19 @@ func BenchmarkE_SidecarAuditDiscarded(b *testing.B) {
 	seats(b, env, nil, clientCPU("client+signer"))
 }
 
-// seats measures direct, floor-relay and sidecar rows in front of env;
+// seats measures direct, floor-relay, sidecar and sidecar-relay-mode rows
+// in front of env;
 // upstream are the meters of what is behind the seat.
 func seats(b *testing.B, env *signertest.Env, upstream []meter, client meter) {
 	b.Helper()
 	relaySock, rp := startRelay(b, env)
 	sideSock, scp := startSidecarProcess(b, env)
+	// The sidecar's opt-in frame relay mode (SIDECAR_RELAY): the same
+	// method filter, uid check and SPIFFE ID check, frames passed through.
+	frameSock, fp := startSidecarProcess(b, env, "SIDECAR_RELAY=true")
 	direct := directCall(b, env)
-	relay, side := unixCall(b, relaySock), unixCall(b, sideSock)
-	for _, c := range []func(context.Context) error{direct, relay, side} {
+	relay, side, frame := unixCall(b, relaySock), unixCall(b, sideSock), unixCall(b, frameSock)
+	for _, c := range []func(context.Context) error{direct, relay, side, frame} {
 		if err := waitReady(c); err != nil {
 			b.Fatal(err)
 		}
@@ -273,6 +277,8 @@ func seats(b *testing.B, env *signertest.Env, upstream []meter, client meter) {
 			append([]meter{client, rp.cpu(), rp.rss()}, upstream...)...)
 		run(b, "sidecar", n, side, against(n, "floor-relay", "floor", "direct", "direct"),
 			append([]meter{client, scp.cpu(), scp.rss()}, upstream...)...)
+		run(b, "sidecar-relay-mode", n, frame, against(n, "floor-relay", "floor", "direct", "direct"),
+			append([]meter{client, fp.cpu(), fp.rss()}, upstream...)...)
 	}
 }
 

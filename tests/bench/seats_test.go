@@ -91,12 +91,12 @@ func startRelay(b testing.TB, env *signertest.Env) (string, *proc) {
 // startSidecarProcess runs plexsphere-sidecar with the core's identity in
 // front of env, configured only through its SIDECAR_* environment (so the
 // bench does not depend on the sidecar's Go API); it returns the Unix socket.
-func startSidecarProcess(b testing.TB, env *signertest.Env) (string, *proc) {
+func startSidecarProcess(b testing.TB, env *signertest.Env, extraEnv ...string) (string, *proc) {
 	b.Helper()
 	dir := b.TempDir()
 	files := writeSVID(b, env.CA, dir, "core", signertest.CoreID)
 	sock := filepath.Join(dir, "signer.sock")
-	p := startProc(b, "sidecar", binPath(b, "plexsphere-sidecar"), []string{
+	p := startProc(b, "sidecar", binPath(b, "plexsphere-sidecar"), append([]string{
 		"SIDECAR_LISTEN=unix://" + sock,
 		"SIDECAR_UPSTREAM=" + env.Addr,
 		"SIDECAR_SIGNER_SPIFFE_ID=" + signertest.SignerID,
@@ -104,7 +104,7 @@ func startSidecarProcess(b testing.TB, env *signertest.Env) (string, *proc) {
 		"SIDECAR_SVID_KEY_FILE=" + files.Key,
 		"SIDECAR_TRUST_BUNDLE_FILE=" + files.Bundle,
 		"SIDECAR_LOG_LEVEL=warn",
-	})
+	}, extraEnv...))
 	return sock, p
 }
 
