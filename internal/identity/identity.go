@@ -30,29 +30,44 @@ type Source interface {
 // interceptor denies it and the denial is audited. Who may call what is
 // decided there, not here.
 func ServerTLS(src Source) *tls.Config {
-	verify := tlsconfig.VerifyPeerCertificate(src, tlsconfig.AuthorizeAny())
 	return &tls.Config{
-		MinVersion:     tls.VersionTLS13,
-		GetCertificate: tlsconfig.GetCertificate(src),
-		ClientAuth:     tls.RequestClientCert,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return nil
-			}
-			raw := make([][]byte, len(cs.PeerCertificates))
-			for i, c := range cs.PeerCertificates {
-				raw[i] = c.Raw
-			}
-			return verify(raw, nil)
-		},
+		MinVersion:       tls.VersionTLS13,
+		GetCertificate:   tlsconfig.GetCertificate(src),
+		ClientAuth:       tls.RequestClientCert,
+		VerifyConnection: verifyConnection(src, tlsconfig.AuthorizeAny(), true),
+	}
+}
+
+// verifyConnection checks the peer's chain against the current bundle and
+// authorize on every connection, resumed ones included; certificateless
+// lets a peer without a certificate through (the signer's interceptor
+// denies and audits it).
+func verifyConnection(bundle x509bundle.Source, authorize tlsconfig.Authorizer, certificateless bool) func(tls.ConnectionState) error {
+	verify := tlsconfig.VerifyPeerCertificate(bundle, authorize)
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 && certificateless {
+			return nil
+		}
+		raw := make([][]byte, len(cs.PeerCertificates))
+		for i, c := range cs.PeerCertificates {
+			raw[i] = c.Raw
+		}
+		return verify(raw, nil)
 	}
 }
 
 // ClientTLS dials with the current SVID and accepts only a server whose SVID
 // verifies against the bundle and satisfies authorize (typically
-// tlsconfig.AuthorizeID of the expected signer).
+// tlsconfig.AuthorizeID of the expected signer). Like ServerTLS it checks
+// in VerifyConnection, so a caller that enables session resumption cannot
+// bring back a server whose CA was removed from the bundle.
 func ClientTLS(src Source, authorize tlsconfig.Authorizer) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(src, src, authorize)
-	c.MinVersion = tls.VersionTLS13
-	return c
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS13,
+		GetClientCertificate: tlsconfig.GetClientCertificate(src),
+		// The SPIFFE check in VerifyConnection replaces host name
+		// verification, which an SVID (URI SAN only) cannot pass.
+		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
+		VerifyConnection:   verifyConnection(src, authorize, false),
+	}
 }

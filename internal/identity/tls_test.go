@@ -7,6 +7,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/plexsphere/signer/internal/identity"
@@ -133,5 +134,59 @@ func TestDistrustedCARefusedOnResumption(t *testing.T) {
 	defer newSrc.Close()
 	if _, err := dial(addr, identity.ClientTLS(newSrc, tlsconfig.AuthorizeAny())); err != nil {
 		t.Fatalf("a CA2 client after the rotation: %v", err)
+	}
+}
+
+// The client side holds the same rule (signerctl dials with ClientTLS):
+// after its bundle drops the CA that issued the server's SVID, a resumed
+// session is refused like a full handshake, and a server that was never
+// trusted is refused outright.
+func TestClientRefusesDistrustedServerOnResumption(t *testing.T) {
+	ca1, _ := devpki.NewCA("example.org")
+	ca2, _ := devpki.NewCA("example.org")
+	serverSVID, _ := ca1.Issue("spiffe://example.org/signer")
+	serverFiles, err := ca1.WriteFiles(t.TempDir(), "signer", serverSVID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverSrc, err := identity.NewFileSource(serverFiles.Cert, serverFiles.Key, serverFiles.Bundle, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serverSrc.Close()
+	addr := serveTLS(t, serverSrc)
+
+	clientSVID, _ := ca1.Issue("spiffe://example.org/operator")
+	clientFiles, err := ca1.WriteFiles(t.TempDir(), "operator", clientSVID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientSrc, err := identity.NewFileSource(clientFiles.Cert, clientFiles.Key, clientFiles.Bundle, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clientSrc.Close()
+	cfg := identity.ClientTLS(clientSrc, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/signer")))
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	if _, err := dial(addr, cfg); err != nil {
+		t.Fatalf("before the rotation: %v", err)
+	}
+	if resumed, err := dial(addr, cfg); err != nil || !resumed {
+		t.Fatalf("no resumption before the rotation (resumed=%v, %v): the test would prove nothing", resumed, err)
+	}
+	// The client's bundle now trusts CA2 only.
+	if err := os.WriteFile(clientFiles.Bundle, ca2.BundlePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := clientSrc.Reload(); err != nil || !changed {
+		t.Fatalf("reload: %v %v", changed, err)
+	}
+	if resumed, err := dial(addr, cfg); err == nil {
+		t.Fatalf("a server from the distrusted CA was accepted by resuming (resumed=%v)", resumed)
+	}
+	// The wrong SPIFFE ID is refused too.
+	wrong := identity.ClientTLS(serverSrc, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/other")))
+	if _, err := dial(addr, wrong); err == nil {
+		t.Fatal("a server with another SPIFFE ID was accepted")
 	}
 }
