@@ -511,6 +511,9 @@ func TestExampleCoreChartNativeSidecar(t *testing.T) {
 	if env["SIDECAR_ALLOW_UIDS"] != "65532" || !strings.HasPrefix(env["SIDECAR_LISTEN"], "unix://") {
 		t.Errorf("sidecar env %v", env)
 	}
+	if env["SIDECAR_RELAY"] != "false" || env["SIDECAR_MAX_CONNECTIONS"] != "128" || env["SIDECAR_MAX_CONCURRENT_STREAMS"] != "1024" {
+		t.Errorf("sidecar mode and caps: %v", env)
+	}
 	// Distinct uids: the core's (the pod's) is the one on the allow-list, the
 	// sidecar runs as another, in the core's group (the socket is 0660).
 	if pod.SecurityContext.RunAsUser == nil || *pod.SecurityContext.RunAsUser != 65532 {
@@ -528,6 +531,21 @@ func TestExampleCoreChartNativeSidecar(t *testing.T) {
 	}
 	if len(m.policies) != 0 {
 		t.Errorf("%d NetworkPolicies rendered by default", len(m.policies))
+	}
+}
+
+// The relay mode and the caps are values of the sidecar block.
+func TestExampleCoreChartSidecarRelayMode(t *testing.T) {
+	v := values(t, coreValues)
+	sc := v["sidecar"].(map[string]any)
+	sc["relay"], sc["maxConnections"], sc["maxConcurrentStreams"] = true, 16, 64
+	m, err := render(t, "example-core", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(m.deployments[0].Spec.Template.Spec.InitContainers[0])
+	if env["SIDECAR_RELAY"] != "true" || env["SIDECAR_MAX_CONNECTIONS"] != "16" || env["SIDECAR_MAX_CONCURRENT_STREAMS"] != "64" {
+		t.Fatalf("sidecar env %v", env)
 	}
 }
 

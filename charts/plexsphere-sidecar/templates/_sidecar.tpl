@@ -74,6 +74,12 @@ env:
     value: {{ join "," $s.allowUIDs | quote }}
   - name: SIDECAR_OPS_LISTEN
     value: ":{{ $s.opsPort }}"
+  - name: SIDECAR_RELAY
+    value: {{ $s.relay | default false | quote }}
+  - name: SIDECAR_MAX_CONNECTIONS
+    value: {{ $s.maxConnections | default 128 | quote }}
+  - name: SIDECAR_MAX_CONCURRENT_STREAMS
+    value: {{ $s.maxConcurrentStreams | default 1024 | quote }}
   {{- if eq $id.mode "spiffe-csi" }}
   - name: SIDECAR_WORKLOAD_API_ADDR
     value: "unix:///spiffe-workload-api/{{ $id.spiffeCSI.socket }}"
