@@ -262,3 +262,41 @@ func localProvider(t *testing.T) (keyprovider.Provider, error) {
 	rand.Read(kek)
 	return local.New(kek)
 }
+
+// A refused caller cannot skip its audit entries by giving up early. With
+// the denial budget spent, calls with a 200 ms deadline used to get
+// Internal and leave no entry at all (rate.Limiter.Wait gave up on the
+// caller's deadline before anything was written), and did not count
+// against the connection. Now every one of them is answered PermissionDenied
+// or runs out its own deadline, and every one is audited with both entries.
+func TestShortDeadlineDenialsStillAudited(t *testing.T) {
+	env := signertest.Start(t, signertest.WithClock(signertest.NewClock(admissionTime)),
+		signertest.WithConfig(func(c *config.Signer) { c.DenialRate, c.DenialsPerConnection = 1, 1000 }))
+	cc := env.Dial(t, nil)
+	seq := env.LastSeq(t)
+	// The first denial spends the budget (burst 1).
+	_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("probe")})
+	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
+	const calls = 20
+	for i := range calls {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err := signerv1.NewSignerServiceClient(cc).Sign(ctx, &signerv1.SignRequest{Scope: scope, Payload: []byte("probe")})
+		cancel()
+		if c := status.Code(err); c != codes.PermissionDenied && c != codes.DeadlineExceeded {
+			t.Fatalf("short-deadline denial %d answered %v, want PermissionDenied or the caller's own DeadlineExceeded", i, err)
+		}
+	}
+	// Entries of calls whose callers gave up are written once their turn
+	// comes (at most denialWait later): poll for them.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		adm, mw := rpcEntries(t, env, seq)
+		if len(adm) == calls+1 && len(mw) == calls+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d admission and %d middleware entries for %d denied calls", len(adm), len(mw), calls+1)
+		}
+		time.Sleep(100 * time.Millisecond) // polling a condition, not synchronising
+	}
+}

@@ -40,10 +40,11 @@ var relations = map[string]string{
 	signerv1.AuditService_CheckpointVerifierKey_FullMethodName: audit.RelationAudit,
 }
 
-// DenialPolicy keeps refused callers from starving admitted ones. Wait runs
-// before a denied call is audited and may hold it (a bounded rate of
-// denials); Denied runs after the denial is answered (the server counts
-// denials per connection and closes a connection that keeps being denied).
+// DenialPolicy keeps refused callers from starving admitted ones. Denied
+// runs first for every denial (the server counts denials per connection and
+// closes a connection that keeps being denied); Wait then paces the
+// denial's audit (a bounded rate of denials). Neither may skip the audit:
+// a denial whose turn does not come within denialWait is audited anyway.
 type DenialPolicy interface {
 	Wait(ctx context.Context) error
 	Denied(ctx context.Context)
@@ -135,8 +136,10 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 	mw.Object = audit.Object(scope, d.keyID)
 	mw.Reason, mw.Code = c.Reason, c.Code.String()
 	mw.PayloadSHA256, mw.SignatureSHA256 = d.payload, d.signature
-	p := a.Writer.Submit(ctx, audit.LaneAdmitted, adm, mw)
-	if werr := p.Wait(ctx); werr != nil {
+	actx, cancel := auditContext(ctx)
+	defer cancel()
+	p := a.Writer.Submit(actx, audit.LaneAdmitted, adm, mw)
+	if werr := p.Wait(actx); werr != nil {
 		a.Log.Error("rpc withheld: audit entries not committed", "method", method, "peer", peer.ID,
 			"request_id", reqID.String(), "code", Classify(werr).Code.String(), "reason", mw.Reason, "err", werr)
 		a.observe(method, outcome, werr, start)
@@ -158,24 +161,46 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 // deny audits a refused call (both entries, in the denied lane) and answers
 // PermissionDenied. The denial is committed before the caller sees it.
 func (a *Auditor) deny(ctx context.Context, method, outcome string, peer peeridentity.Peer, start time.Time, adm, mw audit.Entry, scope string) error {
+	actx, cancel := auditContext(ctx)
+	defer cancel()
 	if a.Denials != nil {
-		if err := a.Denials.Wait(ctx); err != nil {
-			a.observe(method, outcome, err, start)
-			return Status(err)
-		}
-		defer a.Denials.Denied(ctx)
+		a.Denials.Denied(ctx)
+		// The pace of denial audits, whatever the caller's deadline: a
+		// caller that gives up early neither skips its entries nor its
+		// place in the queue. Past denialWait the denial is audited anyway.
+		wctx, wcancel := context.WithTimeout(actx, denialWait)
+		_ = a.Denials.Wait(wctx)
+		wcancel()
 	}
 	c := Classify(signerr.ErrClientIdentityDenied)
 	adm.Reason, adm.Code = c.Reason, c.Code.String()
 	mw.Object = audit.Object(scope, "")
 	mw.Reason, mw.Code = c.Reason, c.Code.String()
-	if err := a.Writer.Submit(ctx, audit.LaneDenied, adm, mw).Wait(ctx); err != nil {
+	if err := a.Writer.Submit(actx, audit.LaneDenied, adm, mw).Wait(actx); err != nil {
 		a.Log.Error("denial could not be audited", "method", method, "peer", peer.ID, "err", err)
 	}
 	a.Log.Warn("rpc denied", "method", method, "peer", peer.ID, "outcome", outcome, "reason", c.Reason,
 		"request_id", adm.RequestID.String())
 	a.observe(method, outcome, signerr.ErrClientIdentityDenied, start)
 	return Status(signerr.ErrClientIdentityDenied)
+}
+
+const (
+	// auditTimeout bounds how long a call's entries may wait for the
+	// writer after the caller has gone: a stuck store fails calls rather
+	// than holding them forever.
+	auditTimeout = 10 * time.Second
+	// denialWait is the longest a denial waits for its turn at the denial
+	// rate before it is audited regardless.
+	denialWait = 2 * time.Second
+)
+
+// auditContext outlives the caller: a short deadline or a reset stream
+// cannot make the signer skip a call's entries (every RPC is audited
+// exactly once), and a refused caller cannot turn its denial into an
+// unaudited Internal error.
+func auditContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 }
 
 // call runs the handler; a panic becomes an internal error, audited like
