@@ -15,9 +15,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/plexsphere/signer/internal/names"
+	"github.com/plexsphere/signer/internal/ops"
 	"github.com/plexsphere/signer/internal/store"
 )
 
@@ -47,21 +46,23 @@ const (
 // verifier's cache can miss a new key when it starts signing.
 //
 // A key opened at time T is published at once in the store, and in this
-// endpoint's answers by T + cacheTTL (each replica keeps a rendered set for
-// the key-cache TTL). Commit refuses to make it ACTIVE before T + prePublish.
-// A verifier that fetched the set just before the key appeared keeps its
-// copy for max-age; if a shared cache (a CDN, a gateway) sits in between and
-// the verifier's library ignores the Age header, as many do, that copy can
-// be up to 2 × max-age old. So every verifier holds the new key by
-// T + cacheTTL + 2 × max-age, which must not pass T + prePublish:
+// endpoint's answers by T + 2 × cacheTTL: the signer's keyring keeps a
+// scope's published keys for the key-cache TTL, and each replica keeps the
+// rendered set for the same TTL on top. Commit refuses to make the key
+// ACTIVE before T + prePublish. A verifier that fetched the set just before
+// the key appeared keeps its copy for max-age; if a shared cache (a CDN, a
+// gateway) sits in between and the verifier's library ignores the Age
+// header, as many do, that copy can be up to 2 × max-age old. So every
+// verifier holds the new key by T + 2 × cacheTTL + 2 × max-age, which must
+// not pass T + prePublish:
 //
-//	max-age = (prePublish − cacheTTL) / 2, at most one hour, whole seconds.
+//	max-age = (prePublish − 2 × cacheTTL) / 2, at most one hour, whole seconds.
 //
 // The hour bounds how long a verifier keeps trusting a key after it was
 // retired. A result under one second means "no-cache" (revalidate every
 // time; the ETag keeps that cheap).
 func MaxAge(prePublish, cacheTTL time.Duration) time.Duration {
-	age := (prePublish - cacheTTL) / 2
+	age := (prePublish - 2*cacheTTL) / 2
 	if age > maxCacheAge {
 		age = maxCacheAge
 	}
@@ -109,8 +110,7 @@ type handler struct {
 	mu    sync.Mutex
 	cache map[string]rendered // scope → its rendered set
 
-	lmu     sync.Mutex
-	sources map[netip.Addr]*rate.Limiter
+	sources *ops.Budgets // per source address (an IPv6 /64), bounded
 }
 
 type rendered struct {
@@ -135,7 +135,8 @@ func Handler(cfg Config) http.Handler {
 		cfg.Log = slog.Default()
 	}
 	cfg.Issuer = strings.TrimRight(cfg.Issuer, "/")
-	return &handler{cfg: cfg, control: CacheControl(cfg.MaxAge), cache: map[string]rendered{}, sources: map[netip.Addr]*rate.Limiter{}}
+	return &handler{cfg: cfg, control: CacheControl(cfg.MaxAge), cache: map[string]rendered{},
+		sources: ops.NewBudgets(cfg.Rate, int(math.Max(1, 2*cfg.Rate)), maxSources)}
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -285,9 +286,9 @@ func noneMatch(header, etag string) bool {
 }
 
 // limit takes a token from the source's budget; it returns how long to
-// wait when there is none. Sources are keyed by IP (behind a proxy or a
-// load balancer that does not keep the client's address, all its clients
-// share one budget).
+// wait when there is none. Sources are IPv4 addresses and IPv6 /64s
+// (ops.Budgets; behind a proxy or a load balancer that does not keep the
+// client's address, all its clients share one budget).
 func (h *handler) limit(remote string) time.Duration {
 	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
@@ -297,27 +298,7 @@ func (h *handler) limit(remote string) time.Duration {
 	if err != nil {
 		return 0
 	}
-	burst := int(math.Max(1, 2*h.cfg.Rate))
-	h.lmu.Lock()
-	lim, ok := h.sources[addr]
-	if !ok {
-		if len(h.sources) >= maxSources {
-			for a, l := range h.sources {
-				if l.Tokens() >= float64(burst) {
-					delete(h.sources, a)
-				}
-			}
-		}
-		lim = rate.NewLimiter(rate.Limit(h.cfg.Rate), burst)
-		h.sources[addr] = lim
-	}
-	h.lmu.Unlock()
-	res := lim.Reserve()
-	if d := res.Delay(); d > 0 {
-		res.Cancel()
-		return d
-	}
-	return 0
+	return h.sources.Take(addr)
 }
 
 type apiError struct {

@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/peer"
+
+	"github.com/plexsphere/signer/internal/ops"
 )
 
 // guard keeps callers the signer refuses from starving the ones it serves.
@@ -28,16 +30,14 @@ import (
 //     closed, so a peer cannot keep a cheap channel open to probe with.
 type guard struct {
 	maxConns int
-	connRate rate.Limit
-	connBurs int
 	perConn  int64
 	denials  *rate.Limiter
 	refused  func(reason string)
 
 	open  atomic.Int64
 	mu    sync.Mutex
-	conns map[string]*guardedConn      // remote address → connection
-	perIP map[netip.Addr]*rate.Limiter // new-connection budget per source
+	conns map[string]*guardedConn // remote address → connection
+	perIP *ops.Budgets            // new-connection budget per source (an IPv6 /64), bounded
 }
 
 type guardLimits struct {
@@ -53,9 +53,8 @@ func newGuard(l guardLimits, refused func(reason string)) *guard {
 	if refused == nil {
 		refused = func(string) {}
 	}
-	return &guard{maxConns: l.MaxConns, connRate: rate.Limit(l.ConnRatePerSource), connBurs: l.ConnBurstPerSource,
-		perConn: int64(l.DenialsPerConn), denials: rate.NewLimiter(rate.Limit(l.DenialRate), l.DenialBurst), refused: refused,
-		conns: map[string]*guardedConn{}, perIP: map[netip.Addr]*rate.Limiter{}}
+	return &guard{maxConns: l.MaxConns, perConn: int64(l.DenialsPerConn), denials: rate.NewLimiter(rate.Limit(l.DenialRate), l.DenialBurst), refused: refused,
+		conns: map[string]*guardedConn{}, perIP: ops.NewBudgets(l.ConnRatePerSource, l.ConnBurstPerSource, maxTrackedSources)}
 }
 
 // listener wraps l with the connection limits.
@@ -85,8 +84,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 	}
 }
 
-// maxTrackedSources bounds the per-source budgets; past it, full (idle)
-// budgets are forgotten.
+// maxTrackedSources bounds the per-source budgets (ops.Budgets): past it,
+// refilled budgets are forgotten, and a new source is refused while every
+// tracked one is still spending.
 const maxTrackedSources = 10000
 
 func (g *guard) admit(c net.Conn) string {
@@ -98,21 +98,7 @@ func (g *guard) admit(c net.Conn) string {
 		g.open.Add(1)
 		return ""
 	}
-	g.mu.Lock()
-	lim, ok := g.perIP[ap.Addr()]
-	if !ok {
-		if len(g.perIP) >= maxTrackedSources {
-			for a, l := range g.perIP {
-				if l.Tokens() >= float64(g.connBurs) {
-					delete(g.perIP, a)
-				}
-			}
-		}
-		lim = rate.NewLimiter(g.connRate, g.connBurs)
-		g.perIP[ap.Addr()] = lim
-	}
-	g.mu.Unlock()
-	if !lim.Allow() {
+	if g.perIP.Take(ap.Addr()) != 0 {
 		return "connection_rate"
 	}
 	g.open.Add(1)

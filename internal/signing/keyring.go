@@ -410,7 +410,12 @@ func (r *Keyring) Vouch(ctx context.Context, rec store.Key) error {
 
 func (r *Keyring) vouchLocked(rec store.Key) {
 	if _, ok := r.vouched[rec.ID]; !ok && len(r.vouched) >= r.opts.MaxCached {
-		clear(r.vouched) // re-vouching costs one provider load per key
+		// Forget one (any) record: clearing the lot would make every
+		// published key cost a provider load again at once.
+		for id := range r.vouched {
+			delete(r.vouched, id)
+			break
+		}
 	}
 	r.vouched[rec.ID] = vouch{scope: rec.Scope, public: rec.Public}
 }
