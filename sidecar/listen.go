@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 
 	"github.com/plexsphere/signer/internal/localaddr"
 )
@@ -37,7 +38,12 @@ func listen(a Addr, mode os.FileMode) (net.Listener, error) {
 			return nil, err
 		}
 	}
+	// Created owner-only, then opened up to mode: no window in which
+	// another uid could connect before the mode is set (the umask is the
+	// process's; nothing else creates files while the sidecar starts).
+	old := syscall.Umask(0o177)
 	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, err
 	}
