@@ -1,12 +1,18 @@
 package bench
 
 import (
+	"context"
 	"crypto/sha256"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/plexsphere/signer/client"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 )
 
 // The meters are only as good as their readings: these tests check them
@@ -89,4 +95,67 @@ func TestBoltUsedTracksPages(t *testing.T) {
 	if _, err := boltUsed(junk); err == nil {
 		t.Fatal("boltUsed of a file that is not bbolt: no error")
 	}
+}
+
+// The relay floor checks the signer's SPIFFE ID like the sidecar: through a
+// relay expecting the signer's ID, a server presenting another ID in the
+// same trust domain gets no call; one presenting the signer's ID does.
+func TestFloorRelayChecksSignerID(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the floor programs")
+	}
+	ca := signertest.NewCA(t)
+	for _, tc := range []struct {
+		name   string
+		serves string
+		ok     bool
+	}{
+		{"signer's ID", signertest.SignerID, true},
+		{"another ID", "spiffe://example.org/ns/plexsphere/sa/impostor", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			files := writeSVID(t, ca, dir, "server", tc.serves)
+			addr := freeAddr(t)
+			startProc(t, "signer", binPath(t, "floorsigner"), nil,
+				"--listen", addr, "--cert", files.Cert, "--key", files.Key, "--bundle", files.Bundle)
+			sock, _ := startRelay(t, &signertest.Env{CA: ca, Addr: addr})
+			c, err := client.Dial(context.Background(), "unix://"+sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			call := func(ctx context.Context) error { _, err := c.Sign(ctx, scope, payload); return err }
+			// Both ends up before the call, so a refusal is the relay's check.
+			for _, end := range [][2]string{{"tcp", addr}, {"unix", sock}} {
+				if err := waitDial(end[0], end[1]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.ok {
+				if err := waitReady(call); err != nil {
+					t.Fatalf("through the relay to the signer's ID: %v", err)
+				}
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if err := call(ctx); err == nil {
+				t.Fatal("the relay passed a call to a server presenting another SPIFFE ID")
+			}
+		})
+	}
+}
+
+func waitDial(network, addr string) error {
+	var err error
+	for range 200 {
+		var c net.Conn
+		if c, err = net.Dial(network, addr); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return err
 }

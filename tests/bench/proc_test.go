@@ -165,9 +165,8 @@ func (p *proc) rss() meter { return peakRSS(p.role, p.pid) }
 // The binaries the bench runs, built once per bench binary into binDir (set
 // up and removed by TestMain) as the images build them: static, stripped.
 var (
-	binDir   string
-	buildOne sync.Once
-	buildErr error
+	binDir string
+	builds sync.Map // name → func() error (sync.OnceValue)
 )
 
 var binaries = map[string]string{
@@ -177,25 +176,22 @@ var binaries = map[string]string{
 	"floorrelay":         "github.com/plexsphere/signer/tests/bench/cmd/floorrelay",
 }
 
-// binPath returns the path of one of binaries, building all of them on the
-// first call.
+// binPath returns the path of one of binaries, built on its first use.
 func binPath(b testing.TB, name string) string {
 	b.Helper()
-	buildOne.Do(func() {
-		args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", binDir + "/"}
-		for _, pkg := range binaries {
-			args = append(args, pkg)
-		}
-		cmd := exec.Command("go", args...)
+	out := filepath.Join(binDir, name)
+	build, _ := builds.LoadOrStore(name, sync.OnceValue(func() error {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, binaries[name])
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", name, err, msg)
 		}
-	})
-	if buildErr != nil {
-		b.Fatal(buildErr)
+		return nil
+	}))
+	if err := build.(func() error)(); err != nil {
+		b.Fatal(err)
 	}
-	return filepath.Join(binDir, name)
+	return out
 }
 
 // freeAddr returns a loopback address with a port free at the time of the
