@@ -82,15 +82,6 @@ phase "images (project, Postgres, SPIRE)"
 ./scripts/build-images.sh dev
 ./scripts/build-postgres-image.sh >/dev/null
 ./scripts/build-spire-images.sh e2e
-# The migration Job needs `plexsphere-signer --migrate-only`; a signer that
-# lacks it migrates at start-up instead (and the e2e says so).
-if docker run --rm plexsphere/signer:dev -h 2>&1 | grep -q -- '-migrate-only'; then
-  migration=job
-else
-  migration=self
-  echo "e2e-kind: NOTE plexsphere-signer has no --migrate-only yet: the signer migrates at start-up (migration.mode=self) and the migration Job scenario is skipped"
-fi
-
 dump() {
   echo "e2e-kind: FAILED; cluster state, logs and events follow" >&2
   kubectl get nodes,pods,pvc -A -o wide >&2 || true
@@ -159,18 +150,17 @@ kubectl -n "$NS_SIGNER" rollout status statefulset/postgres --timeout=180s
 pg="postgres.$NS_SIGNER.svc:5432/signer?sslmode=disable"
 owner_dsn="postgres://postgres:e2e-owner@$pg"
 runtime_dsn="postgres://signer:e2e-runtime@$pg"
-[[ $migration == job ]] || runtime_dsn=$owner_dsn # self: the runtime role needs DDL rights
 kubectl -n "$NS_SIGNER" create secret generic signer-db --from-literal=dsn="$runtime_dsn" >/dev/null
 kubectl -n "$NS_SIGNER" create secret generic signer-db-owner --from-literal=dsn="$owner_dsn" >/dev/null
 kubectl -n "$NS_SIGNER" create secret generic signer-kek --from-literal=kek="$(head -c32 /dev/urandom | base64)" >/dev/null
 kubectl -n "$NS_SIGNER" create serviceaccount signer-operator >/dev/null
 
-phase "signer chart (2 replicas, postgres, migration=$migration)"
+phase "signer chart (2 replicas, postgres, migration Job)"
 helm install --wait --timeout 5m -n "$NS_SIGNER" signer charts/plexsphere-signer \
-  -f tests/e2e/kind/signer-values.yaml --set store.postgres.migration.mode="$migration"
+  -f tests/e2e/kind/signer-values.yaml --set store.postgres.migration.mode=job
 phase "example core with its injected sidecar"
 helm install --wait --timeout 5m -n "$NS_CORE" core charts/example-core -f tests/e2e/kind/core-values.yaml
 
 phase "scenarios"
-E2E_MIGRATION=$migration go test -tags e2e -count=1 -v -timeout 30m -run 'Kind' ./tests/e2e/
+go test -tags e2e -count=1 -v -timeout 30m -run 'Kind' ./tests/e2e/
 phase "scenarios done"
