@@ -255,7 +255,11 @@ func ParseLeaf(leaf []byte) (Entry, error) {
 	e.Reason = r.sym(dictReason)
 	n := r.uvarint()
 	if n > uint64(len(r.b)) {
+		// Each caveat takes at least a byte: more than the bytes left is
+		// malformed, and must not size the slice below (a leaf claiming
+		// 2^40 caveats made a verifier reserve terabytes).
 		r.fail()
+		n = 0
 	}
 	e.CaveatContext = make([]string, 0, n)
 	for i := uint64(0); i < n && r.err == nil; i++ {
