@@ -62,12 +62,18 @@ func verifyConnection(bundle x509bundle.Source, authorize tlsconfig.Authorizer, 
 // in VerifyConnection, so a caller that enables session resumption cannot
 // bring back a server whose CA was removed from the bundle.
 func ClientTLS(src Source, authorize tlsconfig.Authorizer) *tls.Config {
+	return ClientTLSFrom(src, src, authorize)
+}
+
+// ClientTLSFrom is ClientTLS with the SVID and the bundle from separate
+// sources (the sidecar's configuration takes go-spiffe sources).
+func ClientTLSFrom(svid x509svid.Source, bundle x509bundle.Source, authorize tlsconfig.Authorizer) *tls.Config {
 	return &tls.Config{
 		MinVersion:           tls.VersionTLS13,
-		GetClientCertificate: tlsconfig.GetClientCertificate(src),
+		GetClientCertificate: tlsconfig.GetClientCertificate(svid),
 		// The SPIFFE check in VerifyConnection replaces host name
 		// verification, which an SVID (URI SAN only) cannot pass.
 		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
-		VerifyConnection:   verifyConnection(src, authorize, false),
+		VerifyConnection:   verifyConnection(bundle, authorize, false),
 	}
 }

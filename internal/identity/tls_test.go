@@ -59,18 +59,15 @@ func dial(addr string, cfg *tls.Config) (resumed bool, err error) {
 	return c.ConnectionState().DidResume, nil
 }
 
-// Distrusting a CA takes effect at once. The signer's bundle rotates from
-// CA1 to CA2; a client holding a CA1 certificate and a session ticket from
-// before the rotation is refused when it resumes, exactly as a full
-// handshake is. Before, VerifyPeerCertificate (skipped by crypto/tls on
-// resumption) let it back in. A client without a certificate still gets
-// through to the interceptor.
-func TestDistrustedCARefusedOnResumption(t *testing.T) {
-	dir := t.TempDir()
-	ca1, _ := devpki.NewCA("example.org")
-	ca2, _ := devpki.NewCA("example.org")
-	signerSVID, _ := ca1.Issue("spiffe://example.org/signer")
-	files, err := ca1.WriteFiles(dir, "signer", signerSVID)
+// fileSource issues id from ca, writes the SVID files (ca's bundle beside
+// them) and opens them as a file source, closed when the test ends.
+func fileSource(t *testing.T, ca *devpki.CA, name, id string) (*identity.FileSource, devpki.Files) {
+	t.Helper()
+	svid, err := ca.Issue(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := ca.WriteFiles(t.TempDir(), name, svid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,19 +75,22 @@ func TestDistrustedCARefusedOnResumption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
-	addr := serveTLS(t, src)
+	t.Cleanup(func() { src.Close() })
+	return src, files
+}
 
-	clientSVID, _ := ca1.Issue("spiffe://example.org/core")
-	clientFiles, err := ca1.WriteFiles(t.TempDir(), "core", clientSVID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientSrc, err := identity.NewFileSource(clientFiles.Cert, clientFiles.Key, clientFiles.Bundle, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer clientSrc.Close()
+// Distrusting a CA takes effect at once. The signer's bundle rotates from
+// CA1 to CA2; a client holding a CA1 certificate and a session ticket from
+// before the rotation is refused when it resumes, exactly as a full
+// handshake is. Before, VerifyPeerCertificate (skipped by crypto/tls on
+// resumption) let it back in. A client without a certificate still gets
+// through to the interceptor.
+func TestDistrustedCARefusedOnResumption(t *testing.T) {
+	ca1, _ := devpki.NewCA("example.org")
+	ca2, _ := devpki.NewCA("example.org")
+	src, files := fileSource(t, ca1, "signer", "spiffe://example.org/signer")
+	addr := serveTLS(t, src)
+	clientSrc, clientFiles := fileSource(t, ca1, "core", "spiffe://example.org/core")
 	client := func() *tls.Config {
 		return identity.ClientTLS(clientSrc, tlsconfig.AuthorizeAny())
 	}
@@ -144,28 +144,9 @@ func TestDistrustedCARefusedOnResumption(t *testing.T) {
 func TestClientRefusesDistrustedServerOnResumption(t *testing.T) {
 	ca1, _ := devpki.NewCA("example.org")
 	ca2, _ := devpki.NewCA("example.org")
-	serverSVID, _ := ca1.Issue("spiffe://example.org/signer")
-	serverFiles, err := ca1.WriteFiles(t.TempDir(), "signer", serverSVID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverSrc, err := identity.NewFileSource(serverFiles.Cert, serverFiles.Key, serverFiles.Bundle, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer serverSrc.Close()
+	serverSrc, _ := fileSource(t, ca1, "signer", "spiffe://example.org/signer")
 	addr := serveTLS(t, serverSrc)
-
-	clientSVID, _ := ca1.Issue("spiffe://example.org/operator")
-	clientFiles, err := ca1.WriteFiles(t.TempDir(), "operator", clientSVID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientSrc, err := identity.NewFileSource(clientFiles.Cert, clientFiles.Key, clientFiles.Bundle, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer clientSrc.Close()
+	clientSrc, clientFiles := fileSource(t, ca1, "operator", "spiffe://example.org/operator")
 	cfg := identity.ClientTLS(clientSrc, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/signer")))
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
 	if _, err := dial(addr, cfg); err != nil {
