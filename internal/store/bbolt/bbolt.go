@@ -23,8 +23,8 @@ import (
 var (
 	bucketKeys        = []byte("keys")              // key id → JSON Key
 	bucketScopes      = []byte("scopes")            // scope → bucket of key id → nil
-	bucketAudit       = []byte("audit")             // big-endian seq → canonical leaf (package audit)
-	bucketNodes       = []byte("audit_nodes")       // level (1 byte) + big-endian index → hash
+	bucketAudit       = []byte("audit")             // big-endian seq → canonical leaf; seq + level byte → tree node (nodeKey)
+	bucketOldNodes    = []byte("audit_nodes")       // where files written before nodeKey kept the nodes (moved at Open)
 	bucketCheckpoints = []byte("audit_checkpoints") // big-endian size → signed note
 	bucketMeta        = []byte("meta")
 	metaSize          = []byte("audit_size")   // big-endian count of entries ever appended
@@ -50,12 +50,12 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketNodes, bucketCheckpoints, bucketMeta} {
+		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketCheckpoints, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		return moveOldNodes(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -257,11 +257,39 @@ func seqKey(seq uint64) []byte {
 	return b[:]
 }
 
+// nodeKey places a tree node in the audit bucket right after the leaf that
+// completed it (the last leaf it covers, seq (index+1)<<level), so a commit
+// dirties one run of pages for leaves and nodes together: a separate node
+// bucket cost a second set of page writes per commit (docs/performance.md).
+// Leaves have 8-byte keys, nodes 9: seq, then the level.
 func nodeKey(level uint8, index uint64) []byte {
 	var b [9]byte
-	b[0] = level
-	binary.BigEndian.PutUint64(b[1:], index)
+	binary.BigEndian.PutUint64(b[:8], (index+1)<<level)
+	b[8] = level
 	return b[:]
+}
+
+// isLeafKey tells leaves from the nodes stored between them.
+func isLeafKey(k []byte) bool { return len(k) == 8 }
+
+// moveOldNodes carries a file written with a separate node bucket over to
+// nodeKey, in the transaction that opens it.
+func moveOldNodes(tx *bolt.Tx) error {
+	old := tx.Bucket(bucketOldNodes)
+	if old == nil {
+		return nil
+	}
+	ab := tx.Bucket(bucketAudit)
+	err := old.ForEach(func(k, v []byte) error {
+		if len(k) != 9 {
+			return fmt.Errorf("bbolt: %s: malformed node key %x", bucketOldNodes, k)
+		}
+		return ab.Put(nodeKey(k[0], binary.BigEndian.Uint64(k[1:])), v)
+	})
+	if err != nil {
+		return err
+	}
+	return tx.DeleteBucket(bucketOldNodes)
 }
 
 func metaUint(tx *bolt.Tx, key []byte) uint64 {
@@ -302,10 +330,8 @@ func appendTx(tx *bolt.Tx, b *audit.Batch) error {
 			return err
 		}
 	}
-	nb := tx.Bucket(bucketNodes)
-	nb.FillPercent = 1.0
 	for _, n := range b.Nodes {
-		if err := nb.Put(nodeKey(n.Level, n.Index), n.Hash); err != nil {
+		if err := ab.Put(nodeKey(n.Level, n.Index), n.Hash); err != nil {
 			return err
 		}
 	}
@@ -358,6 +384,9 @@ func (r txReader) Leaves(_ context.Context, from, to uint64) (out [][]byte, err 
 		c := tx.Bucket(bucketAudit).Cursor()
 		want := from + 1
 		for k, v := c.Seek(seqKey(want)); k != nil && want <= to; k, v = c.Next() {
+			if !isLeafKey(k) {
+				continue
+			}
 			if got := binary.BigEndian.Uint64(k); got != want {
 				return fmt.Errorf("bbolt: entry %d missing: %w", want, audit.ErrTreeBroken)
 			}
@@ -375,7 +404,7 @@ func (r txReader) Leaves(_ context.Context, from, to uint64) (out [][]byte, err 
 func (r txReader) Nodes(_ context.Context, ids []audit.NodeID) (out [][]byte, err error) {
 	tx := r.tx
 	err = func() error {
-		nb := tx.Bucket(bucketNodes)
+		nb := tx.Bucket(bucketAudit)
 		for _, id := range ids {
 			v := nb.Get(nodeKey(uint8(id.Level), id.Index))
 			if len(v) != 32 {
@@ -458,12 +487,27 @@ func (s *Store) PruneAudit(_ context.Context, upto uint64) error {
 		if err := store.CheckPrune(upto, metaUint(tx, metaPruned), metaUint(tx, metaSize)); err != nil {
 			return err
 		}
-		c := tx.Bucket(bucketAudit).Cursor()
-		// Deleting under a cursor moves it: seek to the first key each time.
-		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= upto; k, _ = c.First() {
-			if err := c.Delete(); err != nil {
-				return err
+		ab := tx.Bucket(bucketAudit)
+		// Deleting under a cursor moves it: collect a chunk of leaf keys,
+		// delete them, seek again past the nodes that stay.
+		from := seqKey(metaUint(tx, metaPruned) + 1)
+		for {
+			var keys [][]byte
+			c := ab.Cursor()
+			for k, _ := c.Seek(from); k != nil && binary.BigEndian.Uint64(k[:8]) <= upto && len(keys) < 4096; k, _ = c.Next() {
+				if isLeafKey(k) {
+					keys = append(keys, bytes.Clone(k))
+				}
 			}
+			if len(keys) == 0 {
+				break
+			}
+			for _, k := range keys {
+				if err := ab.Delete(k); err != nil {
+					return err
+				}
+			}
+			from = seqKey(binary.BigEndian.Uint64(keys[len(keys)-1]) + 1)
 		}
 		return tx.Bucket(bucketMeta).Put(metaPruned, seqKey(upto))
 	})

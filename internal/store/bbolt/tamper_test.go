@@ -41,10 +41,12 @@ func (x tamper) SetSize(t testing.TB, size uint64) {
 	x.update(t, func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Put([]byte("audit_size"), be(size)) })
 }
 
+// nodeKey is the file format's: the seq of the leaf that completes the node,
+// then its level.
+func nodeKey(level uint8, index uint64) []byte { return append(be((index+1)<<level), level) }
+
 func (x tamper) PutNode(t testing.TB, level uint8, index uint64, hash []byte) {
-	x.update(t, func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("audit_nodes")).Put(append([]byte{level}, be(index)...), hash)
-	})
+	x.update(t, func(tx *bolt.Tx) error { return tx.Bucket([]byte("audit")).Put(nodeKey(level, index), hash) })
 }
 
 func (x tamper) DeleteCheckpoints(t testing.TB, above uint64) {
@@ -68,7 +70,7 @@ func (x tamper) DeleteCheckpoints(t testing.TB, above uint64) {
 
 func (x tamper) Wipe(t testing.TB) {
 	x.update(t, func(tx *bolt.Tx) error {
-		for _, name := range []string{"audit", "audit_nodes", "audit_checkpoints"} {
+		for _, name := range []string{"audit", "audit_checkpoints"} {
 			if err := tx.DeleteBucket([]byte(name)); err != nil {
 				return err
 			}
@@ -81,3 +83,5 @@ func (x tamper) Wipe(t testing.TB) {
 }
 
 func (x tamper) Owner(testing.TB) store.Pruner { return x.s }
+
+func beUint(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
