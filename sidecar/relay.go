@@ -54,20 +54,27 @@ var clientPreface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
 // relayConns tracks open relays for shutdown.
 type relayConns struct {
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool // closeAll ran: a relay still dialling must not start
+	wg     sync.WaitGroup
 }
 
-func (r *relayConns) add(cs ...net.Conn) {
+// add registers a relay's connections; false once closeAll has run (a
+// relay whose dial outlasted the grace would otherwise hold the drain).
+func (r *relayConns) add(cs ...net.Conn) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
 	if r.conns == nil {
 		r.conns = map[net.Conn]struct{}{}
 	}
 	for _, c := range cs {
 		r.conns[c] = struct{}{}
 	}
+	return true
 }
 
 func (r *relayConns) remove(cs ...net.Conn) {
@@ -81,6 +88,7 @@ func (r *relayConns) remove(cs ...net.Conn) {
 func (r *relayConns) closeAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	for c := range r.conns {
 		c.Close()
 	}
@@ -110,7 +118,9 @@ func (p *Proxy) relay(down net.Conn) {
 		return
 	}
 	defer up.Close()
-	p.relays.add(down, up)
+	if !p.relays.add(down, up) {
+		return
+	}
 	defer p.relays.remove(down, up)
 	done := make(chan struct{})
 	go func() {
