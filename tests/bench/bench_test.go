@@ -79,7 +79,7 @@ func drive(b *testing.B, inflight int, call func(context.Context) error, meters 
 		if m.reset != nil {
 			m.reset()
 		}
-		if !m.peak {
+		if !m.peak && m.read != nil {
 			v, err := m.read()
 			if err != nil {
 				b.Fatalf("%s: %v", m.unit, err)
@@ -112,6 +112,12 @@ func drive(b *testing.B, inflight int, call func(context.Context) error, meters 
 		b.Fatalf("%d of %d calls failed, first: %v", n, b.N, firstErr.Load())
 	}
 	for i, m := range meters {
+		if m.after != nil {
+			m.after(b)
+		}
+		if m.read == nil {
+			continue
+		}
 		v, err := m.read()
 		if err != nil {
 			b.Fatalf("%s: %v", m.unit, err)

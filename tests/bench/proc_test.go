@@ -93,9 +93,10 @@ func statusKiB(pid int, field string) (float64, error) {
 // it can be, before).
 type meter struct {
 	unit  string
-	read  func() (float64, error)
+	read  func() (float64, error) // nil: the meter reports nothing
 	peak  bool
 	reset func()
+	after func(b *testing.B) // called once the run has stopped
 }
 
 // cpuMeter reports the CPU µs per op of the process in role's seat.
@@ -131,6 +132,7 @@ type proc struct {
 	pid  int
 	done chan struct{} // closed when it has exited
 	stop func()        // stops it now (idempotent; also run when the benchmark ends)
+	prof string        // its BENCH_PROFILE_DIR, when profiling
 }
 
 // startProc runs bin with args and exactly env (plus PATH and HOME), its
@@ -140,13 +142,21 @@ func startProc(b testing.TB, role, bin string, env []string, args ...string) *pr
 	b.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
+	var prof string
+	if profileDir != "" {
+		var err error
+		if prof, err = os.MkdirTemp(profileDir, role); err != nil {
+			b.Fatal(err)
+		}
+		cmd.Env = append(cmd.Env, "BENCH_PROFILE_DIR="+prof)
+	}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("start %s: %v", role, err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	p := &proc{role: role, cmd: cmd, pid: cmd.Process.Pid, done: done, stop: sync.OnceFunc(func() {
+	p := &proc{role: role, cmd: cmd, pid: cmd.Process.Pid, done: done, prof: prof, stop: sync.OnceFunc(func() {
 		cmd.Process.Signal(os.Interrupt)
 		select {
 		case <-done:
@@ -160,6 +170,39 @@ func startProc(b testing.TB, role, bin string, env []string, args ...string) *pr
 }
 
 func (p *proc) cpu() meter { return cpuMeter(p.role, p.pid) }
+
+// profileDir is BENCH_PROFILE_DIR: when set, the binaries are built with
+// the benchprofile tag and profiled (p.profile) rows leave a CPU profile
+// there, named after the row and the process's seat.
+var profileDir = os.Getenv("BENCH_PROFILE_DIR")
+
+// profile is a meter that takes a CPU profile of p over each run it is
+// given to (SIGUSR1 starts it, SIGUSR2 stops it: internal/testing/sigprof);
+// without BENCH_PROFILE_DIR it does nothing.
+func (p *proc) profile() meter {
+	if profileDir == "" {
+		return meter{}
+	}
+	dir := p.prof
+	return meter{
+		reset: func() {
+			os.Remove(filepath.Join(dir, "cpu.pprof"))
+			p.cmd.Process.Signal(syscall.SIGUSR1)
+		},
+		after: func(b *testing.B) {
+			p.cmd.Process.Signal(syscall.SIGUSR2)
+			name := filepath.Join(profileDir, strings.NewReplacer("/", "_", "=", "-").Replace(b.Name())+"."+p.role+".pprof")
+			deadline := time.Now().Add(30 * time.Second)
+			for os.Rename(filepath.Join(dir, "cpu.pprof"), name) != nil {
+				if time.Now().After(deadline) {
+					b.Fatalf("no CPU profile from the %s", p.role)
+				}
+				time.Sleep(20 * time.Millisecond) // the profiler flushes on its own goroutine
+			}
+			b.Logf("CPU profile of the %s: %s", p.role, name)
+		},
+	}
+}
 func (p *proc) rss() meter { return peakRSS(p.role, p.pid) }
 
 // The binaries the bench runs, built once per bench binary into binDir (set
@@ -181,7 +224,11 @@ func binPath(b testing.TB, name string) string {
 	b.Helper()
 	out := filepath.Join(binDir, name)
 	build, _ := builds.LoadOrStore(name, sync.OnceValue(func() error {
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, binaries[name])
+		args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", out}
+		if profileDir != "" {
+			args = append(args, "-tags", "benchprofile") // internal/testing/sigprof
+		}
+		cmd := exec.Command("go", append(args, binaries[name])...)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %v\n%s", name, err, msg)

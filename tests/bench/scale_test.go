@@ -122,7 +122,7 @@ func BenchmarkS_AuditRows(b *testing.B) {
 				b.ReportMetric(float64(fill)/fillTook.Seconds(), "prefill-rows/s")
 				b.ReportMetric(startup.Seconds(), "signer-start-s")
 				b.ReportMetric(settle.Seconds(), "signer-settle-s")
-			}, append([]meter{clientCPU("client"), sp.cpu()}, pgm...)...)
+			}, append([]meter{clientCPU("client"), sp.cpu(), sp.profile()}, append(pgm, pgDiag(b, conn)...)...)...)
 		}
 		sp.stop()
 	}
@@ -200,20 +200,39 @@ func prefill(b *testing.B, dsn string, n uint64) time.Duration {
 
 // BenchmarkS_Connections: one signer process (durable bbolt) holding 1,000
 // mTLS client connections, each opened and used once before the runs, like
-// 1,000 sidecars. Rows: 1 connection at 64 in flight, the 1,000 connections
-// at 64 in flight (calls round-robin over them) and at 1,000 in flight (one
-// call per connection). Any failed call fails the row, so a row that reports
-// had no errors; the 1,000-connection rows report x-1-conn and p50-x-1-conn
-// (median latency over the 1-connection row at 64 in flight) and the
-// signer's peak RSS. The per-source connection rate is raised to let one
-// address open 1,000 connections at once (it limits a single source, and
-// here every sidecar shares 127.0.0.1).
+// 1,000 sidecars; and the same for the framework floor (cmd/floorsigner),
+// first, so the signer's rows can say how much of their loss any gRPC
+// server pays. Rows per seat: 1 connection at 64 in flight, the 1,000
+// connections at 64 in flight (calls round-robin over them) and at 1,000 in
+// flight (one call per connection). Any failed call fails the row, so a row
+// that reports had no errors; the 1,000-connection rows report x-1-conn and
+// p50-x-1-conn (median latency over the 1-connection row at 64 in flight)
+// and the server's peak RSS, the signer's rows also x-floor (throughput over
+// the floor's same row). The signer's per-source connection rate is raised
+// to let one address open 1,000 connections at once (it limits a single
+// source, and here every sidecar shares 127.0.0.1).
 func BenchmarkS_Connections(b *testing.B) {
 	requireScale(b)
-	sp := startSigner(b, signertest.NewCA(b), map[string]string{"SIGNER_CONNECTION_RATE": "2000"})
-	tlsCfg := sp.Env.ClientTLS(sp.Env.Issue(b, signertest.CoreID))
+	ca := signertest.NewCA(b)
+	for _, seat := range []string{"floor", "signer"} {
+		b.Run(seat, func(b *testing.B) {
+			var p *proc
+			var env *signertest.Env
+			if seat == "floor" {
+				p, env = startFloorSigner(b, ca)
+			} else {
+				sp := startSigner(b, ca, map[string]string{"SIGNER_CONNECTION_RATE": "2000"})
+				p, env = sp.proc, sp.Env
+			}
+			connections(b, p, env)
+		})
+	}
+}
+
+func connections(b *testing.B, p *proc, env *signertest.Env) {
+	tlsCfg := env.ClientTLS(env.Issue(b, signertest.CoreID))
 	dial := func() signerv1.SignerServiceClient {
-		cc, err := grpc.NewClient(sp.Env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+		cc, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -252,11 +271,19 @@ func BenchmarkS_Connections(b *testing.B) {
 	}
 	var next atomic.Uint64
 	many := func(ctx context.Context) error { return rpcs[next.Add(1)%conns](ctx) }
-	meters := []meter{clientCPU("client"), sp.cpu(), sp.rss()}
-	run(b, "conns=1", 64, one, nil, meters...)
+	meters := []meter{clientCPU("client"), p.cpu(), p.rss(), p.profile()}
+	seat := b.Name()                              // BenchmarkS_Connections/<seat>
+	parent := seat[:strings.LastIndex(seat, "/")] // BenchmarkS_Connections
+	vsFloor := func(b *testing.B, r result) {
+		if strings.HasSuffix(seat, "/signer") {
+			vs(b, r, parent+"/floor/"+strings.TrimPrefix(b.Name(), seat+"/"), "floor")
+		}
+	}
+	run(b, "conns=1", 64, one, vsFloor, meters...)
 	for _, inflight := range []int{64, conns} {
 		run(b, fmt.Sprintf("conns=%d", conns), inflight, many, func(b *testing.B, r result) {
-			base, ok := measured[strings.Split(b.Name(), "/")[0]+"/conns=1/inflight=64"]
+			vsFloor(b, r)
+			base, ok := measured[seat+"/conns=1/inflight=64"]
 			if !ok {
 				return
 			}

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -142,4 +144,67 @@ func containerCPU(id string) (float64, error) {
 		sum += us
 	}
 	return sum, errors.Join(errs...)
+}
+
+// pgDiag are the Postgres figures that tell why a large log costs more (the
+// BenchmarkS_AuditRows rows): shared-buffer misses per call in the signer's
+// database, full-page images written to the WAL per call (the first change
+// of a page after a checkpoint), checkpoints during the run, and the share
+// of the run an autovacuum worker was busy on the database (sampled every
+// 50 ms over a second connection).
+func pgDiag(b *testing.B, conn *pgx.Conn) []meter {
+	b.Helper()
+	ctx := context.Background()
+	query := func(c *pgx.Conn, q string) func() (float64, error) {
+		return func() (float64, error) {
+			var v float64
+			err := c.QueryRow(ctx, `SELECT (`+q+`)::float8`).Scan(&v)
+			return v, err
+		}
+	}
+	sampler, err := pgx.Connect(ctx, conn.Config().ConnString())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sampler.Close(ctx) })
+	checkpoints := query(conn, `SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter`)
+	var cp0 float64
+	var stop func() float64
+	return []meter{
+		{unit: "pg-blks-read/op", read: query(conn, `SELECT blks_read FROM pg_stat_database WHERE datname = current_database()`)},
+		{unit: "pg-wal-fpi/op", read: query(conn, `SELECT wal_fpi FROM pg_stat_wal`)},
+		{unit: "pg-checkpoints", peak: true,
+			reset: func() { cp0, _ = checkpoints() },
+			read: func() (float64, error) {
+				n, err := checkpoints()
+				return n - cp0, err
+			}},
+		{unit: "pg-autovacuum-busy", peak: true,
+			reset: func() {
+				done, result := make(chan struct{}), make(chan float64)
+				go func() {
+					busy, all := 0, 0
+					tick := time.NewTicker(50 * time.Millisecond)
+					defer tick.Stop()
+					for {
+						select {
+						case <-done:
+							result <- float64(busy) / float64(max(all, 1))
+							return
+						case <-tick.C:
+							var n int
+							if sampler.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+								WHERE backend_type = 'autovacuum worker' AND datname = current_database()`).Scan(&n) == nil {
+								all++
+								if n > 0 {
+									busy++
+								}
+							}
+						}
+					}
+				}()
+				stop = func() float64 { close(done); return <-result }
+			},
+			read: func() (float64, error) { return stop(), nil }},
+	}
 }
