@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
@@ -117,6 +118,16 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 		// line plus a real connection (below) is the readiness check.
 		testcontainers.WithWaitStrategy(
 			wait.ForLog("database system is ready to accept connections").WithStartupTimeout(60 * time.Second)),
+	}
+	if o.fsync {
+		// The container's own filesystem is fuse-overlayfs on these
+		// machines: every WAL flush would cross a FUSE daemon. A volume is a
+		// directory on the host's disk, where the bbolt benchmarks write
+		// too, so the two stores are measured on the same fsync. It goes
+		// with the container (removed with its volumes).
+		custom = append(custom, testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+			hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeVolume, Target: "/var/lib/postgresql"})
+		}))
 	}
 	if o.fixedPort {
 		port, err := freePort()
