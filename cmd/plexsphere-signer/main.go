@@ -7,10 +7,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/KimMachineGun/automemlimit/memlimit"
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/server"
@@ -37,6 +40,26 @@ func main() {
 	}
 }
 
+// memoryLimitRatio is the share of the container's memory limit (its
+// cgroup's) that the Go heap may grow to before the collector works
+// harder than GOGC asks. GOGC 400 lets the heap grow to five times what is
+// live; with a thousand sidecar connections (about 100 MiB of connection
+// buffers) that overran the chart's 256 MiB limit (docs/performance.md).
+const memoryLimitRatio = 0.8
+
+// setMemoryLimit sets the Go memory limit from the container's (from)
+// unless GOMEMLIMIT (or AUTOMEMLIMIT=off) is set; without a cgroup limit
+// (make run) it does nothing.
+func setMemoryLimit(log *slog.Logger, from memlimit.Provider) {
+	n, err := memlimit.SetGoMemLimitWithOpts(memlimit.WithRatio(memoryLimitRatio), memlimit.WithProvider(from))
+	switch {
+	case err == nil && n > 0:
+		log.Info("go memory limit", "bytes", n, "ratio_of_cgroup_limit", memoryLimitRatio)
+	case err != nil && !errors.Is(err, memlimit.ErrNoLimit) && !errors.Is(err, memlimit.ErrNoCgroup):
+		log.Warn("go memory limit not set", "err", err)
+	}
+}
+
 func run(ctx context.Context, args []string) error {
 	var cfg config.Signer
 	if err := config.Load("plexsphere-signer", "SIGNER_", &cfg, args); err != nil {
@@ -46,6 +69,7 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log := config.Logger(os.Stderr, cfg.LogLevel)
+	setMemoryLimit(log, memlimit.FromCgroup)
 	if cfg.Maintenance() {
 		return server.Maintain(ctx, cfg, log)
 	}

@@ -171,6 +171,30 @@ func startProc(b testing.TB, role, bin string, env []string, args ...string) *pr
 
 func (p *proc) cpu() meter { return cpuMeter(p.role, p.pid) }
 
+// syscalls reports the read and write system calls of the process per op
+// (syscr, syscw in /proc/<pid>/io: every read or write, sockets and files):
+// how well it batches a call's frames into one write.
+func (p *proc) syscalls() []meter {
+	field := func(name string) func() (float64, error) {
+		return func() (float64, error) {
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.pid))
+			if err != nil {
+				return 0, err
+			}
+			for _, line := range strings.Split(string(raw), "\n") {
+				if v, ok := strings.CutPrefix(line, name+": "); ok {
+					return strconv.ParseFloat(v, 64)
+				}
+			}
+			return 0, fmt.Errorf("/proc/%d/io: no %s", p.pid, name)
+		}
+	}
+	return []meter{
+		{unit: p.role + "-reads/op", read: field("syscr")},
+		{unit: p.role + "-writes/op", read: field("syscw")},
+	}
+}
+
 // profileDir is BENCH_PROFILE_DIR: when set, the binaries are built with
 // the benchprofile tag and profiled (p.profile) rows leave a CPU profile
 // there, named after the row and the process's seat.
@@ -199,7 +223,6 @@ func (p *proc) profile() meter {
 				}
 				time.Sleep(20 * time.Millisecond) // the profiler flushes on its own goroutine
 			}
-			b.Logf("CPU profile of the %s: %s", p.role, name)
 		},
 	}
 }
