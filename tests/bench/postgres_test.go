@@ -105,7 +105,7 @@ func BenchmarkF_Postgres(b *testing.B) {
 		for _, n := range []int{1, 64} {
 			run(b, tc.name+"/direct", n, direct,
 				against(n, "BenchmarkB_Direct/floor-signer", "floor", "BenchmarkB_Direct/signer", "bbolt"),
-				append([]meter{clientCPU("client"), sp.cpu()}, pgm...)...)
+				append([]meter{clientCPU("client"), sp.cpu(), sp.profile()}, pgm...)...)
 			if side != nil {
 				run(b, tc.name+"/sidecar", n, side,
 					against(n, "BenchmarkD_Sidecar/floor-relay", "floor", "BenchmarkD_Sidecar/sidecar", "bbolt"),
