@@ -39,10 +39,16 @@ func requireScale(b *testing.B) {
 // 10,000, each bootstrapped with its own ACTIVE key) on one signer process
 // with durable bbolt. Every row reports x-1-scope: its throughput over the
 // 1-scope row at the same in-flight count (target: within 10 %, 0.9..1.1).
+// The 1-scope signer runs again last (scopes=1-after): the control that
+// tells this machine's drift from the cost of many scopes.
 func BenchmarkS_Scopes(b *testing.B) {
 	requireScale(b)
 	ca := signertest.NewCA(b)
-	for _, n := range []int{1, 1000, 10000} {
+	for i, n := range []int{1, 1000, 10000, 1} {
+		name := fmt.Sprintf("scopes=%d", n)
+		if i == 3 {
+			name = "scopes=1-after"
+		}
 		names := make([]string, n)
 		for i := range names {
 			names[i] = fmt.Sprintf("s%05d", i)
@@ -61,10 +67,10 @@ func BenchmarkS_Scopes(b *testing.B) {
 			b.Fatal(err)
 		}
 		for _, inflight := range []int{1, 64} {
-			run(b, fmt.Sprintf("scopes=%d", n), inflight, call, func(b *testing.B, r result) {
+			run(b, name, inflight, call, func(b *testing.B, r result) {
 				against(inflight, "scopes=1", "1-scope")(b, r)
 				b.ReportMetric(startup.Seconds(), "signer-start-s")
-			}, clientCPU("client"), sp.cpu(), boltMeter(sp.BoltPath))
+			}, clientCPU("client"), sp.cpu(), boltMeter(sp.BoltPath), sp.profile())
 		}
 		sp.stop()
 	}
