@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -87,7 +88,47 @@ func encodeKey(k store.Key) ([]byte, error) {
 	return json.Marshal(keyJSON{k.ID, k.Scope, k.State.String(), k.Public, k.Provider, k.Handle, k.CreatedAt, k.ActivatedAt, k.DeactivatedAt, k.RetiredAt})
 }
 
+// decoded memoises decodeKey by the record's exact bytes: a replica
+// re-reads a scope's records every key-cache TTL (SIGNER_KEY_CACHE_TTL), and
+// with thousands of hot scopes the JSON decoding of unchanged records was
+// the cost of those reloads (docs/performance.md, "Many scopes"). The bytes
+// are still read from the file in the caller's transaction every time: a
+// record changed on disk has other bytes and is decoded afresh. Decoding is
+// a pure function of the bytes, so one memo serves every Store.
+var decoded = struct {
+	sync.Mutex
+	m map[string]store.Key
+}{m: map[string]store.Key{}}
+
+// maxDecoded bounds the memo (about 400 bytes per entry); it is emptied
+// when full.
+const maxDecoded = 16384
+
 func decodeKey(b []byte) (store.Key, error) {
+	decoded.Lock()
+	k, ok := decoded.m[string(b)]
+	decoded.Unlock()
+	if ok {
+		// The slices go to callers: never let one share the memo's.
+		k.Public, k.Handle = bytes.Clone(k.Public), bytes.Clone(k.Handle)
+		return k, nil
+	}
+	k, err := decodeKeyJSON(b)
+	if err != nil {
+		return k, err
+	}
+	decoded.Lock()
+	if len(decoded.m) >= maxDecoded {
+		clear(decoded.m)
+	}
+	memo := k
+	memo.Public, memo.Handle = bytes.Clone(k.Public), bytes.Clone(k.Handle)
+	decoded.m[string(b)] = memo
+	decoded.Unlock()
+	return k, nil
+}
+
+func decodeKeyJSON(b []byte) (store.Key, error) {
 	var j keyJSON
 	if err := json.Unmarshal(b, &j); err != nil {
 		return store.Key{}, fmt.Errorf("bbolt: decode key: %w", err)
