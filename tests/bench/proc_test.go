@@ -73,19 +73,29 @@ func selfCPU() (float64, error) {
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3, nil
 }
 
-// statusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
-func statusKiB(pid int, field string) (float64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// procField returns what follows "<field>:" on its line of /proc/<pid>/<file>
+// (status, io), spaces trimmed.
+func procField(pid int, file, field string) (string, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	for _, line := range strings.Split(string(raw), "\n") {
 		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-			return float64(kb), err
+			return strings.TrimSpace(rest), nil
 		}
 	}
-	return 0, fmt.Errorf("%s not in /proc/%d/status", field, pid)
+	return "", fmt.Errorf("%s not in /proc/%d/%s", field, pid, file)
+}
+
+// statusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
+func statusKiB(pid int, field string) (float64, error) {
+	v, err := procField(pid, "status", field)
+	if err != nil {
+		return 0, err
+	}
+	kb, err := strconv.Atoi(strings.TrimSuffix(v, " kB"))
+	return float64(kb), err
 }
 
 // meter is one figure read around a measured run: the change per op of a
@@ -177,16 +187,11 @@ func (p *proc) cpu() meter { return cpuMeter(p.role, p.pid) }
 func (p *proc) syscalls() []meter {
 	field := func(name string) func() (float64, error) {
 		return func() (float64, error) {
-			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.pid))
+			v, err := procField(p.pid, "io", name)
 			if err != nil {
 				return 0, err
 			}
-			for _, line := range strings.Split(string(raw), "\n") {
-				if v, ok := strings.CutPrefix(line, name+": "); ok {
-					return strconv.ParseFloat(v, 64)
-				}
-			}
-			return 0, fmt.Errorf("/proc/%d/io: no %s", p.pid, name)
+			return strconv.ParseFloat(v, 64)
 		}
 	}
 	return []meter{

@@ -84,17 +84,19 @@ const auditTables = `pg_total_relation_size('audit_entries') + pg_total_relation
 // conn (the database the signer uses, as its owner): the audit tables' size
 // with their indexes, the WAL written by the whole server, and the CPU of
 // every process of its container.
-func pgMeters(conn *pgx.Conn, srv *pgtest.Server) []meter {
-	query := func(q string) func() (float64, error) {
-		return func() (float64, error) {
-			var v float64
-			err := conn.QueryRow(context.Background(), `SELECT (`+q+`)::float8`).Scan(&v)
-			return v, err
-		}
+// pgQuery reads one number: the value of the SQL expression q over c.
+func pgQuery(c *pgx.Conn, q string) func() (float64, error) {
+	return func() (float64, error) {
+		var v float64
+		err := c.QueryRow(context.Background(), `SELECT (`+q+`)::float8`).Scan(&v)
+		return v, err
 	}
+}
+
+func pgMeters(conn *pgx.Conn, srv *pgtest.Server) []meter {
 	return []meter{
-		{unit: "store-bytes/op", read: query(auditTables)},
-		{unit: "pg-wal-bytes/op", read: query(`pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')`)},
+		{unit: "store-bytes/op", read: pgQuery(conn, auditTables)},
+		{unit: "pg-wal-bytes/op", read: pgQuery(conn, `pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')`)},
 		{unit: "postgres-cpu-µs/op", read: func() (float64, error) { return containerCPU(srv.Container.GetContainerID()) }},
 	}
 }
@@ -155,24 +157,17 @@ func containerCPU(id string) (float64, error) {
 func pgDiag(b *testing.B, conn *pgx.Conn) []meter {
 	b.Helper()
 	ctx := context.Background()
-	query := func(c *pgx.Conn, q string) func() (float64, error) {
-		return func() (float64, error) {
-			var v float64
-			err := c.QueryRow(ctx, `SELECT (`+q+`)::float8`).Scan(&v)
-			return v, err
-		}
-	}
 	sampler, err := pgx.Connect(ctx, conn.Config().ConnString())
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { sampler.Close(ctx) })
-	checkpoints := query(conn, `SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter`)
+	checkpoints := pgQuery(conn, `SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter`)
 	var cp0 float64
 	var stop func() float64
 	return []meter{
-		{unit: "pg-blks-read/op", read: query(conn, `SELECT blks_read FROM pg_stat_database WHERE datname = current_database()`)},
-		{unit: "pg-wal-fpi/op", read: query(conn, `SELECT wal_fpi FROM pg_stat_wal`)},
+		{unit: "pg-blks-read/op", read: pgQuery(conn, `SELECT blks_read FROM pg_stat_database WHERE datname = current_database()`)},
+		{unit: "pg-wal-fpi/op", read: pgQuery(conn, `SELECT wal_fpi FROM pg_stat_wal`)},
 		{unit: "pg-checkpoints", peak: true,
 			reset: func() { cp0, _ = checkpoints() },
 			read: func() (float64, error) {

@@ -2,22 +2,16 @@ package bbolt_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/plexsphere/signer/internal/audit"
-	"github.com/plexsphere/signer/internal/store/bbolt"
 )
 
 // BenchmarkAppendAudit prices one group commit of 64 Sign calls (128
 // entries) with fsync: the writer's batch at 64 in flight.
 func BenchmarkAppendAudit(b *testing.B) {
-	s, err := bbolt.Open(filepath.Join(b.TempDir(), "signer.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(b)
 	w := audit.NewWriter(s, audit.WriterOptions{})
 	defer w.Close()
 	ctx := context.Background()

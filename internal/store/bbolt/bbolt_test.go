@@ -10,12 +10,20 @@ import (
 	"github.com/plexsphere/signer/internal/testing/storetest"
 )
 
+// openStore opens a store in a fresh file, closed when the test ends.
+func openStore(t testing.TB) *bbolt.Store {
+	t.Helper()
+	s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) (store.Store, storetest.Tamper) {
-		s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := openStore(t)
 		return s, tamper{s}
 	})
 }

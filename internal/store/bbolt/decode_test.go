@@ -3,25 +3,19 @@ package bbolt_test
 import (
 	"bytes"
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/plexsphere/signer/internal/store"
-	"github.com/plexsphere/signer/internal/store/bbolt"
 )
 
 // Key records are decoded once per distinct bytes: a record edited in the
 // file is read as edited at once, and what one caller does to the slices it
 // got never reaches the next caller.
 func TestKeyRecordsAreReadAsStored(t *testing.T) {
-	s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t)
 	ctx := context.Background()
 	at := time.Unix(1700000000, 0).UTC()
 	k := store.Key{ID: "k1", Scope: "payments", State: store.Active, Public: bytes.Repeat([]byte{7}, 32),

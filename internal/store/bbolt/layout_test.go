@@ -120,11 +120,7 @@ func TestNodeBucketOfOlderFilesIsCarriedOver(t *testing.T) {
 // Pruning many tiles deletes every leaf up to the mark and no node: the
 // tree still rebuilds, later entries still read.
 func TestPruneDeletesLeavesAndKeepsNodes(t *testing.T) {
-	s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t)
 	ctx := context.Background()
 	const n, upto = 10_000, 9_200 // more leaves than one delete chunk
 	root := fill(t, s, n)
