@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/client"
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/internal/store"
@@ -69,10 +69,10 @@ func TestSignThroughSidecar(t *testing.T) {
 			}
 			var admitted, signed int
 			for _, e := range env.AuditAfter(t, seq) {
-				if e.Relation == audit.RelationConnect && e.Subject == audit.SubjectPeer(signertest.CoreID) && e.Reason == audit.ReasonGranted {
+				if e.Relation == auditlog.RelationConnect && e.Subject == auditlog.SubjectPeer(signertest.CoreID) && e.Reason == auditlog.ReasonGranted {
 					admitted++
 				}
-				if e.Relation == audit.RelationSign && e.Reason == audit.ReasonGranted && e.Object == "signing-key:payments:"+sig.KeyID {
+				if e.Relation == auditlog.RelationSign && e.Reason == auditlog.ReasonGranted && e.Object == "signing-key:payments:"+sig.KeyID {
 					signed++
 				}
 			}
@@ -170,8 +170,8 @@ func TestSidecarIdentityNotOnList(t *testing.T) {
 		t.Fatalf("Sign = %v, want ErrClientIdentityDenied", err)
 	}
 	got := env.AuditAfter(t, seq)
-	if len(got) != 2 || got[0].Subject != audit.SubjectPeer(stranger) || got[0].Reason != audit.ReasonInsufficientRelation ||
-		got[1].Subject != audit.SubjectSigner || got[1].Reason != audit.ReasonInsufficientRelation {
+	if len(got) != 2 || got[0].Subject != auditlog.SubjectPeer(stranger) || got[0].Reason != auditlog.ReasonInsufficientRelation ||
+		got[1].Subject != auditlog.SubjectSigner || got[1].Reason != auditlog.ReasonInsufficientRelation {
 		t.Fatalf("signer audit = %+v", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signerr"
 )
@@ -114,11 +115,11 @@ func (v lockedView) Nodes(_ context.Context, ids []audit.NodeID) ([][]byte, erro
 	return out, nil
 }
 
-func entry(i int) audit.Entry {
-	var req audit.RequestID
+func entry(i int) auditlog.Entry {
+	var req auditlog.RequestID
 	copy(req[:], fmt.Sprintf("%016d", i))
-	e := audit.New(req, audit.SubjectSigner, "sign", "/plexsphere.signer.v1.SignerService/Sign", time.Unix(int64(i), 0))
-	e.Reason, e.Code = audit.ReasonGranted, "OK"
+	e := auditlog.New(req, auditlog.SubjectSigner, "sign", "/plexsphere.signer.v1.SignerService/Sign", time.Unix(int64(i), 0))
+	e.Reason, e.Code = auditlog.ReasonGranted, "OK"
 	return e
 }
 

@@ -7,6 +7,8 @@ import (
 
 	tlog "github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/plexsphere/signer/client/auditlog"
 )
 
 // NoteSigner signs checkpoints with the log's checkpoint key. The note's
@@ -38,11 +40,11 @@ func (s *NoteSigner) KeyHash() uint32                 { return s.hash }
 func (s *NoteSigner) Sign(msg []byte) ([]byte, error) { return s.sign(msg) }
 
 // SignCheckpoint returns the signed note for size and root.
-func SignCheckpoint(s *NoteSigner, size uint64, root []byte) (Checkpoint, error) {
+func SignCheckpoint(s *NoteSigner, size uint64, root []byte) (auditlog.Checkpoint, error) {
 	body := tlog.Checkpoint{Origin: s.origin, Size: size, Hash: root}.Marshal()
 	n, err := note.Sign(&note.Note{Text: string(body)}, s)
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("audit: sign checkpoint: %w", err)
+		return auditlog.Checkpoint{}, fmt.Errorf("audit: sign checkpoint: %w", err)
 	}
-	return Checkpoint{Origin: s.origin, Size: size, Root: bytes.Clone(root), Note: n}, nil
+	return auditlog.Checkpoint{Origin: s.origin, Size: size, Root: bytes.Clone(root), Note: n}, nil
 }

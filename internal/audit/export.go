@@ -109,7 +109,7 @@ var ErrExport = errors.New("audit: export does not verify")
 // ExportInfo is what a verified export holds.
 type ExportInfo struct {
 	Header     ExportHeader
-	Checkpoint Checkpoint
+	Checkpoint auditlog.Checkpoint
 	End        *Tree // the tree after To
 }
 
@@ -117,7 +117,7 @@ type ExportInfo struct {
 // order and canonical, the tree they extend from Start, and the checkpoint's
 // signature and consistency with that tree. each, if not nil, sees every
 // entry (the prune compares them with the store).
-func VerifyExport(r io.Reader, v *Verifier, each func(seq uint64, leaf []byte) error) (ExportInfo, error) {
+func VerifyExport(r io.Reader, v *auditlog.Verifier, each func(seq uint64, leaf []byte) error) (ExportInfo, error) {
 	var info ExportInfo
 	dec := json.NewDecoder(bufio.NewReader(r))
 	if err := dec.Decode(&info.Header); err != nil {
@@ -146,7 +146,7 @@ func VerifyExport(r io.Reader, v *Verifier, each func(seq uint64, leaf []byte) e
 		if l.Seq != seq {
 			return info, fmt.Errorf("%w: entry %d where %d belongs", ErrExport, l.Seq, seq)
 		}
-		if _, err := ParseLeaf(l.Leaf); err != nil {
+		if _, err := auditlog.ParseLeaf(l.Leaf); err != nil {
 			return info, fmt.Errorf("%w: entry %d: %v", ErrExport, seq, err)
 		}
 		if each != nil {
@@ -154,7 +154,7 @@ func VerifyExport(r io.Reader, v *Verifier, each func(seq uint64, leaf []byte) e
 				return info, err
 			}
 		}
-		lh := LeafHash(l.Leaf)
+		lh := auditlog.LeafHash(l.Leaf)
 		t.Append(lh[:], nil)
 	}
 	var tr ExportTrailer

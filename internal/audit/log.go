@@ -37,8 +37,8 @@ type Store interface {
 // ReplayStore replays every entry the store holds (from the prune point)
 // against its stored tree nodes and every stored checkpoint, each verified
 // with v. The error is a *BreakError when the log is broken.
-func ReplayStore(ctx context.Context, s Store, v *Verifier) (*Replay, error) {
-	var cps []Checkpoint
+func ReplayStore(ctx context.Context, s Store, v *auditlog.Verifier) (*Replay, error) {
+	var cps []auditlog.Checkpoint
 	for after := uint64(0); ; {
 		notes, err := s.Checkpoints(ctx, after, 1000)
 		if err != nil {
@@ -115,7 +115,7 @@ type LogConfig struct {
 	Writer *Writer // the writer whose commits this log checkpoints
 	Signer *NoteSigner
 	// Verifier checks checkpoints read back from the store or the file.
-	Verifier *Verifier
+	Verifier *auditlog.Verifier
 	// Interval between checks and checkpoints; default 10s.
 	Interval time.Duration
 	// SweepInterval between full replays of the stored log; default 1h.
@@ -135,8 +135,8 @@ type LogConfig struct {
 type Log struct {
 	cfg LogConfig
 
-	mu     sync.Mutex // serialises checks
-	last   Checkpoint // the newest checkpoint known good
+	mu     sync.Mutex          // serialises checks
+	last   auditlog.Checkpoint // the newest checkpoint known good
 	kick   chan chan error
 	broken error
 }
@@ -161,7 +161,7 @@ func NewLog(cfg LogConfig) *Log {
 func (l *Log) Origin() string { return l.cfg.Verifier.Origin() }
 
 // Latest returns the newest checkpoint this log signed or verified.
-func (l *Log) Latest() Checkpoint {
+func (l *Log) Latest() auditlog.Checkpoint {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.last
@@ -226,23 +226,23 @@ func (l *Log) Sweep(ctx context.Context) error {
 // Checkpoint returns a checkpoint covering every entry committed before the
 // call, signing one now if the latest does not (coalesced with the periodic
 // check when Run is running).
-func (l *Log) Checkpoint(ctx context.Context) (Checkpoint, error) {
+func (l *Log) Checkpoint(ctx context.Context) (auditlog.Checkpoint, error) {
 	reply := make(chan error, 1)
 	select {
 	case l.kick <- reply:
 		select {
 		case err := <-reply:
 			if err != nil {
-				return Checkpoint{}, err
+				return auditlog.Checkpoint{}, err
 			}
 		case <-ctx.Done():
-			return Checkpoint{}, ctx.Err()
+			return auditlog.Checkpoint{}, ctx.Err()
 		}
 	default:
 		// Run is not running (or busy with a check that may predate the
 		// call): check here; Check serialises.
 		if err := l.Check(ctx); err != nil {
-			return Checkpoint{}, err
+			return auditlog.Checkpoint{}, err
 		}
 	}
 	return l.Latest(), nil
@@ -339,7 +339,7 @@ func (l *Log) check(ctx context.Context) error {
 			return broken("entries %d..%d: %d of them are missing", t.Size()+1, to, to-t.Size()-uint64(len(leaves)))
 		}
 		for _, leaf := range leaves {
-			h := LeafHash(leaf)
+			h := auditlog.LeafHash(leaf)
 			t.Append(h[:], nil)
 			if want, ok := l.cfg.Writer.RootAt(t.Size()); ok && !bytes.Equal(want, t.Root()) {
 				return broken("entries up to seq %d do not hash to what this signer committed", t.Size())
@@ -378,8 +378,8 @@ func (l *Log) check(ctx context.Context) error {
 // trusted returns the newest checkpoint of the store and the file, each
 // verified; a signature that does not verify breaks the log (someone wrote
 // a checkpoint this signer did not sign). With neither, the empty log.
-func (l *Log) trusted(ctx context.Context) (Checkpoint, error) {
-	best := Checkpoint{Origin: l.Origin(), Root: EmptyRoot()}
+func (l *Log) trusted(ctx context.Context) (auditlog.Checkpoint, error) {
+	best := auditlog.Checkpoint{Origin: l.Origin(), Root: EmptyRoot()}
 	stored, err := l.cfg.Store.LatestCheckpoint(ctx)
 	if err != nil {
 		return best, err
@@ -417,7 +417,7 @@ type fileLine struct {
 	Time   time.Time `json:"time"`
 }
 
-func appendFile(path string, cp Checkpoint) error {
+func appendFile(path string, cp auditlog.Checkpoint) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
@@ -502,7 +502,7 @@ const findWindow = 5 * time.Second
 // save): request ids start with their time, so a binary search by that
 // time finds the neighbourhood and a scan of it the entry. The error wraps
 // signerr.ErrKeyNotFound when the request is not in the (unpruned) log.
-func FindRequest(ctx context.Context, s Store, id RequestID) (uint64, error) {
+func FindRequest(ctx context.Context, s Store, id auditlog.RequestID) (uint64, error) {
 	pruned, err := s.PrunedUpTo(ctx)
 	if err != nil {
 		return 0, err
@@ -554,7 +554,7 @@ func FindRequest(ctx context.Context, s Store, id RequestID) (uint64, error) {
 // requestTime reads the time in a leaf's request id without decoding the
 // rest.
 func requestTime(leaf []byte) (time.Time, error) {
-	var id RequestID
+	var id auditlog.RequestID
 	if len(leaf) < 1+len(id) || leaf[0] != auditlog.LeafVersion {
 		return time.Time{}, fmt.Errorf("%w: leaf too short", ErrTreeBroken)
 	}

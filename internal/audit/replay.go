@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/plexsphere/signer/client/auditlog"
 )
 
 // BreakError reports where a log fails verification: the first bad seq when
@@ -33,9 +35,9 @@ func (e *BreakError) Is(target error) bool { return target == ErrTreeBroken }
 // verify` and AuditService.Verify check every entry.
 type Replay struct {
 	t      *Tree
-	cps    []Checkpoint // verified, ascending by size, not yet reached
-	good   uint64       // size of the last checkpoint matched
-	nodes  []Node       // computed nodes awaiting comparison with the store
+	cps    []auditlog.Checkpoint // verified, ascending by size, not yet reached
+	good   uint64                // size of the last checkpoint matched
+	nodes  []Node                // computed nodes awaiting comparison with the store
 	stored func(ctx context.Context, ids []NodeID) ([][]byte, error)
 	// Checked counts the entries replayed.
 	Checked uint64
@@ -44,7 +46,7 @@ type Replay struct {
 // NewReplay starts at start (NewTree(), or the tree at the prune point)
 // with checkpoints already verified, ascending by size. stored, if not nil,
 // reads the store's nodes to compare with the recomputed ones.
-func NewReplay(start *Tree, cps []Checkpoint, stored func(context.Context, []NodeID) ([][]byte, error)) *Replay {
+func NewReplay(start *Tree, cps []auditlog.Checkpoint, stored func(context.Context, []NodeID) ([][]byte, error)) *Replay {
 	r := &Replay{t: start, stored: stored, good: start.Size()}
 	for _, cp := range cps {
 		if cp.Size > start.Size() {
@@ -65,10 +67,10 @@ func (r *Replay) Add(ctx context.Context, seq uint64, leaf []byte) error {
 	if want := r.t.Size() + 1; seq != want {
 		return &BreakError{Seq: want, Problem: fmt.Sprintf("entry %d is missing (the next stored entry is %d)", want, seq)}
 	}
-	if _, err := ParseLeaf(leaf); err != nil {
+	if _, err := auditlog.ParseLeaf(leaf); err != nil {
 		return &BreakError{Seq: seq, Problem: err.Error()}
 	}
-	h := LeafHash(leaf)
+	h := auditlog.LeafHash(leaf)
 	r.t.Append(h[:], func(n Node) {
 		if r.stored != nil {
 			r.nodes = append(r.nodes, n)

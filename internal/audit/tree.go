@@ -9,6 +9,7 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/signerr"
 )
 
@@ -147,7 +148,7 @@ func hashes(ctx context.Context, r Reader, ids []NodeID) ([][]byte, error) {
 		}
 		sub := rangeFactory.NewEmptyRange(begin)
 		for _, l := range leaves {
-			h := LeafHash(l)
+			h := auditlog.LeafHash(l)
 			if err := sub.Append(h[:], nil); err != nil {
 				return nil, err
 			}

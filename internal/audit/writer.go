@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/signerr"
 )
 
@@ -58,7 +59,7 @@ const (
 
 // Pending is a group of entries on its way to the store.
 type Pending struct {
-	entries []Entry
+	entries []auditlog.Entry
 	leaves  [][]byte
 	hashes  [][32]byte
 	done    chan struct{}
@@ -81,9 +82,9 @@ func (p *Pending) Wait(ctx context.Context) error {
 func Done() *Pending { return settled(nil, nil) }
 
 // Committed returns the entries with their Seq once Wait has returned nil.
-func (p *Pending) Committed() []Entry { return p.entries }
+func (p *Pending) Committed() []auditlog.Entry { return p.entries }
 
-func settled(es []Entry, err error) *Pending {
+func settled(es []auditlog.Entry, err error) *Pending {
 	p := &Pending{entries: es, done: make(chan struct{}), err: err}
 	close(p.done)
 	return p
@@ -93,7 +94,7 @@ func settled(es []Entry, err error) *Pending {
 // the returned Pending does. Entries submitted together are committed in one
 // transaction, in order, with adjacent seqs.
 type Sink interface {
-	Submit(ctx context.Context, lane Lane, entries ...Entry) *Pending
+	Submit(ctx context.Context, lane Lane, entries ...auditlog.Entry) *Pending
 }
 
 // BatchObserver is told about every commit (for metrics).
@@ -166,19 +167,19 @@ func NewWriter(app Appender, opts WriterOptions) *Writer {
 // Submit encodes entries (in the caller's goroutine) and queues them as one
 // unit. It blocks only while the lane's queue is full, and gives up with
 // ctx.
-func (w *Writer) Submit(ctx context.Context, lane Lane, entries ...Entry) *Pending {
+func (w *Writer) Submit(ctx context.Context, lane Lane, entries ...auditlog.Entry) *Pending {
 	if err := w.Broken(); err != nil {
 		return settled(entries, err)
 	}
 	p := &Pending{entries: entries, leaves: make([][]byte, len(entries)), hashes: make([][32]byte, len(entries)), done: make(chan struct{})}
 	for i := range entries {
-		leaf, err := AppendLeaf(nil, &entries[i])
+		leaf, err := auditlog.AppendLeaf(nil, &entries[i])
 		if err != nil {
 			return settled(entries, fmt.Errorf("%w: %w", signerr.ErrAuditUnavailable, err))
 		}
 		p.leaves[i] = leaf
 		if !w.opts.SkipTree {
-			p.hashes[i] = LeafHash(leaf)
+			p.hashes[i] = auditlog.LeafHash(leaf)
 		}
 	}
 	q := w.queue
@@ -199,7 +200,7 @@ func (w *Writer) Submit(ctx context.Context, lane Lane, entries ...Entry) *Pendi
 }
 
 // Write submits admitted entries and waits for their commit.
-func (w *Writer) Write(ctx context.Context, entries ...Entry) error {
+func (w *Writer) Write(ctx context.Context, entries ...auditlog.Entry) error {
 	return w.Submit(ctx, LaneAdmitted, entries...).Wait(ctx)
 }
 

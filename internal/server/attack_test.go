@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
@@ -62,7 +62,7 @@ func TestHandlerPanicIsInternalAuditedAndSurvived(t *testing.T) {
 		t.Fatalf("panicking handler answered %v %q, want Internal without internals", st.Code(), st.Message())
 	}
 	adm, mw := rpcEntries(t, env, seq)
-	if len(adm) != 1 || len(mw) != 1 || mw[0].Code != codes.Internal.String() || mw[0].Reason != audit.ReasonInsufficientRelation ||
+	if len(adm) != 1 || len(mw) != 1 || mw[0].Code != codes.Internal.String() || mw[0].Reason != auditlog.ReasonInsufficientRelation ||
 		mw[0].SignatureSHA256 != nil {
 		t.Fatalf("entries after a panic: %+v %+v", adm, mw)
 	}
@@ -84,7 +84,7 @@ func TestAuditorAllowListIsReadOnly(t *testing.T) {
 		t.Fatalf("auditor cannot read a checkpoint: %v", err)
 	}
 	adm, mw := rpcEntries(t, env, seq)
-	if len(adm) != 1 || adm[0].Reason != audit.ReasonGranted || len(mw) != 1 || mw[0].Reason != audit.ReasonGranted {
+	if len(adm) != 1 || adm[0].Reason != auditlog.ReasonGranted || len(mw) != 1 || mw[0].Reason != auditlog.ReasonGranted {
 		t.Fatalf("auditor's read: %+v %+v", adm, mw)
 	}
 	for name, call := range map[string]func() error{
@@ -108,7 +108,7 @@ func TestAuditorAllowListIsReadOnly(t *testing.T) {
 		seq := env.LastSeq(t)
 		wantStatus(t, call(), codes.PermissionDenied, "signing: client identity denied")
 		adm, mw := rpcEntries(t, env, seq)
-		if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || len(mw) != 1 || mw[0].Reason != audit.ReasonInsufficientRelation {
+		if len(adm) != 1 || adm[0].Reason != auditlog.ReasonInsufficientRelation || len(mw) != 1 || mw[0].Reason != auditlog.ReasonInsufficientRelation {
 			t.Fatalf("auditor calling %s: entries %+v %+v, want both denied", name, adm, mw)
 		}
 	}

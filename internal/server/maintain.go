@@ -9,12 +9,14 @@ import (
 	"os"
 	"strings"
 
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
 	"github.com/plexsphere/signer/internal/store/postgres"
-	"golang.org/x/mod/sumdb/note"
 )
 
 // Maintain runs the one-off store task cfg names (cfg.Maintenance()):
@@ -113,7 +115,7 @@ func prune(ctx context.Context, cfg *config.Signer, st store.Store, upto uint64,
 
 // storedVerifier is the log's verifier as the store records it: the
 // checkpoint key's public half and the origin of its newest checkpoint.
-func storedVerifier(ctx context.Context, st store.Store) (*audit.Verifier, error) {
+func storedVerifier(ctx context.Context, st store.Store) (*auditlog.Verifier, error) {
 	rec, err := st.LogKey(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit checkpoint key: %w", err)
@@ -130,7 +132,7 @@ func storedVerifier(ctx context.Context, st store.Store) (*audit.Verifier, error
 	if err != nil {
 		return nil, err
 	}
-	v, err := audit.NewVerifier(vkey)
+	v, err := auditlog.NewVerifier(vkey)
 	if err != nil {
 		return nil, err
 	}

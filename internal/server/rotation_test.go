@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
@@ -49,7 +49,7 @@ func TestRotationLifecycle(t *testing.T) {
 			object = "signing-key:payments:" + id
 		}
 		_, mw := rpcEntriesAny(t, env, seq)
-		if len(mw) != 1 || mw[0].Relation != audit.RelationRotate || mw[0].Reason != reason || mw[0].Object != object || mw[0].Code != code.String() {
+		if len(mw) != 1 || mw[0].Relation != auditlog.RelationRotate || mw[0].Reason != reason || mw[0].Object != object || mw[0].Code != code.String() {
 			t.Fatalf("%s: entries %+v, want one rotate %s %s", name, mw, reason, object)
 		}
 	}
@@ -77,7 +77,7 @@ func TestRotationLifecycle(t *testing.T) {
 			return id, err
 		}
 	}
-	const granted, caveat, insufficient = audit.ReasonGranted, audit.ReasonCaveatViolation, audit.ReasonInsufficientRelation
+	const granted, caveat, insufficient = auditlog.ReasonGranted, auditlog.ReasonCaveatViolation, auditlog.ReasonInsufficientRelation
 	fp := codes.FailedPrecondition
 
 	r, err := op.Open(ctx, &signerv1.OpenRequest{Scope: scope})
@@ -170,8 +170,8 @@ func TestScopeGrants(t *testing.T) {
 		t.Fatalf("scope not granted: %v", err)
 	}
 	adm, mw := rpcEntriesAny(t, env, seq)
-	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || adm[0].Object != "signing-key:billing:-" ||
-		len(mw) != 1 || mw[0].Reason != audit.ReasonInsufficientRelation || mw[0].Object != "signing-key:billing:-" {
+	if len(adm) != 1 || adm[0].Reason != auditlog.ReasonInsufficientRelation || adm[0].Object != "signing-key:billing:-" ||
+		len(mw) != 1 || mw[0].Reason != auditlog.ReasonInsufficientRelation || mw[0].Object != "signing-key:billing:-" {
 		t.Fatalf("entries %+v %+v", adm, mw)
 	}
 	for _, s := range []string{scope, "billing"} {
@@ -183,10 +183,10 @@ func TestScopeGrants(t *testing.T) {
 
 // rpcEntriesAny splits entries after seq like rpcEntries, without pinning
 // timestamps (these tests move the clock).
-func rpcEntriesAny(t *testing.T, env *signertest.Env, seq uint64) (admission, middleware []audit.Entry) {
+func rpcEntriesAny(t *testing.T, env *signertest.Env, seq uint64) (admission, middleware []auditlog.Entry) {
 	t.Helper()
 	for _, e := range env.AuditAfter(t, seq) {
-		if e.Relation == audit.RelationConnect {
+		if e.Relation == auditlog.RelationConnect {
 			admission = append(admission, e)
 		} else {
 			middleware = append(middleware, e)

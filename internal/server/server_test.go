@@ -21,6 +21,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/keyprovider"
@@ -52,7 +53,7 @@ func wantStatus(t *testing.T, err error, code codes.Code, msg string) {
 
 // rpcEntries splits the entries after seq into admission and middleware
 // entries, checking the fields every entry shares.
-func rpcEntries(t *testing.T, env *signertest.Env, seq uint64) (admission, middleware []audit.Entry) {
+func rpcEntries(t *testing.T, env *signertest.Env, seq uint64) (admission, middleware []auditlog.Entry) {
 	t.Helper()
 	for _, e := range env.AuditAfter(t, seq) {
 		if e.CaveatContext == nil || len(e.CaveatContext) != 0 {
@@ -62,9 +63,9 @@ func rpcEntries(t *testing.T, env *signertest.Env, seq uint64) (admission, middl
 			t.Errorf("entry %d: Timestamp = %v, want %v in UTC", e.Seq, e.Timestamp, admissionTime.UTC())
 		}
 		switch {
-		case e.Relation == audit.RelationConnect && strings.HasPrefix(e.Subject, "service:signer:peer="):
+		case e.Relation == auditlog.RelationConnect && strings.HasPrefix(e.Subject, "service:signer:peer="):
 			admission = append(admission, e)
-		case e.Subject == audit.SubjectSigner:
+		case e.Subject == auditlog.SubjectSigner:
 			middleware = append(middleware, e)
 		default:
 			t.Errorf("unexpected entry %+v", e)
@@ -103,11 +104,11 @@ func TestAdmission(t *testing.T) {
 		relation  string // want middleware relation
 	}{
 		{name: "allowed identity signs", env: env, svid: mustIssue(env.CA, signertest.CoreID),
-			code: codes.OK, admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonGranted, relation: audit.RelationSign},
+			code: codes.OK, admission: "service:signer:peer=" + signertest.CoreID, reason: auditlog.ReasonGranted, relation: auditlog.RelationSign},
 		{name: "identity not on the list", env: env, svid: mustIssue(env.CA, intruder),
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + intruder, reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + intruder, reason: auditlog.ReasonInsufficientRelation, relation: auditlog.RelationSign},
 		{name: "no client certificate", env: env, svid: nil,
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=", reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=", reason: auditlog.ReasonInsufficientRelation, relation: auditlog.RelationSign},
 		{name: "certificate from another trust domain", env: env, svid: mustIssue(evilCA, "spiffe://evil.org/ns/plexsphere/sa/plexsphere-core"),
 			code: codes.Unavailable},
 		{name: "allowed ID signed by a foreign CA", env: env, svid: mustIssue(evilCA, signertest.CoreID),
@@ -115,21 +116,21 @@ func TestAdmission(t *testing.T) {
 		{name: "expired certificate", env: env, svid: mustIssue(env.CA, signertest.CoreID, devpki.Validity(time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))),
 			code: codes.Unavailable},
 		{name: "empty allow-list admits nobody", env: emptyList, svid: mustIssue(emptyList.CA, signertest.CoreID),
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: auditlog.ReasonInsufficientRelation, relation: auditlog.RelationSign},
 		{name: "core identity cannot rotate", env: env, svid: mustIssue(env.CA, signertest.CoreID),
 			call: func(cc *grpc.ClientConn) error {
 				_, err := signerv1.NewRotationServiceClient(cc).Open(context.Background(), &signerv1.OpenRequest{Scope: scope})
 				return err
 			},
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: audit.ReasonInsufficientRelation, relation: audit.RelationRotate},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.CoreID, reason: auditlog.ReasonInsufficientRelation, relation: auditlog.RelationRotate},
 		{name: "operator cannot sign", env: env, svid: mustIssue(env.CA, signertest.OperatorID),
-			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.OperatorID, reason: audit.ReasonInsufficientRelation, relation: audit.RelationSign},
+			code: codes.PermissionDenied, msg: "signing: client identity denied", admission: "service:signer:peer=" + signertest.OperatorID, reason: auditlog.ReasonInsufficientRelation, relation: auditlog.RelationSign},
 		{name: "operator lists keys", env: env, svid: mustIssue(env.CA, signertest.OperatorID),
 			call: func(cc *grpc.ClientConn) error {
 				_, err := signerv1.NewRotationServiceClient(cc).ListKeys(context.Background(), &signerv1.ListKeysRequest{})
 				return err
 			},
-			code: codes.OK, admission: "service:signer:peer=" + signertest.OperatorID, reason: audit.ReasonGranted, relation: audit.RelationRotate},
+			code: codes.OK, admission: "service:signer:peer=" + signertest.OperatorID, reason: auditlog.ReasonGranted, relation: auditlog.RelationRotate},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			seq := tc.env.LastSeq(t)
@@ -221,11 +222,11 @@ func TestUnknownMethods(t *testing.T) {
 		relation string
 		reason   string
 	}{
-		{"anonymous, served method", anon, signerv1.SignerService_Sign_FullMethodName, codes.PermissionDenied, audit.RelationSign, audit.ReasonInsufficientRelation},
-		{"anonymous, unknown method of a served service", anon, "/plexsphere.signer.v1.SignerService/Export", codes.PermissionDenied, audit.RelationUnknown, audit.ReasonInsufficientRelation},
-		{"anonymous, unknown service", anon, "/plexsphere.admin.v1.Debug/Dump", codes.PermissionDenied, audit.RelationUnknown, audit.ReasonInsufficientRelation},
-		{"admitted, unknown method of its service", core, "/plexsphere.signer.v1.SignerService/Export", codes.Unimplemented, audit.RelationUnknown, audit.ReasonInsufficientRelation},
-		{"admitted, unknown service", core, "/plexsphere.admin.v1.Debug/Dump", codes.PermissionDenied, audit.RelationUnknown, audit.ReasonInsufficientRelation},
+		{"anonymous, served method", anon, signerv1.SignerService_Sign_FullMethodName, codes.PermissionDenied, auditlog.RelationSign, auditlog.ReasonInsufficientRelation},
+		{"anonymous, unknown method of a served service", anon, "/plexsphere.signer.v1.SignerService/Export", codes.PermissionDenied, auditlog.RelationUnknown, auditlog.ReasonInsufficientRelation},
+		{"anonymous, unknown service", anon, "/plexsphere.admin.v1.Debug/Dump", codes.PermissionDenied, auditlog.RelationUnknown, auditlog.ReasonInsufficientRelation},
+		{"admitted, unknown method of its service", core, "/plexsphere.signer.v1.SignerService/Export", codes.Unimplemented, auditlog.RelationUnknown, auditlog.ReasonInsufficientRelation},
+		{"admitted, unknown service", core, "/plexsphere.admin.v1.Debug/Dump", codes.PermissionDenied, auditlog.RelationUnknown, auditlog.ReasonInsufficientRelation},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			seq := env.LastSeq(t)
@@ -550,7 +551,7 @@ func TestCertificateExpiringMidConnection(t *testing.T) {
 	_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
 	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
 	adm, mw := rpcEntriesAny(t, env, seq)
-	if len(adm) != 1 || adm[0].Reason != audit.ReasonInsufficientRelation || len(mw) != 1 || mw[0].Reason != audit.ReasonInsufficientRelation {
+	if len(adm) != 1 || adm[0].Reason != auditlog.ReasonInsufficientRelation || len(mw) != 1 || mw[0].Reason != auditlog.ReasonInsufficientRelation {
 		t.Fatalf("entries %+v %+v", adm, mw)
 	}
 }

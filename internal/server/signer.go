@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
@@ -276,7 +277,7 @@ func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func
 	if err != nil {
 		return config.Errorf(&s.cfg, "AuditOrigin", "%v", err)
 	}
-	verifier, err := audit.NewVerifier(vkey)
+	verifier, err := auditlog.NewVerifier(vkey)
 	if err != nil {
 		return err
 	}

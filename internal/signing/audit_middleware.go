@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
@@ -24,20 +25,20 @@ import (
 // method is audited as audit.RelationUnknown and answered Unimplemented
 // (to an admitted peer) after admission.
 var relations = map[string]string{
-	signerv1.SignerService_Sign_FullMethodName:                 audit.RelationSign,
-	signerv1.SignerService_PublicKey_FullMethodName:            audit.RelationPublicKey,
-	signerv1.RotationService_Open_FullMethodName:               audit.RelationRotate,
-	signerv1.RotationService_Commit_FullMethodName:             audit.RelationRotate,
-	signerv1.RotationService_Abort_FullMethodName:              audit.RelationRotate,
-	signerv1.RotationService_Retire_FullMethodName:             audit.RelationRotate,
-	signerv1.RotationService_ListKeys_FullMethodName:           audit.RelationRotate,
-	signerv1.AuditService_List_FullMethodName:                  audit.RelationAudit,
-	signerv1.AuditService_Verify_FullMethodName:                audit.RelationAudit,
-	signerv1.AuditService_Checkpoint_FullMethodName:            audit.RelationAudit,
-	signerv1.AuditService_ProveInclusion_FullMethodName:        audit.RelationAudit,
-	signerv1.AuditService_ProveConsistency_FullMethodName:      audit.RelationAudit,
-	signerv1.AuditService_ListCheckpoints_FullMethodName:       audit.RelationAudit,
-	signerv1.AuditService_CheckpointVerifierKey_FullMethodName: audit.RelationAudit,
+	signerv1.SignerService_Sign_FullMethodName:                 auditlog.RelationSign,
+	signerv1.SignerService_PublicKey_FullMethodName:            auditlog.RelationPublicKey,
+	signerv1.RotationService_Open_FullMethodName:               auditlog.RelationRotate,
+	signerv1.RotationService_Commit_FullMethodName:             auditlog.RelationRotate,
+	signerv1.RotationService_Abort_FullMethodName:              auditlog.RelationRotate,
+	signerv1.RotationService_Retire_FullMethodName:             auditlog.RelationRotate,
+	signerv1.RotationService_ListKeys_FullMethodName:           auditlog.RelationRotate,
+	signerv1.AuditService_List_FullMethodName:                  auditlog.RelationAudit,
+	signerv1.AuditService_Verify_FullMethodName:                auditlog.RelationAudit,
+	signerv1.AuditService_Checkpoint_FullMethodName:            auditlog.RelationAudit,
+	signerv1.AuditService_ProveInclusion_FullMethodName:        auditlog.RelationAudit,
+	signerv1.AuditService_ProveConsistency_FullMethodName:      auditlog.RelationAudit,
+	signerv1.AuditService_ListCheckpoints_FullMethodName:       auditlog.RelationAudit,
+	signerv1.AuditService_CheckpointVerifierKey_FullMethodName: auditlog.RelationAudit,
 }
 
 // DenialPolicy keeps refused callers from starving admitted ones. Denied
@@ -105,13 +106,13 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 	outcome := peeridentity.Admit(peer, start, method, req, a.Authorize)
 	relation, known := relations[method]
 	if !known {
-		relation = audit.RelationUnknown
+		relation = auditlog.RelationUnknown
 	}
-	reqID := audit.NewRequestID()
-	adm := audit.New(reqID, audit.SubjectPeer(peer.ID), audit.RelationConnect, method, at)
-	mw := audit.New(reqID, audit.SubjectSigner, relation, method, at)
+	reqID := auditlog.NewRequestID()
+	adm := auditlog.New(reqID, auditlog.SubjectPeer(peer.ID), auditlog.RelationConnect, method, at)
+	mw := auditlog.New(reqID, auditlog.SubjectSigner, relation, method, at)
 	scope := scopeOf(req)
-	adm.Object = audit.Object(scope, "")
+	adm.Object = auditlog.Object(scope, "")
 
 	if outcome != peeridentity.OutcomeGranted {
 		return nil, a.deny(ctx, method, outcome, peer, start, adm, mw, scope)
@@ -123,7 +124,7 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 		return nil, Status(err)
 	}
 
-	if relation == audit.RelationAudit {
+	if relation == auditlog.RelationAudit {
 		// An auditor tailing the log recognises its own reads by this id
 		// (signerctl audit tail --follow leaves them out). Not on Sign: the
 		// answer carries request_id already.
@@ -132,8 +133,8 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 	resp, err := a.call(ctx, method, handler)
 	d := describe(req, resp, err)
 	c := Classify(err)
-	adm.Reason, adm.Code = audit.ReasonGranted, codes.OK.String()
-	mw.Object = audit.Object(scope, d.keyID)
+	adm.Reason, adm.Code = auditlog.ReasonGranted, codes.OK.String()
+	mw.Object = auditlog.Object(scope, d.keyID)
 	mw.Reason, mw.Code = c.Reason, c.Code.String()
 	mw.PayloadSHA256, mw.SignatureSHA256 = d.payload, d.signature
 	actx, cancel := auditContext(ctx)
@@ -160,7 +161,7 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 
 // deny audits a refused call (both entries, in the denied lane) and answers
 // PermissionDenied. The denial is committed before the caller sees it.
-func (a *Auditor) deny(ctx context.Context, method, outcome string, peer peeridentity.Peer, start time.Time, adm, mw audit.Entry, scope string) error {
+func (a *Auditor) deny(ctx context.Context, method, outcome string, peer peeridentity.Peer, start time.Time, adm, mw auditlog.Entry, scope string) error {
 	actx, cancel := auditContext(ctx)
 	defer cancel()
 	if a.Denials != nil {
@@ -174,7 +175,7 @@ func (a *Auditor) deny(ctx context.Context, method, outcome string, peer peeride
 	}
 	c := Classify(signerr.ErrClientIdentityDenied)
 	adm.Reason, adm.Code = c.Reason, c.Code.String()
-	mw.Object = audit.Object(scope, "")
+	mw.Object = auditlog.Object(scope, "")
 	mw.Reason, mw.Code = c.Reason, c.Code.String()
 	if err := a.Writer.Submit(actx, audit.LaneDenied, adm, mw).Wait(actx); err != nil {
 		a.Log.Error("denial could not be audited", "method", method, "peer", peer.ID, "err", err)

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
@@ -23,14 +24,14 @@ type AuditReader struct {
 	signerv1.UnimplementedAuditServiceServer
 	store    store.Store
 	log      *audit.Log
-	verifier *audit.Verifier
+	verifier *auditlog.Verifier
 	vkey     string
 }
 
 // NewAuditReader serves s's audit log; log checkpoints it, vkey is its
 // verifier key.
 func NewAuditReader(s store.Store, log *audit.Log, vkey string) (*AuditReader, error) {
-	v, err := audit.NewVerifier(vkey)
+	v, err := auditlog.NewVerifier(vkey)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +99,7 @@ func (a *AuditReader) ProveInclusion(ctx context.Context, req *signerv1.ProveInc
 	var seqs []uint64
 	switch e := req.GetEntry().(type) {
 	case *signerv1.ProveInclusionRequest_RequestId:
-		id, err := audit.ParseRequestID(e.RequestId)
+		id, err := auditlog.ParseRequestID(e.RequestId)
 		if err != nil {
 			return nil, signerr.Invalid("request_id", "must be 32 hex digits")
 		}
@@ -133,7 +134,7 @@ func (a *AuditReader) ProveInclusion(ctx context.Context, req *signerv1.ProveInc
 		if err != nil {
 			return nil, err
 		}
-		e, err := audit.ParseLeaf(leaves[0])
+		e, err := auditlog.ParseLeaf(leaves[0])
 		if err != nil {
 			return nil, fmt.Errorf("entry %d: %w", seq, err)
 		}
@@ -183,8 +184,8 @@ func (a *AuditReader) CheckpointVerifierKey(context.Context, *signerv1.Checkpoin
 }
 
 // EntryProto is an entry's wire form, with its leaf.
-func EntryProto(e *audit.Entry) *signerv1.AuditEntry {
-	leaf, _ := audit.AppendLeaf(nil, e) // e came from a leaf: it encodes
+func EntryProto(e *auditlog.Entry) *signerv1.AuditEntry {
+	leaf, _ := auditlog.AppendLeaf(nil, e) // e came from a leaf: it encodes
 	return &signerv1.AuditEntry{Seq: e.Seq, RequestId: e.RequestID.String(), Subject: e.Subject, Relation: e.Relation,
 		Object: e.Object, Reason: e.Reason, CaveatContext: e.CaveatContext, Timestamp: timestamppb.New(e.Timestamp),
 		Method: e.Method, Code: e.Code, PayloadSha256: hex.EncodeToString(e.PayloadSHA256),

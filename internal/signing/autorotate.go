@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/store"
 )
@@ -122,8 +123,8 @@ func (a *AutoRotator) windows(s Schedule) Windows {
 // error worth more than the audit line.
 func (a *AutoRotator) record(ctx context.Context, step, scope, keyID string, err error) {
 	c := Classify(err)
-	e := audit.New(audit.NewRequestID(), audit.SubjectSigner, audit.RelationRotate, "auto-rotate/"+step, a.rot.now())
-	e.Object, e.Reason, e.Code = audit.Object(scope, keyID), c.Reason, c.Code.String()
+	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationRotate, "auto-rotate/"+step, a.rot.now())
+	e.Object, e.Reason, e.Code = auditlog.Object(scope, keyID), c.Reason, c.Code.String()
 	if werr := a.sink.Submit(ctx, audit.LaneAdmitted, e).Wait(ctx); werr != nil {
 		a.log.Error("automatic rotation step not audited", "step", step, "scope", scope, "key_id", keyID, "err", werr)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/store"
@@ -56,14 +57,14 @@ func TestAutoRotation(t *testing.T) {
 	tick(19*time.Minute, "RETIRED ACTIVE")      // next open is due at activation + 60 − 10 min
 	tick(time.Minute, "RETIRED ACTIVE PENDING") // next cycle opens
 
-	entries, err := store.ListAudit(ctx, st, store.AuditQuery{Relation: audit.RelationRotate})
+	entries, err := store.ListAudit(ctx, st, store.AuditQuery{Relation: auditlog.RelationRotate})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var steps []string
 	for _, e := range entries {
 		steps = append(steps, e.Method)
-		if e.Reason != audit.ReasonGranted || e.Subject != audit.SubjectSigner {
+		if e.Reason != auditlog.ReasonGranted || e.Subject != auditlog.SubjectSigner {
 			t.Fatalf("entry %+v", e)
 		}
 	}

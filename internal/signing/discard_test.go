@@ -3,12 +3,13 @@ package signing_test
 import (
 	"context"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 )
 
 // discard is an audit sink that accepts everything at once.
 type discard struct{}
 
-func (discard) Submit(context.Context, audit.Lane, ...audit.Entry) *audit.Pending {
+func (discard) Submit(context.Context, audit.Lane, ...auditlog.Entry) *audit.Pending {
 	return audit.Done()
 }

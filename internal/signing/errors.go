@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
 
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/signerr"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -27,33 +27,33 @@ type Class struct {
 // wire reason. The audit middleware and Status both read it through
 // Classify; a test proves every signerr sentinel has exactly one row.
 var Table = []Class{
-	{signerr.ErrClientIdentityDenied, codes.PermissionDenied, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_CLIENT_IDENTITY_DENIED},
-	{signerr.ErrKeyNotFound, codes.NotFound, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_KEY_NOT_FOUND},
-	{signerr.ErrScopeMismatch, codes.PermissionDenied, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_SCOPE_MISMATCH},
-	{signerr.ErrInvariant, codes.Internal, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVARIANT},
-	{signerr.ErrKeyRetired, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_RETIRED},
-	{signerr.ErrRotationInProgress, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_ROTATION_IN_PROGRESS},
-	{signerr.ErrProviderUnavailable, codes.Unavailable, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_PROVIDER_UNAVAILABLE},
-	{signerr.ErrKeyActive, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_ACTIVE},
-	{signerr.ErrRotationNotReady, codes.FailedPrecondition, audit.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY},
-	{signerr.ErrInvalidArgument, codes.InvalidArgument, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{signerr.ErrClientIdentityDenied, codes.PermissionDenied, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_CLIENT_IDENTITY_DENIED},
+	{signerr.ErrKeyNotFound, codes.NotFound, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_KEY_NOT_FOUND},
+	{signerr.ErrScopeMismatch, codes.PermissionDenied, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_SCOPE_MISMATCH},
+	{signerr.ErrInvariant, codes.Internal, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVARIANT},
+	{signerr.ErrKeyRetired, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_RETIRED},
+	{signerr.ErrRotationInProgress, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_ROTATION_IN_PROGRESS},
+	{signerr.ErrProviderUnavailable, codes.Unavailable, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_PROVIDER_UNAVAILABLE},
+	{signerr.ErrKeyActive, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_ACTIVE},
+	{signerr.ErrRotationNotReady, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY},
+	{signerr.ErrInvalidArgument, codes.InvalidArgument, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	// Outages of the store and of the audit log are unclassified in the
 	// contract's terms: insufficient_relation, the reason a later reader
 	// would see if the entry could be stored.
-	{signerr.ErrStoreUnavailable, codes.Unavailable, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_STORE_UNAVAILABLE},
-	{signerr.ErrAuditUnavailable, codes.Unavailable, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE},
-	{signerr.ErrAuditLogBroken, codes.Unavailable, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN},
-	{signerr.ErrInternal, codes.Internal, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL},
+	{signerr.ErrStoreUnavailable, codes.Unavailable, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_STORE_UNAVAILABLE},
+	{signerr.ErrAuditUnavailable, codes.Unavailable, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE},
+	{signerr.ErrAuditLogBroken, codes.Unavailable, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN},
+	{signerr.ErrInternal, codes.Internal, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL},
 }
 
 var (
-	classGranted  = Class{Code: codes.OK, Reason: audit.ReasonGranted}
-	classCanceled = Class{context.Canceled, codes.Canceled, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL}
-	classDeadline = Class{context.DeadlineExceeded, codes.DeadlineExceeded, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL}
+	classGranted  = Class{Code: codes.OK, Reason: auditlog.ReasonGranted}
+	classCanceled = Class{context.Canceled, codes.Canceled, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL}
+	classDeadline = Class{context.DeadlineExceeded, codes.DeadlineExceeded, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL}
 	classInternal = Table[len(Table)-1]
 	// classUnknownMethod answers an admitted peer calling a method the
 	// signer does not serve. It is audited like any other outcome.
-	classUnknownMethod = Class{errUnknownMethod, codes.Unimplemented, audit.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_UNKNOWN_METHOD}
+	classUnknownMethod = Class{errUnknownMethod, codes.Unimplemented, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_UNKNOWN_METHOD}
 )
 
 var errUnknownMethod = errors.New("signing: unknown method")

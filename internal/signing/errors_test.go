@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/signerr"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -52,20 +52,20 @@ func TestClassifyContract(t *testing.T) {
 		code   codes.Code
 		reason string
 	}{
-		{nil, codes.OK, audit.ReasonGranted},
-		{signerr.ErrClientIdentityDenied, codes.PermissionDenied, audit.ReasonInsufficientRelation},
-		{signerr.ErrKeyNotFound, codes.NotFound, audit.ReasonInsufficientRelation},
-		{signerr.ErrScopeMismatch, codes.PermissionDenied, audit.ReasonInsufficientRelation},
-		{signerr.ErrInvariant, codes.Internal, audit.ReasonInsufficientRelation},
-		{signerr.ErrKeyRetired, codes.FailedPrecondition, audit.ReasonCaveatViolation},
-		{signerr.ErrRotationInProgress, codes.FailedPrecondition, audit.ReasonCaveatViolation},
-		{signerr.ErrProviderUnavailable, codes.Unavailable, audit.ReasonCaveatViolation},
-		{errors.New("something unforeseen"), codes.Internal, audit.ReasonInsufficientRelation},
-		{fmt.Errorf("store: %w", signerr.ErrStoreUnavailable), codes.Unavailable, audit.ReasonInsufficientRelation},
-		{fmt.Errorf("writer: %w", signerr.ErrAuditUnavailable), codes.Unavailable, audit.ReasonInsufficientRelation},
-		{fmt.Errorf("x: %w", errUnknownMethod), codes.Unimplemented, audit.ReasonInsufficientRelation},
-		{context.DeadlineExceeded, codes.DeadlineExceeded, audit.ReasonInsufficientRelation},
-		{context.Canceled, codes.Canceled, audit.ReasonInsufficientRelation},
+		{nil, codes.OK, auditlog.ReasonGranted},
+		{signerr.ErrClientIdentityDenied, codes.PermissionDenied, auditlog.ReasonInsufficientRelation},
+		{signerr.ErrKeyNotFound, codes.NotFound, auditlog.ReasonInsufficientRelation},
+		{signerr.ErrScopeMismatch, codes.PermissionDenied, auditlog.ReasonInsufficientRelation},
+		{signerr.ErrInvariant, codes.Internal, auditlog.ReasonInsufficientRelation},
+		{signerr.ErrKeyRetired, codes.FailedPrecondition, auditlog.ReasonCaveatViolation},
+		{signerr.ErrRotationInProgress, codes.FailedPrecondition, auditlog.ReasonCaveatViolation},
+		{signerr.ErrProviderUnavailable, codes.Unavailable, auditlog.ReasonCaveatViolation},
+		{errors.New("something unforeseen"), codes.Internal, auditlog.ReasonInsufficientRelation},
+		{fmt.Errorf("store: %w", signerr.ErrStoreUnavailable), codes.Unavailable, auditlog.ReasonInsufficientRelation},
+		{fmt.Errorf("writer: %w", signerr.ErrAuditUnavailable), codes.Unavailable, auditlog.ReasonInsufficientRelation},
+		{fmt.Errorf("x: %w", errUnknownMethod), codes.Unimplemented, auditlog.ReasonInsufficientRelation},
+		{context.DeadlineExceeded, codes.DeadlineExceeded, auditlog.ReasonInsufficientRelation},
+		{context.Canceled, codes.Canceled, auditlog.ReasonInsufficientRelation},
 	} {
 		c := Classify(tc.err)
 		if c.Code != tc.code || c.Reason != tc.reason {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/names"
@@ -206,8 +207,8 @@ func (r *Rotation) Bootstrap(ctx context.Context, scope string, sink audit.Sink)
 		}
 		return store.Key{}, false, err
 	}
-	e := audit.New(audit.NewRequestID(), audit.SubjectSigner, audit.RelationRotate, "bootstrap", k.CreatedAt)
-	e.Object, e.Reason, e.Code = audit.Object(scope, k.ID), audit.ReasonGranted, codes.OK.String()
+	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationRotate, "bootstrap", k.CreatedAt)
+	e.Object, e.Reason, e.Code = auditlog.Object(scope, k.ID), auditlog.ReasonGranted, codes.OK.String()
 	if err := sink.Submit(ctx, audit.LaneAdmitted, e).Wait(ctx); err != nil {
 		return k, true, fmt.Errorf("bootstrap %s: key %s created but not audited: %w", scope, k.ID, err)
 	}

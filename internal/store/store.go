@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signerr"
 )
@@ -82,7 +83,7 @@ type AuditQuery struct {
 }
 
 // Match reports whether e passes q's filters (not AfterSeq/Limit).
-func (q AuditQuery) Match(e audit.Entry) bool {
+func (q AuditQuery) Match(e auditlog.Entry) bool {
 	return (q.Subject == "" || e.Subject == q.Subject) &&
 		(q.Relation == "" || e.Relation == q.Relation) &&
 		(q.Reason == "" || e.Reason == q.Reason) &&
@@ -158,7 +159,7 @@ func CheckPrune(upto, pruned, size uint64) error {
 // ListAudit reads committed entries in Seq order from any store, decoded and
 // filtered, at most q.Limit of them. A leaf that does not decode is an error
 // naming its seq.
-func ListAudit(ctx context.Context, s Store, q AuditQuery) ([]audit.Entry, error) {
+func ListAudit(ctx context.Context, s Store, q AuditQuery) ([]auditlog.Entry, error) {
 	size, err := s.AuditSize(ctx)
 	if err != nil {
 		return nil, err
@@ -167,7 +168,7 @@ func ListAudit(ctx context.Context, s Store, q AuditQuery) ([]audit.Entry, error
 	if err != nil {
 		return nil, err
 	}
-	var out []audit.Entry
+	var out []auditlog.Entry
 	const page = 1024
 	for from := max(q.AfterSeq, pruned); from < size; from += page {
 		to := min(size, from+page)
@@ -176,7 +177,7 @@ func ListAudit(ctx context.Context, s Store, q AuditQuery) ([]audit.Entry, error
 			return nil, err
 		}
 		for i, leaf := range leaves {
-			e, err := audit.ParseLeaf(leaf)
+			e, err := auditlog.ParseLeaf(leaf)
 			if err != nil {
 				return nil, fmt.Errorf("store: audit entry %d: %w: %w", seqs[i], err, audit.ErrTreeBroken)
 			}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/store/postgres"
 	"github.com/plexsphere/signer/internal/testing/signertest"
@@ -164,7 +165,7 @@ func prefill(b *testing.B, dsn string, n uint64) time.Duration {
 	w := audit.NewWriter(st, audit.WriterOptions{MaxBatch: 16384, QueueSize: 65536, CommitTimeout: time.Minute})
 	defer w.Close()
 	const method = "/plexsphere.signer.v1.SignerService/Sign"
-	object := audit.Object(scope, "k-prefill")
+	object := auditlog.Object(scope, "k-prefill")
 	pairs := n / 2
 	workers := uint64(runtime.GOMAXPROCS(0))
 	t0 := time.Now()
@@ -177,12 +178,12 @@ func prefill(b *testing.B, dsn string, n uint64) time.Duration {
 			var last *audit.Pending
 			for i := g; i < pairs; i += workers {
 				at := time.Now()
-				req := audit.NewRequestID()
-				adm := audit.New(req, audit.SubjectPeer(signertest.CoreID), audit.RelationConnect, method, at)
-				adm.Object, adm.Reason, adm.Code = audit.Object(scope, ""), audit.ReasonGranted, "OK"
-				mw := audit.New(req, audit.SubjectSigner, audit.RelationSign, method, at)
+				req := auditlog.NewRequestID()
+				adm := auditlog.New(req, auditlog.SubjectPeer(signertest.CoreID), auditlog.RelationConnect, method, at)
+				adm.Object, adm.Reason, adm.Code = auditlog.Object(scope, ""), auditlog.ReasonGranted, "OK"
+				mw := auditlog.New(req, auditlog.SubjectSigner, auditlog.RelationSign, method, at)
 				p, s := sha256.Sum256(payload), sha256.Sum256(req[:])
-				mw.Object, mw.Reason, mw.Code = object, audit.ReasonGranted, "OK"
+				mw.Object, mw.Reason, mw.Code = object, auditlog.ReasonGranted, "OK"
 				mw.PayloadSHA256, mw.SignatureSHA256 = p[:], s[:]
 				last = w.Submit(ctx, audit.LaneAdmitted, adm, mw)
 				if i%65536 < workers { // bound what is queued: wait now and then

@@ -236,9 +236,9 @@ func TestRewrittenLogCaughtBySavedCheckpoint(t *testing.T) {
 	defer forger.Close()
 	w := audit.NewWriter(forger, audit.WriterOptions{})
 	for i := range 60 {
-		e := audit.New(audit.NewRequestID(), audit.SubjectSigner, audit.RelationSign, signerv1.SignerService_Sign_FullMethodName, time.Now())
-		e.Reason, e.Code = audit.ReasonCaveatViolation, "FailedPrecondition"
-		e.Object = audit.Object(signertest.Scope, "forged"+string(rune('a'+i%26)))
+		e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationSign, signerv1.SignerService_Sign_FullMethodName, time.Now())
+		e.Reason, e.Code = auditlog.ReasonCaveatViolation, "FailedPrecondition"
+		e.Object = auditlog.Object(signertest.Scope, "forged"+string(rune('a'+i%26)))
 		if err := w.Write(context.Background(), e); err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"github.com/plexsphere/signer/client/auditlog"
-	"github.com/plexsphere/signer/internal/audit"
 
 	"context"
 	"crypto/sha256"
@@ -42,14 +41,14 @@ func query[T any](t *testing.T, dsn, sql string, scan func(pgx.CollectableRow) (
 
 // sqlEntries reads the audit entries after seq with SQL, as an auditor with
 // read access to the database would, and decodes each stored leaf.
-func sqlEntries(t *testing.T, dsn string, after int64) []audit.Entry {
+func sqlEntries(t *testing.T, dsn string, after int64) []auditlog.Entry {
 	t.Helper()
 	return query(t, dsn, `SELECT seq, leaf FROM audit_entries WHERE seq > $1 ORDER BY seq`,
-		func(r pgx.CollectableRow) (audit.Entry, error) {
+		func(r pgx.CollectableRow) (auditlog.Entry, error) {
 			var seq int64
 			var leaf []byte
 			if err := r.Scan(&seq, &leaf); err != nil {
-				return audit.Entry{}, err
+				return auditlog.Entry{}, err
 			}
 			e, err := auditlog.ParseLeaf(leaf)
 			e.Seq = uint64(seq)

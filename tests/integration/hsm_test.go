@@ -10,7 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
 	"github.com/plexsphere/signer/internal/store"
@@ -69,15 +69,15 @@ func TestHSMTokenRemovedMidLoad(t *testing.T) {
 	granted := map[string]int{}
 	refused := 0
 	l.end(t, func() map[string]int {
-		entries, err := store.ListAudit(context.Background(), env.Store, store.AuditQuery{Relation: audit.RelationSign})
+		entries, err := store.ListAudit(context.Background(), env.Store, store.AuditQuery{Relation: auditlog.RelationSign})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range entries {
 			switch {
-			case e.Reason == audit.ReasonGranted:
+			case e.Reason == auditlog.ReasonGranted:
 				granted[hex.EncodeToString(e.SignatureSHA256)]++
-			case e.Reason == audit.ReasonCaveatViolation && e.Code == codes.Unavailable.String():
+			case e.Reason == auditlog.ReasonCaveatViolation && e.Code == codes.Unavailable.String():
 				refused++
 			default:
 				t.Errorf("unexpected sign entry %+v", e)

@@ -14,7 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
@@ -249,14 +249,14 @@ func TestMovedOrSwappedKeyRowNeverSigns(t *testing.T) {
 				if status.Code(err) != codes.Internal || wireReasonOf(err) != signerv1.ErrorReason_ERROR_REASON_INVARIANT.String() {
 					t.Fatalf("Sign(%s): %v (reason %s), want Internal / INVARIANT", at.scope, err, wireReasonOf(err))
 				}
-				var mw []audit.Entry
+				var mw []auditlog.Entry
 				for _, e := range env.AuditAfter(t, seq) {
-					if e.Relation == audit.RelationSign {
+					if e.Relation == auditlog.RelationSign {
 						mw = append(mw, e)
 					}
 				}
-				want := audit.Object(at.scope, at.key(pay, bill))
-				if len(mw) != 1 || mw[0].Reason != audit.ReasonInsufficientRelation || mw[0].Object != want || mw[0].Code != codes.Internal.String() {
+				want := auditlog.Object(at.scope, at.key(pay, bill))
+				if len(mw) != 1 || mw[0].Reason != auditlog.ReasonInsufficientRelation || mw[0].Object != want || mw[0].Code != codes.Internal.String() {
 					t.Fatalf("audit entries %+v, want one sign entry insufficient_relation on %s", mw, want)
 				}
 			})
@@ -342,13 +342,13 @@ func TestForgedKeyRowNeverPublished(t *testing.T) {
 				wantInvariant("PublicKey(payments)", err)
 				_, err = op.ListKeys(ctx, &signerv1.ListKeysRequest{Scope: "payments"})
 				wantInvariant("ListKeys(payments) (what signerctl jwks publishes)", err)
-				var pubEntries []audit.Entry
+				var pubEntries []auditlog.Entry
 				for _, e := range env.AuditAfter(t, seq) {
-					if e.Relation == audit.RelationPublicKey {
+					if e.Relation == auditlog.RelationPublicKey {
 						pubEntries = append(pubEntries, e)
 					}
 				}
-				if len(pubEntries) != 1 || pubEntries[0].Reason != audit.ReasonInsufficientRelation || pubEntries[0].Code != codes.Internal.String() {
+				if len(pubEntries) != 1 || pubEntries[0].Reason != auditlog.ReasonInsufficientRelation || pubEntries[0].Code != codes.Internal.String() {
 					t.Fatalf("PublicKey audit entries %+v, want one insufficient_relation / Internal", pubEntries)
 				}
 				// The ACTIVE key was not touched: signing goes on.

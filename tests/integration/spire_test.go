@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/client"
-	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/store"
@@ -150,16 +150,16 @@ func TestSPIREIdentities(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("stranger: %v", err)
 	}
-	entries, err := store.ListAudit(ctx, w.signer.Store, store.AuditQuery{Relation: audit.RelationConnect})
+	entries, err := store.ListAudit(ctx, w.signer.Store, store.AuditQuery{Relation: auditlog.RelationConnect})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var admitted, denied int
 	for _, e := range entries {
 		switch {
-		case e.Subject == audit.SubjectPeer(signertest.CoreID) && e.Reason == audit.ReasonGranted:
+		case e.Subject == auditlog.SubjectPeer(signertest.CoreID) && e.Reason == auditlog.ReasonGranted:
 			admitted++
-		case e.Subject == audit.SubjectPeer(strangerID) && e.Reason == audit.ReasonInsufficientRelation:
+		case e.Subject == auditlog.SubjectPeer(strangerID) && e.Reason == auditlog.ReasonInsufficientRelation:
 			denied++
 		}
 	}

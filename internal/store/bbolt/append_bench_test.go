@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 )
 
@@ -19,10 +20,10 @@ func BenchmarkAppendAudit(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		var pend []*audit.Pending
 		for range 64 {
-			req := audit.NewRequestID()
-			adm := audit.New(req, audit.SubjectPeer("spiffe://example.org/ns/plexsphere/sa/plexsphere-core"), audit.RelationConnect, "/plexsphere.signer.v1.SignerService/Sign", time.Now())
-			mw := audit.New(req, audit.SubjectSigner, audit.RelationSign, "/plexsphere.signer.v1.SignerService/Sign", time.Now())
-			mw.Object, mw.Reason, mw.Code = audit.Object("payments", "abcdefghijklmnopqrstuvwx"), audit.ReasonGranted, "OK"
+			req := auditlog.NewRequestID()
+			adm := auditlog.New(req, auditlog.SubjectPeer("spiffe://example.org/ns/plexsphere/sa/plexsphere-core"), auditlog.RelationConnect, "/plexsphere.signer.v1.SignerService/Sign", time.Now())
+			mw := auditlog.New(req, auditlog.SubjectSigner, auditlog.RelationSign, "/plexsphere.signer.v1.SignerService/Sign", time.Now())
+			mw.Object, mw.Reason, mw.Code = auditlog.Object("payments", "abcdefghijklmnopqrstuvwx"), auditlog.ReasonGranted, "OK"
 			mw.PayloadSHA256, mw.SignatureSHA256 = make([]byte, 32), make([]byte, 32)
 			pend = append(pend, w.Submit(ctx, audit.LaneAdmitted, adm, mw))
 		}

@@ -10,6 +10,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/store/bbolt"
 )
@@ -27,7 +28,7 @@ func fill(t *testing.T, s *bbolt.Store, n int) []byte {
 	defer w.Close()
 	var pend []*audit.Pending
 	for i := range n {
-		e := audit.New(audit.NewRequestID(), audit.SubjectSigner, audit.RelationSign, "/plexsphere.signer.v1.SignerService/Sign", time.Unix(int64(i), 0))
+		e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationSign, "/plexsphere.signer.v1.SignerService/Sign", time.Unix(int64(i), 0))
 		pend = append(pend, w.Submit(ctx, audit.LaneAdmitted, e))
 	}
 	for _, p := range pend {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
@@ -92,7 +93,7 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 	st, db := srv.Open(t)
 	ctx := context.Background()
 	w := audit.NewWriter(st, audit.WriterOptions{})
-	e := audit.New(audit.NewRequestID(), audit.SubjectSigner, "sign", "/m", time.Now())
+	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, "sign", "/m", time.Now())
 	if err := w.Write(ctx, e, e); err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +150,7 @@ func TestRuntimeRoleCannotPrune(t *testing.T) {
 	ctx := context.Background()
 	w := audit.NewWriter(st, audit.WriterOptions{})
 	for range 20 {
-		if err := w.Write(ctx, audit.New(audit.NewRequestID(), audit.SubjectSigner, "sign", "/m", time.Now())); err != nil {
+		if err := w.Write(ctx, auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, "sign", "/m", time.Now())); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -207,7 +208,7 @@ func TestMigrateAndGrant(t *testing.T) {
 	}
 	w := audit.NewWriter(app, audit.WriterOptions{})
 	defer w.Close()
-	if err := w.Write(ctx, audit.New(audit.NewRequestID(), audit.SubjectSigner, "sign", "/m", time.Now())); err != nil {
+	if err := w.Write(ctx, auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, "sign", "/m", time.Now())); err != nil {
 		t.Fatalf("the runtime role cannot append: %v", err)
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
@@ -398,7 +399,7 @@ func (e *Env) Dial(t testing.TB, svid *devpki.SVID) *grpc.ClientConn {
 }
 
 // Audit returns every committed audit entry.
-func (e *Env) Audit(t testing.TB) []audit.Entry {
+func (e *Env) Audit(t testing.TB) []auditlog.Entry {
 	t.Helper()
 	entries, err := store.ListAudit(context.Background(), e.Store, store.AuditQuery{})
 	if err != nil {
@@ -408,7 +409,7 @@ func (e *Env) Audit(t testing.TB) []audit.Entry {
 }
 
 // AuditAfter returns entries committed after seq.
-func (e *Env) AuditAfter(t testing.TB, seq uint64) []audit.Entry {
+func (e *Env) AuditAfter(t testing.TB, seq uint64) []auditlog.Entry {
 	t.Helper()
 	entries, err := store.ListAudit(context.Background(), e.Store, store.AuditQuery{AfterSeq: seq})
 	if err != nil {

@@ -42,11 +42,11 @@ type Tamper interface {
 	Owner(t testing.TB) store.Pruner
 }
 
-func entry(i int, rel string) audit.Entry {
-	var req audit.RequestID
+func entry(i int, rel string) auditlog.Entry {
+	var req auditlog.RequestID
 	copy(req[:], fmt.Sprintf("req-%012d", i))
-	e := audit.New(req, audit.SubjectSigner, rel, "/plexsphere.signer.v1.SignerService/Sign", t0.Add(time.Duration(i)*time.Millisecond))
-	e.Object, e.Reason, e.Code = audit.Object("s", fmt.Sprint("k", i%3)), audit.ReasonGranted, "OK"
+	e := auditlog.New(req, auditlog.SubjectSigner, rel, "/plexsphere.signer.v1.SignerService/Sign", t0.Add(time.Duration(i)*time.Millisecond))
+	e.Object, e.Reason, e.Code = auditlog.Object("s", fmt.Sprint("k", i%3)), auditlog.ReasonGranted, "OK"
 	return e
 }
 
@@ -57,7 +57,7 @@ type testLog struct {
 	w    *audit.Writer
 	log  *audit.Log
 	sign *audit.NoteSigner
-	v    *audit.Verifier
+	v    *auditlog.Verifier
 	vkey string
 	file string // the checkpoint log file
 }
@@ -73,7 +73,7 @@ func newLogWithKey(t *testing.T, s store.Store, pub ed25519.PublicKey, priv ed25
 	t.Helper()
 	signer, vkey, err := audit.NewNoteSigner("example.org/storetest", pub, func(m []byte) ([]byte, error) { return ed25519.Sign(priv, m), nil })
 	must(t, err)
-	v, err := audit.NewVerifier(vkey)
+	v, err := auditlog.NewVerifier(vkey)
 	must(t, err)
 	w := audit.NewWriter(s, audit.WriterOptions{})
 	t.Cleanup(w.Close)
@@ -121,13 +121,13 @@ func testAuditAppend(t *testing.T, s store.Store) {
 	must(t, err)
 	tree := audit.NewTree()
 	for i, leaf := range leaves {
-		e, err := audit.ParseLeaf(leaf)
+		e, err := auditlog.ParseLeaf(leaf)
 		must(t, err)
-		if i == 1 && (e.Subject != audit.SubjectSigner || e.Relation != "sign" || e.Object != "signing-key:s:k1" || e.Reason != "granted" ||
+		if i == 1 && (e.Subject != auditlog.SubjectSigner || e.Relation != "sign" || e.Object != "signing-key:s:k1" || e.Reason != "granted" ||
 			e.CaveatContext == nil || len(e.CaveatContext) != 0 || !e.Timestamp.Equal(t0.Add(time.Millisecond)) || e.Timestamp.Location() != time.UTC) {
 			t.Fatalf("entry read back = %+v", e)
 		}
-		h := audit.LeafHash(leaf)
+		h := auditlog.LeafHash(leaf)
 		tree.Append(h[:], nil)
 	}
 	stored, err := audit.TreeAt(ctx, s, size)
@@ -147,14 +147,14 @@ func testFindRequest(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	w := audit.NewWriter(s, audit.WriterOptions{})
 	defer w.Close()
-	var ids []audit.RequestID
+	var ids []auditlog.RequestID
 	var seqs []uint64
 	for i := range 300 {
-		req := audit.NewRequestID()
+		req := auditlog.NewRequestID()
 		e := entry(i, "sign")
 		e.RequestID = req
 		adm := e
-		adm.Relation = audit.RelationConnect
+		adm.Relation = auditlog.RelationConnect
 		p := w.Submit(ctx, audit.LaneAdmitted, adm, e)
 		must(t, p.Wait(ctx))
 		ids, seqs = append(ids, req), append(seqs, p.Committed()[0].Seq)
@@ -166,10 +166,10 @@ func testFindRequest(t *testing.T, s store.Store) {
 			t.Fatalf("FindRequest(%d) = %d, want %d", i, seq, seqs[i])
 		}
 	}
-	if _, err := audit.FindRequest(ctx, s, audit.NewRequestID()); !errors.Is(err, signerr.ErrKeyNotFound) {
+	if _, err := audit.FindRequest(ctx, s, auditlog.NewRequestID()); !errors.Is(err, signerr.ErrKeyNotFound) {
 		t.Fatalf("unknown request: %v", err)
 	}
-	var old audit.RequestID // the epoch: before every entry
+	var old auditlog.RequestID // the epoch: before every entry
 	if _, err := audit.FindRequest(ctx, s, old); !errors.Is(err, signerr.ErrKeyNotFound) {
 		t.Fatalf("an id from before the log: %v", err)
 	}
@@ -177,7 +177,7 @@ func testFindRequest(t *testing.T, s store.Store) {
 
 func testAuditHeadMoved(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	leaf, err := audit.AppendLeaf(nil, ptr(entry(1, "sign")))
+	leaf, err := auditlog.AppendLeaf(nil, ptr(entry(1, "sign")))
 	must(t, err)
 	must(t, s.AppendAudit(ctx, &audit.Batch{Start: 1, Leaves: [][]byte{leaf}}))
 	for _, start := range []uint64{1, 3} {
@@ -195,7 +195,7 @@ func ptr[T any](v T) *T { return &v }
 func testAuditQuery(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	l := newLog(t, s)
-	var es []audit.Entry
+	var es []auditlog.Entry
 	for i := range 10 {
 		rel := "sign"
 		if i%2 == 1 {
@@ -203,7 +203,7 @@ func testAuditQuery(t *testing.T, s store.Store) {
 		}
 		e := entry(i, rel)
 		if i == 4 {
-			e.Reason = audit.ReasonCaveatViolation
+			e.Reason = auditlog.ReasonCaveatViolation
 		}
 		es = append(es, e)
 	}
@@ -218,12 +218,12 @@ func testAuditQuery(t *testing.T, s store.Store) {
 	if len(got) != 3 || got[0].Seq != 8 {
 		t.Fatalf("after seq 7: %d entries", len(got))
 	}
-	got, err = store.ListAudit(ctx, s, store.AuditQuery{Limit: 2, Reason: audit.ReasonGranted})
+	got, err = store.ListAudit(ctx, s, store.AuditQuery{Limit: 2, Reason: auditlog.ReasonGranted})
 	must(t, err)
 	if len(got) != 2 || got[1].Seq != 2 {
 		t.Fatalf("limit: %+v", got)
 	}
-	got, err = store.ListAudit(ctx, s, store.AuditQuery{ObjectPrefix: "signing-key:s:k1", Reason: audit.ReasonCaveatViolation})
+	got, err = store.ListAudit(ctx, s, store.AuditQuery{ObjectPrefix: "signing-key:s:k1", Reason: auditlog.ReasonCaveatViolation})
 	must(t, err)
 	if len(got) != 1 || got[0].Seq != 5 {
 		t.Fatalf("object prefix + reason: %+v", got)
@@ -266,10 +266,10 @@ func testAuditConcurrent(t *testing.T, s store.Store) {
 	}
 	leaves, err := s.Leaves(ctx, 0, size)
 	must(t, err)
-	seen := map[audit.RequestID]bool{}
+	seen := map[auditlog.RequestID]bool{}
 	r := audit.NewReplay(audit.NewTree(), nil, s.Nodes)
 	for i, leaf := range leaves {
-		e, err := audit.ParseLeaf(leaf)
+		e, err := auditlog.ParseLeaf(leaf)
 		must(t, err)
 		if seen[e.RequestID] {
 			t.Fatalf("entry %v committed twice", e.RequestID)
@@ -428,7 +428,7 @@ var tampers = []struct {
 }
 
 // setup writes 40 entries, signs a checkpoint, then 10 more.
-func setup(t *testing.T, s store.Store) (*testLog, audit.Checkpoint) {
+func setup(t *testing.T, s store.Store) (*testLog, auditlog.Checkpoint) {
 	l := newLog(t, s)
 	l.write(t, 0, 40)
 	cp, err := l.log.Checkpoint(context.Background())
@@ -458,7 +458,7 @@ func caught(t *testing.T, s store.Store, l *testLog, want string) {
 
 // replay checks every stored entry against the stored tree and checkpoints,
 // as AuditService.Verify and the signer's sweep do.
-func replay(t *testing.T, s store.Store, v *audit.Verifier) error {
+func replay(t *testing.T, s store.Store, v *auditlog.Verifier) error {
 	t.Helper()
 	_, err := audit.ReplayStore(context.Background(), s, v)
 	return err
@@ -467,8 +467,8 @@ func replay(t *testing.T, s store.Store, v *audit.Verifier) error {
 func tamperEntry(t *testing.T, s store.Store, x Tamper) {
 	l, _ := setup(t, s)
 	e := entry(20, "sign")
-	e.Reason = audit.ReasonCaveatViolation // a granted call rewritten as refused
-	leaf, err := audit.AppendLeaf(nil, &e)
+	e.Reason = auditlog.ReasonCaveatViolation // a granted call rewritten as refused
+	leaf, err := auditlog.AppendLeaf(nil, &e)
 	must(t, err)
 	x.PutLeaf(t, 21, leaf)
 	caught(t, s, l, "entries 17..32 do not match the stored tree node")
@@ -515,10 +515,10 @@ func tamperRewrite(t *testing.T, s store.Store, x Tamper) {
 	l, saved := setup(t, s)
 	x.Wipe(t)
 	forger := audit.NewWriter(s, audit.WriterOptions{})
-	var forged []audit.Entry
+	var forged []auditlog.Entry
 	for i := range 60 {
 		e := entry(i, "sign")
-		e.Reason = audit.ReasonCaveatViolation
+		e.Reason = auditlog.ReasonCaveatViolation
 		forged = append(forged, e)
 	}
 	must(t, forger.Write(ctx, forged...))
@@ -531,7 +531,7 @@ func tamperRewrite(t *testing.T, s store.Store, x Tamper) {
 	leaves, err := s.Leaves(ctx, 0, 60)
 	must(t, err)
 	for _, leaf := range leaves {
-		h := audit.LeafHash(leaf)
+		h := auditlog.LeafHash(leaf)
 		latest.Append(h[:], nil)
 	}
 	p, err := audit.ConsistencyProof(ctx, s, saved.Size, 60)
