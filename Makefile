@@ -5,7 +5,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: all build run test deps unit generate-check proto lint bench bench-scale fmt clean spire fuzz images kind-node e2e-kind
+.PHONY: all build run test deps unit generate-check proto lint bench bench-scale fmt clean spire witness fuzz images kind-node e2e-kind
 # Tests and benchmarks include the PKCS#11 provider (cgo); the default build
 # and the scratch images do not (see docs/hsm.md).
 TAGS  := pkcs11
@@ -25,7 +25,7 @@ run: build
 ## The kind node image (about 25 min of CPU cold, seconds when cached), helm and the SPIRE images
 ## are prepared at low priority while the Go tests run: those wait on containers and fsync much of the
 ## time. Its log is bin/kind-prepare.log (printed if it fails).
-test: deps generate-check lint spire
+test: deps generate-check lint spire witness
 	@rm -f $(BIN)/fault-matrix.txt; mkdir -p $(BIN)
 	@echo "test: preparing the kind node image in the background (log: bin/kind-prepare.log)"
 	@E2E_PREPARE_ONLY=1 nice -n 15 ./scripts/e2e-kind.sh > $(BIN)/kind-prepare.log 2>&1 & prep=$$!; \
@@ -41,13 +41,18 @@ deps:
 	./scripts/deps.sh
 
 ## unit: the tests alone (no generate-check, no lint).
-unit: spire
+unit: spire witness
 	$(GO) test -race -count=1 -tags $(TAGS) ./...
 
 ## spire: SPIRE server and agent v1.13.3 for the tests, from their own module (tools/spire).
 spire: $(BIN)/spire-server $(BIN)/spire-agent
 $(BIN)/spire-server $(BIN)/spire-agent &: tools/spire/go.mod tools/spire/go.sum
 	cd tools/spire && $(GO) build -o $(BIN)/ github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
+
+## witness: the C2SP tlog-witness omniwitness for the tests, from its own module (tools/witness).
+witness: $(BIN)/omniwitness
+$(BIN)/omniwitness: tools/witness/go.mod tools/witness/go.sum
+	cd tools/witness && CGO_ENABLED=0 $(GO) build -o $(BIN)/ github.com/transparency-dev/witness/cmd/omniwitness
 
 ## proto: regenerate Go code from proto/ (protoc from apt, plugins pinned in go.mod) and the descriptor set
 ## proto/plexsphere-signer.protoset (the schema plus google.rpc error details, for grpcurl).
