@@ -5,8 +5,12 @@
 // tlog-checkpoint in a signed note) and inclusion and consistency proofs.
 //
 // A verifier needs only the log's checkpoint verifier key
-// ("<origin>+<hash>+<key>", printed by `signerctl audit checkpoint-key`).
-// The package holds no key material and signs nothing.
+// ("<origin>+<hash>+<key>", printed by `signerctl audit checkpoint-key`)
+// and, to know that no one was shown another history, the witness policy:
+// WitnessPolicy checks C2SP tlog-cosignatures on checkpoints, and
+// Verifier.VerifyProof a signature's C2SP tlog-proof offline
+// (Example_verifyProof). The package holds no key material and signs
+// nothing.
 package auditlog
 
 import (
@@ -33,6 +37,16 @@ const (
 	RelationRotate    = "rotate"     // RotationService/*, bootstrap, auto-rotation
 	RelationAudit     = "audit_read" // AuditService/*
 	RelationUnknown   = "unknown"    // a method the signer does not serve
+	RelationLog       = "log"        // a record of the log itself (MethodEpoch, MethodPrune)
+)
+
+// The log's own records: entries the signer writes about the log, with a
+// Detail (docs/audit.md, "Log records").
+const (
+	// MethodEpoch starts a log epoch after a restore.
+	MethodEpoch = "log/epoch"
+	// MethodPrune records a prune before the pruned entries are deleted.
+	MethodPrune = "log/prune"
 )
 
 // SubjectSigner is the fixed subject of every middleware entry; the peer's
@@ -116,6 +130,13 @@ type Entry struct {
 	Code            string // gRPC status code name returned to the caller
 	PayloadSHA256   []byte // 32 bytes; Sign only
 	SignatureSHA256 []byte // 32 bytes; Sign only, when a signature was produced
+	// Detail is a log record's statement (relation "log"), nil for every
+	// RPC's entry.
+	Detail []byte
+	// Version is the leaf version the entry was read from, 0 for a new
+	// entry (written in LeafVersion). It is the leaf's first byte, not a
+	// field of its own.
+	Version byte
 }
 
 // New returns an entry with the contract's fixed fields filled in: an empty,

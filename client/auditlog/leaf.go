@@ -11,13 +11,16 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 )
 
-// LeafVersion is the first byte of every leaf this package writes.
-const LeafVersion = 1
+// LeafVersion is the version AppendLeaf writes: the first byte of a leaf.
+// ParseLeaf reads every version up to it, so leaves written before a
+// version change stay readable and keep their hash.
+const LeafVersion = 2
 
-// The canonical leaf encoding, version 1. Every field the contract pins is
-// in it, so the Merkle tree commits to exactly what a reader is shown:
+// The canonical leaf encoding. Every field the contract pins is in it, so
+// the Merkle tree commits to exactly what a reader is shown
+// (docs/audit.md has the byte tables):
 //
-//	u8        version (1)
+//	u8        version (1 or 2)
 //	[16]byte  request id
 //	sym       subject   (1 "service:signer"; 2 "service:signer:peer=" + str)
 //	sym       relation
@@ -27,21 +30,33 @@ const LeafVersion = 1
 //	varint    timestamp, microseconds since the Unix epoch, UTC
 //	sym       method
 //	sym       code
-//	u8        digests present: bit 0 payload, bit 1 signature
+//	u8        present: bit 0 payload digest, bit 1 signature digest,
+//	          bit 2 detail (version 2 only)
 //	[32]byte  payload SHA-256, if present
 //	[32]byte  signature SHA-256, if present
+//	str       detail, if present (version 2): a log record's statement
 //
 // str is a uvarint length and the bytes; sym is a u8 tag, 0 followed by a
 // str for a value outside the field's dictionary, else the value's index in
-// it plus one. The dictionaries below are part of version 1: they never
-// change (a new value is written as a literal until a new version).
-// Encoding is deterministic and decoding refuses any input that does not
-// re-encode to the same bytes, so one entry has exactly one leaf.
+// it plus one. Each version's dictionaries are frozen with it: version 2's
+// extend version 1's at their ends (so a version 1 index means the same in
+// version 2), and a value a version lacks is written as a literal. Encoding
+// is deterministic and decoding refuses any input that does not re-encode to
+// the same bytes in its own version, so one entry has exactly one leaf per
+// version.
+
+// dicts are each version's dictionaries; dicts[v-1] is version v's.
+var dicts = [LeafVersion]struct{ relation, reason, method []string }{
+	{relation: dictRelation[:6], reason: dictReason, method: dictMethod[:16]},
+	{relation: dictRelation, reason: dictReason, method: dictMethod},
+}
 
 var (
-	dictRelation = []string{RelationConnect, RelationSign, RelationPublicKey, RelationRotate, RelationAudit, RelationUnknown}
-	dictReason   = []string{ReasonGranted, ReasonInsufficientRelation, ReasonCaveatViolation}
-	dictMethod   = []string{
+	dictRelation = []string{RelationConnect, RelationSign, RelationPublicKey, RelationRotate, RelationAudit, RelationUnknown,
+		// version 2
+		RelationLog}
+	dictReason = []string{ReasonGranted, ReasonInsufficientRelation, ReasonCaveatViolation}
+	dictMethod = []string{
 		"/plexsphere.signer.v1.SignerService/Sign",
 		"/plexsphere.signer.v1.SignerService/PublicKey",
 		"/plexsphere.signer.v1.RotationService/Open",
@@ -58,8 +73,15 @@ var (
 		"auto-rotate/open",
 		"auto-rotate/commit",
 		"auto-rotate/retire",
+		// version 2
+		"/plexsphere.signer.v1.AuditService/ListCheckpoints",
+		"/plexsphere.signer.v1.AuditService/CheckpointVerifierKey",
+		"/plexsphere.signer.v1.SignerService/Prove",
+		MethodEpoch,
+		MethodPrune,
 	}
-	// gRPC status code names, in code order (codes.Code(i).String()).
+	// gRPC status code names, in code order (codes.Code(i).String()); the
+	// same in every version.
 	dictCode = []string{"OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
 		"AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
 		"OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated"}
@@ -67,7 +89,7 @@ var (
 
 // KnownMethod reports whether m has a dictionary entry (and so costs one
 // byte in a leaf).
-func KnownMethod(m string) bool { return indexOf(dictMethod, m) >= 0 }
+func KnownMethod(m string) bool { return indexOf(dicts[LeafVersion-1].method, m) >= 0 }
 
 func indexOf(dict []string, s string) int {
 	for i, d := range dict {
@@ -94,10 +116,22 @@ func appendSym(b []byte, dict []string, s string) []byte {
 // only come from a bug: every field is bounded upstream).
 const MaxLeafSize = 8 << 10
 
-// AppendLeaf appends e's canonical encoding to b.
+// AppendLeaf appends e's canonical encoding to b, in e.Version (0: the
+// current LeafVersion).
 func AppendLeaf(b []byte, e *Entry) ([]byte, error) {
 	start := len(b)
-	b = append(b, LeafVersion)
+	v := e.Version
+	if v == 0 {
+		v = LeafVersion
+	}
+	if v > LeafVersion {
+		return b, fmt.Errorf("auditlog: leaf version %d, this package writes up to %d", v, LeafVersion)
+	}
+	if v < 2 && e.Detail != nil {
+		return b, fmt.Errorf("auditlog: leaf version %d has no detail", v)
+	}
+	d := dicts[v-1]
+	b = append(b, v)
 	b = append(b, e.RequestID[:]...)
 	switch {
 	case e.Subject == SubjectSigner:
@@ -107,19 +141,19 @@ func AppendLeaf(b []byte, e *Entry) ([]byte, error) {
 	default:
 		b = appendStr(append(b, 0), e.Subject)
 	}
-	b = appendSym(b, dictRelation, e.Relation)
+	b = appendSym(b, d.relation, e.Relation)
 	if scope, key, ok := splitObject(e.Object); ok {
 		b = appendStr(appendStr(append(b, 1), scope), key)
 	} else {
 		b = appendStr(append(b, 0), e.Object)
 	}
-	b = appendSym(b, dictReason, e.Reason)
+	b = appendSym(b, d.reason, e.Reason)
 	b = binary.AppendUvarint(b, uint64(len(e.CaveatContext)))
 	for _, c := range e.CaveatContext {
 		b = appendStr(b, c)
 	}
 	b = binary.AppendVarint(b, e.Timestamp.UnixMicro())
-	b = appendSym(b, dictMethod, e.Method)
+	b = appendSym(b, d.method, e.Method)
 	b = appendSym(b, dictCode, e.Code)
 	var flags byte
 	for i, d := range [][]byte{e.PayloadSHA256, e.SignatureSHA256} {
@@ -131,9 +165,16 @@ func AppendLeaf(b []byte, e *Entry) ([]byte, error) {
 			return b[:start], fmt.Errorf("auditlog: digest of %d bytes, want 32", len(d))
 		}
 	}
+	if e.Detail != nil {
+		flags |= 4
+	}
 	b = append(b, flags)
 	b = append(b, e.PayloadSHA256...)
 	b = append(b, e.SignatureSHA256...)
+	if e.Detail != nil {
+		b = binary.AppendUvarint(b, uint64(len(e.Detail)))
+		b = append(b, e.Detail...)
+	}
 	if len(b)-start > MaxLeafSize {
 		return b[:start], fmt.Errorf("auditlog: entry encodes to %d bytes, limit %d", len(b)-start, MaxLeafSize)
 	}
@@ -226,11 +267,12 @@ func (r *reader) sym(dict []string) string {
 // ParseLeaf decodes a canonical leaf. Seq is left zero: the caller knows the
 // leaf's position.
 func ParseLeaf(leaf []byte) (Entry, error) {
-	if len(leaf) == 0 || leaf[0] != LeafVersion || len(leaf) > MaxLeafSize {
+	if len(leaf) == 0 || leaf[0] < 1 || leaf[0] > LeafVersion || len(leaf) > MaxLeafSize {
 		return Entry{}, ErrMalformedLeaf
 	}
+	d := dicts[leaf[0]-1]
 	r := &reader{b: leaf[1:]}
-	var e Entry
+	e := Entry{Version: leaf[0]}
 	copy(e.RequestID[:], r.bytes(len(e.RequestID)))
 	switch r.u8() {
 	case 0:
@@ -242,7 +284,7 @@ func ParseLeaf(leaf []byte) (Entry, error) {
 	default:
 		r.fail()
 	}
-	e.Relation = r.sym(dictRelation)
+	e.Relation = r.sym(d.relation)
 	switch r.u8() {
 	case 0:
 		e.Object = r.str()
@@ -252,7 +294,7 @@ func ParseLeaf(leaf []byte) (Entry, error) {
 	default:
 		r.fail()
 	}
-	e.Reason = r.sym(dictReason)
+	e.Reason = r.sym(d.reason)
 	n := r.uvarint()
 	if n > uint64(len(r.b)) {
 		// Each caveat takes at least a byte: more than the bytes left is
@@ -266,10 +308,10 @@ func ParseLeaf(leaf []byte) (Entry, error) {
 		e.CaveatContext = append(e.CaveatContext, r.str())
 	}
 	e.Timestamp = time.UnixMicro(r.varint()).UTC()
-	e.Method = r.sym(dictMethod)
+	e.Method = r.sym(d.method)
 	e.Code = r.sym(dictCode)
 	flags := r.u8()
-	if flags&^3 != 0 {
+	if known := byte(3); e.Version >= 2 && flags&^(known|4) != 0 || e.Version < 2 && flags&^known != 0 {
 		r.fail()
 	}
 	if flags&1 != 0 {
@@ -278,11 +320,16 @@ func ParseLeaf(leaf []byte) (Entry, error) {
 	if flags&2 != 0 {
 		e.SignatureSHA256 = bytes.Clone(r.bytes(32))
 	}
+	if flags&4 != 0 {
+		n := r.uvarint()
+		e.Detail = bytes.Clone(r.bytes(int(min(n, MaxLeafSize+1))))
+	}
 	if r.err != nil || len(r.b) != 0 {
 		return Entry{}, ErrMalformedLeaf
 	}
-	// One entry, one encoding: a literal where the dictionary has the value,
-	// a non-minimal varint and the like are refused.
+	// One entry, one encoding per version: a literal where the version's
+	// dictionary has the value, a non-minimal varint and the like are
+	// refused.
 	if again, err := AppendLeaf(nil, &e); err != nil || !bytes.Equal(again, leaf) {
 		return Entry{}, fmt.Errorf("%w: not canonical", ErrMalformedLeaf)
 	}

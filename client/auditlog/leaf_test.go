@@ -3,6 +3,7 @@ package auditlog_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"runtime"
 	"strings"
@@ -83,10 +84,76 @@ func TestLeafIsCanonical(t *testing.T) {
 	if _, err := auditlog.ParseLeaf(append(bytes.Clone(leaf), 0)); err == nil {
 		t.Fatal("a leaf with trailing bytes decoded")
 	}
-	bad := bytes.Clone(leaf)
-	bad[0] = 2
-	if _, err := auditlog.ParseLeaf(bad); err == nil {
-		t.Fatal("an unknown version decoded")
+	for _, v := range []byte{0, auditlog.LeafVersion + 1} {
+		bad := bytes.Clone(leaf)
+		bad[0] = v
+		if _, err := auditlog.ParseLeaf(bad); err == nil {
+			t.Fatalf("version %d decoded", v)
+		}
+	}
+}
+
+// A leaf written by version 1 (before the two AuditService methods below
+// had dictionary entries, with them as literals) still decodes and
+// re-encodes to the same bytes, so its hash in the tree is unchanged. The
+// bytes are what the version 1 encoder wrote (main at 977b8d3).
+func TestVersionOneLeavesStayReadable(t *testing.T) {
+	v1, _ := hex.DecodeString("0130313233343536373839616263646566021c7370696666653a2f2f6578616d706c652e6f72672f61756469746f720501012d012d01008080efe0b5d9b00600322f706c65787370686572652e7369676e65722e76312e4175646974536572766963652f4c697374436865636b706f696e74730100")
+	e, err := auditlog.ParseLeaf(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Version != 1 || e.Method != "/plexsphere.signer.v1.AuditService/ListCheckpoints" || e.Subject != auditlog.SubjectPeer("spiffe://example.org/auditor") {
+		t.Fatalf("version 1 leaf read as %+v", e)
+	}
+	again, err := auditlog.AppendLeaf(nil, &e)
+	if err != nil || !bytes.Equal(again, v1) {
+		t.Fatalf("a version 1 leaf re-encodes to other bytes: %x (%v)", again, err)
+	}
+	// The same entry written today is version 2, with the method as one byte.
+	e.Version = 0
+	v2, err := auditlog.AppendLeaf(nil, &e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2[0] != 2 || len(v2) != len(v1)-len(e.Method)-1 {
+		t.Fatalf("version 2 leaf of %d bytes (version 1: %d)", len(v2), len(v1))
+	}
+	// Version 1 has no tag for the method: its tag spelled in a version 1
+	// leaf is refused.
+	forged := bytes.Clone(v2)
+	forged[0] = 1
+	if _, err := auditlog.ParseLeaf(forged); err == nil {
+		t.Fatal("a version 1 leaf with a version 2 dictionary tag decoded")
+	}
+}
+
+// A log record carries a detail (version 2 only), round-trips, and is part
+// of the one encoding.
+func TestLogRecordDetail(t *testing.T) {
+	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationLog, auditlog.MethodEpoch, time.Now())
+	e.Object, e.Reason, e.Code = "audit-log:example.org/plexsphere-signer/epoch-2", auditlog.ReasonGranted, "OK"
+	e.Detail = []byte(`{"epoch":2}`)
+	leaf, err := auditlog.AppendLeaf(nil, &e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := auditlog.ParseLeaf(leaf)
+	if err != nil || string(got.Detail) != string(e.Detail) || got.Relation != auditlog.RelationLog || got.Method != auditlog.MethodEpoch {
+		t.Fatalf("record read back as %+v (%v)", got, err)
+	}
+	e.Version = 1
+	if _, err := auditlog.AppendLeaf(nil, &e); err == nil {
+		t.Fatal("a version 1 leaf with a detail encoded")
+	}
+	// An empty detail is a detail (flag set, length 0), not its absence.
+	e.Version, e.Detail = 0, []byte{}
+	empty, err := auditlog.AppendLeaf(nil, &e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := auditlog.ParseLeaf(empty); err != nil || got.Detail == nil {
+		t.Fatalf("empty detail read back as %v (%v)", got.Detail, err)
 	}
 }
 
