@@ -555,7 +555,7 @@ func FindRequest(ctx context.Context, s Store, id auditlog.RequestID) (uint64, e
 // rest.
 func requestTime(leaf []byte) (time.Time, error) {
 	var id auditlog.RequestID
-	if len(leaf) < 1+len(id) || leaf[0] != auditlog.LeafVersion {
+	if len(leaf) < 1+len(id) || leaf[0] < 1 || leaf[0] > auditlog.LeafVersion {
 		return time.Time{}, fmt.Errorf("%w: leaf too short", ErrTreeBroken)
 	}
 	copy(id[:], leaf[1:])
