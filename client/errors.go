@@ -57,6 +57,7 @@ var byReason = map[signerv1.ErrorReason]error{
 	signerv1.ErrorReason_ERROR_REASON_INTERNAL:               ErrInternal,
 	signerv1.ErrorReason_ERROR_REASON_STORE_UNAVAILABLE:      ErrUnavailable,
 	signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN:       ErrUnavailable,
+	signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_UNANCHORED:   ErrUnavailable,
 	signerv1.ErrorReason_ERROR_REASON_UNKNOWN_METHOD:         ErrInternal,
 }
 

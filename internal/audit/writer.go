@@ -20,12 +20,14 @@ var ErrClosed = errors.New("audit: writer closed")
 // someone removed entries). The writer reloads the tree and retries.
 var ErrHeadMoved = errors.New("audit: log head moved")
 
-// Batch is one commit: the leaves for seqs Start.. and the tree nodes they
-// complete (levels StoredLevel and up).
+// Batch is one commit: the leaves for seqs Start.., the tree nodes they
+// complete (levels StoredLevel and up) and the seal of the log's size and
+// root after them (seal.go), which the store keeps with them.
 type Batch struct {
 	Start  uint64
 	Leaves [][]byte
 	Nodes  []Node
+	Seal   []byte
 }
 
 // Appender is the store side of the writer.
@@ -107,6 +109,9 @@ type WriterOptions struct {
 	DeniedQueue   int           // denied entries waiting; default 256
 	CommitTimeout time.Duration // per commit; default 5s
 	Observe       BatchObserver
+	// Sealer seals every commit. Without one, commits carry no seal and
+	// the log's checks refuse them: only stores' own tests go without.
+	Sealer *Sealer
 	// SkipTree stores leaves without extending the Merkle tree. It exists
 	// only so the benchmarks can price the tree (docs/performance.md); a
 	// signer never sets it: without the tree the log cannot be checked.
@@ -129,13 +134,17 @@ type Writer struct {
 	denied chan *Pending
 	done   chan struct{}
 
-	broken atomic.Pointer[error] // set when the log fails its checks
+	// refusal is the Log's verdict (broken, or not checked and anchored
+	// for too long), set and cleared by it; broken is the writer's own
+	// finding (the store lost entries this writer committed), which nothing
+	// clears: the evidence exists only in this process.
+	refusal atomic.Pointer[error]
+	broken  atomic.Pointer[error]
 
 	headMu sync.Mutex
-	tree   *Tree // owned by loop; nil until loaded
+	tree   *Tree  // owned by loop; nil until loaded
+	root   []byte // tree's root, owned by loop
 	head   Head
-	roots  map[uint64][]byte // roots after this writer's recent commits
-	order  []uint64
 }
 
 // Head is the log's size and root as of a writer's last commit.
@@ -159,7 +168,7 @@ func NewWriter(app Appender, opts WriterOptions) *Writer {
 		opts.CommitTimeout = 5 * time.Second
 	}
 	w := &Writer{app: app, opts: opts, queue: make(chan *Pending, opts.QueueSize),
-		denied: make(chan *Pending, opts.DeniedQueue), done: make(chan struct{}), roots: map[uint64][]byte{}}
+		denied: make(chan *Pending, opts.DeniedQueue), done: make(chan struct{})}
 	go w.loop()
 	return w
 }
@@ -204,19 +213,38 @@ func (w *Writer) Write(ctx context.Context, entries ...auditlog.Entry) error {
 	return w.Submit(ctx, LaneAdmitted, entries...).Wait(ctx)
 }
 
-// SetBroken stops the writer from appending: every later Submit fails with
-// err (which wraps signerr.ErrAuditLogBroken). nil clears it.
-func (w *Writer) SetBroken(err error) {
+// Refuse stops the writer from appending: every later Submit fails with
+// err (wrapping signerr.ErrAuditLogBroken or ErrAuditLogUnanchored). nil
+// lifts it. The Log decides; it never lifts what the writer found itself
+// (Fail).
+func (w *Writer) Refuse(err error) {
 	if err == nil {
-		w.broken.Store(nil)
+		w.refusal.Store(nil)
 		return
 	}
-	w.broken.Store(&err)
+	w.refusal.Store(&err)
 }
 
-// Broken returns the error set by SetBroken, or nil.
-func (w *Writer) Broken() error {
+// Fail breaks the writer for good: the store lost entries it committed.
+func (w *Writer) Fail(err error) {
+	w.broken.CompareAndSwap(nil, &err)
+}
+
+// Failed returns what Fail recorded, or nil.
+func (w *Writer) Failed() error {
 	if p := w.broken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Broken returns why the writer refuses to append, or nil: its own finding
+// first, then the Log's verdict.
+func (w *Writer) Broken() error {
+	if err := w.Failed(); err != nil {
+		return err
+	}
+	if p := w.refusal.Load(); p != nil {
 		return *p
 	}
 	return nil
@@ -230,30 +258,10 @@ func (w *Writer) Head() Head {
 	return w.head
 }
 
-// RootAt returns the root this writer computed when its commit took the log
-// to size, if it remembers one: the checkpointer compares what the store
-// holds now with what was committed.
-func (w *Writer) RootAt(size uint64) ([]byte, bool) {
+func (w *Writer) committed(size uint64, root []byte) {
 	w.headMu.Lock()
 	defer w.headMu.Unlock()
-	r, ok := w.roots[size]
-	return r, ok
-}
-
-// rememberRoots bounds the writer's memory of its own roots.
-const rememberRoots = 4096
-
-func (w *Writer) committed(t *Tree) {
-	root := t.Root()
-	w.headMu.Lock()
-	defer w.headMu.Unlock()
-	w.head = Head{Size: t.Size(), Root: root}
-	w.roots[t.Size()] = root
-	w.order = append(w.order, t.Size())
-	if len(w.order) > rememberRoots {
-		delete(w.roots, w.order[0])
-		w.order = w.order[1:]
-	}
+	w.head = Head{Size: size, Root: root}
 }
 
 // Close stops accepting entries, commits everything already queued and waits.
@@ -396,15 +404,15 @@ func (w *Writer) reload(ctx context.Context, size uint64, r Reader) (*Tree, erro
 		return &Tree{n: size}, nil
 	}
 	if h := w.Head(); size < h.Size {
-		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d", signerr.ErrAuditLogBroken, size, h.Size)
-		w.SetBroken(err)
+		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d (entries after seq %d were removed)", signerr.ErrAuditLogBroken, size, h.Size, size)
+		w.Fail(err)
 		return nil, err
 	}
 	return TreeAt(ctx, r, size)
 }
 
-// append extends a copy of base with the batch and hands it to store; on
-// success the copy becomes the writer's tree.
+// append extends a copy of base with the batch, seals it and hands it to
+// store; on success the copy becomes the writer's tree.
 func (w *Writer) append(ctx context.Context, batch []*Pending, n int, base *Tree, store func(context.Context, *Batch) error) error {
 	t := base.Clone()
 	b := &Batch{Start: t.Size() + 1, Leaves: make([][]byte, 0, n)}
@@ -415,10 +423,14 @@ func (w *Writer) append(ctx context.Context, batch []*Pending, n int, base *Tree
 			b.Leaves = append(b.Leaves, p.leaves[i])
 		}
 	}
+	root := t.Root()
+	if w.opts.Sealer != nil && root != nil {
+		b.Seal = w.opts.Sealer.Seal(SealedRange{Start: b.Start, End: t.Size()}, root)
+	}
 	if err := store(ctx, b); err != nil {
 		return err
 	}
-	w.tree = t
+	w.tree, w.root = t, root
 	return nil
 }
 
@@ -432,5 +444,5 @@ func (w *Writer) settle(batch []*Pending) {
 			seq--
 		}
 	}
-	w.committed(w.tree)
+	w.committed(w.tree.Size(), w.root)
 }

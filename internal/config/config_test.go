@@ -16,6 +16,7 @@ func valid(t *testing.T) {
 	t.Setenv("SIGNER_SVID_KEY_FILE", "/id/svid.key")
 	t.Setenv("SIGNER_TRUST_BUNDLE_FILE", "/id/bundle.crt")
 	t.Setenv("SIGNER_LOCAL_KEK_FILE", "/secrets/kek")
+	t.Setenv("SIGNER_CHECKPOINT_LOG", "/anchor/checkpoints.jsonl")
 }
 
 func load(t *testing.T, args ...string) (config.Signer, error) {
@@ -82,6 +83,10 @@ func TestValidateNamesTheSetting(t *testing.T) {
 		{"auto-rotate window below the floor", nil, []string{"--auto-rotate", "payments:720h:1m:48h"}, "--auto-rotate / SIGNER_AUTO_ROTATE"},
 		{"auto-rotate period too short", nil, []string{"--auto-rotate", "payments:10m:1h:48h"}, "--auto-rotate / SIGNER_AUTO_ROTATE"},
 		{"misspelt variable", map[string]string{"SIGNER_ALLOW_SPIFE_IDS": "x"}, nil, "unknown setting SIGNER_ALLOW_SPIFE_IDS"},
+		{"no anchor outside the store", map[string]string{"SIGNER_CHECKPOINT_LOG": ""}, nil, "--audit-anchor-required / SIGNER_AUDIT_ANCHOR_REQUIRED: the audit log needs an anchor outside the store"},
+		{"unanchored bound below two intervals", nil, []string{"--audit-max-unanchored", "15s"}, "--audit-max-unanchored / SIGNER_AUDIT_MAX_UNANCHORED"},
+		{"epoch 0", nil, []string{"--audit-epoch", "0"}, "--audit-epoch / SIGNER_AUDIT_EPOCH"},
+		{"file init without a file", map[string]string{"SIGNER_CHECKPOINT_LOG": "", "SIGNER_WITNESS_POLICY_FILE": "/p"}, []string{"--checkpoint-log-init"}, "--checkpoint-log-init / SIGNER_CHECKPOINT_LOG_INIT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			valid(t)

@@ -50,10 +50,18 @@ type Signer struct {
 	PruneAuditUpTo       int    `envconfig:"SIGNER_PRUNE_AUDIT_UPTO" flag:"prune-audit-upto" desc:"delete the audit entries up to this seq, which the export file must hold, and exit (run as the owner; bbolt: with the signer stopped)"`
 	PruneAuditExport     string `envconfig:"SIGNER_PRUNE_AUDIT_EXPORT" flag:"prune-audit-export" desc:"file written by signerctl audit export covering the entries to prune; verified before anything is deleted"`
 
-	AuditMaxBatch      int           `envconfig:"SIGNER_AUDIT_MAX_BATCH" flag:"audit-max-batch" default:"256" desc:"most audit entries committed in one transaction"`
-	AuditOrigin        string        `envconfig:"SIGNER_AUDIT_ORIGIN" flag:"audit-origin" desc:"origin line of the audit log's checkpoints (default <trust domain>/plexsphere-signer); part of the log's identity: never change it"`
-	CheckpointInterval time.Duration `envconfig:"SIGNER_AUDIT_CHECKPOINT_INTERVAL" flag:"audit-checkpoint-interval" default:"10s" desc:"how often the stored audit log is checked against its last checkpoint and a new checkpoint signed"`
-	CheckpointLog      string        `envconfig:"SIGNER_CHECKPOINT_LOG" flag:"checkpoint-log" desc:"file each signed checkpoint is appended to (one JSON line), to ship off-box; its last line is trusted at start-up"`
+	AuditMaxBatch         int           `envconfig:"SIGNER_AUDIT_MAX_BATCH" flag:"audit-max-batch" default:"256" desc:"most audit entries committed in one transaction"`
+	AuditOrigin           string        `envconfig:"SIGNER_AUDIT_ORIGIN" flag:"audit-origin" desc:"origin line of the audit log's checkpoints (default <trust domain>/plexsphere-signer); part of the log's identity: never change it"`
+	CheckpointInterval    time.Duration `envconfig:"SIGNER_AUDIT_CHECKPOINT_INTERVAL" flag:"audit-checkpoint-interval" default:"10s" desc:"how often the stored audit log is checked against its last checkpoint and a new checkpoint signed"`
+	CheckpointLog         string        `envconfig:"SIGNER_CHECKPOINT_LOG" flag:"checkpoint-log" desc:"file every checkpoint signed and cosigned is appended to (one JSON line) before it counts, on storage the database's writers cannot reach; its largest checkpoint is trusted at start-up (an anchor outside the store)"`
+	CheckpointLogInit     bool          `envconfig:"SIGNER_CHECKPOINT_LOG_INIT" flag:"checkpoint-log-init" desc:"start the checkpoint file of a log that never had one (refused while the file holds checkpoints); set it once, deliberately"`
+	WitnessPolicyFile     string        `envconfig:"SIGNER_WITNESS_POLICY_FILE" flag:"witness-policy-file" desc:"the audit log's witnesses and quorum (witness/group/quorum lines, docs/audit.md): every checkpoint is pushed to them (C2SP tlog-witness) and anchors the log once the quorum cosigned it"`
+	WitnessTimeout        time.Duration `envconfig:"SIGNER_WITNESS_TIMEOUT" flag:"witness-timeout" default:"5s" desc:"how long one request to a witness may take"`
+	AuditMaxUnanchored    time.Duration `envconfig:"SIGNER_AUDIT_MAX_UNANCHORED" flag:"audit-max-unanchored" default:"1m" desc:"how long the signer goes on signing while its audit log is not checked whole and anchored (cosigned by the witness quorum, written to the checkpoint file); after that it refuses every RPC until a check anchors it"`
+	AuditAnchorRequired   bool          `envconfig:"SIGNER_AUDIT_ANCHOR_REQUIRED" flag:"audit-anchor-required" default:"true" desc:"refuse to start without an anchor outside the store (a witness policy or a checkpoint file); false only for development: a store writer could then roll the log back unseen"`
+	CheckpointVerifierKey string        `envconfig:"SIGNER_CHECKPOINT_VERIFIER_KEY" flag:"checkpoint-verifier-key" desc:"the audit log's checkpoint verifier key, pinned (printed at the first start and by signerctl audit checkpoint-key): the signer refuses to start with another"`
+	AuditEpoch            int           `envconfig:"SIGNER_AUDIT_EPOCH" flag:"audit-epoch" default:"1" desc:"the audit log's epoch: raise it by one, with a reason, to continue the log from a restored backup under a new origin (docs/operations.md, Restore)"`
+	AuditEpochReason      string        `envconfig:"SIGNER_AUDIT_EPOCH_REASON" flag:"audit-epoch-reason" desc:"why a new epoch begins (recorded in the log's first entry of the epoch)"`
 
 	Provider     string `envconfig:"SIGNER_PROVIDER" flag:"provider" default:"local" desc:"key provider: local (sealed keys in the store) or pkcs11 (HSM)"`
 	LocalKEK     string `envconfig:"SIGNER_LOCAL_KEK" secret:"true" desc:"local provider key-encryption key: 32 bytes as hex or base64 (environment only)"`
@@ -173,6 +181,22 @@ func (c *Signer) Validate() error {
 	}
 	if c.CheckpointInterval < time.Second {
 		add(Errorf(c, "CheckpointInterval", "must be at least 1s"))
+	}
+	if c.AuditMaxUnanchored < 2*c.CheckpointInterval {
+		add(Errorf(c, "AuditMaxUnanchored", "%v is shorter than two checkpoint intervals (%s is %v): every check would find the log unanchored", c.AuditMaxUnanchored, Name(c, "CheckpointInterval"), c.CheckpointInterval))
+	}
+	if c.WitnessTimeout <= 0 || c.WitnessTimeout >= c.AuditMaxUnanchored {
+		add(Errorf(c, "WitnessTimeout", "must be positive and shorter than %s", Name(c, "AuditMaxUnanchored")))
+	}
+	if c.AuditEpoch < 1 {
+		add(Errorf(c, "AuditEpoch", "must be at least 1"))
+	}
+	if c.CheckpointLogInit && c.CheckpointLog == "" {
+		add(Errorf(c, "CheckpointLogInit", "set only with %s", Name(c, "CheckpointLog")))
+	}
+	if c.AuditAnchorRequired && !c.Maintenance() && c.WitnessPolicyFile == "" && c.CheckpointLog == "" {
+		add(Errorf(c, "AuditAnchorRequired", "the audit log needs an anchor outside the store: set %s (witnesses) and/or %s (a checkpoint file on storage the database's writers cannot reach); %s=false only for development",
+			Name(c, "WitnessPolicyFile"), Name(c, "CheckpointLog"), Name(c, "AuditAnchorRequired")))
 	}
 	for _, n := range []struct {
 		field string

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 
+	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/metrics"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
@@ -24,19 +25,24 @@ const maxScopeLabels = 100
 // signerMetrics are the signer's Prometheus metrics (docs/operations.md).
 type signerMetrics struct {
 	*metrics.Registry
-	rpcs         *prometheus.CounterVec
-	rpcDuration  *prometheus.HistogramVec
-	admissions   *prometheus.CounterVec
-	batchSize    prometheus.Histogram
-	commit       prometheus.Histogram
-	commitFails  prometheus.Counter
-	signLatency  *prometheus.HistogramVec
-	signErrors   *prometheus.CounterVec
-	logBroken    prometheus.Gauge
-	logSize      prometheus.Gauge
-	connsRefused *prometheus.CounterVec
-	dependencyUp *prometheus.GaugeVec
-	jwks         *prometheus.CounterVec
+	rpcs        *prometheus.CounterVec
+	rpcDuration *prometheus.HistogramVec
+	admissions  *prometheus.CounterVec
+	batchSize   prometheus.Histogram
+	commit      prometheus.Histogram
+	commitFails prometheus.Counter
+	signLatency *prometheus.HistogramVec
+	signErrors  *prometheus.CounterVec
+	logBroken   prometheus.Gauge
+	logSize     prometheus.Gauge
+	// the log's anchor (docs/audit.md)
+	logUnanchored   prometheus.Gauge
+	witnessedSize   prometheus.Gauge
+	anchoredAt      prometheus.Gauge
+	witnessRequests *prometheus.CounterVec
+	connsRefused    *prometheus.CounterVec
+	dependencyUp    *prometheus.GaugeVec
+	jwks            *prometheus.CounterVec
 }
 
 func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key, error), svid x509svid.Source) *signerMetrics {
@@ -61,6 +67,14 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 		Help: "1 while the stored audit log does not match its last signed checkpoint (the signer refuses every RPC)."})
 	m.logSize = prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_signer_audit_checkpoint_size",
 		Help: "Size of the newest signed audit checkpoint."})
+	m.logUnanchored = prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_signer_audit_log_unanchored",
+		Help: "1 while the audit log has not been checked whole and anchored (witnessed, written to the checkpoint file) for longer than SIGNER_AUDIT_MAX_UNANCHORED (the signer refuses every RPC)."})
+	m.witnessedSize = prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_signer_audit_witnessed_size",
+		Help: "Size of the newest audit checkpoint the witness policy's quorum cosigned."})
+	m.anchoredAt = prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_signer_audit_anchored_timestamp_seconds",
+		Help: "When the audit log was last checked whole and anchored (Unix time); time() minus it is the anchor's age."})
+	m.witnessRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_witness_requests_total",
+		Help: "Checkpoints pushed to witnesses (C2SP tlog-witness) by witness and outcome: cosigned, conflict (it holds a newer checkpoint), fork (it holds another tree), error."}, []string{"witness", "outcome"})
 	m.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_connections_refused_total",
 		Help: "Connections refused or closed by flood control, by reason."}, []string{"reason"})
 	m.dependencyUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "plexsphere_signer_dependency_up",
@@ -68,7 +82,7 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	m.jwks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_jwks_requests_total",
 		Help: "Requests to the JWKS endpoint by HTTP status code."}, []string{"code"})
 	m.MustRegister(m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.signLatency, m.signErrors,
-		m.logBroken, m.logSize, m.connsRefused, m.dependencyUp, m.jwks,
+		m.logBroken, m.logSize, m.logUnanchored, m.witnessedSize, m.anchoredAt, m.witnessRequests, m.connsRefused, m.dependencyUp, m.jwks,
 		&keyStates{list: keys}, metrics.SVIDExpiry("plexsphere_signer_svid_expiry_timestamp_seconds", svid))
 	// Failure counters start at 0 for every label value known up front, so
 	// that increase() and rate() see the first failure (a series born at 1
@@ -101,13 +115,26 @@ func (m *signerMetrics) observeBatch(size int, took time.Duration, err error) {
 }
 
 // observeLog is the audit log's observer.
-func (m *signerMetrics) observeLog(size uint64, broken bool) {
-	m.logSize.Set(float64(size))
-	if broken {
-		m.logBroken.Set(1)
-	} else {
-		m.logBroken.Set(0)
+func (m *signerMetrics) observeLog(st audit.Status) {
+	m.logSize.Set(float64(st.Size))
+	m.witnessedSize.Set(float64(st.WitnessedSize))
+	if !st.AnchoredAt.IsZero() {
+		m.anchoredAt.Set(float64(st.AnchoredAt.UnixNano()) / 1e9)
 	}
+	m.logBroken.Set(b2f(st.Broken != nil))
+	m.logUnanchored.Set(b2f(st.Unanchored != nil))
+}
+
+// observeWitness counts one push to a witness.
+func (m *signerMetrics) observeWitness(name, outcome string) {
+	m.witnessRequests.WithLabelValues(name, outcome).Inc()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // observeDependency records a health check of the store or the provider.

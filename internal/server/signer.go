@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -72,15 +74,18 @@ type Signer struct {
 	keys       *signing.Keyring
 	rotation   *signing.Rotation
 	auto       *signing.AutoRotator // nil without schedules
-	metrics    *signerMetrics
-	guard      *guard
-	grpc       *grpc.Server
-	health     *health.Server
-	jwks       http.Handler          // nil without SIGNER_JWKS_LISTEN
-	jwksCert   *jwks.Certificate     // its server certificate
-	jwksLis    net.Listener          // set by ListenJWKS
-	ready      atomic.Pointer[error] // the last readiness check, refreshed in the background
-	owned      []func() error        // closed in reverse order
+	// bootstrapLater: the scopes could not be bootstrapped at start-up (the
+	// audit log refused entries); Serve retries until it can.
+	bootstrapLater bool
+	metrics        *signerMetrics
+	guard          *guard
+	grpc           *grpc.Server
+	health         *health.Server
+	jwks           http.Handler          // nil without SIGNER_JWKS_LISTEN
+	jwksCert       *jwks.Certificate     // its server certificate
+	jwksLis        net.Listener          // set by ListenJWKS
+	ready          atomic.Pointer[error] // the last readiness check, refreshed in the background
+	owned          []func() error        // closed in reverse order
 }
 
 // streamWorkers is the signer's gRPC stream worker pool; calls beyond it
@@ -130,10 +135,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	// provider metrics count the signatures callers ask for.
 	untimed := s.provider
 	s.provider = s.metrics.timed(s.provider)
-	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.observeBatch, SkipTree: opts.SkipMerkle})
 	s.skipMerkle = opts.SkipMerkle
-	s.owned = append(s.owned, func() error { s.writer.Close(); return nil })
-
 	if err := s.openLog(ctx, untimed, clock); err != nil {
 		return nil, err
 	}
@@ -145,17 +147,10 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	s.rotation = signing.NewRotation(s.store, s.provider, s.keys,
 		signing.Windows{PrePublish: cfg.PrePublish, VerifyOnly: cfg.VerifyOnly}, clock)
 	if broken := s.auditLog.Broken(); broken != nil {
-		s.log.Error("scopes not bootstrapped: the audit log is broken", "err", broken)
-	} else {
-		for _, scope := range cfg.BootstrapScopes {
-			k, created, err := s.rotation.Bootstrap(ctx, scope, s.writer)
-			if err != nil {
-				return nil, fmt.Errorf("bootstrap scope %q: %w", scope, err)
-			}
-			if created {
-				s.log.Info("bootstrapped scope", "scope", scope, "key_id", k.ID)
-			}
-		}
+		s.log.Error("scopes not bootstrapped yet: the audit log refuses entries; retrying in the background", "err", broken)
+		s.bootstrapLater = true
+	} else if err := s.bootstrap(ctx); err != nil {
+		return nil, err
 	}
 
 	if len(cfg.AllowSPIFFEIDs) == 0 {
@@ -236,6 +231,39 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	return s, nil
 }
 
+// bootstrap gives each configured scope its first key (audited).
+func (s *Signer) bootstrap(ctx context.Context) error {
+	for _, scope := range s.cfg.BootstrapScopes {
+		k, created, err := s.rotation.Bootstrap(ctx, scope, s.writer)
+		if err != nil {
+			return fmt.Errorf("bootstrap scope %q: %w", scope, err)
+		}
+		if created {
+			s.log.Info("bootstrapped scope", "scope", scope, "key_id", k.ID)
+		}
+	}
+	return nil
+}
+
+// bootstrapWhenAnchored retries the bootstrap skipped at start-up once the
+// audit log takes entries again.
+func (s *Signer) bootstrapWhenAnchored(ctx context.Context, every time.Duration) {
+	for {
+		if s.auditLog.Broken() == nil {
+			err := s.bootstrap(ctx)
+			if err == nil {
+				return
+			}
+			s.log.Warn("scopes not bootstrapped yet", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
+}
+
 // ListenJWKS hands Serve the listener of the JWKS endpoint (configured with
 // SIGNER_JWKS_LISTEN); call it before Serve. Without the setting it is an
 // error.
@@ -247,19 +275,24 @@ func (s *Signer) ListenJWKS(l net.Listener) error {
 	return nil
 }
 
-// openLog loads (or creates, on first start) the checkpoint key, wires the
-// audit log and checks the store against the last signed checkpoint. A
-// broken log does not stop start-up: the signer comes up not ready and
-// refuses every RPC, so the operator can inspect it (docs/audit.md).
+// openLog loads (or creates, on a first start) the checkpoint key, checks it
+// against the pinned verifier key, derives the seal key, starts the writer,
+// begins a new epoch if the configuration asks for one, and checks the
+// stored log against its anchors (a full sweep, then a check that pushes
+// to the witnesses) before anything is served. A broken or unanchored log
+// does not stop start-up: the signer comes up not ready and refuses every
+// RPC, so the operator can inspect it (docs/audit.md); a configuration that
+// cannot work does.
 func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func() time.Time) error {
+	cfg := &s.cfg
 	key, rec, err := logKey(ctx, s.store, p, clock)
 	if err != nil {
 		if errors.Is(err, signerr.ErrProviderUnavailable) {
-			return providerError(&s.cfg, "the audit checkpoint key", err)
+			return providerError(cfg, "the audit checkpoint key", err)
 		}
 		return fmt.Errorf("audit checkpoint key: %w", err)
 	}
-	origin := s.cfg.AuditOrigin
+	origin := cfg.AuditOrigin
 	if origin == "" {
 		svid, err := s.ident.GetX509SVID()
 		if err != nil {
@@ -267,39 +300,136 @@ func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func
 		}
 		origin = svid.ID.TrustDomain().Name() + "/plexsphere-signer"
 	}
-	signer, vkey, err := audit.NewNoteSigner(origin, rec.Public, func(msg []byte) ([]byte, error) {
-		// A provider that hangs (an HSM gone quiet) must not hang the log's
-		// checks: the checkpoint is signed again at the next interval.
+	// A provider that hangs (an HSM gone quiet) must not hang the log's
+	// checks: the checkpoint is signed again at the next interval.
+	sign := func(msg []byte) ([]byte, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		return key.SignContext(ctx, msg)
-	})
+	}
+	vkey, err := note.NewEd25519VerifierKey(origin, rec.Public)
 	if err != nil {
-		return config.Errorf(&s.cfg, "AuditOrigin", "%v", err)
+		return config.Errorf(cfg, "AuditOrigin", "%v", err)
+	}
+	if pinned := cfg.CheckpointVerifierKey; pinned != "" && pinned != vkey {
+		return config.Errorf(cfg, "CheckpointVerifierKey", "the store's checkpoint key is %s, not the pinned %s: this is not the log you pinned (another store, another origin, or a key someone replaced); never start it with another key", vkey, pinned)
 	}
 	verifier, err := auditlog.NewVerifier(vkey)
 	if err != nil {
 		return err
 	}
 	s.vkey = vkey
-	s.auditLog = audit.NewLog(audit.LogConfig{Store: s.store, Writer: s.writer, Signer: signer, Verifier: verifier,
-		Interval: s.cfg.CheckpointInterval, File: s.cfg.CheckpointLog, Log: s.log, Observe: s.metrics.observeLog})
+	var sealer *audit.Sealer
+	if !s.skipMerkle {
+		if sealer, err = audit.DeriveSealer(origin, sign); err != nil {
+			return fmt.Errorf("audit seal key: %w", err)
+		}
+	}
+	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.observeBatch, SkipTree: s.skipMerkle, Sealer: sealer})
+	s.owned = append(s.owned, func() error { s.writer.Close(); return nil })
+
+	var witnesses *audit.Witnesses
+	if cfg.WitnessPolicyFile != "" {
+		text, err := os.ReadFile(cfg.WitnessPolicyFile)
+		if err != nil {
+			return config.Errorf(cfg, "WitnessPolicyFile", "%v", err)
+		}
+		policy, err := auditlog.ParseWitnessPolicy(text)
+		if err != nil {
+			return config.Errorf(cfg, "WitnessPolicyFile", "%v (docs/audit.md, Witnesses)", err)
+		}
+		witnesses = audit.NewWitnesses(policy, cfg.WitnessTimeout, s.metrics.observeWitness)
+	}
+	epoch, begin, err := s.epoch(ctx, verifier)
+	if err != nil {
+		return err
+	}
+	signer, _, err := audit.NewNoteSigner(auditlog.EpochOrigin(origin, epoch), rec.Public, sign)
+	if err != nil {
+		return config.Errorf(cfg, "AuditOrigin", "%v", err)
+	}
+	s.auditLog = audit.NewLog(audit.LogConfig{Store: s.store, Writer: s.writer, Signer: signer, Verifier: verifier, Sealer: sealer,
+		Witnesses: witnesses, File: cfg.CheckpointLog, InitFile: cfg.CheckpointLogInit, MaxUnanchored: cfg.AuditMaxUnanchored,
+		Interval: cfg.CheckpointInterval, Log: s.log, Observe: s.observeLog})
 	if s.skipMerkle {
 		return nil
 	}
-	if err := s.auditLog.Check(ctx); err != nil && !errors.Is(err, signerr.ErrAuditLogBroken) {
-		s.log.Warn("audit log not checked at start-up; retrying in the background", "err", err)
+	if begin {
+		if _, err := s.auditLog.BeginEpoch(ctx, cfg.AuditEpochReason); err != nil {
+			return config.Errorf(cfg, "AuditEpoch", "epoch %d could not begin: %v", epoch, err)
+		}
 	}
-	s.log.Info("audit log", "origin", origin, "checkpoint_verifier_key", vkey, "size", s.auditLog.Latest().Size)
+	s.auditLog.Start(ctx)
+	if witnesses == nil || !witnesses.Policy().Required() {
+		s.log.Warn("the audit log has no witnesses: only the checkpoint file anchors it outside the store; a writer of both the store and that file could roll it back unseen (docs/audit.md, Witnesses)",
+			"checkpoint_file", cfg.CheckpointLog)
+	}
+	if cfg.CheckpointLog == "" && (witnesses == nil || !witnesses.Policy().Required()) {
+		s.log.Error("the audit log has NO anchor outside the store (SIGNER_AUDIT_ANCHOR_REQUIRED=false): a store writer can roll it back or fork it unseen; development only")
+	}
+	if cfg.CheckpointVerifierKey == "" {
+		s.log.Warn("the checkpoint verifier key is not pinned: pin it with SIGNER_CHECKPOINT_VERIFIER_KEY", "checkpoint_verifier_key", vkey)
+	}
+	st := s.auditLog.Status()
+	s.log.Info("audit log", "origin", origin, "epoch", epoch, "checkpoint_verifier_key", vkey, "epoch_verifier_key", verifier.EpochVerifierKey(epoch),
+		"size", st.Size, "witnessed_size", st.WitnessedSize)
 	return nil
 }
 
+// epoch decides the epoch to serve: the one the store and the checkpoint
+// file are in, or, when SIGNER_AUDIT_EPOCH is one more (with a reason), the
+// next, which the caller begins.
+func (s *Signer) epoch(ctx context.Context, v *auditlog.Verifier) (epoch int, begin bool, err error) {
+	cfg := &s.cfg
+	cur, err := audit.CurrentEpoch(ctx, s.store, v, cfg.CheckpointLog)
+	if err != nil {
+		if errors.Is(err, signerr.ErrAuditLogBroken) {
+			// Served as the log broken (the Log finds the same at Start).
+			s.log.Error("audit log epoch unknown", "err", err)
+			return max(cfg.AuditEpoch, 1), false, nil
+		}
+		return 0, false, err
+	}
+	want := cfg.AuditEpoch
+	switch {
+	case cur == want || cur == 0 && want == 1:
+		return want, false, nil
+	case want == max(cur, 1)+1 || cur == 0:
+		if cfg.AuditEpochReason == "" {
+			return 0, false, config.Errorf(cfg, "AuditEpochReason", "%s is %d, one more than the log's epoch %d: say why a new epoch begins (it is recorded in the log)", config.Name(cfg, "AuditEpoch"), want, max(cur, 1))
+		}
+		return want, true, nil
+	case want < cur:
+		return 0, false, config.Errorf(cfg, "AuditEpoch", "%d, but the log is already in epoch %d: set it to %d", want, cur, cur)
+	}
+	return 0, false, config.Errorf(cfg, "AuditEpoch", "%d, but the log is in epoch %d: an epoch begins one at a time (set %d)", want, cur, cur+1)
+}
+
+// observeLog is told the audit log's status after every check: metrics,
+// and readiness at once (not at the next health check).
+func (s *Signer) observeLog(st audit.Status) {
+	s.metrics.observeLog(st)
+	if s.health != nil {
+		s.setServing(*s.ready.Load() == nil && st.Broken == nil && st.Unanchored == nil)
+	}
+}
+
 // logKey returns the audit checkpoint key, creating it in the provider on
-// the first start. Loading it at every start proves the provider holds the
-// store's keys (the right KEK, the right token) before anything is served.
+// the first start of an empty store, never while the store holds entries
+// (a deleted key record is restored, never replaced: a new key would vouch
+// for a history it never saw). Loading it at every start proves the
+// provider holds the store's keys (the right KEK, the right token) before
+// anything is served.
 func logKey(ctx context.Context, st store.Store, p keyprovider.Provider, clock func() time.Time) (keyprovider.Key, store.Key, error) {
 	rec, err := st.LogKey(ctx)
 	if errors.Is(err, signerr.ErrKeyNotFound) {
+		size, serr := st.AuditSize(ctx)
+		if serr != nil {
+			return nil, store.Key{}, serr
+		}
+		if size > 0 {
+			return nil, store.Key{}, fmt.Errorf("the store holds %d audit entries but no checkpoint key record: it was deleted; restore it from a backup (a new key is never created for an existing log): %w", size, signerr.ErrInvariant)
+		}
 		id := names.NewKeyID()
 		handle, pub, gerr := p.Generate(ctx, keyprovider.KeyRef{ID: id, Scope: store.LogKeyScope})
 		if gerr != nil {
@@ -399,9 +529,18 @@ func (s *Signer) check(ctx context.Context) error {
 	return nil
 }
 
-// Ready answers readiness from the state the background check keeps: a
-// probe never costs a database round trip.
-func (s *Signer) Ready(context.Context) error { return *s.ready.Load() }
+// Ready answers readiness from the state the background check keeps (a
+// probe never costs a database round trip) and the audit log's verdict,
+// which is read live: a log found broken is not ready at once.
+func (s *Signer) Ready(context.Context) error {
+	if err := *s.ready.Load(); err != nil {
+		return err
+	}
+	if s.auditLog != nil && !s.skipMerkle {
+		return s.auditLog.Broken()
+	}
+	return nil
+}
 
 func (s *Signer) watchHealth(ctx context.Context, every time.Duration) {
 	var last error = errors.New("unchecked")
@@ -455,6 +594,10 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.auto.Run(hctx, autoRotateEvery) }()
 	}
+	if s.bootstrapLater {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.bootstrapWhenAnchored(hctx, s.cfg.CheckpointInterval) }()
+	}
 	defer func() { stopHealth(); wg.Wait() }()
 
 	errc := make(chan error, 3)
@@ -494,6 +637,17 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 			srv.Shutdown(sctx)
 			cancel()
 		}
+	}
+	// Every answered RPC's entries are committed; the last check signs,
+	// cosigns and files them, so a graceful stop leaves nothing outside a
+	// checkpoint (docs/audit.md: what kill -9 leaves instead).
+	stopHealth()
+	wg.Wait()
+	s.writer.Close()
+	if !s.skipMerkle {
+		fctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.WitnessTimeout+5*time.Second)
+		s.auditLog.Final(fctx)
+		cancel()
 	}
 	s.log.Info("signer stopped")
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {

@@ -36,15 +36,7 @@ func startupConfig(t *testing.T) config.Signer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return config.Signer{
-		Listen: "127.0.0.1:0", AllowSPIFFEIDs: []string{signertest.CoreID}, RotationAllowSPIFFEIDs: []string{signertest.OperatorID},
-		Identity: config.Identity{SVIDCertFile: f.Cert, SVIDKeyFile: f.Key, TrustBundleFile: f.Bundle},
-		Store:    "bbolt", BboltPath: filepath.Join(dir, "signer.db"), PostgresMaxConns: 4, AuditMaxBatch: 256,
-		Provider: "local", PKCS11Sessions: 1, MaxPayloadBytes: 64 << 10, KeyCacheTTL: time.Second,
-		PrePublish: time.Minute, VerifyOnly: time.Hour, ShutdownTimeout: 5 * time.Second, LogLevel: "info",
-		MaxConnectionAge: 10 * time.Minute, CheckpointInterval: 10 * time.Second,
-		MaxConnections: 4096, ConnectionRate: 1000, MaxConcurrentStreams: 256, DenialRate: 1000, DenialsPerConnection: 1000,
-	}
+	return signertest.Config(dir, f)
 }
 
 func writeKEK(t *testing.T) (string, []byte) {

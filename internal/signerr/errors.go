@@ -47,6 +47,13 @@ var (
 	// last signed checkpoint (entries removed or rewritten). The signer
 	// refuses to serve until an operator acts (docs/audit.md).
 	ErrAuditLogBroken = errors.New("signing: audit log does not match its checkpoint")
+	// ErrAuditLogUnanchored: the audit log has not been checked and
+	// anchored outside the store (cosigned by its witnesses, written to the
+	// checkpoint file) for longer than the configured bound, because a
+	// check cannot run or the witnesses do not answer. The signer refuses to
+	// serve until a check succeeds again; no operator action is needed once
+	// the cause is gone (docs/audit.md).
+	ErrAuditLogUnanchored = errors.New("signing: audit log not anchored")
 	// ErrInvalidArgument: a request breaks a rule (payload size, scope or
 	// key id syntax). Invalid says which rule.
 	ErrInvalidArgument = names.ErrInvalid
@@ -65,7 +72,7 @@ var (
 var Sentinels = []error{
 	ErrClientIdentityDenied, ErrKeyNotFound, ErrScopeMismatch, ErrInvariant,
 	ErrKeyRetired, ErrRotationInProgress, ErrProviderUnavailable,
-	ErrStoreUnavailable, ErrAuditUnavailable, ErrAuditLogBroken,
+	ErrStoreUnavailable, ErrAuditUnavailable, ErrAuditLogBroken, ErrAuditLogUnanchored,
 	ErrInvalidArgument, ErrKeyActive, ErrRotationNotReady, ErrInternal,
 }
 

@@ -43,6 +43,7 @@ var Table = []Class{
 	{signerr.ErrStoreUnavailable, codes.Unavailable, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_STORE_UNAVAILABLE},
 	{signerr.ErrAuditUnavailable, codes.Unavailable, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE},
 	{signerr.ErrAuditLogBroken, codes.Unavailable, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN},
+	{signerr.ErrAuditLogUnanchored, codes.Unavailable, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_UNANCHORED},
 	{signerr.ErrInternal, codes.Internal, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INTERNAL},
 }
 

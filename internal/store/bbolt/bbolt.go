@@ -27,9 +27,11 @@ var (
 	bucketAudit       = []byte("audit")             // big-endian seq → canonical leaf; seq + level byte → tree node (nodeKey)
 	bucketOldNodes    = []byte("audit_nodes")       // where files written before nodeKey kept the nodes (moved at Open)
 	bucketCheckpoints = []byte("audit_checkpoints") // big-endian size → signed note
+	bucketWitnessed   = []byte("audit_witnessed")   // big-endian size → note cosigned by the witness quorum
 	bucketMeta        = []byte("meta")
 	metaSize          = []byte("audit_size")   // big-endian count of entries ever appended
 	metaPruned        = []byte("audit_pruned") // big-endian seq up to which entries were pruned
+	metaSealed        = []byte("audit_sealed") // present once a commit was stored with a seal
 	metaLogKey        = []byte("log_key")      // JSON Key of the checkpoint key
 )
 
@@ -51,7 +53,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketCheckpoints, bucketMeta} {
+		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketCheckpoints, bucketWitnessed, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -310,7 +312,19 @@ func nodeKey(level uint8, index uint64) []byte {
 	return b[:]
 }
 
-// isLeafKey tells leaves from the nodes stored between them.
+// sealLevel is the level byte of a seal's key: a commit's seal sits right
+// after the nodes of the leaf it ends with (seq, then 0xff), beside them in
+// the same pages.
+const sealLevel = 0xff
+
+func sealKey(size uint64) []byte {
+	var b [9]byte
+	binary.BigEndian.PutUint64(b[:8], size)
+	b[8] = sealLevel
+	return b[:]
+}
+
+// isLeafKey tells leaves from the nodes and seals stored between them.
 func isLeafKey(k []byte) bool { return len(k) == 8 }
 
 // moveOldNodes carries a file written with a separate node bucket over to
@@ -376,7 +390,42 @@ func appendTx(tx *bolt.Tx, b *audit.Batch) error {
 			return err
 		}
 	}
-	return tx.Bucket(bucketMeta).Put(metaSize, seqKey(size+uint64(len(b.Leaves))))
+	end := size + uint64(len(b.Leaves))
+	meta := tx.Bucket(bucketMeta)
+	if b.Seal != nil {
+		if err := ab.Put(sealKey(end), b.Seal); err != nil {
+			return err
+		}
+		if meta.Get(metaSealed) == nil {
+			if err := meta.Put(metaSealed, []byte{1}); err != nil {
+				return err
+			}
+		}
+	}
+	return meta.Put(metaSize, seqKey(end))
+}
+
+// Seals returns the seals of commits that ended at sizes in (after, upto].
+func (s *Store) Seals(_ context.Context, after, upto uint64) (out []audit.StoredSeal, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && binary.BigEndian.Uint64(k[:8]) <= upto; k, v = c.Next() {
+			if len(k) == 9 && k[8] == sealLevel {
+				out = append(out, audit.StoredSeal{Size: binary.BigEndian.Uint64(k[:8]), MAC: bytes.Clone(v)})
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Sealed reports whether a commit was ever stored with a seal.
+func (s *Store) Sealed(context.Context) (sealed bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		sealed = tx.Bucket(bucketMeta).Get(metaSealed) != nil
+		return nil
+	})
+	return sealed, err
 }
 
 func (s *Store) AuditSize(context.Context) (n uint64, err error) {
@@ -466,6 +515,36 @@ func (s *Store) PutCheckpoint(_ context.Context, size uint64, note []byte) error
 		}
 		return cb.Put(seqKey(size), note)
 	})
+}
+
+func (s *Store) PutWitnessed(_ context.Context, size uint64, note []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		wb := tx.Bucket(bucketWitnessed)
+		if wb.Get(seqKey(size)) != nil {
+			return nil
+		}
+		return wb.Put(seqKey(size), note)
+	})
+}
+
+// Witnessed returns the note of the largest witnessed checkpoint at or
+// below size.
+func (s *Store) Witnessed(_ context.Context, atOrBelow uint64) (note []byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketWitnessed).Cursor()
+		k, v := c.Seek(seqKey(atOrBelow))
+		switch {
+		case k == nil:
+			k, v = c.Last()
+		case binary.BigEndian.Uint64(k) > atOrBelow:
+			k, v = c.Prev()
+		}
+		if k != nil {
+			note = bytes.Clone(v)
+		}
+		return nil
+	})
+	return note, err
 }
 
 func (s *Store) LatestCheckpoint(context.Context) (note []byte, err error) {

@@ -85,3 +85,51 @@ func (x tamper) Wipe(t testing.TB) {
 func (x tamper) Owner(testing.TB) store.Pruner { return x.s }
 
 func beUint(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
+
+// Rollback is what restoring a copy of the file taken at size gives.
+func (x tamper) Rollback(t testing.TB, size uint64) {
+	x.update(t, func(tx *bolt.Tx) error {
+		var keys [][]byte
+		ab := tx.Bucket([]byte("audit"))
+		c := ab.Cursor()
+		for k, _ := c.Seek(be(size + 1)); k != nil; k, _ = c.Next() {
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		for _, k := range keys {
+			if err := ab.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, name := range []string{"audit_checkpoints", "audit_witnessed"} {
+			b := tx.Bucket([]byte(name))
+			var keys [][]byte
+			b.ForEach(func(k, _ []byte) error {
+				if binary.BigEndian.Uint64(k) > size {
+					keys = append(keys, append([]byte(nil), k...))
+				}
+				return nil
+			})
+			for _, k := range keys {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Bucket([]byte("meta")).Put([]byte("audit_size"), be(size))
+	})
+}
+
+func (x tamper) AppendRaw(t testing.TB, leaf []byte) {
+	x.update(t, func(tx *bolt.Tx) error {
+		meta := tx.Bucket([]byte("meta"))
+		n := beUint(meta.Get([]byte("audit_size"))) + 1
+		if err := tx.Bucket([]byte("audit")).Put(be(n), leaf); err != nil {
+			return err
+		}
+		return meta.Put([]byte("audit_size"), be(n))
+	})
+}
+
+func (x tamper) PutCheckpointAt(t testing.TB, size uint64, note []byte) {
+	x.update(t, func(tx *bolt.Tx) error { return tx.Bucket([]byte("audit_checkpoints")).Put(be(size), note) })
+}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -119,7 +120,7 @@ func redact(err error) error {
 var RuntimeGrants = []string{
 	"GRANT USAGE ON SCHEMA public TO %s",
 	"GRANT SELECT, INSERT, UPDATE ON signing_keys TO %s",
-	"GRANT SELECT, INSERT ON audit_entries, audit_nodes, audit_checkpoints, audit_log_key TO %s",
+	"GRANT SELECT, INSERT ON audit_entries, audit_nodes, audit_checkpoints, audit_log_key, audit_seals, audit_witnessed TO %s",
 	"GRANT SELECT ON audit_pruned, goose_db_version TO %s",
 }
 
@@ -202,7 +203,7 @@ func classify(err error) error {
 				return fmt.Errorf("postgres: %w", signerr.ErrRotationInProgress)
 			case "signing_keys_one_active", "signing_keys_pkey":
 				return fmt.Errorf("postgres: %s: %w", pe.ConstraintName, signerr.ErrInvariant)
-			case "audit_entries_pkey", "audit_nodes_pkey":
+			case "audit_entries_pkey", "audit_nodes_pkey", "audit_seals_pkey":
 				return fmt.Errorf("postgres: %s: %w", pe.ConstraintName, audit.ErrHeadMoved)
 			}
 		}
@@ -374,6 +375,9 @@ var appendSQL = `WITH head AS (
 ), n AS (
 	INSERT INTO audit_nodes (level, idx, hash)
 	SELECT t.lv, t.ix, t.h FROM unnest($3::smallint[], $4::bigint[], $5::bytea[]) AS t(lv, ix, h), head WHERE head.ok
+), s AS (
+	INSERT INTO audit_seals (size, mac)
+	SELECT $1::bigint + cardinality($2::bytea[]) - 1, $6::bytea FROM head WHERE head.ok AND $6::bytea IS NOT NULL
 )
 SELECT count(*) FROM e`
 
@@ -390,7 +394,7 @@ func appendBatch(ctx context.Context, q querier, b *audit.Batch) error {
 		levels[i], idx[i], hs[i] = int16(n.Level), int64(n.Index), n.Hash
 	}
 	var n int64
-	if err := q.QueryRow(ctx, appendSQL, int64(b.Start), b.Leaves, levels, idx, hs).Scan(&n); err != nil {
+	if err := q.QueryRow(ctx, appendSQL, int64(b.Start), b.Leaves, levels, idx, hs, b.Seal).Scan(&n); err != nil {
 		return err
 	}
 	if n != int64(len(b.Leaves)) {
@@ -520,6 +524,47 @@ func (s *Store) PutCheckpoint(ctx context.Context, size uint64, note []byte) err
 	_, err := s.pool.Exec(ctx, `INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING`, int64(size), note)
 	return classify(err)
 }
+
+// Seals returns the seals of commits that ended at sizes in (after, upto].
+func (s *Store) Seals(ctx context.Context, after, upto uint64) ([]audit.StoredSeal, error) {
+	rows, err := s.pool.Query(ctx, `SELECT size, mac FROM audit_seals WHERE size > $1 AND size <= $2 ORDER BY size`, int64(after), clampInt64(upto))
+	if err != nil {
+		return nil, classify(err)
+	}
+	seals, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (audit.StoredSeal, error) {
+		var size int64
+		var mac []byte
+		err := r.Scan(&size, &mac)
+		return audit.StoredSeal{Size: uint64(size), MAC: mac}, err
+	})
+	return seals, classify(err)
+}
+
+// Sealed reports whether a commit was ever stored with a seal.
+func (s *Store) Sealed(ctx context.Context) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM audit_seals)`).Scan(&ok)
+	return ok, classify(err)
+}
+
+func (s *Store) PutWitnessed(ctx context.Context, size uint64, note []byte) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO audit_witnessed (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING`, int64(size), note)
+	return classify(err)
+}
+
+// Witnessed returns the note of the largest witnessed checkpoint at or
+// below size.
+func (s *Store) Witnessed(ctx context.Context, atOrBelow uint64) ([]byte, error) {
+	var note []byte
+	err := s.pool.QueryRow(ctx, `SELECT note FROM audit_witnessed WHERE size <= $1 ORDER BY size DESC LIMIT 1`, clampInt64(atOrBelow)).Scan(&note)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	return note, classify(err)
+}
+
+// clampInt64 is n as a bigint, math.MaxInt64 for anything larger.
+func clampInt64(n uint64) int64 { return int64(min(n, math.MaxInt64)) }
 
 func (s *Store) LatestCheckpoint(ctx context.Context) ([]byte, error) {
 	var note []byte

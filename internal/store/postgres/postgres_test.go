@@ -81,8 +81,25 @@ func (x tamper) Owner(t testing.TB) store.Pruner {
 	return owner
 }
 
+// Rollback is what restoring a dump taken at size gives.
+func (x tamper) Rollback(t testing.TB, size uint64) {
+	x.exec(t, `DELETE FROM audit_entries WHERE seq > $1;`, int64(size))
+	x.exec(t, `DELETE FROM audit_nodes WHERE (idx + 1) << level > $1`, int64(size))
+	x.exec(t, `DELETE FROM audit_seals WHERE size > $1`, int64(size))
+	x.exec(t, `DELETE FROM audit_checkpoints WHERE size > $1`, int64(size))
+	x.exec(t, `DELETE FROM audit_witnessed WHERE size > $1`, int64(size))
+}
+
+func (x tamper) AppendRaw(t testing.TB, leaf []byte) {
+	x.exec(t, `INSERT INTO audit_entries (seq, leaf) SELECT coalesce(max(seq), 0) + 1, $1 FROM audit_entries`, leaf)
+}
+
+func (x tamper) PutCheckpointAt(t testing.TB, size uint64, note []byte) {
+	x.exec(t, `INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)`, int64(size), note)
+}
+
 func (x tamper) Wipe(t testing.TB) {
-	x.exec(t, `DELETE FROM audit_entries; DELETE FROM audit_nodes; DELETE FROM audit_checkpoints`)
+	x.exec(t, `DELETE FROM audit_entries; DELETE FROM audit_nodes; DELETE FROM audit_checkpoints; DELETE FROM audit_seals; DELETE FROM audit_witnessed`)
 }
 
 // The service role may read and extend the audit log, never rewrite it:

@@ -193,16 +193,8 @@ func Start(t testing.TB, opts ...Option) *Env {
 	kekFile := filepath.Join(dir, "kek")
 	os.WriteFile(kekFile, []byte(fmtHex(kek)), 0o600)
 
-	cfg := config.Signer{
-		Listen: "127.0.0.1:0", AllowSPIFFEIDs: []string{CoreID}, RotationAllowSPIFFEIDs: []string{OperatorID}, AuditorAllowSPIFFEIDs: []string{AuditorID},
-		Identity: config.Identity{SVIDCertFile: files.Cert, SVIDKeyFile: files.Key, TrustBundleFile: files.Bundle},
-		Store:    "bbolt", BboltPath: filepath.Join(dir, "signer.db"), PostgresMaxConns: 4, AuditMaxBatch: 256,
-		Provider: "local", LocalKEKFile: kekFile, PKCS11Sessions: 1,
-		BootstrapScopes: []string{Scope}, MaxPayloadBytes: 64 << 10, KeyCacheTTL: time.Second,
-		PrePublish: time.Minute, VerifyOnly: time.Hour, ShutdownTimeout: 5 * time.Second, LogLevel: "info",
-		MaxConnectionAge: 10 * time.Minute, CheckpointInterval: 10 * time.Second,
-		MaxConnections: 4096, ConnectionRate: 1000, MaxConcurrentStreams: 256, DenialRate: 1000, DenialsPerConnection: 1000,
-	}
+	cfg := Config(dir, files)
+	cfg.LocalKEKFile, cfg.AuditorAllowSPIFFEIDs, cfg.BootstrapScopes = kekFile, []string{AuditorID}, []string{Scope}
 	var jwksLis net.Listener
 	var jwksRoots *x509.CertPool
 	if o.jwks {
@@ -275,6 +267,26 @@ func Start(t testing.TB, opts ...Option) *Env {
 	go func() { env.done <- srv.Serve(ctx, lis, opsLis) }()
 	t.Cleanup(env.Stop)
 	return env
+}
+
+// Config is the settings of a test signer in dir with the SVID files f: a
+// bbolt store and a checkpoint file in dir, the local provider (its KEK
+// not set), CoreID and OperatorID on their lists, and every setting a
+// production signer must have.
+func Config(dir string, f devpki.Files) config.Signer {
+	return config.Signer{
+		Listen: "127.0.0.1:0", AllowSPIFFEIDs: []string{CoreID}, RotationAllowSPIFFEIDs: []string{OperatorID},
+		Identity: config.Identity{SVIDCertFile: f.Cert, SVIDKeyFile: f.Key, TrustBundleFile: f.Bundle},
+		Store:    "bbolt", BboltPath: filepath.Join(dir, "signer.db"), PostgresMaxConns: 4, AuditMaxBatch: 256,
+		Provider: "local", PKCS11Sessions: 1, MaxPayloadBytes: 64 << 10, KeyCacheTTL: time.Second,
+		PrePublish: time.Minute, VerifyOnly: time.Hour, ShutdownTimeout: 5 * time.Second, LogLevel: "info",
+		MaxConnectionAge: 10 * time.Minute, CheckpointInterval: 10 * time.Second,
+		MaxConnections: 4096, ConnectionRate: 1000, MaxConcurrentStreams: 256, DenialRate: 1000, DenialsPerConnection: 1000,
+		// Anchored by a checkpoint file, as production requires; tests add
+		// witnesses (witnesstest) where they are the subject.
+		CheckpointLog: filepath.Join(dir, "checkpoints.jsonl"), AuditAnchorRequired: true, AuditMaxUnanchored: time.Minute,
+		WitnessTimeout: 5 * time.Second, AuditEpoch: 1,
+	}
 }
 
 // Stop shuts the signer down gracefully and waits (idempotent).

@@ -15,10 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
+	"github.com/plexsphere/signer/internal/testing/witnesstest"
 )
 
 // Tamper is an attacker with write access to one store's data (the bbolt
@@ -40,6 +43,15 @@ type Tamper interface {
 	// Owner is the store as its owner opens it to prune (bbolt: the same
 	// store; Postgres: the owner role, since the serving role may not).
 	Owner(t testing.TB) store.Pruner
+	// Rollback makes the store what a backup taken at size would restore:
+	// every entry, tree node, seal, checkpoint and witnessed checkpoint
+	// above size gone.
+	Rollback(t testing.TB, size uint64)
+	// AppendRaw stores a leaf after the newest entry, as one INSERT (the
+	// runtime role's privilege): no tree nodes, no seal.
+	AppendRaw(t testing.TB, leaf []byte)
+	// PutCheckpointAt stores a note under a size of the attacker's choice.
+	PutCheckpointAt(t testing.TB, size uint64, note []byte)
 }
 
 func entry(i int, rel string) auditlog.Entry {
@@ -52,42 +64,109 @@ func entry(i int, rel string) auditlog.Entry {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// testLog is a writer, a checkpoint key and a Log over one store.
+// testLog is a writer, a checkpoint key, a seal key and a Log over one
+// store, anchored by a checkpoint file (and witnesses, when given): a
+// signer as it runs, started (Log.Start) before its first entry.
 type testLog struct {
-	w    *audit.Writer
-	log  *audit.Log
-	sign *audit.NoteSigner
-	v    *auditlog.Verifier
-	vkey string
-	file string // the checkpoint log file
+	w      *audit.Writer
+	log    *audit.Log
+	sign   *audit.NoteSigner
+	v      *auditlog.Verifier
+	vkey   string
+	origin string
+	sealer *audit.Sealer
+	file   string
+	policy *auditlog.WitnessPolicy
+	pub    ed25519.PublicKey
+	priv   ed25519.PrivateKey
+	epoch  int
+	// clock and maxUnanchored, when set, are the Log's.
+	clock         func() time.Time
+	maxUnanchored time.Duration
 }
 
-func newLog(t *testing.T, s store.Store) *testLog {
-	t.Helper()
+// logOption adjusts a testLog before it starts.
+type logOption func(*testLog)
+
+// withWitnesses has the log's checkpoints cosigned by ws, all of them.
+func withWitnesses(t *testing.T, ws ...*witnesstest.Witness) logOption {
+	return func(l *testLog) {
+		var b strings.Builder
+		var names []string
+		for _, w := range ws {
+			b.WriteString(w.PolicyLine() + "\n")
+			names = append(names, w.Name)
+		}
+		fmt.Fprintf(&b, "group all-of-them all %s\nquorum all-of-them\n", strings.Join(names, " "))
+		p, err := auditlog.ParseWitnessPolicy([]byte(b.String()))
+		must(t, err)
+		l.policy = p
+	}
+}
+
+// withoutFile leaves the checkpoint file out.
+func withoutFile() logOption { return func(l *testLog) { l.file = "" } }
+
+const testOrigin = "example.org/storetest"
+
+// newKeyPair is a log's checkpoint key and verifier key, before any log.
+func newKeyPair(t *testing.T) *testLog {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	must(t, err)
-	return newLogWithKey(t, s, pub, priv)
-}
-
-func newLogWithKey(t *testing.T, s store.Store, pub ed25519.PublicKey, priv ed25519.PrivateKey) *testLog {
-	t.Helper()
-	signer, vkey, err := audit.NewNoteSigner("example.org/storetest", pub, func(m []byte) ([]byte, error) { return ed25519.Sign(priv, m), nil })
+	vkey, err := note.NewEd25519VerifierKey(testOrigin, pub)
 	must(t, err)
 	v, err := auditlog.NewVerifier(vkey)
 	must(t, err)
-	w := audit.NewWriter(s, audit.WriterOptions{})
-	t.Cleanup(w.Close)
-	file := filepath.Join(t.TempDir(), "checkpoints.jsonl")
-	l := audit.NewLog(audit.LogConfig{Store: s, Writer: w, Signer: signer, Verifier: v, File: file, Log: quiet()})
-	return &testLog{w: w, log: l, sign: signer, v: v, vkey: vkey, file: file}
+	var seal [32]byte
+	copy(seal[:], priv.Seed())
+	return &testLog{v: v, vkey: vkey, origin: testOrigin, sealer: audit.NewSealer(seal), pub: pub, priv: priv, epoch: 1,
+		file: filepath.Join(t.TempDir(), "checkpoints.jsonl")}
+}
+
+// witnessLog is the log as a witness is configured with it.
+func (l *testLog) witnessLog(epoch int) witnesstest.Log {
+	return witnesstest.Log{Origin: auditlog.EpochOrigin(l.origin, epoch), VKey: l.v.EpochVerifierKey(epoch)}
+}
+
+func newLog(t *testing.T, s store.Store, opts ...logOption) *testLog {
+	t.Helper()
+	l := newKeyPair(t)
+	return l.open(t, s, opts...)
+}
+
+// open starts a signer's writer and Log over s with l's keys: a first
+// start, or a restart with nothing in memory.
+func (l *testLog) open(t *testing.T, s store.Store, opts ...logOption) *testLog {
+	t.Helper()
+	for _, o := range opts {
+		o(l)
+	}
+	l.configure(t, s)
+	l.log.Start(context.Background())
+	return l
+}
+
+func (l *testLog) configure(t *testing.T, s store.Store) {
+	signer, _, err := audit.NewNoteSigner(auditlog.EpochOrigin(l.origin, l.epoch), l.pub, func(m []byte) ([]byte, error) { return ed25519.Sign(l.priv, m), nil })
+	must(t, err)
+	l.sign = signer
+	l.w = audit.NewWriter(s, audit.WriterOptions{Sealer: l.sealer})
+	t.Cleanup(l.w.Close)
+	var ws *audit.Witnesses
+	if l.policy != nil {
+		ws = audit.NewWitnesses(l.policy, 5*time.Second, nil)
+	}
+	l.log = audit.NewLog(audit.LogConfig{Store: s, Writer: l.w, Signer: signer, Verifier: l.v, Sealer: l.sealer,
+		Witnesses: ws, File: l.file, Clock: l.clock, MaxUnanchored: l.maxUnanchored, Log: quiet()})
 }
 
 // restart is the same signer started again: a new writer and Log over the
-// same store, key and checkpoint file, with nothing in memory.
+// same store, keys, checkpoint file and witnesses, with nothing in memory.
 func (l *testLog) restart(t *testing.T, s store.Store) *audit.Log {
-	w := audit.NewWriter(s, audit.WriterOptions{})
-	t.Cleanup(w.Close)
-	return audit.NewLog(audit.LogConfig{Store: s, Writer: w, Signer: l.sign, Verifier: l.v, File: l.file, Log: quiet()})
+	t.Helper()
+	again := *l
+	again.open(t, s)
+	return again.log
 }
 
 // write commits n entries starting at entry number first, one request each.
@@ -231,11 +310,14 @@ func testAuditQuery(t *testing.T, s store.Store) {
 }
 
 // Two writers on one store stand for two replicas: they race for the same
-// seqs, the loser reloads the tree, and the log stays one gapless tree.
+// seqs, the loser reloads the tree, and the log stays one gapless tree in
+// which every commit carries a seal that starts where the one before ended
+// (a replica's Log checks the other's commits).
 func testAuditConcurrent(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	w1 := audit.NewWriter(s, audit.WriterOptions{MaxBatch: 8})
-	w2 := audit.NewWriter(s, audit.WriterOptions{MaxBatch: 8})
+	l := newLog(t, s)
+	w1 := audit.NewWriter(s, audit.WriterOptions{MaxBatch: 8, Sealer: l.sealer})
+	w2 := audit.NewWriter(s, audit.WriterOptions{MaxBatch: 8, Sealer: l.sealer})
 	defer w1.Close()
 	defer w2.Close()
 	const per = 200
@@ -278,6 +360,11 @@ func testAuditConcurrent(t *testing.T, s store.Store) {
 		must(t, r.Add(ctx, uint64(i+1), leaf))
 	}
 	must(t, r.Finish(ctx))
+	cp, err := l.log.Checkpoint(ctx)
+	must(t, err)
+	if cp.Size != 2*per {
+		t.Fatalf("the Log checkpointed size %d, want %d", cp.Size, 2*per)
+	}
 }
 
 func testCheckpoints(t *testing.T, s store.Store) {
@@ -550,7 +637,8 @@ func tamperForeignCheckpoint(t *testing.T, s store.Store, x Tamper) {
 	ctx := context.Background()
 	l, _ := setup(t, s)
 	x.DeleteCheckpoints(t, 0)
-	mallory := newLog(t, s)
+	mallory := newKeyPair(t)
+	mallory.configure(t, s)
 	forged, err := audit.SignCheckpoint(mallory.sign, 50, l.w.Head().Root)
 	must(t, err)
 	// Mallory's checkpoint names this log's origin but another key.

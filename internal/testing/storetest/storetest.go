@@ -51,6 +51,12 @@ func Run(t *testing.T, open Opener) {
 			fn   func(t *testing.T, s store.Store, x Tamper)
 		}{"Tamper/" + tc.name, tc.fn})
 	}
+	for _, tc := range anchorAttacks {
+		tests = append(tests, struct {
+			name string
+			fn   func(t *testing.T, s store.Store, x Tamper)
+		}{"Anchor/" + tc.name, tc.fn})
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s, x := open(t)

@@ -109,6 +109,12 @@ const (
 	ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN ErrorReason = 14
 	// An admitted caller asked for a method the signer does not serve.
 	ErrorReason_ERROR_REASON_UNKNOWN_METHOD ErrorReason = 15
+	// The audit log has not been checked whole and anchored outside the
+	// store (cosigned by its witnesses, written to its checkpoint file) for
+	// longer than the signer's bound: a check cannot run, or the witnesses do
+	// not answer. The signer refuses until a check anchors it again; no
+	// operator action is needed once the cause is gone (docs/audit.md).
+	ErrorReason_ERROR_REASON_AUDIT_LOG_UNANCHORED ErrorReason = 16
 )
 
 // Enum value maps for ErrorReason.
@@ -130,6 +136,7 @@ var (
 		13: "ERROR_REASON_STORE_UNAVAILABLE",
 		14: "ERROR_REASON_AUDIT_LOG_BROKEN",
 		15: "ERROR_REASON_UNKNOWN_METHOD",
+		16: "ERROR_REASON_AUDIT_LOG_UNANCHORED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -148,6 +155,7 @@ var (
 		"ERROR_REASON_STORE_UNAVAILABLE":      13,
 		"ERROR_REASON_AUDIT_LOG_BROKEN":       14,
 		"ERROR_REASON_UNKNOWN_METHOD":         15,
+		"ERROR_REASON_AUDIT_LOG_UNANCHORED":   16,
 	}
 )
 
@@ -2087,7 +2095,7 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x11KEY_STATE_PENDING\x10\x01\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x02\x12\x16\n" +
 	"\x12KEY_STATE_PREVIOUS\x10\x03\x12\x15\n" +
-	"\x11KEY_STATE_RETIRED\x10\x04*\xa9\x04\n" +
+	"\x11KEY_STATE_RETIRED\x10\x04*\xd0\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12'\n" +
 	"#ERROR_REASON_CLIENT_IDENTITY_DENIED\x10\x01\x12\x1e\n" +
@@ -2105,7 +2113,8 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x15ERROR_REASON_INTERNAL\x10\f\x12\"\n" +
 	"\x1eERROR_REASON_STORE_UNAVAILABLE\x10\r\x12!\n" +
 	"\x1dERROR_REASON_AUDIT_LOG_BROKEN\x10\x0e\x12\x1f\n" +
-	"\x1bERROR_REASON_UNKNOWN_METHOD\x10\x0f2\xbc\x01\n" +
+	"\x1bERROR_REASON_UNKNOWN_METHOD\x10\x0f\x12%\n" +
+	"!ERROR_REASON_AUDIT_LOG_UNANCHORED\x10\x102\xbc\x01\n" +
 	"\rSignerService\x12M\n" +
 	"\x04Sign\x12!.plexsphere.signer.v1.SignRequest\x1a\".plexsphere.signer.v1.SignResponse\x12\\\n" +
 	"\tPublicKey\x12&.plexsphere.signer.v1.PublicKeyRequest\x1a'.plexsphere.signer.v1.PublicKeyResponse2\xb7\x03\n" +
