@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/local"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -221,4 +222,33 @@ func (c *Client) active(ctx context.Context, scope string) (PublicKey, error) {
 // with backoff (the signer, its store or its HSM unreachable).
 func IsRetryable(err error) bool {
 	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrProviderUnavailable)
+}
+
+// Prove returns the proof that one of this pod's requests (a
+// Signature.RequestID) is in the signer's audit log: one C2SP tlog-proof
+// per entry of the request (its admission entry, then the entry that
+// records the signature), each leading to the same checkpoint, cosigned by
+// the log's witnesses when it has them. Anyone with the log's verifier key
+// (and witness policy) checks them offline with
+// auditlog.Verifier.VerifyProof; the proofs prove what the log recorded
+// for the call (scope, key, outcome, the SHA-256 of payload and signature),
+// never the payload itself. A request of another pod, or one not in the
+// log, is ErrNotFound.
+func (c *Client) Prove(ctx context.Context, requestID string) ([]auditlog.Proof, error) {
+	resp, err := c.rpc.Prove(ctx, &signerv1.ProveRequest{RequestId: requestID})
+	if err != nil {
+		return nil, fromStatus(err)
+	}
+	var out []auditlog.Proof
+	for _, p := range resp.GetProofs() {
+		e := p.GetEntry()
+		if e.GetSeq() == 0 {
+			return nil, fmt.Errorf("client: a proof without its entry's position: %w", ErrInternal)
+		}
+		out = append(out, auditlog.Proof{Index: e.GetSeq() - 1, Leaf: e.GetLeaf(), Hashes: p.GetHashes(), Checkpoint: resp.GetCheckpoint()})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("client: request %s: no proof: %w", requestID, ErrNotFound)
+	}
+	return out, nil
 }

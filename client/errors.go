@@ -38,6 +38,8 @@ var (
 	ErrUnavailable = errors.New("client: signer unavailable")
 	// ErrInternal: anything else the signer refused.
 	ErrInternal = errors.New("client: internal error")
+	// ErrNotFound: Prove found no such request of this caller in the log.
+	ErrNotFound = errors.New("client: audit entry not found")
 	// ErrInvalidSignature: Verify found the signature does not match.
 	ErrInvalidSignature = errors.New("client: invalid signature")
 )
@@ -45,6 +47,7 @@ var (
 var byReason = map[signerv1.ErrorReason]error{
 	signerv1.ErrorReason_ERROR_REASON_CLIENT_IDENTITY_DENIED: ErrClientIdentityDenied,
 	signerv1.ErrorReason_ERROR_REASON_KEY_NOT_FOUND:          ErrKeyNotFound,
+	signerv1.ErrorReason_ERROR_REASON_ENTRY_NOT_FOUND:        ErrNotFound,
 	signerv1.ErrorReason_ERROR_REASON_SCOPE_MISMATCH:         ErrScopeMismatch,
 	signerv1.ErrorReason_ERROR_REASON_INVARIANT:              ErrInvariant,
 	signerv1.ErrorReason_ERROR_REASON_KEY_RETIRED:            ErrKeyRetired,

@@ -42,8 +42,8 @@ func (r *recorder) take() []string {
 	return s
 }
 
-// Whatever method name a core sends, only SignerService/Sign and
-// SignerService/PublicKey ever reach the upstream.
+// Whatever method name a core sends, only SignerService/Sign, PublicKey
+// and Prove ever reach the upstream.
 func FuzzMethodFilter(f *testing.F) { fuzzMethodFilter(f) }
 
 // The same through the frame relay, which reads :path out of HPACK.

@@ -59,7 +59,7 @@ func TestRelaySignsAndVerifies(t *testing.T) {
 	}
 }
 
-// Anything but Sign and PublicKey closes the connection; the signer never
+// Anything but Sign, PublicKey and Prove closes the connection; the signer never
 // sees it, and a new connection signs again.
 func TestRelayRefusesOtherMethods(t *testing.T) {
 	env := signertest.Start(t)

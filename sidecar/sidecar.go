@@ -41,6 +41,7 @@ import (
 var forwarded = map[string]bool{
 	signerv1.SignerService_Sign_FullMethodName:      true,
 	signerv1.SignerService_PublicKey_FullMethodName: true,
+	signerv1.SignerService_Prove_FullMethodName:     true,
 }
 
 // Forwards reports whether method reaches the signer.

@@ -118,9 +118,9 @@ func TestListenLocalhost(t *testing.T) {
 	}
 }
 
-// Anything but Sign and PublicKey is refused by the sidecar and never
-// reaches the signer, whose audit log stays untouched.
-func TestOnlySignAndPublicKeyForwarded(t *testing.T) {
+// Anything but Sign, PublicKey and Prove is refused by the sidecar and
+// never reaches the signer, whose audit log stays untouched.
+func TestOnlySignerServiceForwarded(t *testing.T) {
 	env := signertest.Start(t)
 	// Even with the operator's identity, the sidecar must not forward.
 	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.OperatorID)))

@@ -213,7 +213,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	if err != nil {
 		return nil, err
 	}
-	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, cfg.MaxPayloadBytes))
+	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, reader, cfg.MaxPayloadBytes))
 	signerv1.RegisterRotationServiceServer(s.grpc, s.rotation)
 	signerv1.RegisterAuditServiceServer(s.grpc, reader)
 

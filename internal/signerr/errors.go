@@ -54,6 +54,10 @@ var (
 	// serve until a check succeeds again; no operator action is needed once
 	// the cause is gone (docs/audit.md).
 	ErrAuditLogUnanchored = errors.New("signing: audit log not anchored")
+	// ErrEntryNotFound: no audit entry or checkpoint matches the request (a
+	// request id not in the log, or not the caller's; a seq or size beyond
+	// the log).
+	ErrEntryNotFound = errors.New("signing: audit entry not found")
 	// ErrInvalidArgument: a request breaks a rule (payload size, scope or
 	// key id syntax). Invalid says which rule.
 	ErrInvalidArgument = names.ErrInvalid
@@ -72,7 +76,7 @@ var (
 var Sentinels = []error{
 	ErrClientIdentityDenied, ErrKeyNotFound, ErrScopeMismatch, ErrInvariant,
 	ErrKeyRetired, ErrRotationInProgress, ErrProviderUnavailable,
-	ErrStoreUnavailable, ErrAuditUnavailable, ErrAuditLogBroken, ErrAuditLogUnanchored,
+	ErrStoreUnavailable, ErrAuditUnavailable, ErrAuditLogBroken, ErrAuditLogUnanchored, ErrEntryNotFound,
 	ErrInvalidArgument, ErrKeyActive, ErrRotationNotReady, ErrInternal,
 }
 

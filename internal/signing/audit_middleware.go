@@ -27,6 +27,7 @@ import (
 var relations = map[string]string{
 	signerv1.SignerService_Sign_FullMethodName:                 auditlog.RelationSign,
 	signerv1.SignerService_PublicKey_FullMethodName:            auditlog.RelationPublicKey,
+	signerv1.SignerService_Prove_FullMethodName:                auditlog.RelationAudit,
 	signerv1.RotationService_Open_FullMethodName:               auditlog.RelationRotate,
 	signerv1.RotationService_Commit_FullMethodName:             auditlog.RelationRotate,
 	signerv1.RotationService_Abort_FullMethodName:              auditlog.RelationRotate,

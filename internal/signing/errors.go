@@ -29,6 +29,7 @@ type Class struct {
 var Table = []Class{
 	{signerr.ErrClientIdentityDenied, codes.PermissionDenied, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_CLIENT_IDENTITY_DENIED},
 	{signerr.ErrKeyNotFound, codes.NotFound, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_KEY_NOT_FOUND},
+	{signerr.ErrEntryNotFound, codes.NotFound, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_ENTRY_NOT_FOUND},
 	{signerr.ErrScopeMismatch, codes.PermissionDenied, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_SCOPE_MISMATCH},
 	{signerr.ErrInvariant, codes.Internal, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVARIANT},
 	{signerr.ErrKeyRetired, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_RETIRED},

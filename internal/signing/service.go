@@ -20,15 +20,22 @@ const DefaultMaxPayload = 64 << 10
 type Service struct {
 	signerv1.UnimplementedSignerServiceServer
 	keys       *Keyring
+	audit      *AuditReader
 	maxPayload int
 }
 
-// NewService serves keys from kr; payloads over maxPayload bytes are refused.
-func NewService(kr *Keyring, maxPayload int) *Service {
+// NewService serves keys from kr and proofs of a caller's own requests from
+// ar; payloads over maxPayload bytes are refused.
+func NewService(kr *Keyring, ar *AuditReader, maxPayload int) *Service {
 	if maxPayload <= 0 {
 		maxPayload = DefaultMaxPayload
 	}
-	return &Service{keys: kr, maxPayload: maxPayload}
+	return &Service{keys: kr, audit: ar, maxPayload: maxPayload}
+}
+
+// Prove proves a request of the caller's own is in the audit log.
+func (s *Service) Prove(ctx context.Context, req *signerv1.ProveRequest) (*signerv1.ProveInclusionResponse, error) {
+	return s.audit.ProveOwn(ctx, callerID(ctx), req)
 }
 
 // Sign signs with the scope's ACTIVE key (or the pinned key_id, which must be

@@ -137,7 +137,9 @@ func WithScopeGrants(next Authorizer, service string, grants map[string]map[stri
 		}
 		r, ok := req.(interface{ GetScope() string })
 		if !ok {
-			return OutcomeScopeNotGranted
+			// No scope (Prove): nothing a grant limits; the method itself
+			// serves only the caller's own requests.
+			return OutcomeGranted
 		}
 		g := grants[id]
 		if !g[r.GetScope()] && !g["*"] {

@@ -115,6 +115,9 @@ const (
 	// not answer. The signer refuses until a check anchors it again; no
 	// operator action is needed once the cause is gone (docs/audit.md).
 	ErrorReason_ERROR_REASON_AUDIT_LOG_UNANCHORED ErrorReason = 16
+	// No audit entry or checkpoint matches the request (a request id not in
+	// the log, or not the caller's; a seq or size beyond the log).
+	ErrorReason_ERROR_REASON_ENTRY_NOT_FOUND ErrorReason = 17
 )
 
 // Enum value maps for ErrorReason.
@@ -137,6 +140,7 @@ var (
 		14: "ERROR_REASON_AUDIT_LOG_BROKEN",
 		15: "ERROR_REASON_UNKNOWN_METHOD",
 		16: "ERROR_REASON_AUDIT_LOG_UNANCHORED",
+		17: "ERROR_REASON_ENTRY_NOT_FOUND",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -156,6 +160,7 @@ var (
 		"ERROR_REASON_AUDIT_LOG_BROKEN":       14,
 		"ERROR_REASON_UNKNOWN_METHOD":         15,
 		"ERROR_REASON_AUDIT_LOG_UNANCHORED":   16,
+		"ERROR_REASON_ENTRY_NOT_FOUND":        17,
 	}
 )
 
@@ -1031,7 +1036,10 @@ type AuditEntry struct {
 	PayloadSha256   string                 `protobuf:"bytes,12,opt,name=payload_sha256,json=payloadSha256,proto3" json:"payload_sha256,omitempty"`
 	SignatureSha256 string                 `protobuf:"bytes,13,opt,name=signature_sha256,json=signatureSha256,proto3" json:"signature_sha256,omitempty"`
 	// The entry's canonical encoding: the Merkle leaf (client/auditlog).
-	Leaf          []byte `protobuf:"bytes,16,opt,name=leaf,proto3" json:"leaf,omitempty"`
+	Leaf []byte `protobuf:"bytes,16,opt,name=leaf,proto3" json:"leaf,omitempty"`
+	// A log record's statement (relation "log"): JSON, client/auditlog's
+	// EpochRecord or PruneRecord. Empty for every RPC's entry.
+	Detail        []byte `protobuf:"bytes,17,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1153,6 +1161,13 @@ func (x *AuditEntry) GetSignatureSha256() string {
 func (x *AuditEntry) GetLeaf() []byte {
 	if x != nil {
 		return x.Leaf
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetDetail() []byte {
+	if x != nil {
+		return x.Detail
 	}
 	return nil
 }
@@ -1335,7 +1350,10 @@ type VerifyAuditResponse struct {
 	Problem     string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
 	Size        uint64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
 	// The newest checkpoint the entries were checked against.
-	Checkpoint    []byte `protobuf:"bytes,6,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Checkpoint []byte `protobuf:"bytes,6,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// When the replay ran: full replays are shared by concurrent callers and
+	// run at most once a minute; a caller may get the last one's result.
+	CheckedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=checked_at,json=checkedAt,proto3" json:"checked_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1412,6 +1430,13 @@ func (x *VerifyAuditResponse) GetCheckpoint() []byte {
 	return nil
 }
 
+func (x *VerifyAuditResponse) GetCheckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckedAt
+	}
+	return nil
+}
+
 type CheckpointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1451,7 +1476,11 @@ func (*CheckpointRequest) Descriptor() ([]byte, []int) {
 type CheckpointResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The C2SP signed note: "<origin>\n<size>\n<base64 root>\n\n— <origin> <sig>\n".
-	Checkpoint    []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Checkpoint []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The newest checkpoint the witness policy's quorum cosigned (C2SP
+	// tlog-cosignature lines after the log's), empty without witnesses. It
+	// may be older than checkpoint while the witnesses catch up.
+	Witnessed     []byte `protobuf:"bytes,2,opt,name=witnessed,proto3" json:"witnessed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1493,13 +1522,23 @@ func (x *CheckpointResponse) GetCheckpoint() []byte {
 	return nil
 }
 
+func (x *CheckpointResponse) GetWitnessed() []byte {
+	if x != nil {
+		return x.Witnessed
+	}
+	return nil
+}
+
 type ProveInclusionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Entry:
 	//
 	//	*ProveInclusionRequest_RequestId
 	//	*ProveInclusionRequest_Seq
-	Entry         isProveInclusionRequest_Entry `protobuf_oneof:"entry"`
+	Entry isProveInclusionRequest_Entry `protobuf_oneof:"entry"`
+	// The size of a stored checkpoint to prove to (ListCheckpoints); 0: the
+	// newest, cosigned by the witnesses when the log has them.
+	TreeSize      uint64 `protobuf:"varint,3,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1559,6 +1598,13 @@ func (x *ProveInclusionRequest) GetSeq() uint64 {
 	return 0
 }
 
+func (x *ProveInclusionRequest) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
 type isProveInclusionRequest_Entry interface {
 	isProveInclusionRequest_Entry()
 }
@@ -1576,11 +1622,67 @@ func (*ProveInclusionRequest_RequestId) isProveInclusionRequest_Entry() {}
 
 func (*ProveInclusionRequest_Seq) isProveInclusionRequest_Entry() {}
 
+type ProveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 32 hex digits, as SignResponse.request_id.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// As ProveInclusionRequest.tree_size.
+	TreeSize      uint64 `protobuf:"varint,2,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveRequest) Reset() {
+	*x = ProveRequest{}
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveRequest) ProtoMessage() {}
+
+func (x *ProveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveRequest.ProtoReflect.Descriptor instead.
+func (*ProveRequest) Descriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ProveRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ProveRequest) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
 type ProveInclusionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The entries proved: both of a request (admission first), or the one seq.
 	Proofs []*InclusionProof `protobuf:"bytes,1,rep,name=proofs,proto3" json:"proofs,omitempty"`
-	// The checkpoint the proofs lead to.
+	// The checkpoint the proofs lead to, with its witnesses' cosignatures
+	// when it has them. Each proof with it is a C2SP tlog-proof
+	// (`signerctl audit prove --format tlog-proof`).
 	Checkpoint    []byte `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1588,7 +1690,7 @@ type ProveInclusionResponse struct {
 
 func (x *ProveInclusionResponse) Reset() {
 	*x = ProveInclusionResponse{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[23]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1702,7 @@ func (x *ProveInclusionResponse) String() string {
 func (*ProveInclusionResponse) ProtoMessage() {}
 
 func (x *ProveInclusionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[23]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1715,7 @@ func (x *ProveInclusionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProveInclusionResponse.ProtoReflect.Descriptor instead.
 func (*ProveInclusionResponse) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{23}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ProveInclusionResponse) GetProofs() []*InclusionProof {
@@ -1641,7 +1743,7 @@ type InclusionProof struct {
 
 func (x *InclusionProof) Reset() {
 	*x = InclusionProof{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[24]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1755,7 @@ func (x *InclusionProof) String() string {
 func (*InclusionProof) ProtoMessage() {}
 
 func (x *InclusionProof) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[24]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1768,7 @@ func (x *InclusionProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InclusionProof.ProtoReflect.Descriptor instead.
 func (*InclusionProof) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{24}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InclusionProof) GetEntry() *AuditEntry {
@@ -1686,14 +1788,16 @@ func (x *InclusionProof) GetHashes() [][]byte {
 type ProveConsistencyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The size of the checkpoint held (from 1).
-	OldSize       uint64 `protobuf:"varint,1,opt,name=old_size,json=oldSize,proto3" json:"old_size,omitempty"`
+	OldSize uint64 `protobuf:"varint,1,opt,name=old_size,json=oldSize,proto3" json:"old_size,omitempty"`
+	// The size of a stored checkpoint to prove to; 0: the newest.
+	NewSize       uint64 `protobuf:"varint,2,opt,name=new_size,json=newSize,proto3" json:"new_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProveConsistencyRequest) Reset() {
 	*x = ProveConsistencyRequest{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[25]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1809,7 @@ func (x *ProveConsistencyRequest) String() string {
 func (*ProveConsistencyRequest) ProtoMessage() {}
 
 func (x *ProveConsistencyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[25]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,12 +1822,19 @@ func (x *ProveConsistencyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProveConsistencyRequest.ProtoReflect.Descriptor instead.
 func (*ProveConsistencyRequest) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{25}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ProveConsistencyRequest) GetOldSize() uint64 {
 	if x != nil {
 		return x.OldSize
+	}
+	return 0
+}
+
+func (x *ProveConsistencyRequest) GetNewSize() uint64 {
+	if x != nil {
+		return x.NewSize
 	}
 	return 0
 }
@@ -1739,7 +1850,7 @@ type ProveConsistencyResponse struct {
 
 func (x *ProveConsistencyResponse) Reset() {
 	*x = ProveConsistencyResponse{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[26]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1862,7 @@ func (x *ProveConsistencyResponse) String() string {
 func (*ProveConsistencyResponse) ProtoMessage() {}
 
 func (x *ProveConsistencyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[26]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1875,7 @@ func (x *ProveConsistencyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProveConsistencyResponse.ProtoReflect.Descriptor instead.
 func (*ProveConsistencyResponse) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{26}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProveConsistencyResponse) GetHashes() [][]byte {
@@ -1791,7 +1902,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[27]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1914,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[27]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1927,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{27}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListCheckpointsRequest) GetAfterSize() uint64 {
@@ -1834,15 +1945,16 @@ func (x *ListCheckpointsRequest) GetLimit() uint32 {
 }
 
 type ListCheckpointsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Checkpoints   [][]byte               `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each with its witnesses' cosignatures when the quorum cosigned it.
+	Checkpoints   [][]byte `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListCheckpointsResponse) Reset() {
 	*x = ListCheckpointsResponse{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[28]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +1966,7 @@ func (x *ListCheckpointsResponse) String() string {
 func (*ListCheckpointsResponse) ProtoMessage() {}
 
 func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[28]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +1979,7 @@ func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{28}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListCheckpointsResponse) GetCheckpoints() [][]byte {
@@ -1885,7 +1997,7 @@ type CheckpointVerifierKeyRequest struct {
 
 func (x *CheckpointVerifierKeyRequest) Reset() {
 	*x = CheckpointVerifierKeyRequest{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[29]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2009,7 @@ func (x *CheckpointVerifierKeyRequest) String() string {
 func (*CheckpointVerifierKeyRequest) ProtoMessage() {}
 
 func (x *CheckpointVerifierKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[29]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2022,7 @@ func (x *CheckpointVerifierKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointVerifierKeyRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointVerifierKeyRequest) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{29}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{30}
 }
 
 type CheckpointVerifierKeyResponse struct {
@@ -1923,7 +2035,7 @@ type CheckpointVerifierKeyResponse struct {
 
 func (x *CheckpointVerifierKeyResponse) Reset() {
 	*x = CheckpointVerifierKeyResponse{}
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[30]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2047,7 @@ func (x *CheckpointVerifierKeyResponse) String() string {
 func (*CheckpointVerifierKeyResponse) ProtoMessage() {}
 
 func (x *CheckpointVerifierKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[30]
+	mi := &file_plexsphere_signer_v1_signer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2060,7 @@ func (x *CheckpointVerifierKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointVerifierKeyResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointVerifierKeyResponse) Descriptor() ([]byte, []int) {
-	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{30}
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CheckpointVerifierKeyResponse) GetVerifierKey() string {
@@ -2019,7 +2131,7 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x0fListKeysRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\"A\n" +
 	"\x10ListKeysResponse\x12-\n" +
-	"\x04keys\x18\x01 \x03(\v2\x19.plexsphere.signer.v1.KeyR\x04keys\"\xbd\x03\n" +
+	"\x04keys\x18\x01 \x03(\v2\x19.plexsphere.signer.v1.KeyR\x04keys\"\xd5\x03\n" +
 	"\n" +
 	"AuditEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
@@ -2036,7 +2148,8 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x04code\x18\v \x01(\tR\x04code\x12%\n" +
 	"\x0epayload_sha256\x18\f \x01(\tR\rpayloadSha256\x12)\n" +
 	"\x10signature_sha256\x18\r \x01(\tR\x0fsignatureSha256\x12\x12\n" +
-	"\x04leaf\x18\x10 \x01(\fR\x04leafJ\x04\b\x02\x10\x03J\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x02idR\tprev_hashR\x04hash\"\xb8\x01\n" +
+	"\x04leaf\x18\x10 \x01(\fR\x04leaf\x12\x16\n" +
+	"\x06detail\x18\x11 \x01(\fR\x06detailJ\x04\b\x02\x10\x03J\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x02idR\tprev_hashR\x04hash\"\xb8\x01\n" +
 	"\x10ListAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x18\n" +
@@ -2046,7 +2159,7 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\robject_prefix\x18\x06 \x01(\tR\fobjectPrefix\"O\n" +
 	"\x11ListAuditResponse\x12:\n" +
 	"\aentries\x18\x01 \x03(\v2 .plexsphere.signer.v1.AuditEntryR\aentries\"\x14\n" +
-	"\x12VerifyAuditRequest\"\xb1\x01\n" +
+	"\x12VerifyAuditRequest\"\xec\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\aentries\x18\x02 \x01(\x04R\aentries\x12\"\n" +
@@ -2055,17 +2168,25 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x04size\x18\x05 \x01(\x04R\x04size\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x06 \x01(\fR\n" +
-	"checkpoint\"\x13\n" +
-	"\x11CheckpointRequest\"4\n" +
+	"checkpoint\x129\n" +
+	"\n" +
+	"checked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\"\x13\n" +
+	"\x11CheckpointRequest\"R\n" +
 	"\x12CheckpointResponse\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\fR\n" +
-	"checkpoint\"U\n" +
+	"checkpoint\x12\x1c\n" +
+	"\twitnessed\x18\x02 \x01(\fR\twitnessed\"r\n" +
 	"\x15ProveInclusionRequest\x12\x1f\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tH\x00R\trequestId\x12\x12\n" +
-	"\x03seq\x18\x02 \x01(\x04H\x00R\x03seqB\a\n" +
-	"\x05entry\"v\n" +
+	"\x03seq\x18\x02 \x01(\x04H\x00R\x03seq\x12\x1b\n" +
+	"\ttree_size\x18\x03 \x01(\x04R\btreeSizeB\a\n" +
+	"\x05entry\"J\n" +
+	"\fProveRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1b\n" +
+	"\ttree_size\x18\x02 \x01(\x04R\btreeSize\"v\n" +
 	"\x16ProveInclusionResponse\x12<\n" +
 	"\x06proofs\x18\x01 \x03(\v2$.plexsphere.signer.v1.InclusionProofR\x06proofs\x12\x1e\n" +
 	"\n" +
@@ -2073,9 +2194,10 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"checkpoint\"`\n" +
 	"\x0eInclusionProof\x126\n" +
 	"\x05entry\x18\x01 \x01(\v2 .plexsphere.signer.v1.AuditEntryR\x05entry\x12\x16\n" +
-	"\x06hashes\x18\x02 \x03(\fR\x06hashes\"4\n" +
+	"\x06hashes\x18\x02 \x03(\fR\x06hashes\"O\n" +
 	"\x17ProveConsistencyRequest\x12\x19\n" +
-	"\bold_size\x18\x01 \x01(\x04R\aoldSize\"R\n" +
+	"\bold_size\x18\x01 \x01(\x04R\aoldSize\x12\x19\n" +
+	"\bnew_size\x18\x02 \x01(\x04R\anewSize\"R\n" +
 	"\x18ProveConsistencyResponse\x12\x16\n" +
 	"\x06hashes\x18\x01 \x03(\fR\x06hashes\x12\x1e\n" +
 	"\n" +
@@ -2095,7 +2217,7 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x11KEY_STATE_PENDING\x10\x01\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x02\x12\x16\n" +
 	"\x12KEY_STATE_PREVIOUS\x10\x03\x12\x15\n" +
-	"\x11KEY_STATE_RETIRED\x10\x04*\xd0\x04\n" +
+	"\x11KEY_STATE_RETIRED\x10\x04*\xf2\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12'\n" +
 	"#ERROR_REASON_CLIENT_IDENTITY_DENIED\x10\x01\x12\x1e\n" +
@@ -2114,10 +2236,12 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x1eERROR_REASON_STORE_UNAVAILABLE\x10\r\x12!\n" +
 	"\x1dERROR_REASON_AUDIT_LOG_BROKEN\x10\x0e\x12\x1f\n" +
 	"\x1bERROR_REASON_UNKNOWN_METHOD\x10\x0f\x12%\n" +
-	"!ERROR_REASON_AUDIT_LOG_UNANCHORED\x10\x102\xbc\x01\n" +
+	"!ERROR_REASON_AUDIT_LOG_UNANCHORED\x10\x10\x12 \n" +
+	"\x1cERROR_REASON_ENTRY_NOT_FOUND\x10\x112\x97\x02\n" +
 	"\rSignerService\x12M\n" +
 	"\x04Sign\x12!.plexsphere.signer.v1.SignRequest\x1a\".plexsphere.signer.v1.SignResponse\x12\\\n" +
-	"\tPublicKey\x12&.plexsphere.signer.v1.PublicKeyRequest\x1a'.plexsphere.signer.v1.PublicKeyResponse2\xb7\x03\n" +
+	"\tPublicKey\x12&.plexsphere.signer.v1.PublicKeyRequest\x1a'.plexsphere.signer.v1.PublicKeyResponse\x12Y\n" +
+	"\x05Prove\x12\".plexsphere.signer.v1.ProveRequest\x1a,.plexsphere.signer.v1.ProveInclusionResponse2\xb7\x03\n" +
 	"\x0fRotationService\x12M\n" +
 	"\x04Open\x12!.plexsphere.signer.v1.OpenRequest\x1a\".plexsphere.signer.v1.OpenResponse\x12S\n" +
 	"\x06Commit\x12#.plexsphere.signer.v1.CommitRequest\x1a$.plexsphere.signer.v1.CommitResponse\x12P\n" +
@@ -2147,7 +2271,7 @@ func file_plexsphere_signer_v1_signer_proto_rawDescGZIP() []byte {
 }
 
 var file_plexsphere_signer_v1_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_plexsphere_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_plexsphere_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_plexsphere_signer_v1_signer_proto_goTypes = []any{
 	(KeyState)(0),                         // 0: plexsphere.signer.v1.KeyState
 	(ErrorReason)(0),                      // 1: plexsphere.signer.v1.ErrorReason
@@ -2174,67 +2298,71 @@ var file_plexsphere_signer_v1_signer_proto_goTypes = []any{
 	(*CheckpointRequest)(nil),             // 22: plexsphere.signer.v1.CheckpointRequest
 	(*CheckpointResponse)(nil),            // 23: plexsphere.signer.v1.CheckpointResponse
 	(*ProveInclusionRequest)(nil),         // 24: plexsphere.signer.v1.ProveInclusionRequest
-	(*ProveInclusionResponse)(nil),        // 25: plexsphere.signer.v1.ProveInclusionResponse
-	(*InclusionProof)(nil),                // 26: plexsphere.signer.v1.InclusionProof
-	(*ProveConsistencyRequest)(nil),       // 27: plexsphere.signer.v1.ProveConsistencyRequest
-	(*ProveConsistencyResponse)(nil),      // 28: plexsphere.signer.v1.ProveConsistencyResponse
-	(*ListCheckpointsRequest)(nil),        // 29: plexsphere.signer.v1.ListCheckpointsRequest
-	(*ListCheckpointsResponse)(nil),       // 30: plexsphere.signer.v1.ListCheckpointsResponse
-	(*CheckpointVerifierKeyRequest)(nil),  // 31: plexsphere.signer.v1.CheckpointVerifierKeyRequest
-	(*CheckpointVerifierKeyResponse)(nil), // 32: plexsphere.signer.v1.CheckpointVerifierKeyResponse
-	(*timestamppb.Timestamp)(nil),         // 33: google.protobuf.Timestamp
+	(*ProveRequest)(nil),                  // 25: plexsphere.signer.v1.ProveRequest
+	(*ProveInclusionResponse)(nil),        // 26: plexsphere.signer.v1.ProveInclusionResponse
+	(*InclusionProof)(nil),                // 27: plexsphere.signer.v1.InclusionProof
+	(*ProveConsistencyRequest)(nil),       // 28: plexsphere.signer.v1.ProveConsistencyRequest
+	(*ProveConsistencyResponse)(nil),      // 29: plexsphere.signer.v1.ProveConsistencyResponse
+	(*ListCheckpointsRequest)(nil),        // 30: plexsphere.signer.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),       // 31: plexsphere.signer.v1.ListCheckpointsResponse
+	(*CheckpointVerifierKeyRequest)(nil),  // 32: plexsphere.signer.v1.CheckpointVerifierKeyRequest
+	(*CheckpointVerifierKeyResponse)(nil), // 33: plexsphere.signer.v1.CheckpointVerifierKeyResponse
+	(*timestamppb.Timestamp)(nil),         // 34: google.protobuf.Timestamp
 }
 var file_plexsphere_signer_v1_signer_proto_depIdxs = []int32{
 	6,  // 0: plexsphere.signer.v1.PublicKeyResponse.keys:type_name -> plexsphere.signer.v1.Key
 	0,  // 1: plexsphere.signer.v1.Key.state:type_name -> plexsphere.signer.v1.KeyState
-	33, // 2: plexsphere.signer.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	33, // 3: plexsphere.signer.v1.Key.activated_at:type_name -> google.protobuf.Timestamp
-	33, // 4: plexsphere.signer.v1.Key.deactivated_at:type_name -> google.protobuf.Timestamp
-	33, // 5: plexsphere.signer.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	34, // 2: plexsphere.signer.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	34, // 3: plexsphere.signer.v1.Key.activated_at:type_name -> google.protobuf.Timestamp
+	34, // 4: plexsphere.signer.v1.Key.deactivated_at:type_name -> google.protobuf.Timestamp
+	34, // 5: plexsphere.signer.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	6,  // 6: plexsphere.signer.v1.OpenResponse.key:type_name -> plexsphere.signer.v1.Key
-	33, // 7: plexsphere.signer.v1.OpenResponse.committable_at:type_name -> google.protobuf.Timestamp
+	34, // 7: plexsphere.signer.v1.OpenResponse.committable_at:type_name -> google.protobuf.Timestamp
 	6,  // 8: plexsphere.signer.v1.CommitResponse.activated:type_name -> plexsphere.signer.v1.Key
 	6,  // 9: plexsphere.signer.v1.CommitResponse.previous:type_name -> plexsphere.signer.v1.Key
 	6,  // 10: plexsphere.signer.v1.AbortResponse.key:type_name -> plexsphere.signer.v1.Key
 	6,  // 11: plexsphere.signer.v1.RetireResponse.key:type_name -> plexsphere.signer.v1.Key
 	6,  // 12: plexsphere.signer.v1.ListKeysResponse.keys:type_name -> plexsphere.signer.v1.Key
-	33, // 13: plexsphere.signer.v1.AuditEntry.timestamp:type_name -> google.protobuf.Timestamp
+	34, // 13: plexsphere.signer.v1.AuditEntry.timestamp:type_name -> google.protobuf.Timestamp
 	17, // 14: plexsphere.signer.v1.ListAuditResponse.entries:type_name -> plexsphere.signer.v1.AuditEntry
-	26, // 15: plexsphere.signer.v1.ProveInclusionResponse.proofs:type_name -> plexsphere.signer.v1.InclusionProof
-	17, // 16: plexsphere.signer.v1.InclusionProof.entry:type_name -> plexsphere.signer.v1.AuditEntry
-	2,  // 17: plexsphere.signer.v1.SignerService.Sign:input_type -> plexsphere.signer.v1.SignRequest
-	4,  // 18: plexsphere.signer.v1.SignerService.PublicKey:input_type -> plexsphere.signer.v1.PublicKeyRequest
-	7,  // 19: plexsphere.signer.v1.RotationService.Open:input_type -> plexsphere.signer.v1.OpenRequest
-	9,  // 20: plexsphere.signer.v1.RotationService.Commit:input_type -> plexsphere.signer.v1.CommitRequest
-	11, // 21: plexsphere.signer.v1.RotationService.Abort:input_type -> plexsphere.signer.v1.AbortRequest
-	13, // 22: plexsphere.signer.v1.RotationService.Retire:input_type -> plexsphere.signer.v1.RetireRequest
-	15, // 23: plexsphere.signer.v1.RotationService.ListKeys:input_type -> plexsphere.signer.v1.ListKeysRequest
-	18, // 24: plexsphere.signer.v1.AuditService.List:input_type -> plexsphere.signer.v1.ListAuditRequest
-	20, // 25: plexsphere.signer.v1.AuditService.Verify:input_type -> plexsphere.signer.v1.VerifyAuditRequest
-	22, // 26: plexsphere.signer.v1.AuditService.Checkpoint:input_type -> plexsphere.signer.v1.CheckpointRequest
-	24, // 27: plexsphere.signer.v1.AuditService.ProveInclusion:input_type -> plexsphere.signer.v1.ProveInclusionRequest
-	27, // 28: plexsphere.signer.v1.AuditService.ProveConsistency:input_type -> plexsphere.signer.v1.ProveConsistencyRequest
-	29, // 29: plexsphere.signer.v1.AuditService.ListCheckpoints:input_type -> plexsphere.signer.v1.ListCheckpointsRequest
-	31, // 30: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:input_type -> plexsphere.signer.v1.CheckpointVerifierKeyRequest
-	3,  // 31: plexsphere.signer.v1.SignerService.Sign:output_type -> plexsphere.signer.v1.SignResponse
-	5,  // 32: plexsphere.signer.v1.SignerService.PublicKey:output_type -> plexsphere.signer.v1.PublicKeyResponse
-	8,  // 33: plexsphere.signer.v1.RotationService.Open:output_type -> plexsphere.signer.v1.OpenResponse
-	10, // 34: plexsphere.signer.v1.RotationService.Commit:output_type -> plexsphere.signer.v1.CommitResponse
-	12, // 35: plexsphere.signer.v1.RotationService.Abort:output_type -> plexsphere.signer.v1.AbortResponse
-	14, // 36: plexsphere.signer.v1.RotationService.Retire:output_type -> plexsphere.signer.v1.RetireResponse
-	16, // 37: plexsphere.signer.v1.RotationService.ListKeys:output_type -> plexsphere.signer.v1.ListKeysResponse
-	19, // 38: plexsphere.signer.v1.AuditService.List:output_type -> plexsphere.signer.v1.ListAuditResponse
-	21, // 39: plexsphere.signer.v1.AuditService.Verify:output_type -> plexsphere.signer.v1.VerifyAuditResponse
-	23, // 40: plexsphere.signer.v1.AuditService.Checkpoint:output_type -> plexsphere.signer.v1.CheckpointResponse
-	25, // 41: plexsphere.signer.v1.AuditService.ProveInclusion:output_type -> plexsphere.signer.v1.ProveInclusionResponse
-	28, // 42: plexsphere.signer.v1.AuditService.ProveConsistency:output_type -> plexsphere.signer.v1.ProveConsistencyResponse
-	30, // 43: plexsphere.signer.v1.AuditService.ListCheckpoints:output_type -> plexsphere.signer.v1.ListCheckpointsResponse
-	32, // 44: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:output_type -> plexsphere.signer.v1.CheckpointVerifierKeyResponse
-	31, // [31:45] is the sub-list for method output_type
-	17, // [17:31] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	34, // 15: plexsphere.signer.v1.VerifyAuditResponse.checked_at:type_name -> google.protobuf.Timestamp
+	27, // 16: plexsphere.signer.v1.ProveInclusionResponse.proofs:type_name -> plexsphere.signer.v1.InclusionProof
+	17, // 17: plexsphere.signer.v1.InclusionProof.entry:type_name -> plexsphere.signer.v1.AuditEntry
+	2,  // 18: plexsphere.signer.v1.SignerService.Sign:input_type -> plexsphere.signer.v1.SignRequest
+	4,  // 19: plexsphere.signer.v1.SignerService.PublicKey:input_type -> plexsphere.signer.v1.PublicKeyRequest
+	25, // 20: plexsphere.signer.v1.SignerService.Prove:input_type -> plexsphere.signer.v1.ProveRequest
+	7,  // 21: plexsphere.signer.v1.RotationService.Open:input_type -> plexsphere.signer.v1.OpenRequest
+	9,  // 22: plexsphere.signer.v1.RotationService.Commit:input_type -> plexsphere.signer.v1.CommitRequest
+	11, // 23: plexsphere.signer.v1.RotationService.Abort:input_type -> plexsphere.signer.v1.AbortRequest
+	13, // 24: plexsphere.signer.v1.RotationService.Retire:input_type -> plexsphere.signer.v1.RetireRequest
+	15, // 25: plexsphere.signer.v1.RotationService.ListKeys:input_type -> plexsphere.signer.v1.ListKeysRequest
+	18, // 26: plexsphere.signer.v1.AuditService.List:input_type -> plexsphere.signer.v1.ListAuditRequest
+	20, // 27: plexsphere.signer.v1.AuditService.Verify:input_type -> plexsphere.signer.v1.VerifyAuditRequest
+	22, // 28: plexsphere.signer.v1.AuditService.Checkpoint:input_type -> plexsphere.signer.v1.CheckpointRequest
+	24, // 29: plexsphere.signer.v1.AuditService.ProveInclusion:input_type -> plexsphere.signer.v1.ProveInclusionRequest
+	28, // 30: plexsphere.signer.v1.AuditService.ProveConsistency:input_type -> plexsphere.signer.v1.ProveConsistencyRequest
+	30, // 31: plexsphere.signer.v1.AuditService.ListCheckpoints:input_type -> plexsphere.signer.v1.ListCheckpointsRequest
+	32, // 32: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:input_type -> plexsphere.signer.v1.CheckpointVerifierKeyRequest
+	3,  // 33: plexsphere.signer.v1.SignerService.Sign:output_type -> plexsphere.signer.v1.SignResponse
+	5,  // 34: plexsphere.signer.v1.SignerService.PublicKey:output_type -> plexsphere.signer.v1.PublicKeyResponse
+	26, // 35: plexsphere.signer.v1.SignerService.Prove:output_type -> plexsphere.signer.v1.ProveInclusionResponse
+	8,  // 36: plexsphere.signer.v1.RotationService.Open:output_type -> plexsphere.signer.v1.OpenResponse
+	10, // 37: plexsphere.signer.v1.RotationService.Commit:output_type -> plexsphere.signer.v1.CommitResponse
+	12, // 38: plexsphere.signer.v1.RotationService.Abort:output_type -> plexsphere.signer.v1.AbortResponse
+	14, // 39: plexsphere.signer.v1.RotationService.Retire:output_type -> plexsphere.signer.v1.RetireResponse
+	16, // 40: plexsphere.signer.v1.RotationService.ListKeys:output_type -> plexsphere.signer.v1.ListKeysResponse
+	19, // 41: plexsphere.signer.v1.AuditService.List:output_type -> plexsphere.signer.v1.ListAuditResponse
+	21, // 42: plexsphere.signer.v1.AuditService.Verify:output_type -> plexsphere.signer.v1.VerifyAuditResponse
+	23, // 43: plexsphere.signer.v1.AuditService.Checkpoint:output_type -> plexsphere.signer.v1.CheckpointResponse
+	26, // 44: plexsphere.signer.v1.AuditService.ProveInclusion:output_type -> plexsphere.signer.v1.ProveInclusionResponse
+	29, // 45: plexsphere.signer.v1.AuditService.ProveConsistency:output_type -> plexsphere.signer.v1.ProveConsistencyResponse
+	31, // 46: plexsphere.signer.v1.AuditService.ListCheckpoints:output_type -> plexsphere.signer.v1.ListCheckpointsResponse
+	33, // 47: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:output_type -> plexsphere.signer.v1.CheckpointVerifierKeyResponse
+	33, // [33:48] is the sub-list for method output_type
+	18, // [18:33] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_plexsphere_signer_v1_signer_proto_init() }
@@ -2255,7 +2383,7 @@ func file_plexsphere_signer_v1_signer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plexsphere_signer_v1_signer_proto_rawDesc), len(file_plexsphere_signer_v1_signer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

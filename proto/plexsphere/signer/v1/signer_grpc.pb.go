@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	SignerService_Sign_FullMethodName      = "/plexsphere.signer.v1.SignerService/Sign"
 	SignerService_PublicKey_FullMethodName = "/plexsphere.signer.v1.SignerService/PublicKey"
+	SignerService_Prove_FullMethodName     = "/plexsphere.signer.v1.SignerService/Prove"
 )
 
 // SignerServiceClient is the client API for SignerService service.
@@ -38,6 +39,11 @@ type SignerServiceClient interface {
 	// PublicKey returns the scope's published keys (PENDING, ACTIVE, PREVIOUS),
 	// or only key_id when set.
 	PublicKey(ctx context.Context, in *PublicKeyRequest, opts ...grpc.CallOption) (*PublicKeyResponse, error)
+	// Prove proves that a request of the caller's own (its request_id from
+	// SignResponse) is in the audit log: its two entries, their inclusion
+	// proofs and the checkpoint they lead to, cosigned by the witnesses when
+	// the log has them. Another caller's request is not found.
+	Prove(ctx context.Context, in *ProveRequest, opts ...grpc.CallOption) (*ProveInclusionResponse, error)
 }
 
 type signerServiceClient struct {
@@ -68,6 +74,16 @@ func (c *signerServiceClient) PublicKey(ctx context.Context, in *PublicKeyReques
 	return out, nil
 }
 
+func (c *signerServiceClient) Prove(ctx context.Context, in *ProveRequest, opts ...grpc.CallOption) (*ProveInclusionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProveInclusionResponse)
+	err := c.cc.Invoke(ctx, SignerService_Prove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SignerServiceServer is the server API for SignerService service.
 // All implementations must embed UnimplementedSignerServiceServer
 // for forward compatibility.
@@ -80,6 +96,11 @@ type SignerServiceServer interface {
 	// PublicKey returns the scope's published keys (PENDING, ACTIVE, PREVIOUS),
 	// or only key_id when set.
 	PublicKey(context.Context, *PublicKeyRequest) (*PublicKeyResponse, error)
+	// Prove proves that a request of the caller's own (its request_id from
+	// SignResponse) is in the audit log: its two entries, their inclusion
+	// proofs and the checkpoint they lead to, cosigned by the witnesses when
+	// the log has them. Another caller's request is not found.
+	Prove(context.Context, *ProveRequest) (*ProveInclusionResponse, error)
 	mustEmbedUnimplementedSignerServiceServer()
 }
 
@@ -95,6 +116,9 @@ func (UnimplementedSignerServiceServer) Sign(context.Context, *SignRequest) (*Si
 }
 func (UnimplementedSignerServiceServer) PublicKey(context.Context, *PublicKeyRequest) (*PublicKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PublicKey not implemented")
+}
+func (UnimplementedSignerServiceServer) Prove(context.Context, *ProveRequest) (*ProveInclusionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Prove not implemented")
 }
 func (UnimplementedSignerServiceServer) mustEmbedUnimplementedSignerServiceServer() {}
 func (UnimplementedSignerServiceServer) testEmbeddedByValue()                       {}
@@ -153,6 +177,24 @@ func _SignerService_PublicKey_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SignerService_Prove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SignerServiceServer).Prove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SignerService_Prove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SignerServiceServer).Prove(ctx, req.(*ProveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SignerService_ServiceDesc is the grpc.ServiceDesc for SignerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -167,6 +209,10 @@ var SignerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PublicKey",
 			Handler:    _SignerService_PublicKey_Handler,
+		},
+		{
+			MethodName: "Prove",
+			Handler:    _SignerService_Prove_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -470,12 +516,13 @@ type AuditServiceClient interface {
 	// the stored tree and the signed checkpoints; it reports the first break.
 	Verify(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
 	// Checkpoint returns a signed checkpoint covering every entry committed
-	// before the call.
+	// before the call, and the newest checkpoint the witnesses cosigned.
 	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error)
-	// ProveInclusion proves an entry (by request id or seq) is in the log.
+	// ProveInclusion proves an entry (by request id or seq) is in the log, to
+	// a given checkpoint or the newest (cosigned when the log has witnesses).
 	ProveInclusion(ctx context.Context, in *ProveInclusionRequest, opts ...grpc.CallOption) (*ProveInclusionResponse, error)
-	// ProveConsistency proves the log at an older size is a prefix of the
-	// latest checkpoint's.
+	// ProveConsistency proves the log at an older size is a prefix of a newer
+	// checkpoint's (the newest by default).
 	ProveConsistency(ctx context.Context, in *ProveConsistencyRequest, opts ...grpc.CallOption) (*ProveConsistencyResponse, error)
 	// ListCheckpoints returns stored signed checkpoints by size.
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
@@ -579,12 +626,13 @@ type AuditServiceServer interface {
 	// the stored tree and the signed checkpoints; it reports the first break.
 	Verify(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
 	// Checkpoint returns a signed checkpoint covering every entry committed
-	// before the call.
+	// before the call, and the newest checkpoint the witnesses cosigned.
 	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
-	// ProveInclusion proves an entry (by request id or seq) is in the log.
+	// ProveInclusion proves an entry (by request id or seq) is in the log, to
+	// a given checkpoint or the newest (cosigned when the log has witnesses).
 	ProveInclusion(context.Context, *ProveInclusionRequest) (*ProveInclusionResponse, error)
-	// ProveConsistency proves the log at an older size is a prefix of the
-	// latest checkpoint's.
+	// ProveConsistency proves the log at an older size is a prefix of a newer
+	// checkpoint's (the newest by default).
 	ProveConsistency(context.Context, *ProveConsistencyRequest) (*ProveConsistencyResponse, error)
 	// ListCheckpoints returns stored signed checkpoints by size.
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
