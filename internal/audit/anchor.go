@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	tlog "github.com/transparency-dev/formats/log"
@@ -22,6 +23,28 @@ import (
 // fewer entries, or another tree at that size, is broken. Kept on storage
 // the database's writers cannot reach (its own volume, shipped off-box), it
 // catches a restored backup or a truncated log without any witness.
+//
+// SIGNER_CHECKPOINT_LOG may name a directory shared by replicas: each
+// writes "<hostname>.jsonl" in it and trusts the largest checkpoint of all
+// the directory's files, so a replica that comes back under another name
+// (a Deployment's pod) still finds what the others and its predecessors
+// wrote.
+
+// anchorFiles is where a replica writes its checkpoints and every file it
+// reads them from: path itself, or for a directory its own file in it and
+// every *.jsonl file there.
+func anchorFiles(path string) (write string, read []string, err error) {
+	fi, err := os.Stat(path)
+	if err != nil || !fi.IsDir() {
+		return path, []string{path}, nil
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return "", nil, err
+	}
+	read, err = filepath.Glob(filepath.Join(path, "*.jsonl"))
+	return filepath.Join(path, host+".jsonl"), read, err
+}
 
 // fileLine is one checkpoint in the checkpoint file.
 type fileLine struct {
@@ -33,6 +56,10 @@ type fileLine struct {
 }
 
 func appendFile(path string, cp auditlog.Checkpoint, at time.Time) error {
+	path, _, err := anchorFiles(path)
+	if err != nil {
+		return err
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
@@ -63,20 +90,33 @@ type fileAnchor struct {
 	sizes   map[int]uint64
 }
 
-// readAnchor reads every complete line of the file. A line that does not
-// parse is the file broken: an anchor that cannot be read proves nothing,
-// and trusting only what parses would let a writer of the file hide its
-// largest checkpoint. An incomplete last line (a write cut by a crash) is
-// ignored. Sizes come from the signed note text, never from the line's
-// other fields.
+// readAnchor reads every complete line of the checkpoint file (or of every
+// file of the directory). A line that does not parse is the anchor broken:
+// an anchor that cannot be read proves nothing, and trusting only what
+// parses would let a writer of the file hide its largest checkpoint. An
+// incomplete last line (a write cut by a crash) is ignored. Sizes come from
+// the signed note text, never from the line's other fields.
 func readAnchor(path, origin string) (fileAnchor, error) {
 	a := fileAnchor{largest: map[int][]byte{}, sizes: map[int]uint64{}}
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return a, nil
-	}
+	_, files, err := anchorFiles(path)
 	if err != nil {
 		return a, err
+	}
+	for _, f := range files {
+		if err := a.read(f, origin); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
+}
+
+func (a *fileAnchor) read(path, origin string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
 	}
 	defer f.Close()
 	a.exists = true
@@ -87,32 +127,32 @@ func readAnchor(path, origin string) (fileAnchor, error) {
 			break // an incomplete last line, if any
 		}
 		if err != nil {
-			return a, err
+			return err
 		}
 		a.lines++
 		var fl fileLine
 		if err := json.Unmarshal(line, &fl); err != nil {
-			return a, broken("checkpoint file %s: line %d does not parse (%v): the file is the log's anchor; restore it from its off-box copy", path, n, err)
+			return broken("checkpoint file %s: line %d does not parse (%v): the file is the log's anchor; restore it from its off-box copy", path, n, err)
 		}
 		note := []byte(fl.Note)
 		text, _, ok := bytes.Cut(note, []byte("\n\n"))
 		var cp tlog.Checkpoint
 		if !ok {
-			return a, broken("checkpoint file %s: line %d holds no signed note", path, n)
+			return broken("checkpoint file %s: line %d holds no signed note", path, n)
 		}
 		if _, err := cp.Unmarshal(append(text, '\n')); err != nil {
-			return a, broken("checkpoint file %s: line %d holds no checkpoint (%v)", path, n, err)
+			return broken("checkpoint file %s: line %d holds no checkpoint (%v)", path, n, err)
 		}
 		epoch := auditlog.EpochOf(origin, cp.Origin)
 		if epoch == 0 {
-			return a, broken("checkpoint file %s: line %d is a checkpoint of another log (%q)", path, n, cp.Origin)
+			return broken("checkpoint file %s: line %d is a checkpoint of another log (%q)", path, n, cp.Origin)
 		}
 		if cur, ok := a.sizes[epoch]; !ok || cp.Size > cur || cp.Size == cur && len(note) > len(a.largest[epoch]) {
 			// At equal sizes the longer note carries the cosignatures.
 			a.sizes[epoch], a.largest[epoch] = cp.Size, note
 		}
 	}
-	return a, nil
+	return nil
 }
 
 // maxEpoch is the newest epoch the file holds a checkpoint of (0: none).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,7 @@ var anchorAttacks = []struct {
 	fn   func(t *testing.T, s store.Store, x Tamper)
 }{
 	{"RollbackCaughtByCheckpointFile", rollbackCaughtByFile},
+	{"RollbackCaughtByAnotherReplicasFile", rollbackCaughtByDirectory},
 	{"RollbackCaughtByWitness", rollbackCaughtByWitness},
 	{"ForkCaughtByWitness", forkCaughtByWitness},
 	{"TruncationCaughtByTheWriter", truncationCaughtByWriter},
@@ -83,6 +85,28 @@ func rollbackCaughtByFile(t *testing.T, s store.Store, x Tamper) {
 	if again.Broken() == nil {
 		t.Fatal("the restarted signer does not refuse")
 	}
+}
+
+// The checkpoint file as a directory shared by replicas: the checkpoint
+// that catches the restore is in the file of a pod that is gone (a
+// Deployment's replacement has another name).
+func rollbackCaughtByDirectory(t *testing.T, s store.Store, x Tamper) {
+	ctx := context.Background()
+	l := newKeyPair(t)
+	l.file = t.TempDir()
+	l.open(t, s)
+	l.write(t, 0, 21)
+	checkpoint(t, l)
+	l.write(t, 21, 20)
+	checkpoint(t, l)
+	files, err := filepath.Glob(filepath.Join(l.file, "*.jsonl"))
+	must(t, err)
+	if len(files) != 1 {
+		t.Fatalf("files in the checkpoint directory: %v", files)
+	}
+	must(t, os.Rename(files[0], filepath.Join(l.file, "signer-7d9f8-gone.jsonl")))
+	x.Rollback(t, 21)
+	wantBroken(t, "a new replica over the restored store", l.restart(t, s).Check(ctx), "holds 21 entries", "size 41")
 }
 
 // The same restore seen by a real witness alone (no checkpoint file): the
