@@ -285,7 +285,7 @@ func (s *Signer) ListenJWKS(l net.Listener) error {
 // cannot work does.
 func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func() time.Time) error {
 	cfg := &s.cfg
-	key, rec, err := logKey(ctx, s.store, p, clock)
+	key, rec, err := LogKey(ctx, s.store, p, clock)
 	if err != nil {
 		if errors.Is(err, signerr.ErrProviderUnavailable) {
 			return providerError(cfg, "the audit checkpoint key", err)
@@ -414,13 +414,13 @@ func (s *Signer) observeLog(st audit.Status) {
 	}
 }
 
-// logKey returns the audit checkpoint key, creating it in the provider on
+// LogKey returns the audit checkpoint key, creating it in the provider on
 // the first start of an empty store, never while the store holds entries
 // (a deleted key record is restored, never replaced: a new key would vouch
 // for a history it never saw). Loading it at every start proves the
 // provider holds the store's keys (the right KEK, the right token) before
 // anything is served.
-func logKey(ctx context.Context, st store.Store, p keyprovider.Provider, clock func() time.Time) (keyprovider.Key, store.Key, error) {
+func LogKey(ctx context.Context, st store.Store, p keyprovider.Provider, clock func() time.Time) (keyprovider.Key, store.Key, error) {
 	rec, err := st.LogKey(ctx)
 	if errors.Is(err, signerr.ErrKeyNotFound) {
 		size, serr := st.AuditSize(ctx)

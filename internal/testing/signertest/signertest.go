@@ -13,12 +13,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -40,6 +43,7 @@ import (
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
 	"github.com/plexsphere/signer/internal/testing/devpki"
+	"github.com/plexsphere/signer/internal/testing/witnesstest"
 )
 
 // Trust domain and identities of the test PKI.
@@ -95,6 +99,10 @@ type Env struct {
 	CheckpointKey string
 	// Log is the signer's audit log (tests force checks and sweeps).
 	Log *audit.Log
+	// Witnesses cosign the log's checkpoints, with WithWitnesses;
+	// WitnessPolicy is their policy (all of them).
+	Witnesses     []*witnesstest.Witness
+	WitnessPolicy *auditlog.WitnessPolicy
 
 	t        testing.TB
 	cancel   context.CancelFunc
@@ -117,7 +125,17 @@ type options struct {
 	ops      bool
 	jwks     bool
 	noMerkle bool
+	base     *config.Signer
+	// witnesses to start (names), or already running (from Restart)
+	witnessNames []string
+	witnesses    []*witnesstest.Witness
 }
+
+// WithWitnesses runs real C2SP witnesses (witnesstest: omniwitness) named
+// names, configured with the log before the signer starts (its checkpoint
+// key is created first), and has the signer's checkpoints cosigned by all
+// of them (SIGNER_WITNESS_POLICY_FILE).
+func WithWitnesses(names ...string) Option { return func(o *options) { o.witnessNames = names } }
 
 // WithJWKS starts the JWKS endpoint on a loopback port, with a server
 // certificate for 127.0.0.1 (Env.JWKSRoots) and the issuer URL set.
@@ -195,6 +213,9 @@ func Start(t testing.TB, opts ...Option) *Env {
 
 	cfg := Config(dir, files)
 	cfg.LocalKEKFile, cfg.AuditorAllowSPIFFEIDs, cfg.BootstrapScopes = kekFile, []string{AuditorID}, []string{Scope}
+	if o.base != nil {
+		cfg = *o.base
+	}
 	var jwksLis net.Listener
 	var jwksRoots *x509.CertPool
 	if o.jwks {
@@ -232,6 +253,20 @@ func Start(t testing.TB, opts ...Option) *Env {
 		o.provider = p
 	}
 	env.Store, env.Provider = o.store, o.provider
+	if len(o.witnessNames) > 0 {
+		o.witnesses = startWitnesses(t, o.store, o.provider, &cfg, dir, o.witnessNames)
+		env.Config = cfg
+	}
+	if len(o.witnesses) > 0 {
+		p, err := os.ReadFile(cfg.WitnessPolicyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env.WitnessPolicy, err = auditlog.ParseWitnessPolicy(p); err != nil {
+			t.Fatal(err)
+		}
+		env.Witnesses = o.witnesses
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	env.cancel = cancel
 	if o.log == nil {
@@ -267,6 +302,50 @@ func Start(t testing.TB, opts ...Option) *Env {
 	go func() { env.done <- srv.Serve(ctx, lis, opsLis) }()
 	t.Cleanup(env.Stop)
 	return env
+}
+
+// startWitnesses creates the checkpoint key (as the signer's first start
+// would), starts a witness per name that knows the log, and writes their
+// policy (all of them) into cfg.
+func startWitnesses(t testing.TB, st store.Store, p keyprovider.Provider, cfg *config.Signer, dir string, names []string) []*witnesstest.Witness {
+	t.Helper()
+	_, rec, err := server.LogKey(context.Background(), st, p, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin := cfg.AuditOrigin
+	if origin == "" {
+		origin = TrustDomain + "/plexsphere-signer"
+	}
+	vkey, err := note.NewEd25519VerifierKey(origin, rec.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ws []*witnesstest.Witness
+	var policy strings.Builder
+	for _, name := range names {
+		w := witnesstest.Start(t, name, witnesstest.Log{Origin: origin, VKey: vkey})
+		ws = append(ws, w)
+		policy.WriteString(w.PolicyLine() + "\n")
+	}
+	fmt.Fprintf(&policy, "group every-witness all %s\nquorum every-witness\n", strings.Join(names, " "))
+	cfg.WitnessPolicyFile = filepath.Join(dir, "witnesses.policy")
+	if err := os.WriteFile(cfg.WitnessPolicyFile, []byte(policy.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+// Restart stops the signer and starts another with the same store,
+// provider, PKI, configuration (checkpoint file, witness policy) and
+// witnesses, then opts: a restart with nothing in memory.
+func (e *Env) Restart(t testing.TB, opts ...Option) *Env {
+	t.Helper()
+	e.Stop()
+	cfg := e.Config
+	base := []Option{WithStore(e.Store), WithProvider(e.Provider), WithCA(e.CA), WithClock(e.Clock),
+		func(o *options) { o.base, o.witnesses = &cfg, e.Witnesses }}
+	return Start(t, append(base, opts...)...)
 }
 
 // Config is the settings of a test signer in dir with the SVID files f: a
