@@ -33,6 +33,9 @@ func (l *Log) check(ctx context.Context, start time.Time) (problem, err error) {
 		l.keepHead(ctx, head)
 		return nil, err
 	}
+	if _, err := checkPruneMark(ctx, st); err != nil {
+		return nil, err
+	}
 	if size < last.Size {
 		return nil, broken("the store holds %d entries, the trusted checkpoint (%s) has size %d (entries after seq %d were removed or the store was restored from a backup)", size, last.Origin, last.Size, size)
 	}

@@ -110,7 +110,8 @@ var ErrExport = errors.New("audit: export does not verify")
 type ExportInfo struct {
 	Header     ExportHeader
 	Checkpoint auditlog.Checkpoint
-	End        *Tree // the tree after To
+	End        *Tree  // the tree after To
+	RootAt     []byte // the root after the entry VerifyExportAt was asked for
 }
 
 // VerifyExport checks an export with the log's verifier: every entry in
@@ -118,6 +119,13 @@ type ExportInfo struct {
 // signature and consistency with that tree. each, if not nil, sees every
 // entry (the prune compares them with the store).
 func VerifyExport(r io.Reader, v *auditlog.Verifier, each func(seq uint64, leaf []byte) error) (ExportInfo, error) {
+	return VerifyExportAt(r, v, each, 0)
+}
+
+// VerifyExportAt is VerifyExport that also records the tree's root after
+// the entry with seq rootAt (ExportInfo.RootAt), computed from the export's
+// entries themselves (a prune's record states it).
+func VerifyExportAt(r io.Reader, v *auditlog.Verifier, each func(seq uint64, leaf []byte) error, rootAt uint64) (ExportInfo, error) {
 	var info ExportInfo
 	dec := json.NewDecoder(bufio.NewReader(r))
 	if err := dec.Decode(&info.Header); err != nil {
@@ -156,6 +164,9 @@ func VerifyExport(r io.Reader, v *auditlog.Verifier, each func(seq uint64, leaf 
 		}
 		lh := auditlog.LeafHash(l.Leaf)
 		t.Append(lh[:], nil)
+		if seq == rootAt {
+			info.RootAt = t.Root()
+		}
 	}
 	var tr ExportTrailer
 	if err := dec.Decode(&tr); err != nil {

@@ -37,6 +37,9 @@ type Store interface {
 	// PrunedUpTo is the seq up to which entries were exported and pruned
 	// (0: none). Leaves at or below it are gone; their tree nodes stay.
 	PrunedUpTo(ctx context.Context) (uint64, error)
+	// PruneRecord is the seq of the log record (auditlog.PruneRecord) the
+	// prune mark names, 0 if it names none.
+	PruneRecord(ctx context.Context) (uint64, error)
 }
 
 // LogConfig wires a Log.
@@ -384,8 +387,12 @@ func ReplayStore(ctx context.Context, s Store, v *auditlog.Verifier) (*Replay, e
 			break
 		}
 	}
-	pruned, err := s.PrunedUpTo(ctx)
+	pruned, err := checkPruneMark(ctx, s)
 	if err != nil {
+		var be *BreakError
+		if errors.Is(err, signerr.ErrAuditLogBroken) && !errors.As(err, &be) {
+			return nil, &BreakError{To: pruned, Problem: err.Error()}
+		}
 		return nil, err
 	}
 	start, err := TreeAt(ctx, s, pruned)

@@ -47,7 +47,7 @@ type Signer struct {
 	PostgresOwnerDSNFile string `envconfig:"SIGNER_POSTGRES_OWNER_DSN_FILE" flag:"postgres-owner-dsn-file" desc:"file holding the schema owner's connection string"`
 	PostgresRuntimeRole  string `envconfig:"SIGNER_POSTGRES_RUNTIME_ROLE" flag:"postgres-runtime-role" desc:"role the serving signer connects as; --migrate-only grants it INSERT and SELECT on the audit tables and nothing more"`
 	MigrateOnly          bool   `envconfig:"SIGNER_MIGRATE_ONLY" flag:"migrate-only" desc:"apply the Postgres schema as the owner, grant the runtime role, and exit"`
-	PruneAuditUpTo       int    `envconfig:"SIGNER_PRUNE_AUDIT_UPTO" flag:"prune-audit-upto" desc:"delete the audit entries up to this seq, which the export file must hold, and exit (run as the owner; bbolt: with the signer stopped)"`
+	PruneAuditUpTo       int    `envconfig:"SIGNER_PRUNE_AUDIT_UPTO" flag:"prune-audit-upto" desc:"record a prune of the audit entries up to this seq in the log (signed, sealed, witnessed), then delete them, which the export file must hold, and exit (run as the owner with the signer's provider settings; bbolt: with the signer stopped)"`
 	PruneAuditExport     string `envconfig:"SIGNER_PRUNE_AUDIT_EXPORT" flag:"prune-audit-export" desc:"file written by signerctl audit export covering the entries to prune; verified before anything is deleted"`
 
 	AuditMaxBatch         int           `envconfig:"SIGNER_AUDIT_MAX_BATCH" flag:"audit-max-batch" default:"256" desc:"most audit entries committed in one transaction"`
@@ -209,7 +209,9 @@ func (c *Signer) Validate() error {
 	}
 
 	switch {
-	case c.Maintenance():
+	case c.MigrateOnly && c.PruneAuditUpTo == 0:
+		// Migrations need no key; a prune records itself in the log,
+		// signed and sealed with the checkpoint key: the provider's settings.
 	case c.Provider == "local":
 		if (c.LocalKEK == "") == (c.LocalKEKFile == "") {
 			add(Errorf(c, "LocalKEKFile", "set exactly one of %s and %s with the local provider (generate one with: head -c32 /dev/urandom | base64)", Name(c, "LocalKEK"), Name(c, "LocalKEKFile")))

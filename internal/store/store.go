@@ -57,6 +57,32 @@ func ParseState(s string) (State, error) {
 // Published reports whether verifiers may see the key.
 func (s State) Published() bool { return s == Pending || s == Active || s == Previous }
 
+// Forward reports whether a key may go from state from to state to: the
+// lifecycle only moves on (PENDING → ACTIVE → PREVIOUS → RETIRED, and
+// PENDING → RETIRED); RETIRED is terminal. A record read in a state behind
+// one already seen for the same key went back: a store writer's doing
+// (the keyring refuses it; the Postgres schema refuses the update).
+func Forward(from, to State) bool {
+	switch from {
+	case Pending:
+		return to == Active || to == Retired
+	case Active:
+		return to == Previous
+	case Previous:
+		return to == Retired
+	}
+	return false
+}
+
+// Tombstone is the handle of a RETIRED key: the material is destroyed in
+// the step that retires it (the local provider's sealed key lived only in
+// the handle; the pkcs11 provider destroys the token's objects), so no
+// later edit of the record brings the key back.
+var Tombstone = []byte{}
+
+// Destroyed reports whether k's material was destroyed (a retired key).
+func Destroyed(k Key) bool { return len(k.Handle) == 0 }
+
 // Key is a key's metadata. Times are UTC; a zero time means "not yet".
 type Key struct {
 	ID       string
@@ -135,17 +161,24 @@ type Store interface {
 const LogKeyScope = "@audit-checkpoint"
 
 // Pruner is a store that can drop entries already exported (see
-// docs/audit.md). Pruning runs as the database owner, never from the
-// serving signer.
+// docs/audit.md). Pruning runs as the database owner (or its prune role),
+// never from the serving signer.
 type Pruner interface {
-	PruneAudit(ctx context.Context, upto uint64) error
+	// PruneAudit marks the entries up to upto pruned, naming the log
+	// record (at seq record) that announced it, and deletes them with their
+	// seals; tree nodes and checkpoints stay. A mark made before records
+	// existed (upto is the current mark and names none) only gets the
+	// record.
+	PruneAudit(ctx context.Context, upto, record uint64) error
 }
 
 // CheckPrune is the rule for a prune up to seq upto: whole tiles (so the
 // stored tree nodes still prove every later entry), beyond any earlier prune
 // and within the log.
-func CheckPrune(upto, pruned, size uint64) error {
+func CheckPrune(upto, pruned, size, record uint64) error {
 	switch {
+	case record <= upto || record > size:
+		return fmt.Errorf("store: prune up to seq %d: its record must be an entry after it (seq %d; the log holds %d)", upto, record, size)
 	case upto%audit.TileSize != 0:
 		return fmt.Errorf("store: prune up to seq %d: must be a multiple of %d", upto, audit.TileSize)
 	case upto <= pruned:
@@ -277,7 +310,7 @@ func Apply(op Op, k Key, scope string, at time.Time, w Windows) (Key, error) {
 		if k.State != Pending {
 			return refuse()
 		}
-		k.State, k.RetiredAt = Retired, at
+		k.State, k.RetiredAt, k.Handle = Retired, at, Tombstone
 	case OpRetire:
 		if k.State != Previous {
 			return refuse()
@@ -285,7 +318,7 @@ func Apply(op Op, k Key, scope string, at time.Time, w Windows) (Key, error) {
 		if ready := k.DeactivatedAt.Add(w.VerifyOnly); at.Before(ready) {
 			return notYet("retirable", ready)
 		}
-		k.State, k.RetiredAt = Retired, at
+		k.State, k.RetiredAt, k.Handle = Retired, at, Tombstone
 	default:
 		return k, fmt.Errorf("store: unknown op %d: %w", op, signerr.ErrInvalidArgument)
 	}

@@ -31,6 +31,7 @@ var (
 	bucketMeta        = []byte("meta")
 	metaSize          = []byte("audit_size")   // big-endian count of entries ever appended
 	metaPruned        = []byte("audit_pruned") // big-endian seq up to which entries were pruned
+	metaPruneRecord   = []byte("audit_pruned_record") // big-endian seq of the log record the prune mark names
 	metaSealed        = []byte("audit_sealed") // present once a commit was stored with a seal
 	metaLogKey        = []byte("log_key")      // JSON Key of the checkpoint key
 )
@@ -599,23 +600,33 @@ func (s *Store) CreateLogKey(_ context.Context, k store.Key) (stored store.Key, 
 	return stored, err
 }
 
-// PruneAudit deletes the leaves up to seq upto (whole tiles, already
-// exported); the tree nodes stay, so proofs for later entries still work.
-// bbolt serves one process: run it with the signer stopped.
-func (s *Store) PruneAudit(_ context.Context, upto uint64) error {
+// PruneAudit deletes the leaves and seals up to seq upto (whole tiles,
+// already exported, announced by the log record at seq record); the tree
+// nodes stay, so proofs for later entries still work. bbolt serves one
+// process: run it with the signer stopped.
+func (s *Store) PruneAudit(_ context.Context, upto, record uint64) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := store.CheckPrune(upto, metaUint(tx, metaPruned), metaUint(tx, metaSize)); err != nil {
+		meta := tx.Bucket(bucketMeta)
+		pruned, size := metaUint(tx, metaPruned), metaUint(tx, metaSize)
+		if upto == pruned && upto > 0 && metaUint(tx, metaPruneRecord) == 0 {
+			// A mark from before prune records: it gets its record.
+			if record <= upto || record > size {
+				return fmt.Errorf("bbolt: the record of the prune up to %d must be an entry after it (seq %d)", upto, record)
+			}
+			return meta.Put(metaPruneRecord, seqKey(record))
+		}
+		if err := store.CheckPrune(upto, pruned, size, record); err != nil {
 			return err
 		}
 		ab := tx.Bucket(bucketAudit)
-		// Deleting under a cursor moves it: collect a chunk of leaf keys,
-		// delete them, seek again past the nodes that stay.
-		from := seqKey(metaUint(tx, metaPruned) + 1)
+		// Deleting under a cursor moves it: collect a chunk of leaf and seal
+		// keys, delete them, seek again past the nodes that stay.
+		from := seqKey(pruned + 1)
 		for {
 			var keys [][]byte
 			c := ab.Cursor()
 			for k, _ := c.Seek(from); k != nil && binary.BigEndian.Uint64(k[:8]) <= upto && len(keys) < 4096; k, _ = c.Next() {
-				if isLeafKey(k) {
+				if isLeafKey(k) || len(k) == 9 && k[8] == sealLevel {
 					keys = append(keys, bytes.Clone(k))
 				}
 			}
@@ -627,10 +638,22 @@ func (s *Store) PruneAudit(_ context.Context, upto uint64) error {
 					return err
 				}
 			}
-			from = seqKey(binary.BigEndian.Uint64(keys[len(keys)-1]) + 1)
+			from = seqKey(binary.BigEndian.Uint64(keys[len(keys)-1][:8]) + 1)
 		}
-		return tx.Bucket(bucketMeta).Put(metaPruned, seqKey(upto))
+		if err := meta.Put(metaPruneRecord, seqKey(record)); err != nil {
+			return err
+		}
+		return meta.Put(metaPruned, seqKey(upto))
 	})
+}
+
+// PruneRecord is the seq of the log record the prune mark names (0: none).
+func (s *Store) PruneRecord(context.Context) (n uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		n = metaUint(tx, metaPruneRecord)
+		return nil
+	})
+	return n, err
 }
 
 // DB exposes the handle to tests that must tamper with the log.

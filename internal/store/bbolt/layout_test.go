@@ -126,7 +126,7 @@ func TestPruneDeletesLeavesAndKeepsNodes(t *testing.T) {
 	const n, upto = 10_000, 9_200 // more leaves than one delete chunk
 	root := fill(t, s, n)
 	nodesBefore := countKeys(t, s, 9)
-	if err := s.PruneAudit(ctx, upto); err != nil {
+	if err := s.PruneAudit(ctx, upto, n); err != nil {
 		t.Fatal(err)
 	}
 	if got := countKeys(t, s, 8); got != n-upto {

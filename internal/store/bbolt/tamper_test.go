@@ -133,3 +133,13 @@ func (x tamper) AppendRaw(t testing.TB, leaf []byte) {
 func (x tamper) PutCheckpointAt(t testing.TB, size uint64, note []byte) {
 	x.update(t, func(tx *bolt.Tx) error { return tx.Bucket([]byte("audit_checkpoints")).Put(be(size), note) })
 }
+
+func (x tamper) ForgePruneMark(t testing.TB, upto, record uint64) {
+	x.update(t, func(tx *bolt.Tx) error {
+		meta := tx.Bucket([]byte("meta"))
+		if err := meta.Put([]byte("audit_pruned_record"), be(record)); err != nil {
+			return err
+		}
+		return meta.Put([]byte("audit_pruned"), be(upto))
+	})
+}

@@ -119,7 +119,12 @@ func redact(err error) error {
 // ownership). Migrate applies them to the runtime role.
 var RuntimeGrants = []string{
 	"GRANT USAGE ON SCHEMA public TO %s",
-	"GRANT SELECT, INSERT, UPDATE ON signing_keys TO %s",
+	// Key state moves only as the lifecycle allows (a trigger refuses the
+	// rest, for every role): the columns a transition changes, nothing else.
+	// Earlier versions granted UPDATE on the whole table: take it back.
+	"REVOKE ALL ON signing_keys FROM %s",
+	"GRANT SELECT, INSERT ON signing_keys TO %s",
+	"GRANT UPDATE (state, activated_at, deactivated_at, retired_at, handle) ON signing_keys TO %s",
 	"GRANT SELECT, INSERT ON audit_entries, audit_nodes, audit_checkpoints, audit_log_key, audit_seals, audit_witnessed TO %s",
 	"GRANT SELECT ON audit_pruned, goose_db_version TO %s",
 }
@@ -344,8 +349,8 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 			}
 			changed = append(changed, demoted...)
 		}
-		if _, err := tx.Exec(ctx, `UPDATE signing_keys SET state = $2, activated_at = $3, retired_at = $4 WHERE id = $1`,
-			next.ID, next.State.String(), nullTime(next.ActivatedAt), nullTime(next.RetiredAt)); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE signing_keys SET state = $2, activated_at = $3, retired_at = $4, handle = $5 WHERE id = $1`,
+			next.ID, next.State.String(), nullTime(next.ActivatedAt), nullTime(next.RetiredAt), next.Handle); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `SELECT pg_notify('`+channel+`', $1)`, scope)
@@ -606,33 +611,36 @@ func (s *Store) CreateLogKey(ctx context.Context, k store.Key) (store.Key, error
 	return s.LogKey(ctx)
 }
 
-// PruneAudit deletes the entries up to seq upto (whole tiles, already
-// exported) and records the prune; tree nodes, checkpoints and the request
-// index stay. It needs DELETE on audit_entries: the owner role, never the
-// serving signer's.
-func (s *Store) PruneAudit(ctx context.Context, upto uint64) error {
+// PruneAudit marks the entries up to seq upto pruned (whole tiles, already
+// exported, announced by the log record at seq record) and deletes them and
+// their seals, through audit_prune: the one path that deletes (a SECURITY
+// DEFINER function the owner and the prune role may call; the triggers
+// refuse any other delete, for every role). Tree nodes and checkpoints stay.
+func (s *Store) PruneAudit(ctx context.Context, upto, record uint64) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// Serialise with appends and other prunes.
-		if _, err := tx.Exec(ctx, `LOCK TABLE audit_pruned IN EXCLUSIVE MODE`); err != nil {
-			return err
-		}
 		var pruned, size int64
-		if err := tx.QueryRow(ctx, `SELECT coalesce(max(upto), 0), greatest((SELECT coalesce(max(seq), 0) FROM audit_entries), coalesce(max(upto), 0)) FROM audit_pruned`).Scan(&pruned, &size); err != nil {
+		var named bool
+		if err := tx.QueryRow(ctx, `SELECT coalesce(max(upto), 0), greatest((SELECT coalesce(max(seq), 0) FROM audit_entries), coalesce(max(upto), 0)),
+			coalesce(bool_and(record_seq IS NOT NULL), true) FROM audit_pruned`).Scan(&pruned, &size, &named); err != nil {
 			return err
 		}
-		if err := store.CheckPrune(upto, uint64(pruned), uint64(size)); err != nil {
-			return err
+		if !(upto == uint64(pruned) && upto > 0 && !named) {
+			if err := store.CheckPrune(upto, uint64(pruned), uint64(size), record); err != nil {
+				return err
+			}
 		}
-		if _, err := tx.Exec(ctx, `SELECT set_config('plexsphere_signer.prune_upto', $1, true)`, fmt.Sprint(upto)); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM audit_entries WHERE seq <= $1`, int64(upto)); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO audit_pruned (upto) VALUES ($1)`, int64(upto))
+		_, err := tx.Exec(ctx, `SELECT audit_prune($1, $2)`, int64(upto), int64(record))
 		return err
 	})
 	return classify(err)
+}
+
+// PruneRecord is the seq of the log record the newest prune mark names (0:
+// none).
+func (s *Store) PruneRecord(ctx context.Context) (uint64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce((SELECT record_seq FROM audit_pruned ORDER BY upto DESC LIMIT 1), 0)`).Scan(&n)
+	return uint64(n), classify(err)
 }
 
 // WatchKeys calls changed with the scope of every key change any replica

@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -98,8 +99,16 @@ func (x tamper) PutCheckpointAt(t testing.TB, size uint64, note []byte) {
 	x.exec(t, `INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)`, int64(size), note)
 }
 
+func (x tamper) ForgePruneMark(t testing.TB, upto, record uint64) {
+	var r any
+	if record > 0 {
+		r = int64(record)
+	}
+	x.exec(t, `INSERT INTO audit_pruned (upto, record_seq) VALUES ($1, $2) ON CONFLICT (upto) DO UPDATE SET record_seq = EXCLUDED.record_seq`, int64(upto), r)
+}
+
 func (x tamper) Wipe(t testing.TB) {
-	x.exec(t, `DELETE FROM audit_entries; DELETE FROM audit_nodes; DELETE FROM audit_checkpoints; DELETE FROM audit_seals; DELETE FROM audit_witnessed`)
+	x.exec(t, `DELETE FROM audit_entries; DELETE FROM audit_nodes; DELETE FROM audit_checkpoints; DELETE FROM audit_seals; DELETE FROM audit_witnessed; DELETE FROM audit_pruned`)
 }
 
 // The service role may read and extend the audit log, never rewrite it:
@@ -132,6 +141,10 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 		"DROP TRIGGER audit_entries_append_only ON audit_entries",
 		"DELETE FROM audit_pruned",
 		"INSERT INTO audit_pruned (upto) VALUES (16)",
+		"INSERT INTO audit_pruned (upto, record_seq) VALUES (16, 2)",
+		"SELECT audit_prune(16, 2)",
+		"DELETE FROM audit_seals",
+		"UPDATE audit_witnessed SET note = note",
 		"SET session_replication_role = replica",
 	} {
 		if _, err := app.Exec(ctx, q); err == nil {
@@ -149,9 +162,28 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 		"UPDATE audit_entries SET leaf = '\\x00' WHERE seq = 1",
 		"DELETE FROM audit_entries WHERE seq = 2",
 		"TRUNCATE audit_entries",
+		// No session setting opens the log any more (it did: the owner set
+		// the prune bound to the largest bigint and deleted any entry).
+		"BEGIN; SET LOCAL plexsphere_signer.prune_upto = '9223372036854775807'; DELETE FROM audit_entries WHERE seq = 2; COMMIT",
+		"TRUNCATE audit_pruned",
 	} {
 		if _, err := owner.Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "42501") {
 			t.Errorf("%s as the owner: %v, want the append-only trigger's refusal", q, err)
+		}
+		owner.Exec(ctx, "ROLLBACK")
+	}
+	// A prune mark without its record, or beyond the log, or not a whole
+	// tile; an entry that does not follow the log: refused for the owner
+	// too (check_violation).
+	for _, q := range []string{
+		"INSERT INTO audit_pruned (upto) VALUES (16)",
+		"INSERT INTO audit_pruned (upto, record_seq) VALUES (16, 99)",
+		"INSERT INTO audit_pruned (upto, record_seq) VALUES (1, 2)",
+		"INSERT INTO audit_entries (seq, leaf) VALUES (1000000000, '\\x01')",
+		"INSERT INTO audit_entries (seq, leaf) VALUES (4, '\\x01')",
+	} {
+		if _, err := owner.Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "23514") {
+			t.Errorf("%s as the owner: %v, want the trigger's check_violation", q, err)
 		}
 	}
 	got, err := store.ListAudit(ctx, st, store.AuditQuery{})
@@ -172,7 +204,7 @@ func TestRuntimeRoleCannotPrune(t *testing.T) {
 		}
 	}
 	w.Close()
-	if err := st.PruneAudit(ctx, 16); err == nil {
+	if err := st.PruneAudit(ctx, 16, 17); err == nil {
 		t.Fatal("the serving role pruned the audit log")
 	}
 	if n, _ := st.PrunedUpTo(ctx); n != 0 {
@@ -180,6 +212,61 @@ func TestRuntimeRoleCannotPrune(t *testing.T) {
 	}
 	if got, err := store.ListAudit(ctx, st, store.AuditQuery{}); err != nil || len(got) != 20 {
 		t.Fatalf("entries after the refused prune: %d %v", len(got), err)
+	}
+}
+
+// A key's state only moves on, for every role: the runtime role (which
+// holds UPDATE on the lifecycle columns only) and the owner are refused a
+// RETIRED key back, a demotion the lifecycle does not make, a new scope or
+// public key, a handle kept at RETIRED, and a deletion.
+func TestKeyStateOnlyMovesOn(t *testing.T) {
+	srv := pgtest.Require(t)
+	st, db := srv.Open(t)
+	ctx := context.Background()
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	active := store.Key{ID: "k-active", Scope: "s", State: store.Active, Public: make([]byte, 32), Provider: "local", Handle: []byte("h1"), CreatedAt: at, ActivatedAt: at}
+	pending := store.Key{ID: "k-pending", Scope: "s", State: store.Pending, Public: bytes.Repeat([]byte{1}, 32), Provider: "local", Handle: []byte("h2"), CreatedAt: at}
+	for _, k := range []store.Key{active, pending} {
+		if err := st.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Commit (k-pending ACTIVE, k-active PREVIOUS), then retire k-active:
+	// the lifecycle's own moves pass the trigger.
+	if _, err := st.Transition(ctx, store.OpCommit, "s", "k-pending", at, store.Windows{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Transition(ctx, store.OpRetire, "s", "k-active", at, store.Windows{}); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := st.Key(ctx, "k-active"); k.State != store.Retired || !store.Destroyed(k) {
+		t.Fatalf("retired key %+v: its handle is not destroyed", k)
+	}
+	for _, role := range []struct{ name, dsn string }{{"runtime", db.AppDSN}, {"owner", db.AdminDSN}} {
+		conn, err := pgx.Connect(ctx, role.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{
+			"UPDATE signing_keys SET state = 'ACTIVE' WHERE id = 'k-active'",
+			"UPDATE signing_keys SET state = 'PREVIOUS' WHERE id = 'k-active'",
+			"UPDATE signing_keys SET handle = 'h1' WHERE id = 'k-active'",
+			"UPDATE signing_keys SET state = 'PENDING' WHERE id = 'k-pending'",
+			"UPDATE signing_keys SET scope = 'other' WHERE id = 'k-pending'",
+			"UPDATE signing_keys SET public_key = decode(repeat('ab', 32), 'hex') WHERE id = 'k-pending'",
+			"DELETE FROM signing_keys WHERE id = 'k-active'",
+			"TRUNCATE signing_keys",
+		} {
+			if _, err := conn.Exec(ctx, q); err == nil {
+				t.Errorf("%s may: %s", role.name, q)
+			} else if !strings.Contains(err.Error(), "42501") && !strings.Contains(err.Error(), "23514") {
+				t.Errorf("%s, %s: %v, want a refusal", role.name, q, err)
+			}
+		}
+		conn.Close(ctx)
+	}
+	if k, _ := st.Key(ctx, "k-active"); k.State != store.Retired {
+		t.Fatalf("k-active is %s after the attempts", k.State)
 	}
 }
 

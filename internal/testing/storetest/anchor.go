@@ -37,6 +37,8 @@ var anchorAttacks = []struct {
 	{"InsertedEntryBeforeACommit", insertedEntryBeforeACommit},
 	{"CheckpointReplayedUnderALargerSize", checkpointReplayed},
 	{"RestoreIsANewEpoch", restoreIsANewEpoch},
+	{"ForgedPruneMark", forgedPruneMark},
+	{"PruneMarkNamingAnotherEntry", pruneMarkNamingAnotherEntry},
 	{"WitnessOutageIsBounded", witnessOutageIsBounded},
 }
 
@@ -325,6 +327,43 @@ func restoreIsANewEpoch(t *testing.T, s store.Store, x Tamper) {
 	if again := l.restart(t, s); !errors.Is(again.Check(ctx), signerr.ErrAuditLogBroken) {
 		t.Fatal("a signer of epoch 1 accepted the log of epoch 2")
 	}
+}
+
+// Entries 1..64 deleted and the prune mark set to 64, as a store writer
+// would erase history (bbolt's meta key; the Postgres owner's INSERT into
+// audit_pruned with its triggers off): no prune record names the mark. The
+// signer's check, its sweep, a restarted signer and the replay behind
+// every auditor's verify refuse it.
+func forgedPruneMark(t *testing.T, s store.Store, x Tamper) {
+	ctx := context.Background()
+	l := newLog(t, s)
+	l.write(t, 0, 80)
+	checkpoint(t, l)
+	x.DeleteLeaves(t, 1, 64)
+	x.ForgePruneMark(t, 64, 0)
+	wantBroken(t, "the check", l.log.Check(ctx), "entries up to seq 64 were deleted, but no prune record")
+	if err := l.log.Sweep(ctx); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("sweep: %v", err)
+	}
+	if err := replay(t, s, l.v); err == nil || !strings.Contains(err.Error(), "no prune record") {
+		t.Fatalf("replay: %v", err)
+	}
+	wantBroken(t, "a restart", l.restart(t, s).Check(ctx), "no prune record")
+}
+
+// A genuine prune up to 32, then a forged mark up to 64 that names the
+// genuine record (or an ordinary entry): the record states another prune.
+func pruneMarkNamingAnotherEntry(t *testing.T, s store.Store, x Tamper) {
+	ctx := context.Background()
+	l := newLog(t, s)
+	l.write(t, 0, 80)
+	record := l.prune(t, s, x.Owner(t), 32)
+	must(t, l.log.Check(ctx))
+	x.DeleteLeaves(t, 33, 64)
+	x.ForgePruneMark(t, 64, record)
+	wantBroken(t, "a mark naming the record of another prune", l.log.Check(ctx), "is not the record of that prune")
+	x.ForgePruneMark(t, 64, 70)
+	wantBroken(t, "a mark naming an ordinary entry", l.log.Check(ctx), "names entry 70, which is not the record")
 }
 
 // A witness that stops answering: signing goes on while the log was

@@ -52,6 +52,9 @@ type Tamper interface {
 	AppendRaw(t testing.TB, leaf []byte)
 	// PutCheckpointAt stores a note under a size of the attacker's choice.
 	PutCheckpointAt(t testing.TB, size uint64, note []byte)
+	// ForgePruneMark sets the prune mark to upto, naming record (0: none),
+	// deleting nothing.
+	ForgePruneMark(t testing.TB, upto, record uint64)
 }
 
 func entry(i int, rel string) auditlog.Entry {
@@ -457,6 +460,31 @@ func testProofs(t *testing.T, s store.Store) {
 	}
 }
 
+// prune records a prune up to upto in the log (its root computed from the
+// entries), checkpoints it and prunes as the owner; it returns the record's
+// seq.
+func (l *testLog) prune(t *testing.T, s store.Store, pr store.Pruner, upto uint64) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	pruned, err := s.PrunedUpTo(ctx)
+	must(t, err)
+	start, err := audit.TreeAt(ctx, s, pruned)
+	must(t, err)
+	leaves, err := s.Leaves(ctx, pruned, upto)
+	must(t, err)
+	for _, leaf := range leaves {
+		h := auditlog.LeafHash(leaf)
+		start.Append(h[:], nil)
+	}
+	cp := checkpoint(t, l)
+	seq, err := l.log.RecordPrune(ctx, auditlog.PruneRecord{UpTo: upto, RootAtUpTo: start.Root(), ExportFrom: pruned + 1, ExportTo: upto,
+		ExportCheckpoint: string(cp.Note), ExportSHA256: make([]byte, 32), Reason: "storetest"})
+	must(t, err)
+	checkpoint(t, l)
+	must(t, pr.PruneAudit(ctx, upto, seq))
+	return seq
+}
+
 func testPrune(t *testing.T, s store.Store, x Tamper) {
 	ctx := context.Background()
 	pr := x.Owner(t)
@@ -464,22 +492,29 @@ func testPrune(t *testing.T, s store.Store, x Tamper) {
 	l.write(t, 0, 50)
 	cp, err := l.log.Checkpoint(ctx)
 	must(t, err)
-	for _, bad := range []uint64{0, 17, 64} {
-		if err := pr.PruneAudit(ctx, bad); err == nil {
-			t.Fatalf("prune up to %d accepted", bad)
+	for _, bad := range []struct{ upto, record uint64 }{{0, 40}, {17, 40}, {64, 40}, {32, 20}, {32, 51}} {
+		if err := pr.PruneAudit(ctx, bad.upto, bad.record); err == nil {
+			t.Fatalf("prune up to %d (record %d) accepted", bad.upto, bad.record)
 		}
 	}
-	must(t, pr.PruneAudit(ctx, 32))
-	if err := pr.PruneAudit(ctx, 32); err == nil {
+	record := l.prune(t, s, pr, 32)
+	if record != 51 {
+		t.Fatalf("the prune record is entry %d, want 51", record)
+	}
+	if err := pr.PruneAudit(ctx, 32, record); err == nil {
 		t.Fatal("pruning the same range twice accepted")
 	}
 	if n, _ := s.PrunedUpTo(ctx); n != 32 {
 		t.Fatalf("PrunedUpTo = %d", n)
 	}
+	if n, _ := s.PruneRecord(ctx); n != 51 {
+		t.Fatalf("PruneRecord = %d", n)
+	}
 	if _, err := s.Leaves(ctx, 10, 11); !errors.Is(err, audit.ErrPruned) {
 		t.Fatalf("a pruned entry: %v", err)
 	}
-	// Later entries still prove, the tree still extends, the log still checks.
+	// Later entries still prove, the tree still extends, the log still
+	// checks and replays (its mark names its record).
 	leaves, err := s.Leaves(ctx, 40, 41)
 	must(t, err)
 	p, err := audit.InclusionProof(ctx, s, 40, cp.Size)
@@ -487,13 +522,17 @@ func testPrune(t *testing.T, s store.Store, x Tamper) {
 	must(t, auditlog.VerifyInclusion(cp, 40, leaves[0], p))
 	l.write(t, 100, 5)
 	must(t, l.log.Check(ctx))
-	if size, _ := s.AuditSize(ctx); size != 55 {
+	must(t, replay(t, s, l.v))
+	if size, _ := s.AuditSize(ctx); size != 56 {
 		t.Fatalf("size after prune and append = %d", size)
 	}
 	got, err := store.ListAudit(ctx, s, store.AuditQuery{})
 	must(t, err)
-	if len(got) != 23 || got[0].Seq != 33 {
+	if len(got) != 24 || got[0].Seq != 33 {
 		t.Fatalf("ListAudit after prune: %d entries from %d", len(got), got[0].Seq)
+	}
+	if seals, _ := s.Seals(ctx, 0, 32); len(seals) != 0 {
+		t.Fatalf("%d seals of pruned commits kept", len(seals))
 	}
 }
 
