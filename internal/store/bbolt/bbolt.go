@@ -29,11 +29,11 @@ var (
 	bucketCheckpoints = []byte("audit_checkpoints") // big-endian size → signed note
 	bucketWitnessed   = []byte("audit_witnessed")   // big-endian size → note cosigned by the witness quorum
 	bucketMeta        = []byte("meta")
-	metaSize          = []byte("audit_size")   // big-endian count of entries ever appended
-	metaPruned        = []byte("audit_pruned") // big-endian seq up to which entries were pruned
+	metaSize          = []byte("audit_size")          // big-endian count of entries ever appended
+	metaPruned        = []byte("audit_pruned")        // big-endian seq up to which entries were pruned
 	metaPruneRecord   = []byte("audit_pruned_record") // big-endian seq of the log record the prune mark names
-	metaSealed        = []byte("audit_sealed") // present once a commit was stored with a seal
-	metaLogKey        = []byte("log_key")      // JSON Key of the checkpoint key
+	metaSealed        = []byte("audit_sealed")        // present once a commit was stored with a seal
+	metaLogKey        = []byte("log_key")             // JSON Key of the checkpoint key
 )
 
 // Store is a store.Store in a bbolt file.
