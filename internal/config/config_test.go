@@ -240,3 +240,19 @@ func TestIdentitySettingsTakeTheBinarysPrefix(t *testing.T) {
 		t.Fatalf("bad reload = %v, want the setting named", err)
 	}
 }
+
+// signerctl's witness policy is read from SIGNERCTL_WITNESS_POLICY_FILE and
+// --witness-policy overrides it; both spellings name the setting.
+func TestCtlWitnessPolicy(t *testing.T) {
+	t.Setenv("SIGNERCTL_WITNESS_POLICY_FILE", "/etc/signer/witnesses.policy")
+	var c config.Ctl
+	if err := config.Load("signerctl", "SIGNERCTL_", &c, nil); err != nil || c.WitnessPolicyFile != "/etc/signer/witnesses.policy" {
+		t.Fatalf("from the variable: %q, %v", c.WitnessPolicyFile, err)
+	}
+	if err := config.Load("signerctl", "SIGNERCTL_", &c, []string{"--witness-policy", "/tmp/p"}); err != nil || c.WitnessPolicyFile != "/tmp/p" {
+		t.Fatalf("from the flag: %q, %v", c.WitnessPolicyFile, err)
+	}
+	if got := config.Name(&c, "WitnessPolicyFile"); got != "--witness-policy / SIGNERCTL_WITNESS_POLICY_FILE" {
+		t.Fatalf("Name = %q", got)
+	}
+}
