@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -39,8 +38,7 @@ type BenchReport struct {
 // (--sidecar, plaintext on its socket or loopback) or directly against the
 // signer over mTLS with the global identity flags, and report.
 func (c *cli) runBench(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(c.errw)
+	fs := c.flagSet("bench", "[flags]", "Load a sidecar (or the signer over mTLS) with Sign calls and report throughput,\np50/p90/p99/max latency and errors by code.")
 	sidecar := fs.String("sidecar", "", "sign through this sidecar (unix:///path or loopback host:port) instead of the signer directly")
 	scope := fs.String("scope", "payments", "scope to sign for")
 	conc := fs.Int("concurrency", 16, "calls in flight")
@@ -50,8 +48,11 @@ func (c *cli) runBench(ctx context.Context, args []string) error {
 	size := fs.Int("payload-size", 64, "payload bytes")
 	every := fs.Duration("progress", time.Second, "progress line interval on stderr (0: none)")
 	asJSON := fs.Bool("json", false, "print the report as JSON (as --output json does)")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *conc < 1 || *size < 0 {
-		return usageError("bench takes only flags; --concurrency >= 1")
+	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *conc < 1 || *size < 0 {
+		return usageError("bench: --concurrency must be at least 1, --payload-size at least 0")
 	}
 	payload := make([]byte, *size)
 	rand.Read(payload)

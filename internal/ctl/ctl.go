@@ -37,6 +37,11 @@ const (
 	ExitUnavailable = 3 // the signer could not be reached or could not serve
 	ExitDenied      = 4 // this identity may not do that
 	ExitBroken      = 5 // the audit log failed verification
+	// ExitRestored: the log was restored behind a checkpoint the operator
+	// saved (audit verify --checkpoint): what the log holds may verify, but
+	// entries that checkpoint covers are gone. Not 5: the log is not
+	// broken, it is in a later epoch that says what it lost.
+	ExitRestored = 6
 )
 
 const usage = `usage: signerctl [global flags] <command> [arguments]
@@ -52,24 +57,40 @@ commands:
                                            print audit entries in commit order; --follow leaves out
                                            the entries of its own polls unless --include-own
   audit verify [--checkpoint FILE] [--after EXPORT]
-                                           replay every entry against the signed checkpoints
-                                           (and prove the log grew from a saved checkpoint)
-  audit checkpoint                         print a fresh signed checkpoint (save it for verify)
+                                           replay every entry against the signed checkpoints, prove
+                                           the log grew from a saved checkpoint (one of an earlier
+                                           epoch: exit 6 if the restore lost entries it covers) and,
+                                           with --witness-policy, that the witnesses cosigned it all
+  audit checkpoint [--witnessed]           print a fresh signed checkpoint (save it for verify), or
+                                           the newest one the witnesses cosigned
   audit checkpoint-key                     print the log's checkpoint verifier key (pin it)
-  audit prove <request-id|seq>             prove a request's entries are in the log
+  audit prove [--size N] [--format text|json|tlog-proof] [--out FILE] <request-id> | --seq N
+                                           prove a request's entries (or one seq) are in the log's
+                                           checkpoint (of --size, default the newest: cosigned when
+                                           the log has witnesses); tlog-proof: a C2SP tlog-proof of
+                                           the request's outcome entry, to verify offline
+  audit consistency [--format text|json] OLD [NEW] | --from FILE [NEW]
+                                           prove the stored checkpoint of size OLD (or the saved one
+                                           in --from FILE) is a prefix of the one of size NEW
+                                           (default: the newest)
   audit export --to FILE [--after PREV] [--upto SEQ]
                                            write entries with their proof, ready to prune
   jwks <scope>                             the scope's published keys as a JWKS (RFC 8037)
   bench [--sidecar T] [--concurrency N] [--duration D | --count N] [--rate R] [--payload-size B] [--json]
                                            load a sidecar (or the signer over mTLS) and report
                                            throughput, p50/p90/p99/max and errors by code
+  help [command]                           this text, or a command's flags (also: <command> --help)
 
 exit codes: 0 ok, 1 refused by the signer (NotFound, not ready, invalid argument),
 2 usage or configuration (a wrong --signer-spiffe-id included), 3 signer unavailable,
-4 permission denied, 5 audit log broken (naming the first bad seq or range).
+4 permission denied, 5 audit log broken (naming the first bad seq or range, or the
+witnesses' missing cosignatures), 6 the log was restored behind the saved checkpoint
+(audit verify --checkpoint: the epoch record says what the restore lost).
 
 --output json prints JSON: times in RFC 3339, UTC, with microseconds, null when
 absent; the same field names in every command (README: signerctl output).
+--witness-policy FILE (SIGNERCTL_WITNESS_POLICY_FILE) is the signer's witness policy:
+with it, audit commands check the witnesses' cosignatures, not only the log's signature.
 `
 
 // Main runs signerctl with args and returns the exit code.
@@ -99,6 +120,18 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if rest[0] == "bench" { // through a sidecar, bench needs no identity
 		return c.exit(c.runBench(ctx, rest[1:]))
 	}
+	if rest[0] == "help" { // help needs no identity either: nothing is sent
+		if len(rest) == 1 {
+			fs.SetOutput(stdout)
+			fmt.Fprint(stdout, usage, "\nglobal flags:\n")
+			inner()
+			return ExitOK
+		}
+		if rest[1] == "bench" {
+			return c.exit(c.runBench(ctx, []string{"--help"}))
+		}
+		return c.dispatch(ctx, append(rest[1:len(rest):len(rest)], "--help"))
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "signerctl: invalid configuration:\n%v\n", err)
 		return ExitUsage
@@ -123,6 +156,44 @@ type usageError string
 
 func (e usageError) Error() string { return string(e) }
 
+// errHelp: a command's --help printed its usage; nothing was sent.
+var errHelp = errors.New("help requested")
+
+// flagSet is a command's flags; its usage (-h, --help, help <command>)
+// says what the command takes and does, then its flags.
+func (c *cli) flagSet(name, synopsis, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(c.errw)
+	fs.Usage = func() {
+		fmt.Fprintf(c.errw, "usage: signerctl [global flags] %s %s\n\n%s\n", name, synopsis, about)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(c.errw, "\nflags:")
+			fs.PrintDefaults()
+		}
+		fmt.Fprintln(c.errw, "\nglobal flags (before the command): signerctl -h")
+	}
+	return fs
+}
+
+// parse parses a command's flags, before, between or after its positional
+// arguments, and wants exactly n of those (any number for n < 0). --help
+// is errHelp: the usage is printed and the command stops before it sends
+// anything (a request id or scope of "--help" is never sent).
+func (c *cli) parse(fs *flag.FlagSet, args []string, n int) ([]string, error) {
+	pos, err := parseMixed(fs, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return nil, errHelp
+	case err != nil:
+		return nil, usageError(fmt.Sprintf("%s: %v", fs.Name(), err))
+	case n >= 0 && len(pos) != n:
+		return nil, usageError(fmt.Sprintf("%s takes %d argument(s), not %d (signerctl %s --help)", fs.Name(), n, len(pos), fs.Name()))
+	}
+	return pos, nil
+}
+
 func (c *cli) dispatch(ctx context.Context, args []string) int {
 	var err error
 	switch cmd := strings.Join(args[:min(2, len(args))], " "); {
@@ -140,6 +211,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) int {
 		err = c.auditCheckpointKey(ctx, args[2:])
 	case cmd == "audit prove":
 		err = c.auditProve(ctx, args[2:])
+	case cmd == "audit consistency":
+		err = c.auditConsistency(ctx, args[2:])
 	case cmd == "audit export":
 		err = c.auditExport(ctx, args[2:])
 	case args[0] == "jwks":
@@ -157,13 +230,19 @@ func (c *cli) exit(err error) int {
 	}
 	var ue usageError
 	var be brokenError
+	var re restoredError
 	switch {
+	case errors.Is(err, errHelp): // the command printed its usage
+		return ExitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(c.errw, "signerctl: %v\n\n%s", err, usage)
 		return ExitUsage
 	case errors.As(err, &be):
 		fmt.Fprintln(c.errw, "signerctl:", err)
 		return ExitBroken
+	case errors.As(err, &re):
+		fmt.Fprintln(c.errw, "signerctl:", err)
+		return ExitRestored
 	}
 	if id := c.presented.Load(); id != nil {
 		// A configuration mistake, not an outage: say which setting.
@@ -324,11 +403,10 @@ func (c *cli) keyTable(keys []*signerv1.Key) {
 }
 
 func (c *cli) keysList(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("keys list", flag.ContinueOnError)
-	fs.SetOutput(c.errw)
+	fs := c.flagSet("keys list", "[--scope S]", "List keys in every state (an unknown --scope is NotFound).")
 	scope := fs.String("scope", "", "only this scope")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return usageError("keys list takes only --scope")
+	if _, err := c.parse(fs, args, 0); err != nil {
+		return err
 	}
 	keys, err := c.listKeys(ctx, *scope)
 	if err != nil {
@@ -394,23 +472,30 @@ type rotateJSON struct {
 	Previous      *keyJSON `json:"previous"`
 }
 
+// rotateAbout says what each rotate step does (its --help).
+var rotateAbout = map[string]string{
+	"open":   "Open a rotation: a new PENDING key, published at once. A scope without keys is refused (NotFound) unless --create.",
+	"commit": "Make the PENDING key ACTIVE (after the pre-publication window); the ACTIVE one becomes PREVIOUS.",
+	"abort":  "Retire the PENDING key unused.",
+	"retire": "Retire a PREVIOUS key (after the verify-only window).",
+}
+
 func (c *cli) rotate(ctx context.Context, op string, args []string) error {
-	fs := flag.NewFlagSet("rotate "+op, flag.ContinueOnError)
-	fs.SetOutput(c.errw)
+	want, synopsis, about := 2, "<scope> <key-id>", rotateAbout[op]
+	if op == "open" {
+		want, synopsis = 1, "[--create] <scope>"
+	}
+	if about == "" {
+		return usageError(fmt.Sprintf("unknown rotate step %q", op))
+	}
+	fs := c.flagSet("rotate "+op, synopsis, about)
 	create := false
 	if op == "open" {
 		fs.BoolVar(&create, "create", false, "create the scope if it has no keys yet (its first key is then PENDING until committed)")
 	}
-	pos, err := parseMixed(fs, args)
+	pos, err := c.parse(fs, args, want)
 	if err != nil {
-		return usageError(fmt.Sprintf("rotate %s: %v", op, err))
-	}
-	want := 2
-	if op == "open" {
-		want = 1
-	}
-	if len(pos) != want {
-		return usageError(fmt.Sprintf("rotate %s takes %d argument(s)", op, want))
+		return err
 	}
 	cc, err := c.conn(ctx)
 	if err != nil {
