@@ -155,6 +155,9 @@ func (l *Log) checkSealed(ctx context.Context, t *Tree, size uint64) error {
 			}
 			h := auditlog.LeafHash(leaf)
 			t.Append(h[:], nil)
+			if l.cfg.OnEntry != nil {
+				l.cfg.OnEntry(t.Size(), leaf)
+			}
 			if len(seals) == 0 || seals[0].Size != t.Size() {
 				continue
 			}

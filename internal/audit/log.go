@@ -75,6 +75,11 @@ type LogConfig struct {
 	Log           *slog.Logger
 	// Observe, if set, is told the log's status after every check.
 	Observe func(Status)
+	// OnEntry, if set, sees every entry the log replays or checks (the
+	// start-up sweep before anything is served, then each check's new
+	// entries), in log order within each: what the log says of the keys
+	// (keyring.History) comes from here.
+	OnEntry func(seq uint64, leaf []byte)
 }
 
 // Status is the log's state, for metrics and readiness.
@@ -224,7 +229,7 @@ func (l *Log) Run(ctx context.Context) {
 // Check covers the tail since the last checkpoint on every interval; Sweep
 // covers everything, at start-up and every SweepInterval.
 func (l *Log) Sweep(ctx context.Context) error {
-	_, err := ReplayStore(ctx, l.cfg.Store, l.cfg.Verifier)
+	_, err := replayStore(ctx, l.cfg.Store, l.cfg.Verifier, l.cfg.OnEntry)
 	var be *BreakError
 	if errors.As(err, &be) {
 		err = fmt.Errorf("%w: %v", signerr.ErrAuditLogBroken, be)
@@ -366,6 +371,10 @@ func broken(format string, args ...any) error {
 // against its stored tree nodes and every stored checkpoint, each verified
 // with v. The error is a *BreakError when the log is broken.
 func ReplayStore(ctx context.Context, s Store, v *auditlog.Verifier) (*Replay, error) {
+	return replayStore(ctx, s, v, nil)
+}
+
+func replayStore(ctx context.Context, s Store, v *auditlog.Verifier, onEntry func(uint64, []byte)) (*Replay, error) {
 	var cps []auditlog.Checkpoint
 	for after := uint64(0); ; {
 		notes, err := s.Checkpoints(ctx, after, 1000)
@@ -407,6 +416,7 @@ func ReplayStore(ctx context.Context, s Store, v *auditlog.Verifier) (*Replay, e
 		return nil, err
 	}
 	r := NewReplay(start, cps, s.Nodes)
+	r.onEntry = onEntry
 	const page = 4096
 	for from := pruned; from < size; {
 		to := min(size, from+page)

@@ -41,6 +41,7 @@ type Replay struct {
 	stored func(ctx context.Context, ids []NodeID) ([][]byte, error)
 	// Checked counts the entries replayed.
 	Checked uint64
+	onEntry func(uint64, []byte)
 }
 
 // NewReplay starts at start (NewTree(), or the tree at the prune point)
@@ -69,6 +70,9 @@ func (r *Replay) Add(ctx context.Context, seq uint64, leaf []byte) error {
 	}
 	if _, err := auditlog.ParseLeaf(leaf); err != nil {
 		return &BreakError{Seq: seq, Problem: err.Error()}
+	}
+	if r.onEntry != nil {
+		r.onEntry(seq, leaf)
 	}
 	h := auditlog.LeafHash(leaf)
 	r.t.Append(h[:], func(n Node) {

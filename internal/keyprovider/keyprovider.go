@@ -57,6 +57,13 @@ type Provider interface {
 	// not made for ref (another id, scope or public half: a record moved or
 	// swapped in the store) is refused with signerr.ErrInvariant.
 	Load(ctx context.Context, ref KeyRef, handle []byte) (Key, error)
+	// Destroy destroys the key of ref and handle for good, so that nothing
+	// can load it again (a key retires: RETIRED is terminal). The store
+	// replaces the handle with a tombstone in the transaction that retires
+	// the key; Destroy removes what the provider itself holds (an HSM's
+	// objects). A key the provider no longer holds is not an error; a key
+	// that is not the one ref describes is left alone (ErrInvariant).
+	Destroy(ctx context.Context, ref KeyRef, handle []byte) error
 	// Health reports whether the provider can sign now.
 	Health(ctx context.Context) error
 	Close() error

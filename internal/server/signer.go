@@ -28,6 +28,7 @@ import (
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/jwks"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/ops"
 	"github.com/plexsphere/signer/internal/signerr"
@@ -71,9 +72,10 @@ type Signer struct {
 	auditLog   *audit.Log
 	vkey       string
 	skipMerkle bool
-	keys       *signing.Keyring
-	rotation   *signing.Rotation
-	auto       *signing.AutoRotator // nil without schedules
+	keys       *keyring.Keyring
+	history    *keyring.History // what the audit log says of each key
+	life       *keyring.Lifecycle
+	auto       *keyring.AutoRotator // nil without schedules
 	// bootstrapLater: the scopes could not be bootstrapped at start-up (the
 	// audit log refused entries); Serve retries until it can.
 	bootstrapLater bool
@@ -143,9 +145,9 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		return nil, err
 	}
 
-	s.keys = signing.NewKeyring(s.store, s.provider, cfg.KeyCacheTTL, clock)
-	s.rotation = signing.NewRotation(s.store, s.provider, s.keys,
-		signing.Windows{PrePublish: cfg.PrePublish, VerifyOnly: cfg.VerifyOnly}, clock)
+	s.keys = keyring.NewWith(s.store, s.provider, cfg.KeyCacheTTL, clock, keyring.Options{Floor: s.history.Floor})
+	s.life = keyring.NewLifecycle(s.store, s.provider, s.keys,
+		keyring.Windows{PrePublish: cfg.PrePublish, VerifyOnly: cfg.VerifyOnly}, clock)
 	if broken := s.auditLog.Broken(); broken != nil {
 		s.log.Error("scopes not bootstrapped yet: the audit log refuses entries; retrying in the background", "err", broken)
 		s.bootstrapLater = true
@@ -165,12 +167,12 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	if err != nil {
 		return nil, config.Errorf(&cfg, "AutoRotate", "%v", err)
 	}
-	var schedules []signing.Schedule
+	var schedules []keyring.Schedule
 	for _, a := range autos {
-		schedules = append(schedules, signing.Schedule(a))
+		schedules = append(schedules, keyring.Schedule(a))
 	}
 	if len(schedules) > 0 {
-		s.auto = signing.NewAutoRotator(s.rotation, s.writer, schedules, s.log)
+		s.auto = keyring.NewAutoRotator(s.life, s.writer, schedules, signing.Outcome, s.log)
 	}
 
 	signerSvc := signerv1.SignerService_ServiceDesc.ServiceName
@@ -214,7 +216,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		return nil, err
 	}
 	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, reader, cfg.MaxPayloadBytes))
-	signerv1.RegisterRotationServiceServer(s.grpc, s.rotation)
+	signerv1.RegisterRotationServiceServer(s.grpc, signing.NewRotation(s.life))
 	signerv1.RegisterAuditServiceServer(s.grpc, reader)
 
 	if cfg.JWKSListen != "" {
@@ -234,7 +236,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 // bootstrap gives each configured scope its first key (audited).
 func (s *Signer) bootstrap(ctx context.Context) error {
 	for _, scope := range s.cfg.BootstrapScopes {
-		k, created, err := s.rotation.Bootstrap(ctx, scope, s.writer)
+		k, created, err := s.life.Bootstrap(ctx, scope, s.writer)
 		if err != nil {
 			return fmt.Errorf("bootstrap scope %q: %w", scope, err)
 		}
@@ -348,9 +350,10 @@ func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func
 	if err != nil {
 		return config.Errorf(cfg, "AuditOrigin", "%v", err)
 	}
+	s.history = keyring.NewHistory()
 	s.auditLog = audit.NewLog(audit.LogConfig{Store: s.store, Writer: s.writer, Signer: signer, Verifier: verifier, Sealer: sealer,
 		Witnesses: witnesses, File: cfg.CheckpointLog, InitFile: cfg.CheckpointLogInit, MaxUnanchored: cfg.AuditMaxUnanchored,
-		Interval: cfg.CheckpointInterval, Log: s.log, Observe: s.observeLog})
+		Interval: cfg.CheckpointInterval, Log: s.log, Observe: s.observeLog, OnEntry: s.history.Observe})
 	if s.skipMerkle {
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
@@ -232,24 +233,6 @@ func scopeOf(req any) string {
 	return r.GetScope()
 }
 
-// keyError carries the key a refused request resolved to, for the audit
-// object: Sign pinned to a retired key is audited against that key.
-type keyError struct {
-	keyID string
-	err   error
-}
-
-func (e *keyError) Error() string { return e.err.Error() }
-func (e *keyError) Unwrap() error { return e.err }
-
-// onKey annotates err with the key it is about ("" leaves it alone).
-func onKey(keyID string, err error) error {
-	if err == nil || keyID == "" {
-		return err
-	}
-	return &keyError{keyID: keyID, err: err}
-}
-
 // what an RPC was about, for its middleware entry.
 type about struct {
 	keyID              string
@@ -265,9 +248,9 @@ func describe(req, resp any, err error) about {
 		d.payload = sum[:]
 	}
 	if err != nil {
-		var ke *keyError
+		var ke *keyring.KeyError
 		if errors.As(err, &ke) {
-			d.keyID = ke.keyID
+			d.keyID = ke.KeyID
 		}
 		return d
 	}

@@ -83,6 +83,13 @@ func Classify(err error) Class {
 	return classInternal
 }
 
+// Outcome is err's audit reason and gRPC code name, for entries written
+// outside an RPC (automatic rotation): the same table as every RPC's.
+func Outcome(err error) (reason, code string) {
+	c := Classify(err)
+	return c.Reason, c.Code.String()
+}
+
 // Domain is the google.rpc.ErrorInfo domain of every signer error.
 const Domain = "signer.plexsphere.dev"
 

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store"
@@ -19,14 +20,14 @@ const DefaultMaxPayload = 64 << 10
 // Service implements SignerService.
 type Service struct {
 	signerv1.UnimplementedSignerServiceServer
-	keys       *Keyring
+	keys       *keyring.Keyring
 	audit      *AuditReader
 	maxPayload int
 }
 
 // NewService serves keys from kr and proofs of a caller's own requests from
 // ar; payloads over maxPayload bytes are refused.
-func NewService(kr *Keyring, ar *AuditReader, maxPayload int) *Service {
+func NewService(kr *keyring.Keyring, ar *AuditReader, maxPayload int) *Service {
 	if maxPayload <= 0 {
 		maxPayload = DefaultMaxPayload
 	}
@@ -58,11 +59,11 @@ func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv
 	}
 	rec, err := s.keys.Signing(ctx, req.GetScope(), req.GetKeyId())
 	if err != nil {
-		return nil, onKey(rec.ID, err)
+		return nil, keyring.OnKey(rec.ID, err)
 	}
 	sig, err := s.keys.Sign(ctx, rec, req.GetPayload())
 	if err != nil {
-		return nil, onKey(rec.ID, err)
+		return nil, keyring.OnKey(rec.ID, err)
 	}
 	return &signerv1.SignResponse{Signature: sig, KeyId: rec.ID, Scope: req.GetScope()}, nil
 }
@@ -83,12 +84,12 @@ func (s *Service) PublicKey(ctx context.Context, req *signerv1.PublicKeyRequest)
 		}
 		switch {
 		case rec.Scope != scope:
-			return nil, onKey(rec.ID, fmt.Errorf("key %q is not in scope %q: %w", rec.ID, scope, signerr.ErrScopeMismatch))
+			return nil, keyring.OnKey(rec.ID, fmt.Errorf("key %q is not in scope %q: %w", rec.ID, scope, signerr.ErrScopeMismatch))
 		case !rec.State.Published():
-			return nil, onKey(rec.ID, fmt.Errorf("key %q is %s: %w", rec.ID, rec.State, signerr.ErrKeyRetired))
+			return nil, keyring.OnKey(rec.ID, fmt.Errorf("key %q is %s: %w", rec.ID, rec.State, signerr.ErrKeyRetired))
 		}
 		if err := s.keys.Vouch(ctx, rec); err != nil {
-			return nil, onKey(rec.ID, err)
+			return nil, keyring.OnKey(rec.ID, err)
 		}
 		return &signerv1.PublicKeyResponse{Scope: scope, Keys: []*signerv1.Key{KeyProto(rec)}}, nil
 	}

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/testing/signertest"
@@ -22,8 +23,8 @@ import (
 func FuzzSignRequest(f *testing.F) {
 	st := signertest.OpenBolt(f)
 	p := signertest.NewLocalProvider(f)
-	kr := signing.NewKeyring(st, p, time.Minute, nil)
-	rot := signing.NewRotation(st, p, kr, signing.Windows{}, nil)
+	kr := keyring.New(st, p, time.Minute, nil)
+	rot := keyring.NewLifecycle(st, p, kr, keyring.Windows{}, nil)
 	ctx := context.Background()
 	key, _, err := rot.Bootstrap(ctx, "payments", discard{})
 	if err != nil {

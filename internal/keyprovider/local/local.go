@@ -175,6 +175,11 @@ func (p *Provider) Load(_ context.Context, ref keyprovider.KeyRef, handle []byte
 	return &key{id: id, pub: pub, priv: priv}, nil
 }
 
+// Destroy has nothing to destroy: the key existed at rest only sealed in
+// its handle, which the store replaces with a tombstone as the key retires;
+// a copy loaded in memory is released (zeroed) by its holder.
+func (p *Provider) Destroy(context.Context, keyprovider.KeyRef, []byte) error { return nil }
+
 func (p *Provider) Health(context.Context) error { return nil }
 func (p *Provider) Close() error                 { return nil }
 

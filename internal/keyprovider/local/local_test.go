@@ -29,7 +29,7 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return p
-	})
+	}, keyprovidertest.Options{SealedHandles: true})
 }
 
 // The handle is the only thing the store keeps: it must not contain the seed

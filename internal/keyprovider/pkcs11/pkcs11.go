@@ -519,6 +519,51 @@ func (p *Provider) Load(ctx context.Context, ref keyprovider.KeyRef, handle []by
 	return &key{p: p, id: id, pub: pub}, nil
 }
 
+// Destroy destroys the key's objects on the token (C_DestroyObject, both
+// halves): a retired key never signs again, whatever a store writer does to
+// its record. Objects labelled for another record are left alone
+// (ErrInvariant); objects already gone are not an error.
+func (p *Provider) Destroy(ctx context.Context, ref keyprovider.KeyRef, handle []byte) error {
+	if string(handle) != ref.ID {
+		return fmt.Errorf("pkcs11: handle does not name key %q: %w", ref.ID, signerr.ErrInvariant)
+	}
+	var mismatch bool
+	err := p.with(ctx, "destroy", func(c *conn, s p11.SessionHandle) error {
+		var objs []p11.ObjectHandle
+		for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
+			found, err := p.find(s, class, handle)
+			if err != nil {
+				return err
+			}
+			objs = append(objs, found...)
+		}
+		for _, o := range objs {
+			attrs, err := p.module.GetAttributeValue(s, o, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil)})
+			if err != nil {
+				return err
+			}
+			if string(attrs[0].Value) != label(ref) {
+				mismatch = true
+				return nil
+			}
+		}
+		c.objects.Delete(ref.ID)
+		for _, o := range objs {
+			if err := p.module.DestroyObject(s, o); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if mismatch {
+		return fmt.Errorf("pkcs11: key %q: the token's objects are labelled for another record; not destroyed: %w", ref.ID, signerr.ErrInvariant)
+	}
+	return nil
+}
+
 // Health checks that the token answers, reconnecting if it went away.
 func (p *Provider) Health(ctx context.Context) error {
 	c, err := p.current(true)

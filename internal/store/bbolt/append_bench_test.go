@@ -12,7 +12,7 @@ import (
 // BenchmarkAppendAudit prices one group commit of 64 Sign calls (128
 // entries) with fsync: the writer's batch at 64 in flight.
 func BenchmarkAppendAudit(b *testing.B) {
-	s := openStore(b)
+	s, _ := openStore(b)
 	w := audit.NewWriter(s, audit.WriterOptions{})
 	defer w.Close()
 	ctx := context.Background()

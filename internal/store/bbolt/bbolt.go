@@ -46,14 +46,33 @@ var _ store.Store = (*Store)(nil)
 // Open opens or creates the database at path. A second process opening the
 // same file fails after a second instead of waiting forever.
 func Open(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+	db, err := bolt.Open(path, 0o600, Options())
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("bbolt: open %s: locked by another process (bbolt serves one replica; use the postgres store for several)", path)
 		}
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	s, err := FromDB(db)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("bbolt: init %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Options are the bbolt options the store opens its file with: a second
+// process waits a second, not forever; the freelist is a map and not
+// synced (it is rebuilt at open).
+func Options() *bolt.Options {
+	return &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType, NoFreelistSync: true}
+}
+
+// FromDB serves a store from db, an open bbolt database (Open's file, or a
+// test's that keeps the handle to edit the file as its writer could); it
+// creates the buckets and carries older layouts over. Close closes db.
+func FromDB(db *bolt.DB) (*Store, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketKeys, bucketScopes, bucketAudit, bucketCheckpoints, bucketWitnessed, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -62,8 +81,7 @@ func Open(path string) (*Store, error) {
 		return moveOldNodes(tx)
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("bbolt: init %s: %w", path, err)
+		return nil, err
 	}
 	return &Store{db: db}, nil
 }

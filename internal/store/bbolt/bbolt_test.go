@@ -2,6 +2,8 @@ package bbolt_test
 
 import (
 	"path/filepath"
+
+	bolt "go.etcd.io/bbolt"
 	"strings"
 	"testing"
 
@@ -10,21 +12,32 @@ import (
 	"github.com/plexsphere/signer/internal/testing/storetest"
 )
 
-// openStore opens a store in a fresh file, closed when the test ends.
-func openStore(t testing.TB) *bbolt.Store {
+// openStore opens a store in a fresh file, closed when the test ends, with
+// the bbolt handle under it (to edit the file as its writer could).
+func openStore(t testing.TB) (*bbolt.Store, *bolt.DB) {
 	t.Helper()
-	s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
+	return openAt(t, filepath.Join(t.TempDir(), "signer.db"))
+}
+
+// openAt opens the store in path (closing it twice is harmless).
+func openAt(t testing.TB, path string) (*bbolt.Store, *bolt.DB) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, bbolt.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := bbolt.FromDB(db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s
+	return s, db
 }
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) (store.Store, storetest.Tamper) {
-		s := openStore(t)
-		return s, tamper{s}
+		s, db := openStore(t)
+		return s, tamper{s, db}
 	})
 }
 

@@ -15,7 +15,7 @@ import (
 // file is read as edited at once, and what one caller does to the slices it
 // got never reaches the next caller.
 func TestKeyRecordsAreReadAsStored(t *testing.T) {
-	s := openStore(t)
+	s, db := openStore(t)
 	ctx := context.Background()
 	at := time.Unix(1700000000, 0).UTC()
 	k := store.Key{ID: "k1", Scope: "payments", State: store.Active, Public: bytes.Repeat([]byte{7}, 32),
@@ -34,7 +34,7 @@ func TestKeyRecordsAreReadAsStored(t *testing.T) {
 	}
 
 	// A store writer retires the key in the file: the next read says so.
-	tamper{s}.update(t, func(tx *bolt.Tx) error {
+	tamper{s, db}.update(t, func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("keys"))
 		v := bytes.Replace(b.Get([]byte("k1")), []byte(`"ACTIVE"`), []byte(`"RETIRED"`), 1)
 		return b.Put([]byte("k1"), v)

@@ -56,15 +56,12 @@ func rootFromStore(t *testing.T, s *bbolt.Store, size uint64) []byte {
 // same tree: Open moves them beside their leaves and drops the old bucket.
 func TestNodeBucketOfOlderFilesIsCarriedOver(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "signer.db")
-	s, err := bbolt.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, db := openAt(t, path)
 	const n = 300
 	root := fill(t, s, n)
 	moved := 0
 	// Rewrite the file into the older layout: level byte + index → hash.
-	tamper{s}.update(t, func(tx *bolt.Tx) error {
+	tamper{s, db}.update(t, func(tx *bolt.Tx) error {
 		ab := tx.Bucket([]byte("audit"))
 		old, err := tx.CreateBucket([]byte("audit_nodes"))
 		if err != nil {
@@ -98,15 +95,11 @@ func TestNodeBucketOfOlderFilesIsCarriedOver(t *testing.T) {
 	}
 	s.Close()
 
-	s, err = bbolt.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, db = openAt(t, path)
 	if got := rootFromStore(t, s, n); !bytes.Equal(got, root) {
 		t.Fatalf("root after the move %x, want %x", got, root)
 	}
-	s.DB().View(func(tx *bolt.Tx) error {
+	db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket([]byte("audit_nodes")) != nil {
 			t.Error("the old node bucket is still there")
 		}
@@ -121,18 +114,18 @@ func TestNodeBucketOfOlderFilesIsCarriedOver(t *testing.T) {
 // Pruning many tiles deletes every leaf up to the mark and no node: the
 // tree still rebuilds, later entries still read.
 func TestPruneDeletesLeavesAndKeepsNodes(t *testing.T) {
-	s := openStore(t)
+	s, db := openStore(t)
 	ctx := context.Background()
 	const n, upto = 10_000, 9_200 // more leaves than one delete chunk
 	root := fill(t, s, n)
-	nodesBefore := countKeys(t, s, 9)
+	nodesBefore := countKeys(t, db, 9)
 	if err := s.PruneAudit(ctx, upto, n); err != nil {
 		t.Fatal(err)
 	}
-	if got := countKeys(t, s, 8); got != n-upto {
+	if got := countKeys(t, db, 8); got != n-upto {
 		t.Fatalf("%d leaves left, want %d", got, n-upto)
 	}
-	if got := countKeys(t, s, 9); got != nodesBefore {
+	if got := countKeys(t, db, 9); got != nodesBefore {
 		t.Fatalf("%d nodes left, want all %d", got, nodesBefore)
 	}
 	if got := rootFromStore(t, s, n); !bytes.Equal(got, root) {
@@ -146,9 +139,9 @@ func TestPruneDeletesLeavesAndKeepsNodes(t *testing.T) {
 	}
 }
 
-func countKeys(t *testing.T, s *bbolt.Store, length int) (n int) {
+func countKeys(t *testing.T, db *bolt.DB, length int) (n int) {
 	t.Helper()
-	s.DB().View(func(tx *bolt.Tx) error {
+	db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte("audit")).ForEach(func(k, _ []byte) error {
 			if len(k) == length {
 				n++

@@ -11,13 +11,16 @@ import (
 )
 
 // tamper edits the bbolt file directly, as anyone who can write it could.
-type tamper struct{ s *bbolt.Store }
+type tamper struct {
+	s  *bbolt.Store
+	db *bolt.DB
+}
 
 func be(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
 
 func (x tamper) update(t testing.TB, fn func(tx *bolt.Tx) error) {
 	t.Helper()
-	if err := x.s.DB().Update(fn); err != nil {
+	if err := x.db.Update(fn); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -16,10 +16,19 @@ import (
 	"github.com/plexsphere/signer/internal/signerr"
 )
 
+// Options say how a provider keeps keys.
+type Options struct {
+	// SealedHandles: the handle carries the key sealed (the local
+	// provider), so the store's tombstone is what destroys it; otherwise the
+	// handle only names a key the provider holds (an HSM's objects), and
+	// after Destroy the old handle must load nothing.
+	SealedHandles bool
+}
+
 // Run runs the suite. open returns a provider; calls to open within one Run
 // must share their backing (same KEK, same token), so a handle from one
 // instance loads in another.
-func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider) {
+func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider, o Options) {
 	ctx := context.Background()
 	p := open(t)
 	t.Cleanup(func() { p.Close() })
@@ -123,6 +132,36 @@ func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider) {
 			if !errors.Is(err, signerr.ErrInvariant) || k != nil {
 				t.Errorf("%s: key=%v err=%v, want ErrInvariant", tc.name, k, err)
 			}
+		}
+	})
+
+	// Retirement destroys a key for good: after Destroy, neither the
+	// store's tombstone nor (where the handle only names the key, an HSM's
+	// objects) the old handle loads it; destroying it again, or a key of
+	// another record under its handle, leaves the other key whole.
+	t.Run("Destroy", func(t *testing.T) {
+		h, pub, _ := newKey(t, "conf-x")
+		h2, pub2, _ := newKey(t, "conf-x2")
+		ref := keyprovider.KeyRef{ID: "conf-x", Scope: "conformance", Public: pub}
+		if err := p.Destroy(ctx, keyprovider.KeyRef{ID: "conf-x", Scope: "elsewhere", Public: pub}, h); err == nil && !o.SealedHandles {
+			t.Fatal("Destroy of a record that is not the key's accepted")
+		}
+		if err := p.Destroy(ctx, ref, h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Load(ctx, ref, []byte{}); err == nil {
+			t.Fatal("the tombstone loaded")
+		}
+		if !o.SealedHandles {
+			if _, err := p.Load(ctx, ref, h); err == nil {
+				t.Fatal("a destroyed key loaded from its old handle")
+			}
+		}
+		if err := p.Destroy(ctx, ref, h); err != nil {
+			t.Fatalf("destroying a destroyed key: %v", err)
+		}
+		if _, err := p.Load(ctx, keyprovider.KeyRef{ID: "conf-x2", Scope: "conformance", Public: pub2}, h2); err != nil {
+			t.Fatalf("another key after the destroy: %v", err)
 		}
 	})
 

@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -99,6 +100,9 @@ type Env struct {
 	CheckpointKey string
 	// Log is the signer's audit log (tests force checks and sweeps).
 	Log *audit.Log
+	// Bolt is the bbolt handle under Store when Start opened the store
+	// (nil for a given store): tests edit the file as its writer could.
+	Bolt *bolt.DB
 	// Witnesses cosign the log's checkpoints, with WithWitnesses;
 	// WitnessPolicy is their policy (all of them).
 	Witnesses     []*witnesstest.Witness
@@ -126,6 +130,7 @@ type options struct {
 	jwks     bool
 	noMerkle bool
 	base     *config.Signer
+	bolt     *bolt.DB
 	// witnesses to start (names), or already running (from Restart)
 	witnessNames []string
 	witnesses    []*witnesstest.Witness
@@ -238,13 +243,18 @@ func Start(t testing.TB, opts ...Option) *Env {
 		env.JWKSURL, env.JWKSRoots = "https://"+jwksLis.Addr().String(), jwksRoots
 	}
 	if o.store == nil {
-		s, err := bbolt.Open(cfg.BboltPath)
+		db, err := bolt.Open(cfg.BboltPath, 0o600, bbolt.Options())
 		if err != nil {
 			t.Fatal(err)
 		}
-		o.store = s
+		s, err := bbolt.FromDB(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.store, o.bolt = s, db
 		t.Cleanup(func() { s.Close() })
 	}
+	env.Bolt = o.bolt
 	if o.provider == nil {
 		p, err := local.New(kek)
 		if err != nil {
@@ -344,7 +354,7 @@ func (e *Env) Restart(t testing.TB, opts ...Option) *Env {
 	e.Stop()
 	cfg := e.Config
 	base := []Option{WithStore(e.Store), WithProvider(e.Provider), WithCA(e.CA), WithClock(e.Clock),
-		func(o *options) { o.base, o.witnesses = &cfg, e.Witnesses }}
+		func(o *options) { o.base, o.witnesses, o.bolt = &cfg, e.Witnesses, e.Bolt }}
 	return Start(t, append(base, opts...)...)
 }
 
@@ -520,13 +530,24 @@ func (e *Env) LastSeq(t testing.TB) uint64 {
 
 // OpenBolt opens a fresh bbolt store closed when the test ends.
 func OpenBolt(t testing.TB) *bbolt.Store {
+	s, _ := OpenBoltDB(t)
+	return s
+}
+
+// OpenBoltDB is OpenBolt that also hands out the bbolt handle under the
+// store, so a test can edit the file as anyone who can write it could.
+func OpenBoltDB(t testing.TB) (*bbolt.Store, *bolt.DB) {
 	t.Helper()
-	s, err := bbolt.Open(filepath.Join(t.TempDir(), "signer.db"))
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "signer.db"), 0o600, bbolt.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := bbolt.FromDB(db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s
+	return s, db
 }
 
 // NewLocalProvider returns a local provider with a random KEK.

@@ -11,18 +11,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
+	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/signerr"
-	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/store"
-	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
 var discardLog = slog.New(slog.DiscardHandler)
 
-// testLifecycleRace drives the real control plane (signing.Rotation and an
-// AutoRotator) from many goroutines at once against the store: Open, Commit,
+// testLifecycleRace drives the real control plane (keyring.Lifecycle, which
+// RotationService serves, and an AutoRotator) from many goroutines at once against the store: Open, Commit,
 // Retire and Abort of every key in sight, racing automatic rotation, while a
 // reader checks that the scope never has two ACTIVE keys.
 //
@@ -44,12 +44,18 @@ func testLifecycleRace(t *testing.T, s store.Store) {
 	now := func() time.Time { return t0 }
 	w := audit.NewWriter(s, audit.WriterOptions{})
 	defer w.Close()
-	kr := signing.NewKeyring(s, p, 0, now)
-	rot := signing.NewRotation(s, p, kr, signing.Windows{PrePublish: 0, VerifyOnly: time.Hour}, now)
+	kr := keyring.New(s, p, 0, now)
+	rot := keyring.NewLifecycle(s, p, kr, keyring.Windows{PrePublish: 0, VerifyOnly: time.Hour}, now)
 	if _, _, err := rot.Bootstrap(ctx, scope, w); err != nil {
 		t.Fatal(err)
 	}
-	auto := signing.NewAutoRotator(rot, w, []signing.Schedule{{Scope: scope, Period: time.Nanosecond, PrePublish: 0, VerifyOnly: time.Hour}}, discardLog)
+	outcome := func(err error) (string, string) {
+		if err != nil {
+			return auditlog.ReasonCaveatViolation, "FailedPrecondition"
+		}
+		return auditlog.ReasonGranted, "OK"
+	}
+	auto := keyring.NewAutoRotator(rot, w, []keyring.Schedule{{Scope: scope, Period: time.Nanosecond, PrePublish: 0, VerifyOnly: time.Hour}}, outcome, discardLog)
 
 	var (
 		stop      atomic.Bool
@@ -104,7 +110,7 @@ func testLifecycleRace(t *testing.T, s store.Store) {
 					return
 				}
 				if (g+i)%3 == 0 {
-					if _, err := rot.Open(ctx, &signerv1.OpenRequest{Scope: scope}); !expected(err) {
+					if _, err := rot.Open(ctx, scope); !expected(err) {
 						fail(fmt.Errorf("open: %w", err))
 					}
 				}
@@ -113,14 +119,14 @@ func testLifecycleRace(t *testing.T, s store.Store) {
 					var err error
 					switch (g + i + len(k.ID)) % 4 {
 					case 0, 1:
-						_, err = rot.Retire(ctx, &signerv1.RetireRequest{Scope: scope, KeyId: req})
+						_, err = rot.Transition(ctx, store.OpRetire, scope, req)
 					case 2:
-						_, err = rot.Commit(ctx, &signerv1.CommitRequest{Scope: scope, KeyId: req})
+						_, err = rot.Transition(ctx, store.OpCommit, scope, req)
 					case 3:
 						if i%5 == 0 {
-							_, err = rot.Abort(ctx, &signerv1.AbortRequest{Scope: scope, KeyId: req})
+							_, err = rot.Transition(ctx, store.OpAbort, scope, req)
 						} else {
-							_, err = rot.Commit(ctx, &signerv1.CommitRequest{Scope: scope, KeyId: req})
+							_, err = rot.Transition(ctx, store.OpCommit, scope, req)
 						}
 					}
 					if !expected(err) {

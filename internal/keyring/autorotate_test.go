@@ -1,4 +1,4 @@
-package signing_test
+package keyring_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
@@ -19,13 +20,13 @@ func TestAutoRotation(t *testing.T) {
 	w := audit.NewWriter(st, audit.WriterOptions{})
 	defer w.Close()
 	clock := signertest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	kr := signing.NewKeyring(st, signertest.NewLocalProvider(t), time.Second, clock.Now)
-	rot := signing.NewRotation(st, signertest.NewLocalProvider(t), kr, signing.Windows{PrePublish: time.Minute, VerifyOnly: time.Minute}, clock.Now)
+	kr := keyring.New(st, signertest.NewLocalProvider(t), time.Second, clock.Now)
+	rot := keyring.NewLifecycle(st, signertest.NewLocalProvider(t), kr, keyring.Windows{PrePublish: time.Minute, VerifyOnly: time.Minute}, clock.Now)
 	first, _, err := rot.Bootstrap(ctx, "s", w)
 	if err != nil {
 		t.Fatal(err)
 	}
-	auto := signing.NewAutoRotator(rot, w, []signing.Schedule{{Scope: "s", Period: time.Hour, PrePublish: 10 * time.Minute, VerifyOnly: 30 * time.Minute}}, nil)
+	auto := keyring.NewAutoRotator(rot, w, []keyring.Schedule{{Scope: "s", Period: time.Hour, PrePublish: 10 * time.Minute, VerifyOnly: 30 * time.Minute}}, signing.Outcome, nil)
 	states := func() string {
 		keys, err := st.Keys(ctx, "s")
 		if err != nil {

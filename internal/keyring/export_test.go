@@ -1,4 +1,4 @@
-package signing
+package keyring
 
 // CachedForTest reports how many entries each keyring map holds.
 func (r *Keyring) CachedForTest() (active, published, byID, loaded int) {

@@ -1,4 +1,4 @@
-package signing_test
+package keyring_test
 
 import (
 	"encoding/json"

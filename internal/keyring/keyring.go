@@ -1,4 +1,4 @@
-package signing
+package keyring
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/plexsphere/signer/internal/store"
 )
 
-// Defaults of KeyringOptions.
+// Defaults of Options.
 const (
 	// DefaultMaxCached bounds each of the keyring's maps (records by scope,
 	// published sets, records by id, loaded keys): above the 10k scopes the
@@ -46,7 +46,7 @@ type Keyring struct {
 	provider keyprovider.Provider
 	ttl      time.Duration
 	now      func() time.Time
-	opts     KeyringOptions
+	opts     Options
 
 	mu        sync.RWMutex
 	active    map[string]cached[store.Key]   // scope → its ACTIVE key
@@ -55,12 +55,16 @@ type Keyring struct {
 	loaded    map[string]loadedKey           // key id → provider key
 	vouched   map[string]vouch               // key id → the record the provider vouched for
 	noticed   map[string]time.Time           // scope → last reload forced by a notice
+	seen      map[string]store.State         // key id → the furthest state read for it
 }
 
-// KeyringOptions bound the keyring; zero values take the defaults.
-type KeyringOptions struct {
+// Options bound the keyring; zero values take the defaults.
+type Options struct {
 	MaxCached      int           // entries per map
 	NoticeInterval time.Duration // least time between notice-driven reloads of a scope
+	// Floor, if set, is the furthest state the audit log took a key to
+	// (History.Floor): a record behind it is refused.
+	Floor func(id string) store.State
 }
 
 type cached[T any] struct {
@@ -81,13 +85,13 @@ type loadedKey struct {
 	expires time.Time
 }
 
-// NewKeyring caches records for ttl (0 disables the record cache).
-func NewKeyring(s store.Store, p keyprovider.Provider, ttl time.Duration, now func() time.Time) *Keyring {
-	return NewKeyringWith(s, p, ttl, now, KeyringOptions{})
+// New caches records for ttl (0 disables the record cache).
+func New(s store.Store, p keyprovider.Provider, ttl time.Duration, now func() time.Time) *Keyring {
+	return NewWith(s, p, ttl, now, Options{})
 }
 
-// NewKeyringWith is NewKeyring with explicit bounds.
-func NewKeyringWith(s store.Store, p keyprovider.Provider, ttl time.Duration, now func() time.Time, o KeyringOptions) *Keyring {
+// NewWith is New with explicit bounds.
+func NewWith(s store.Store, p keyprovider.Provider, ttl time.Duration, now func() time.Time, o Options) *Keyring {
 	if now == nil {
 		now = time.Now
 	}
@@ -99,7 +103,8 @@ func NewKeyringWith(s store.Store, p keyprovider.Provider, ttl time.Duration, no
 	}
 	return &Keyring{store: s, provider: p, ttl: ttl, now: now, opts: o,
 		active: map[string]cached[store.Key]{}, published: map[string]cached[[]store.Key]{},
-		byID: map[string]cached[store.Key]{}, loaded: map[string]loadedKey{}, vouched: map[string]vouch{}, noticed: map[string]time.Time{}}
+		byID: map[string]cached[store.Key]{}, loaded: map[string]loadedKey{}, vouched: map[string]vouch{}, noticed: map[string]time.Time{},
+		seen: map[string]store.State{}}
 }
 
 // TTL is the longest a replica may act on a superseded record.
@@ -278,8 +283,41 @@ func (r *Keyring) Record(ctx context.Context, id string) (store.Key, error) {
 	if err != nil {
 		return store.Key{}, err
 	}
+	if err := r.admit(k); err != nil {
+		return k, err
+	}
 	keep(r, r.byID, id, k.Scope, k)
 	return k, nil
+}
+
+// admit refuses a record whose key's state went back: behind a state this
+// keyring read for it before, or behind what the audit log says of it
+// (Options.Floor), or alive with its material destroyed (a retired key's
+// tombstone). RETIRED is terminal; only a store writer's edit (a restored
+// row, a flipped state) makes a record go back, and it never signs or
+// reaches a verifier. The furthest state read is remembered (bounded).
+func (r *Keyring) admit(k store.Key) error {
+	floor := store.State(0)
+	if r.opts.Floor != nil {
+		floor = r.opts.Floor(k.ID)
+	}
+	r.mu.Lock()
+	seen := r.seen[k.ID]
+	if k.State > seen {
+		if _, ok := r.seen[k.ID]; ok || len(r.seen) < r.opts.MaxCached {
+			r.seen[k.ID] = k.State
+		}
+	}
+	r.mu.Unlock()
+	switch {
+	case k.State < seen:
+		return fmt.Errorf("keyring: key %q of scope %q is %s in the store, but was %s: a key's state never goes back (the record was edited or restored): %w", k.ID, k.Scope, k.State, seen, signerr.ErrInvariant)
+	case k.State < floor:
+		return fmt.Errorf("keyring: key %q of scope %q is %s in the store, but the audit log took it to %s: the record was edited or restored: %w", k.ID, k.Scope, k.State, floor, signerr.ErrInvariant)
+	case k.State != store.Retired && store.Destroyed(k):
+		return fmt.Errorf("keyring: key %q of scope %q is %s in the store, but its material was destroyed when it retired: %w", k.ID, k.Scope, k.State, signerr.ErrInvariant)
+	}
+	return nil
 }
 
 // Active returns the scope's ACTIVE key.
@@ -289,6 +327,9 @@ func (r *Keyring) Active(ctx context.Context, scope string) (store.Key, error) {
 	}
 	k, err := r.store.ActiveKey(ctx, scope)
 	if err != nil {
+		return store.Key{}, err
+	}
+	if err := r.admit(k); err != nil {
 		return store.Key{}, err
 	}
 	keep(r, r.active, scope, scope, k)
@@ -307,6 +348,9 @@ func (r *Keyring) Published(ctx context.Context, scope string) ([]store.Key, err
 	}
 	var ks []store.Key
 	for _, k := range all {
+		if err := r.admit(k); err != nil {
+			return nil, err
+		}
 		if k.State.Published() {
 			if err := r.Vouch(ctx, k); err != nil {
 				return nil, err
@@ -391,6 +435,9 @@ func (r *Keyring) fromProvider(ctx context.Context, rec store.Key) (keyprovider.
 // publication of keys already checked; the private half is released at
 // once unless a Sign loaded it.
 func (r *Keyring) Vouch(ctx context.Context, rec store.Key) error {
+	if err := r.admit(rec); err != nil {
+		return err
+	}
 	r.mu.RLock()
 	v, ok := r.vouched[rec.ID]
 	r.mu.RUnlock()

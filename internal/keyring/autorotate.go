@@ -1,4 +1,4 @@
-package signing
+package keyring
 
 import (
 	"context"
@@ -30,18 +30,25 @@ type Locker interface {
 // two rotators racing cannot break the lifecycle; the lock only avoids the
 // refused duplicates. Each step is audited like an RPC, Relation "rotate".
 type AutoRotator struct {
-	rot       *Rotation
+	rot       *Lifecycle
 	sink      audit.Sink
 	schedules []Schedule
+	outcome   Outcome
 	log       *slog.Logger
 }
 
-// NewAutoRotator rotates with rot and audits to sink.
-func NewAutoRotator(rot *Rotation, sink audit.Sink, schedules []Schedule, log *slog.Logger) *AutoRotator {
+// Outcome is how an error is audited (reason, and the gRPC code name an
+// RPC with it would get): the one table in internal/signing, handed in so
+// that this package stays off the wire.
+type Outcome func(err error) (reason, code string)
+
+// NewAutoRotator rotates with rot and audits to sink, each step's outcome
+// as outcome classifies it.
+func NewAutoRotator(rot *Lifecycle, sink audit.Sink, schedules []Schedule, outcome Outcome, log *slog.Logger) *AutoRotator {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &AutoRotator{rot: rot, sink: sink, schedules: schedules, log: log}
+	return &AutoRotator{rot: rot, sink: sink, schedules: schedules, outcome: outcome, log: log}
 }
 
 // Run ticks every interval until ctx ends.
@@ -96,17 +103,17 @@ func (a *AutoRotator) step(ctx context.Context, s Schedule) error {
 			pending = k
 		case store.Previous:
 			if !now.Before(k.DeactivatedAt.Add(s.VerifyOnly)) {
-				_, err := a.rot.transitionWithin(ctx, store.OpRetire, s.Scope, k.ID, a.windows(s))
+				_, err := a.rot.TransitionWithin(ctx, store.OpRetire, s.Scope, k.ID, a.windows(s))
 				a.record(ctx, "retire", s.Scope, k.ID, err)
 			}
 		}
 	}
 	switch {
 	case pending != nil && !now.Before(pending.CreatedAt.Add(s.PrePublish)):
-		_, err := a.rot.transitionWithin(ctx, store.OpCommit, s.Scope, pending.ID, a.windows(s))
+		_, err := a.rot.TransitionWithin(ctx, store.OpCommit, s.Scope, pending.ID, a.windows(s))
 		a.record(ctx, "commit", s.Scope, pending.ID, err)
 	case pending == nil && (active == nil || !now.Before(active.ActivatedAt.Add(s.Period-s.PrePublish))):
-		k, err := a.rot.open(ctx, s.Scope)
+		k, err := a.rot.Open(ctx, s.Scope)
 		a.record(ctx, "open", s.Scope, k.ID, err)
 	}
 	return nil
@@ -122,9 +129,9 @@ func (a *AutoRotator) windows(s Schedule) Windows {
 // record audits one automatic step; a step another replica won is not an
 // error worth more than the audit line.
 func (a *AutoRotator) record(ctx context.Context, step, scope, keyID string, err error) {
-	c := Classify(err)
+	reason, code := a.outcome(err)
 	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationRotate, "auto-rotate/"+step, a.rot.now())
-	e.Object, e.Reason, e.Code = auditlog.Object(scope, keyID), c.Reason, c.Code.String()
+	e.Object, e.Reason, e.Code = auditlog.Object(scope, keyID), reason, code
 	if werr := a.sink.Submit(ctx, audit.LaneAdmitted, e).Wait(ctx); werr != nil {
 		a.log.Error("automatic rotation step not audited", "step", step, "scope", scope, "key_id", keyID, "err", werr)
 	}

@@ -1,22 +1,24 @@
-package signing_test
+package keyring_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/signerr"
-	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/store/bbolt"
 	"github.com/plexsphere/signer/internal/testing/signertest"
-	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
 // counting is the real store with its key reads counted.
@@ -32,20 +34,21 @@ func (c *counting) Keys(ctx context.Context, scope string) ([]store.Key, error) 
 
 type fixture struct {
 	st    *bbolt.Store
+	db    *bolt.DB // the file under st, as its writer could edit it
 	cs    *counting
 	p     keyprovider.Provider
-	kr    *signing.Keyring
-	rot   *signing.Rotation
+	kr    *keyring.Keyring
+	rot   *keyring.Lifecycle
 	clock *signertest.Clock
 }
 
-func newFixture(t *testing.T, o signing.KeyringOptions, scopes ...string) *fixture {
+func newFixture(t *testing.T, o keyring.Options, scopes ...string) *fixture {
 	t.Helper()
-	f := &fixture{st: signertest.OpenBolt(t), p: signertest.NewLocalProvider(t),
-		clock: signertest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
+	f := &fixture{p: signertest.NewLocalProvider(t), clock: signertest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
+	f.st, f.db = signertest.OpenBoltDB(t)
 	f.cs = &counting{Store: f.st}
-	f.kr = signing.NewKeyringWith(f.cs, f.p, time.Second, f.clock.Now, o)
-	f.rot = signing.NewRotation(f.cs, f.p, f.kr, signing.Windows{PrePublish: time.Minute, VerifyOnly: time.Hour}, f.clock.Now)
+	f.kr = keyring.NewWith(f.cs, f.p, time.Second, f.clock.Now, o)
+	f.rot = keyring.NewLifecycle(f.cs, f.p, f.kr, keyring.Windows{PrePublish: time.Minute, VerifyOnly: time.Hour}, f.clock.Now)
 	for _, s := range scopes {
 		if _, _, err := f.rot.Bootstrap(context.Background(), s, discard{}); err != nil {
 			t.Fatal(err)
@@ -59,7 +62,7 @@ func newFixture(t *testing.T, o signing.KeyringOptions, scopes ...string) *fixtu
 // expire and are swept, and each map is capped.
 func TestKeyringBoundedForUnknownScopes(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, signing.KeyringOptions{MaxCached: 8}, "payments")
+	f := newFixture(t, keyring.Options{MaxCached: 8}, "payments")
 	for i := range 20000 {
 		ks, err := f.kr.Published(ctx, fmt.Sprintf("nosuch%d", i))
 		if err != nil || len(ks) != 0 {
@@ -98,7 +101,7 @@ func TestKeyringBoundedForUnknownScopes(t *testing.T) {
 // scope per interval, and a notice still takes effect within the interval.
 func TestKeyringNoticesRateLimited(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, signing.KeyringOptions{NoticeInterval: 500 * time.Millisecond}, "payments")
+	f := newFixture(t, keyring.Options{NoticeInterval: 500 * time.Millisecond}, "payments")
 	if _, err := f.kr.Published(ctx, "payments"); err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +135,7 @@ func TestKeyringNoticesRateLimited(t *testing.T) {
 // and refuses the moved record.
 func TestKeyringLoadedKeyBoundToRecord(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, signing.KeyringOptions{}, "payments")
+	f := newFixture(t, keyring.Options{}, "payments")
 	rec, err := f.kr.Active(ctx, "payments")
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +154,7 @@ func TestKeyringLoadedKeyBoundToRecord(t *testing.T) {
 		t.Fatalf("a record with another public key loaded: %v", err)
 	}
 	// The move in the store itself, read through the keyring after its TTL.
-	if err := f.st.DB().Update(func(tx *bolt.Tx) error {
+	if err := f.db.Update(func(tx *bolt.Tx) error {
 		return moveScope(tx, rec.ID, "billing")
 	}); err != nil {
 		t.Fatal(err)
@@ -171,22 +174,22 @@ func TestKeyringLoadedKeyBoundToRecord(t *testing.T) {
 // replica) is released by the sweep when its life ends.
 func TestKeyringReleasesKeys(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, signing.KeyringOptions{}, "payments")
+	f := newFixture(t, keyring.Options{}, "payments")
 	rec, _ := f.kr.Active(ctx, "payments")
 	first, err := f.kr.Load(ctx, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	open, err := f.rot.Open(ctx, &signerv1.OpenRequest{Scope: "payments"})
+	open, err := f.rot.Open(ctx, "payments")
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(time.Minute)
-	if _, err := f.rot.Commit(ctx, &signerv1.CommitRequest{Scope: "payments", KeyId: open.Key.KeyId}); err != nil {
+	if _, err := f.rot.Transition(ctx, store.OpCommit, "payments", open.ID); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(time.Hour)
-	if _, err := f.rot.Retire(ctx, &signerv1.RetireRequest{Scope: "payments", KeyId: rec.ID}); err != nil {
+	if _, err := f.rot.Transition(ctx, store.OpRetire, "payments", rec.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := first.SignContext(ctx, []byte("m")); !errors.Is(err, keyprovider.ErrReleased) {
@@ -220,7 +223,7 @@ func TestKeyringReleasesKeys(t *testing.T) {
 // signs (none meets a copy released by another's load).
 func TestKeyringConcurrentColdLoads(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, signing.KeyringOptions{}, "payments")
+	f := newFixture(t, keyring.Options{}, "payments")
 	rec, err := f.kr.Active(ctx, "payments")
 	if err != nil {
 		t.Fatal(err)
@@ -261,9 +264,9 @@ func (p downProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte
 // for is not published until the provider can vouch for it, and a record
 // whose public key changed under the same id must be vouched for again.
 func TestKeyringVouchesOnceAndFailsClosed(t *testing.T) {
-	f := newFixture(t, signing.KeyringOptions{}, "payments")
+	f := newFixture(t, keyring.Options{}, "payments")
 	var down atomic.Bool
-	kr := signing.NewKeyring(f.st, downProvider{f.p, &down}, 0, f.clock.Now)
+	kr := keyring.New(f.st, downProvider{f.p, &down}, 0, f.clock.Now)
 	ctx := context.Background()
 	ks, err := kr.Published(ctx, "payments")
 	if err != nil || len(ks) != 1 {
@@ -274,7 +277,7 @@ func TestKeyringVouchesOnceAndFailsClosed(t *testing.T) {
 		t.Fatalf("a vouched key while the provider is down: %v, %v", ks, err)
 	}
 	down.Store(false)
-	if _, err := f.rot.Open(ctx, &signerv1.OpenRequest{Scope: "payments"}); err != nil {
+	if _, err := f.rot.Open(ctx, "payments"); err != nil {
 		t.Fatal(err)
 	}
 	down.Store(true)
@@ -287,4 +290,115 @@ func TestKeyringVouchesOnceAndFailsClosed(t *testing.T) {
 	if err := kr.Vouch(ctx, forged); !errors.Is(err, signerr.ErrInvariant) {
 		t.Fatalf("a changed public key under a vouched id: %v, want ErrInvariant", err)
 	}
+}
+
+// setState rewrites key id's state (and handle, if not nil) in the file, as
+// a store writer would.
+func (f *fixture) setState(t *testing.T, id string, st store.State, handle []byte) {
+	t.Helper()
+	if err := f.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("keys"))
+		var rec map[string]any
+		if err := json.Unmarshal(b.Get([]byte(id)), &rec); err != nil {
+			return err
+		}
+		rec["state"] = st.String()
+		if handle != nil {
+			rec["handle"] = handle
+		}
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), raw)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A retired key brought back by a store writer (RETIRED set back to ACTIVE,
+// the new key demoted to PREVIOUS, even with the sealed handle restored from
+// a backup) never signs and is never published: the keyring saw it
+// RETIRED, and remembers; a fresh keyring (a restart) refuses it by the
+// audit log's history; and without the handle the material is gone anyway.
+func TestRetiredKeyNeverComesBack(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, keyring.Options{}, "payments")
+	old, err := f.kr.Active(ctx, "payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := f.rot.Open(ctx, "payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(time.Minute)
+	if _, err := f.rot.Transition(ctx, store.OpCommit, "payments", next.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(time.Hour)
+	retired, err := f.rot.Transition(ctx, store.OpRetire, "payments", old.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !store.Destroyed(retired[0]) {
+		t.Fatalf("the retired key keeps its handle: %d bytes", len(retired[0].Handle))
+	}
+	if _, err := f.kr.Published(ctx, "payments"); err != nil { // the keyring reads it RETIRED
+		t.Fatal(err)
+	}
+
+	// Back to ACTIVE with the sealed handle restored, the new key PREVIOUS.
+	f.setState(t, old.ID, store.Active, old.Handle)
+	f.setState(t, next.ID, store.Previous, nil)
+	f.clock.Advance(2 * time.Second) // past the record cache
+	if k, err := f.kr.Active(ctx, "payments"); !errors.Is(err, signerr.ErrInvariant) {
+		t.Fatalf("Active = %s, %v: the retired key is back", k.ID, err)
+	}
+	if ks, err := f.kr.Published(ctx, "payments"); !errors.Is(err, signerr.ErrInvariant) {
+		t.Fatalf("Published = %v, %v", ks, err)
+	}
+	if err := f.kr.Vouch(ctx, store.Key{ID: old.ID, Scope: "payments", State: store.Active, Public: old.Public, Provider: old.Provider, Handle: old.Handle}); !errors.Is(err, signerr.ErrInvariant) {
+		t.Fatalf("Vouch of the restored record: %v", err)
+	}
+
+	// A restarted signer's keyring never saw it: the audit log's history
+	// says RETIRED.
+	h := keyring.NewHistory()
+	for _, e := range []auditlog.Entry{rotation("bootstrap", old.ID), rotation("/plexsphere.signer.v1.RotationService/Commit", next.ID),
+		rotation("/plexsphere.signer.v1.RotationService/Retire", old.ID)} {
+		leaf, err := auditlog.AppendLeaf(nil, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Observe(0, leaf)
+	}
+	if h.Floor(old.ID) != store.Retired || h.Floor(next.ID) != store.Active {
+		t.Fatalf("history: old %s, next %s", h.Floor(old.ID), h.Floor(next.ID))
+	}
+	fresh := keyring.NewWith(f.st, f.p, time.Second, f.clock.Now, keyring.Options{Floor: h.Floor})
+	if k, err := fresh.Active(ctx, "payments"); !errors.Is(err, signerr.ErrInvariant) {
+		t.Fatalf("a fresh keyring with the log's history: Active = %s, %v", k.ID, err)
+	}
+	// Without the log's history, the restored handle would sign: the
+	// history is what stops it after a restart.
+	bare := keyring.New(f.st, f.p, time.Second, f.clock.Now)
+	if k, err := bare.Active(ctx, "payments"); err != nil || k.ID != old.ID {
+		t.Fatalf("a keyring without history: %s, %v (the test's premise)", k.ID, err)
+	}
+	// Without the handle (the store kept the tombstone), the record alone
+	// claims a key whose material is gone.
+	f.setState(t, old.ID, store.Active, []byte{})
+	f.clock.Advance(2 * time.Second)
+	if _, err := bare.Active(ctx, "payments"); !errors.Is(err, signerr.ErrInvariant) || !strings.Contains(err.Error(), "material was destroyed") {
+		t.Fatalf("the tombstoned key as ACTIVE: %v", err)
+	}
+}
+
+// rotation is a granted rotation entry of key id in scope payments, as the
+// audit middleware writes it.
+func rotation(method, id string) auditlog.Entry {
+	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationRotate, method, time.Now())
+	e.Object, e.Reason, e.Code = auditlog.Object("payments", id), auditlog.ReasonGranted, "OK"
+	return e
 }
