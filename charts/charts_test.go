@@ -25,6 +25,7 @@ type manifests struct {
 	policies        []networkingv1.NetworkPolicy
 	pdbs            []policyv1.PodDisruptionBudget
 	configMaps      []corev1.ConfigMap
+	claims          []corev1.PersistentVolumeClaim
 	rules           []prometheusRule
 	serviceMonitors []serviceMonitor
 }
@@ -95,6 +96,10 @@ func render(t *testing.T, dir string, vals map[string]any) (manifests, error) {
 			var c corev1.ConfigMap
 			strict(&c)
 			m.configMaps = append(m.configMaps, c)
+		case "PersistentVolumeClaim":
+			var c corev1.PersistentVolumeClaim
+			strict(&c)
+			m.claims = append(m.claims, c)
 		case "ServiceMonitor":
 			var sm serviceMonitor
 			strict(&sm)
@@ -140,6 +145,10 @@ provider:
     kekSecret: {name: signer-kek, key: kek}
 identity:
   mode: spiffe-csi
+# The audit log's anchor outside the store (the chart refuses to render
+# without one): the checkpoint file, which needs no other party.
+audit:
+  checkpointFile: {enabled: true}
 networkPolicy:
   clientNamespaces: [apps]
   scrapeNamespaces: [monitoring]
@@ -353,7 +362,8 @@ func TestSignerChartBboltOnAVolume(t *testing.T) {
 		t.Fatalf("bbolt: %d deployments, %d statefulsets, %d PDBs, %d jobs", len(m.deployments), len(m.statefulSets), len(m.pdbs), len(m.jobs))
 	}
 	ss := m.statefulSets[0]
-	if *ss.Spec.Replicas != 1 || len(ss.Spec.VolumeClaimTemplates) != 1 {
+	// Two claims: the store's, then the checkpoint file's (audit_test.go).
+	if *ss.Spec.Replicas != 1 || len(ss.Spec.VolumeClaimTemplates) != 2 {
 		t.Fatalf("statefulset %+v", ss.Spec)
 	}
 	pvc := ss.Spec.VolumeClaimTemplates[0]

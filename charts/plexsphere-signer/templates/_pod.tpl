@@ -49,8 +49,61 @@ PersistentVolumeClaim).
 {{- end }}
 {{- end -}}
 
+{{/*
+The audit log's settings and anchors: the witness policy from its
+ConfigMap, the checkpoint file on its own volume.
+*/}}
+{{- define "signer.auditEnv" -}}
+{{- $a := .Values.audit -}}
+- name: SIGNER_AUDIT_ANCHOR_REQUIRED
+  value: {{ $a.anchorRequired | quote }}
+- name: SIGNER_AUDIT_MAX_UNANCHORED
+  value: {{ $a.maxUnanchored | quote }}
+- name: SIGNER_WITNESS_TIMEOUT
+  value: {{ $a.witnessTimeout | quote }}
+{{- if include "signer.witnessPolicy" . }}
+- name: SIGNER_WITNESS_POLICY_FILE
+  value: /etc/plexsphere/witnesses/policy
+{{- end }}
+{{- if $a.checkpointFile.enabled }}
+- name: SIGNER_CHECKPOINT_LOG
+  value: {{ include "signer.checkpointLog" . }}
+- name: SIGNER_CHECKPOINT_LOG_INIT
+  value: {{ $a.checkpointFile.init | quote }}
+{{- end }}
+{{- with $a.origin }}
+- name: SIGNER_AUDIT_ORIGIN
+  value: {{ . | quote }}
+{{- end }}
+{{- with $a.checkpointVerifierKey }}
+- name: SIGNER_CHECKPOINT_VERIFIER_KEY
+  value: {{ . | quote }}
+{{- end }}
+- name: SIGNER_AUDIT_EPOCH
+  value: {{ int $a.epoch | quote }}
+{{- with $a.epochReason }}
+- name: SIGNER_AUDIT_EPOCH_REASON
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The pod template's annotations: podAnnotations, and the witness policy's
+checksum, so that a changed policy rolls the pods (the signer reads it at
+start-up only).
+*/}}
+{{- define "signer.podAnnotations" -}}
+{{- $ann := deepCopy (.Values.podAnnotations | default dict) -}}
+{{- with include "signer.witnessPolicy" . -}}
+{{- $_ := set $ann "checksum/witness-policy" (sha256sum .) -}}
+{{- end -}}
+{{- if $ann }}{{ toYaml $ann }}{{ end -}}
+{{- end -}}
+
 {{- define "signer.podSpec" -}}
 {{- $pg := eq .Values.store.type "postgres" -}}
+{{- $witnesses := include "signer.witnessPolicy" . -}}
+{{- $anchor := .Values.audit.checkpointFile -}}
 {{- $pkcs11 := eq .Values.provider.type "pkcs11" -}}
 {{- $fileID := or (eq .Values.identity.mode "files") (eq .Values.identity.mode "cert-manager") -}}
 serviceAccountName: {{ include "signer.name" . }}
@@ -111,6 +164,8 @@ containers:
         value: {{ join "," .Values.allowSpiffeIDs | quote }}
       - name: SIGNER_ROTATION_ALLOW_SPIFFE_IDS
         value: {{ join "," .Values.rotationAllowSpiffeIDs | quote }}
+      - name: SIGNER_AUDITOR_ALLOW_SPIFFE_IDS
+        value: {{ join "," .Values.auditorAllowSpiffeIDs | quote }}
       - name: SIGNER_SCOPE_GRANTS
         value: {{ join "," .Values.scopeGrants | quote }}
       - name: SIGNER_BOOTSTRAP_SCOPES
@@ -125,6 +180,14 @@ containers:
         value: {{ .Values.maxPayloadBytes | quote }}
       - name: SIGNER_MAX_CONNECTION_AGE
         value: {{ .Values.maxConnectionAge | quote }}
+      - name: SIGNER_MAX_CONNECTIONS
+        value: {{ int .Values.maxConnections | quote }}
+      - name: SIGNER_KEY_CACHE_TTL
+        value: {{ .Values.keyCacheTTL | quote }}
+      {{- with .Values.goMemLimit }}
+      - name: GOMEMLIMIT
+        value: {{ . | quote }}
+      {{- end }}
       - name: SIGNER_LOG_LEVEL
         value: {{ .Values.logLevel | quote }}
       - name: SIGNER_SHUTDOWN_TIMEOUT
@@ -159,6 +222,12 @@ containers:
       {{- else }}
       - name: SIGNER_LOCAL_KEK_FILE
         value: /var/run/secrets/plexsphere/kek/{{ .Values.provider.local.kekSecret.key }}
+      {{- end }}
+      {{- include "signer.auditEnv" . | nindent 6 }}
+      {{- /* Last, and never a variable set above (the schema refuses those). */}}
+      {{- range .Values.extraEnv }}
+      - name: {{ .name }}
+        value: {{ .value | quote }}
       {{- end }}
     {{- if gt (int .Values.shutdown.drainSeconds) 0 }}
     # A stopping replica keeps serving while the sidecars learn that it is
@@ -199,6 +268,15 @@ containers:
       - name: data
         mountPath: /var/lib/plexsphere
       {{- end }}
+      {{- if $anchor.enabled }}
+      - name: checkpoints
+        mountPath: /var/lib/plexsphere-anchor
+      {{- end }}
+      {{- if $witnesses }}
+      - name: witness-policy
+        mountPath: /etc/plexsphere/witnesses
+        readOnly: true
+      {{- end }}
       {{- if .Values.jwks.enabled }}
       - name: jwks-tls
         mountPath: /var/run/secrets/plexsphere/jwks
@@ -220,6 +298,18 @@ volumes:
     secret:
       secretName: {{ .Values.store.postgres.dsnSecret.name }}
       defaultMode: 0400
+  {{- end }}
+  {{- /* bbolt without existingClaim: the StatefulSet's own claim template. */}}
+  {{- if and $anchor.enabled (or $pg $anchor.existingClaim) }}
+  - name: checkpoints
+    persistentVolumeClaim:
+      claimName: {{ include "signer.checkpointClaim" . }}
+  {{- end }}
+  {{- if $witnesses }}
+  - name: witness-policy
+    configMap:
+      name: {{ include "signer.name" . }}-witness-policy
+      defaultMode: 0444
   {{- end }}
   {{- if .Values.jwks.enabled }}
   - name: jwks-tls
