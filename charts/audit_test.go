@@ -596,3 +596,54 @@ func TestExtraEnvRefusesEveryChartVariable(t *testing.T) {
 		t.Errorf("last variable %+v", last)
 	}
 }
+
+// The anchor's alerts: the signer refusing for want of an anchor, the
+// anchor's age past half of audit.maxUnanchored (rendered from the value),
+// and witnesses answering error or fork.
+func TestSignerChartAnchorAlerts(t *testing.T) {
+	for _, tc := range []struct {
+		maxUnanchored string
+		threshold     string
+	}{
+		{"", "30"}, // the default, 1m
+		{"10m", "300"},
+		{"1m30s", "45"},
+		{"1h", "1800"},
+		{"90s", "45"},
+	} {
+		t.Run(tc.maxUnanchored, func(t *testing.T) {
+			v := values(t, signerValues+monitoringValues)
+			if tc.maxUnanchored != "" {
+				set(v, "audit.maxUnanchored", tc.maxUnanchored)
+			}
+			m, err := render(t, "plexsphere-signer", v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rules := map[string]string{}
+			severity := map[string]string{}
+			for _, g := range m.rules[0].Spec.Groups {
+				for _, r := range g.Rules {
+					rules[r.Alert] = r.Expr
+					severity[r.Alert] = r.Labels["severity"]
+					if !strings.HasSuffix(r.Annotations["runbook_url"], "/docs/operations.md#alert-"+strings.ToLower(r.Alert)) {
+						t.Errorf("%s runbook %q", r.Alert, r.Annotations["runbook_url"])
+					}
+				}
+			}
+			for alert, want := range map[string]string{
+				"PlexsphereSignerAuditLogUnanchored": "plexsphere_signer_audit_log_unanchored == 1",
+				"PlexsphereSignerAuditAnchorStale":   "time() - plexsphere_signer_audit_anchored_timestamp_seconds > " + tc.threshold,
+				"PlexsphereSignerWitnessFailing":     `increase(plexsphere_signer_witness_requests_total{outcome=~"error|fork"}[5m]) > 0`,
+			} {
+				if rules[alert] != want {
+					t.Errorf("%s: expr %q, want %q", alert, rules[alert], want)
+				}
+			}
+			if severity["PlexsphereSignerAuditLogUnanchored"] != "critical" || severity["PlexsphereSignerAuditAnchorStale"] != "warning" ||
+				!strings.Contains(severity["PlexsphereSignerWitnessFailing"], `eq $labels.outcome "fork"`) {
+				t.Errorf("severities %v", severity)
+			}
+		})
+	}
+}

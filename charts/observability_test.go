@@ -354,7 +354,8 @@ func TestMonitoringUsesOnlyLiveMetrics(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"AuditUnavailable", "ProviderUnavailable", "AuditLogBroken", "RotationOverdue", "DenialsSpiking", "SVIDNearExpiry"} {
+	for _, want := range []string{"AuditUnavailable", "ProviderUnavailable", "AuditLogBroken", "AuditLogUnanchored", "AuditAnchorStale", "WitnessFailing",
+		"RotationOverdue", "DenialsSpiking", "SVIDNearExpiry"} {
 		if !slices.ContainsFunc(alerts, func(a string) bool { return strings.HasSuffix(a, want) }) {
 			t.Errorf("no alert for %s among %v", want, alerts)
 		}
@@ -379,13 +380,15 @@ func TestMonitoringUsesOnlyLiveMetrics(t *testing.T) {
 	}
 }
 
-// liveMetrics starts a signer (ops listener and JWKS endpoint) and a
+// liveMetrics starts a signer (ops listener, JWKS endpoint, a witness) and a
 // sidecar wired as cmd/plexsphere-sidecar wires it, makes a granted Sign
 // through the sidecar, a denied call and a JWKS fetch, and returns every
 // sample name both ops listeners serve over HTTP.
 func liveMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	env := signertest.Start(t, signertest.WithOps(), signertest.WithJWKS())
+	// A witness: its requests are counted from the first push on (at
+	// start-up), so the witness alert's metric is live.
+	env := signertest.Start(t, signertest.WithOps(), signertest.WithJWKS(), signertest.WithWitnesses("w1"))
 	forwarded := []string{signerv1.SignerService_Sign_FullMethodName, signerv1.SignerService_PublicKey_FullMethodName}
 	var proxy *sidecar.Proxy
 	sm := metrics.NewSidecar(forwarded, func() bool { return proxy != nil && proxy.Ready(context.Background()) == nil }, env.Source(env.Issue(t, signertest.CoreID)))
