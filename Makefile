@@ -101,11 +101,11 @@ e2e-kind:
 
 ## bench: throughput, latency and CPU per process, each beside its floor measured in the same run.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 60m -tags $(TAGS) ./tests/bench/
+	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 60m -tags '$(TAGS) bench' ./tests/bench/
 
 ## bench-scale: 1 to 10,000 scopes, an empty to a large audit log (BENCH_SCALE_ROWS, default 10M), 1,000 connections.
 bench-scale:
-	BENCH_SCALE=1 $(GO) test -run '^$$' -bench '^BenchmarkS_' -benchtime 3s -count 1 -timeout 180m -tags $(TAGS) ./tests/bench/
+	BENCH_SCALE=1 $(GO) test -run '^$$' -bench '^BenchmarkS_' -benchtime 3s -count 1 -timeout 180m -tags '$(TAGS) bench' ./tests/bench/
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -43,7 +43,7 @@ type NodeID = compact.NodeID
 
 // Tree is the right edge of a log (a compact range from leaf 0): enough to
 // append leaves and compute the root, not to prove anything. A Tree without
-// a range counts leaves only (WriterOptions.SkipTree, for benchmarks).
+// a range counts leaves only (a benchmark build's WithoutTree).
 type Tree struct {
 	r *compact.Range
 	n uint64 // the size, when r is nil

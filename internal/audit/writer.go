@@ -112,10 +112,11 @@ type WriterOptions struct {
 	// Sealer seals every commit. Without one, commits carry no seal and
 	// the log's checks refuse them: only stores' own tests go without.
 	Sealer *Sealer
-	// SkipTree stores leaves without extending the Merkle tree. It exists
-	// only so the benchmarks can price the tree (docs/performance.md); a
-	// signer never sets it: without the tree the log cannot be checked.
-	SkipTree bool
+	// skipTree stores leaves without extending the Merkle tree, so the
+	// benchmarks can price the tree (docs/performance.md). Only a build for
+	// benchmarks can set it (WithoutTree, build tag bench): without the
+	// tree the log cannot be checked.
+	skipTree bool
 }
 
 // Writer is a group-commit sink that extends the Merkle tree: one goroutine
@@ -187,7 +188,7 @@ func (w *Writer) Submit(ctx context.Context, lane Lane, entries ...auditlog.Entr
 			return settled(entries, fmt.Errorf("%w: %w", signerr.ErrAuditUnavailable, err))
 		}
 		p.leaves[i] = leaf
-		if !w.opts.SkipTree {
+		if !w.opts.skipTree {
 			p.hashes[i] = auditlog.LeafHash(leaf)
 		}
 	}
@@ -400,7 +401,7 @@ func (w *Writer) reload(ctx context.Context, size uint64, r Reader) (*Tree, erro
 	if w.tree != nil && w.tree.Size() == size {
 		return w.tree, nil
 	}
-	if w.opts.SkipTree {
+	if w.opts.skipTree {
 		return &Tree{n: size}, nil
 	}
 	if h := w.Head(); size < h.Size {

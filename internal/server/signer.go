@@ -55,10 +55,12 @@ type Options struct {
 	Store    store.Store
 	Provider keyprovider.Provider
 	Identity identity.Source
-	// SkipMerkle stores audit entries without the Merkle tree and without
-	// checkpoints. Benchmarks only (it prices the tree in the same run,
-	// docs/performance.md); a signer so built cannot prove its log.
-	SkipMerkle bool
+	// skipMerkle stores audit entries without the Merkle tree and without
+	// checkpoints: the benchmarks price the tree with it in the same run
+	// (docs/performance.md). Only a build for benchmarks can set it
+	// (WithoutMerkle, build tag bench): a signer so built cannot prove its
+	// log.
+	skipMerkle bool
 }
 
 // Signer is an assembled signer.
@@ -137,7 +139,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	// provider metrics count the signatures callers ask for.
 	untimed := s.provider
 	s.provider = s.metrics.timed(s.provider)
-	s.skipMerkle = opts.SkipMerkle
+	s.skipMerkle = opts.skipMerkle
 	if err := s.openLog(ctx, untimed, clock); err != nil {
 		return nil, err
 	}
@@ -327,7 +329,11 @@ func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func
 			return fmt.Errorf("audit seal key: %w", err)
 		}
 	}
-	s.writer = audit.NewWriter(s.store, audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.observeBatch, SkipTree: s.skipMerkle, Sealer: sealer})
+	wo := audit.WriterOptions{MaxBatch: cfg.AuditMaxBatch, Observe: s.metrics.observeBatch, Sealer: sealer}
+	if s.skipMerkle {
+		wo = withoutTree(wo)
+	}
+	s.writer = audit.NewWriter(s.store, wo)
 	s.owned = append(s.owned, func() error { s.writer.Close(); return nil })
 
 	var witnesses *audit.Witnesses

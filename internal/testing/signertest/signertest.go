@@ -146,10 +146,6 @@ func WithWitnesses(names ...string) Option { return func(o *options) { o.witness
 // certificate for 127.0.0.1 (Env.JWKSRoots) and the issuer URL set.
 func WithJWKS() Option { return func(o *options) { o.jwks = true } }
 
-// WithoutMerkle stores the audit log without its Merkle tree and
-// checkpoints: for the benchmark that prices the tree, never elsewhere.
-func WithoutMerkle() Option { return func(o *options) { o.noMerkle = true } }
-
 // WithOps starts the ops listener (health, metrics) on a loopback port.
 func WithOps() Option { return func(o *options) { o.ops = true } }
 
@@ -282,8 +278,11 @@ func Start(t testing.TB, opts ...Option) *Env {
 	if o.log == nil {
 		o.log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	srv, err := server.New(ctx, cfg, server.Options{Log: o.log,
-		Clock: o.clock.Now, Store: o.store, Provider: o.provider, Identity: o.identity, SkipMerkle: o.noMerkle})
+	sopts := server.Options{Log: o.log, Clock: o.clock.Now, Store: o.store, Provider: o.provider, Identity: o.identity}
+	if o.noMerkle {
+		sopts = withoutMerkle(sopts)
+	}
+	srv, err := server.New(ctx, cfg, sopts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
