@@ -2,7 +2,9 @@
 # `make run`: the signer (bbolt store, local provider), the sidecar on a Unix
 # socket and the example core, with a throwaway dev PKI in a temp dir. The
 # core signs and verifies every 2 s through the full path; Ctrl-C stops all
-# three cleanly. No external service is needed.
+# three cleanly. No external service is needed. The audit log is anchored by
+# a checkpoint file in the same temp dir, with no witnesses (the signer says
+# so at start-up: this is a development setup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/bin}
@@ -32,6 +34,7 @@ echo "run-local: dev PKI and KEK in $dir"
   --rotation-allow-spiffe-id "spiffe://$TD/ns/plexsphere/sa/signer-operator" \
   --svid-cert "$dir/signer.crt" --svid-key "$dir/signer.key" --trust-bundle "$dir/bundle.crt" \
   --store bbolt --bbolt-path "$dir/signer.db" --local-kek-file "$dir/kek" \
+  --checkpoint-log "$dir/checkpoints.jsonl" \
   --bootstrap-scope payments --rotation-prepublish 10s --rotation-verify-only 30s &
 pids+=($!)
 

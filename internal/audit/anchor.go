@@ -155,6 +155,29 @@ func (a *fileAnchor) read(path, origin string) error {
 	return nil
 }
 
+// CheckpointFileEmpty reports whether the checkpoint file (or every file of
+// the directory) holds no complete line: SIGNER_CHECKPOINT_LOG_INIT starts
+// only an empty one.
+func CheckpointFileEmpty(path string) (bool, error) {
+	_, files, err := anchorFiles(path)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if bytes.IndexByte(b, '\n') >= 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // maxEpoch is the newest epoch the file holds a checkpoint of (0: none).
 func (a fileAnchor) maxEpoch() int {
 	m := 0

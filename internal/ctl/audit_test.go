@@ -501,7 +501,7 @@ func TestVerifyAcrossEpochs(t *testing.T) {
 	_, early := p.checkpoint(t)
 	earlyFile := writeTemp(t, "early", early)
 	backup := filepath.Join(t.TempDir(), "backup.db")
-	if err := h.env.Store.(*bbolt.Store).DB().View(func(tx *bolt.Tx) error { return tx.CopyFile(backup, 0o600) }); err != nil {
+	if err := h.env.Bolt.View(func(tx *bolt.Tx) error { return tx.CopyFile(backup, 0o600) }); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {

@@ -16,7 +16,6 @@ import (
 	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/ctl"
-	"github.com/plexsphere/signer/internal/store/bbolt"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -183,7 +182,7 @@ func TestAuditVerify(t *testing.T) {
 			if code, out, e := h.run(t, "--checkpoint-key", h.env.CheckpointKey, "audit", "verify"); code != ctl.ExitOK || !strings.Contains(out, "audit log verified") {
 				t.Fatalf("untouched log: %d %s %s", code, out, e)
 			}
-			db := h.env.Store.(*bbolt.Store).DB()
+			db := h.env.Bolt
 			if err := db.Update(func(tx *bolt.Tx) error {
 				if tc.name == "cut short" { // and the head moved back with it
 					n := binary.BigEndian.Uint64(tx.Bucket([]byte("meta")).Get([]byte("audit_size")))

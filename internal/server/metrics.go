@@ -125,6 +125,14 @@ func (m *signerMetrics) observeLog(st audit.Status) {
 	m.logUnanchored.Set(b2f(st.Unanchored != nil))
 }
 
+// knownWitness starts a witness's counters at 0 for every outcome, so that
+// increase() sees its first failure (a series born at 1 has no increase).
+func (m *signerMetrics) knownWitness(name string) {
+	for _, o := range []string{"cosigned", "conflict", "fork", "error"} {
+		m.witnessRequests.WithLabelValues(name, o)
+	}
+}
+
 // observeWitness counts one push to a witness.
 func (m *signerMetrics) observeWitness(name, outcome string) {
 	m.witnessRequests.WithLabelValues(name, outcome).Inc()

@@ -347,6 +347,18 @@ func (s *Signer) openLog(ctx context.Context, p keyprovider.Provider, clock func
 			return config.Errorf(cfg, "WitnessPolicyFile", "%v (docs/audit.md, Witnesses)", err)
 		}
 		witnesses = audit.NewWitnesses(policy, cfg.WitnessTimeout, s.metrics.observeWitness)
+		for _, w := range policy.Witnesses() {
+			s.metrics.knownWitness(w.Name)
+		}
+	}
+	if cfg.CheckpointLogInit {
+		empty, err := audit.CheckpointFileEmpty(cfg.CheckpointLog)
+		if err != nil {
+			return config.Errorf(cfg, "CheckpointLog", "%v", err)
+		}
+		if !empty {
+			return config.Errorf(cfg, "CheckpointLogInit", "the checkpoint file %s already holds checkpoints: unset %s (it starts a file once, deliberately; left set, a lost file would start again unseen)", cfg.CheckpointLog, config.Name(cfg, "CheckpointLogInit"))
+		}
 	}
 	epoch, begin, err := s.epoch(ctx, verifier)
 	if err != nil {

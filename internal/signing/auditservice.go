@@ -237,7 +237,7 @@ func (a *AuditReader) checkpointAt(ctx context.Context, size, need uint64) (audi
 // ProveConsistency proves the log at old_size is a prefix of the checkpoint
 // of new_size (the newest by default).
 func (a *AuditReader) ProveConsistency(ctx context.Context, req *signerv1.ProveConsistencyRequest) (*signerv1.ProveConsistencyResponse, error) {
-	cp, err := a.checkpointAt(ctx, req.GetNewSize(), 0)
+	cp, err := a.checkpointAt(ctx, req.GetNewSize(), req.GetOldSize())
 	if err != nil {
 		return nil, err
 	}

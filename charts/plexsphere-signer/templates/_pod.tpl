@@ -240,9 +240,14 @@ containers:
         sleep:
           seconds: {{ .Values.shutdown.drainSeconds }}
     {{- end }}
+    # Started once the process serves its ops port (liveness), not once it is
+    # ready: a signer that refuses to serve (an audit log broken or not yet
+    # anchored, say on a first install whose witnesses do not know the log
+    # yet) stays up, not ready, naming why, instead of restarting in a loop.
     startupProbe:
-      grpc:
-        port: {{ .Values.ops.port }}
+      httpGet:
+        path: /healthz
+        port: ops
       periodSeconds: 2
       failureThreshold: 60
     readinessProbe:

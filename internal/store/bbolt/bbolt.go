@@ -673,6 +673,3 @@ func (s *Store) PruneRecord(context.Context) (n uint64, err error) {
 	})
 	return n, err
 }
-
-// DB exposes the handle to tests that must tamper with the log.
-func (s *Store) DB() *bolt.DB { return s.db }
