@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"os"
@@ -21,8 +22,10 @@ import (
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/client/auditlog"
 	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/ctl"
 	"github.com/plexsphere/signer/internal/server"
+	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/store/postgres"
 	"github.com/plexsphere/signer/internal/testing/pgtest"
 	"github.com/plexsphere/signer/internal/testing/signertest"
@@ -225,7 +228,6 @@ func TestRewrittenLogCaughtBySavedCheckpoint(t *testing.T) {
 	if code, out := signerctl(t, env, "audit", "verify", "--checkpoint", file); code != ctl.ExitOK {
 		t.Fatalf("consistent log: %d %s", code, out)
 	}
-	provider := env.Provider
 	env.Stop()
 
 	ownerExec(t, db.AdminDSN, `DELETE FROM audit_entries`, `DELETE FROM audit_nodes`, `DELETE FROM audit_checkpoints`)
@@ -245,12 +247,24 @@ func TestRewrittenLogCaughtBySavedCheckpoint(t *testing.T) {
 	}
 	w.Close()
 
-	restarted := signertest.Start(t, signertest.WithStore(st), signertest.WithProvider(provider))
+	// The restarted signer (its checkpoint file kept) refuses the forged
+	// log, and an auditor's signerctl says so (exit 5): the forgery is
+	// caught by the file and, without it, by the seals the forger could
+	// not make.
+	restarted := env.Restart(t)
 	code, out := signerctl(t, restarted, "audit", "verify", "--checkpoint", file)
-	if code != ctl.ExitBroken || !strings.Contains(out, "consistency fails at size") {
-		t.Fatalf("exit %d, want the saved checkpoint to expose the rewrite:\n%s", code, out)
+	if code != ctl.ExitBroken {
+		t.Fatalf("exit %d, want the rewrite refused:\n%s", code, out)
 	}
-	t.Logf("%s", strings.TrimSpace(out))
+	if err := restarted.Log.Broken(); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("the restarted signer: %v, want the log broken", err)
+	}
+	noFile := restarted.Restart(t, signertest.WithCheckpointLog(filepath.Join(t.TempDir(), "other.jsonl")),
+		signertest.WithConfig(func(c *config.Signer) { c.CheckpointLogInit = true }))
+	if err := noFile.Log.Broken(); !errors.Is(err, signerr.ErrAuditLogBroken) || !strings.Contains(err.Error(), "seal") {
+		t.Fatalf("a signer without the file (a new one started deliberately): %v, want the forgery refused by the seals", err)
+	}
+	t.Logf("refused: %v; %v", restarted.Log.Broken(), noFile.Log.Broken())
 }
 
 // A log cut short under a running signer: the signer refuses every RPC
@@ -303,13 +317,22 @@ func TestTruncatedLogFailsClosed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := env.Log.Check(ctx); err != nil {
-		t.Fatalf("after the restore: %v", err)
+	// The running signer still refuses: its writer saw entries it had
+	// committed vanish, and only a restart (an operator's act, with the
+	// store whole again) lifts that; the check never clears it.
+	env.Log.Check(ctx)
+	if err := env.Log.Broken(); !errors.Is(err, signerr.ErrAuditLogBroken) {
+		t.Fatalf("after the restore, the running signer: %v, want it still refusing", err)
 	}
+	if _, err := core.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: []byte("x")}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Sign on the same signer after the restore: %v, want still Unavailable", err)
+	}
+	restarted := env.Restart(t)
+	core = signerv1.NewSignerServiceClient(restarted.Dial(t, restarted.Issue(t, signertest.CoreID)))
 	if _, err := core.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: []byte("x")}); err != nil {
-		t.Fatalf("Sign after the restore: %v", err)
+		t.Fatalf("Sign after the restore and a restart: %v", err)
 	}
-	waitReady(t, env.OpsAddr, http.StatusOK)
+	waitReady(t, restarted.OpsAddr, http.StatusOK)
 }
 
 func waitReady(t *testing.T, ops string, want int) {
@@ -392,7 +415,7 @@ func TestExportThenPrune(t *testing.T) {
 	if code, out := signerctl(t, env, "audit", "verify", "--after", export); code != ctl.ExitOK {
 		t.Fatalf("verify from the export: %d %s", code, out)
 	}
-	if code, out := signerctl(t, env, "audit", "prove", "90"); code != ctl.ExitOK || !strings.Contains(out, "included in the log's checkpoint") {
+	if code, out := signerctl(t, env, "audit", "prove", "--seq", "90"); code != ctl.ExitOK || !strings.Contains(out, "verified: 1 entry in the checkpoint of size") {
 		t.Fatalf("prove after the prune: %d %s", code, out)
 	}
 	if err := env.Log.Sweep(context.Background()); err != nil {

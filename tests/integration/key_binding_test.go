@@ -127,8 +127,11 @@ func (p pgRows) open(t *testing.T) store.Store {
 	return st
 }
 
-// edit rewrites the rows as the owner. Every row first goes to a scratch
-// scope so that swapped rows never meet the one-ACTIVE-key index halfway.
+// edit rewrites the rows as the owner with the schema's triggers off (they
+// refuse a row changing scope or public key, for every role, since the
+// key-state migration): the most powerful store writer. Every row first
+// goes to a scratch scope so that swapped rows never meet the
+// one-ACTIVE-key index halfway.
 func (p pgRows) edit(t *testing.T, fn func(map[string]*keyRow)) {
 	t.Helper()
 	ctx := context.Background()
@@ -137,6 +140,9 @@ func (p pgRows) edit(t *testing.T, fn func(map[string]*keyRow)) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+		t.Fatal(err)
+	}
 	rs, err := conn.Query(ctx, `SELECT id, scope, state, handle, public_key FROM signing_keys`)
 	if err != nil {
 		t.Fatal(err)
@@ -207,9 +213,10 @@ func TestMovedOrSwappedKeyRowNeverSigns(t *testing.T) {
 				ks := newStore(t)
 				ca := signertest.NewCA(t)
 				provider := signertest.NewLocalProvider(t)
+				anchor := t.TempDir()
 				start := func(scopes ...string) (*signertest.Env, signerv1.SignerServiceClient) {
 					env := signertest.Start(t, signertest.WithStore(ks.open(t)), signertest.WithCA(ca), signertest.WithProvider(provider),
-						signertest.WithConfig(func(c *config.Signer) { c.BootstrapScopes = scopes }))
+						signertest.WithCheckpointLog(anchor), signertest.WithConfig(func(c *config.Signer) { c.BootstrapScopes = scopes }))
 					return env, signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
 				}
 				env, core := start("payments", "billing")
@@ -307,9 +314,10 @@ func TestForgedKeyRowNeverPublished(t *testing.T) {
 				ks := newStore(t)
 				ca := signertest.NewCA(t)
 				provider := signertest.NewLocalProvider(t)
+				anchor := t.TempDir()
 				start := func(scopes ...string) *signertest.Env {
 					return signertest.Start(t, signertest.WithStore(ks.open(t)), signertest.WithCA(ca), signertest.WithProvider(provider),
-						signertest.WithConfig(func(c *config.Signer) { c.BootstrapScopes = scopes }))
+						signertest.WithCheckpointLog(anchor), signertest.WithConfig(func(c *config.Signer) { c.BootstrapScopes = scopes }))
 				}
 				env := start("payments", "billing")
 				ctx := context.Background()

@@ -24,6 +24,7 @@ func replicas(t *testing.T, srv *pgtest.Server, dsn string, n int, opts ...signe
 	t.Helper()
 	ca := signertest.NewCA(t)
 	provider := signertest.NewLocalProvider(t)
+	anchor := t.TempDir() // the replicas' shared checkpoint directory
 	var envs []*signertest.Env
 	for range n {
 		st, err := postgres.Open(context.Background(), postgres.Config{DSN: dsn, MaxConns: 8})
@@ -31,7 +32,8 @@ func replicas(t *testing.T, srv *pgtest.Server, dsn string, n int, opts ...signe
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		envs = append(envs, signertest.Start(t, append([]signertest.Option{signertest.WithStore(st), signertest.WithCA(ca), signertest.WithProvider(provider)}, opts...)...))
+		envs = append(envs, signertest.Start(t, append([]signertest.Option{signertest.WithStore(st), signertest.WithCA(ca), signertest.WithProvider(provider),
+			signertest.WithCheckpointLog(anchor)}, opts...)...))
 	}
 	return envs
 }

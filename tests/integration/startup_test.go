@@ -42,6 +42,9 @@ func TestStartupRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := []string{"--svid-cert", f.Cert, "--svid-key", f.Key, "--trust-bundle", f.Bundle}
+	// The signer's own settings the cases share: an anchor outside the
+	// store, which production requires.
+	sid := append([]string{"--checkpoint-log", filepath.Join(dir, "checkpoints.jsonl")}, id...)
 	for _, tc := range []struct {
 		name string
 		bin  string
@@ -49,12 +52,13 @@ func TestStartupRefusals(t *testing.T) {
 		want string
 	}{
 		{"pkcs11 asked of a build without it", signer, append([]string{"--provider", "pkcs11", "--pkcs11-module", "/usr/lib/softhsm/libsofthsm2.so",
-			"--pkcs11-token-label", "t", "--pkcs11-pin-file", f.Key, "--listen", "127.0.0.1:0", "--ops-listen", ""}, id...),
+			"--pkcs11-token-label", "t", "--pkcs11-pin-file", f.Key, "--listen", "127.0.0.1:0", "--ops-listen", ""}, sid...),
 			"--provider / SIGNER_PROVIDER: this build has no pkcs11 provider"},
-		{"no KEK", signer, id, "--local-kek-file / SIGNER_LOCAL_KEK_FILE"},
-		{"bad allow-list entry", signer, append([]string{"--allow-spiffe-id", "core", "--local-kek-file", f.Key}, id...), "--allow-spiffe-id / SIGNER_ALLOW_SPIFFE_IDS"},
+		{"no KEK", signer, sid, "--local-kek-file / SIGNER_LOCAL_KEK_FILE"},
+		{"bad allow-list entry", signer, append([]string{"--allow-spiffe-id", "core", "--local-kek-file", f.Key}, sid...), "--allow-spiffe-id / SIGNER_ALLOW_SPIFFE_IDS"},
+		{"no anchor outside the store", signer, append([]string{"--local-kek-file", f.Key}, id...), "--audit-anchor-required / SIGNER_AUDIT_ANCHOR_REQUIRED: the audit log needs an anchor outside the store"},
 		{"unreadable identity", signer, []string{"--svid-cert", "/nonexistent", "--svid-key", f.Key, "--trust-bundle", f.Bundle,
-			"--local-kek-file", f.Key, "--listen", "127.0.0.1:0", "--ops-listen", ""}, "--svid-cert / SIGNER_SVID_CERT_FILE, --svid-key / SIGNER_SVID_KEY_FILE, --trust-bundle / SIGNER_TRUST_BUNDLE_FILE: identity: read /nonexistent"},
+			"--local-kek-file", f.Key, "--listen", "127.0.0.1:0", "--ops-listen", "", "--checkpoint-log", filepath.Join(dir, "checkpoints.jsonl")}, "--svid-cert / SIGNER_SVID_CERT_FILE, --svid-key / SIGNER_SVID_KEY_FILE, --trust-bundle / SIGNER_TRUST_BUNDLE_FILE: identity: read /nonexistent"},
 		{"sidecar on a non-loopback address", sidecar, append([]string{"--listen", "0.0.0.0:7000", "--upstream", "signer:8443",
 			"--signer-spiffe-id", "spiffe://example.org/x"}, id...), "--listen / SIDECAR_LISTEN"},
 		{"sidecar without the signer's identity", sidecar, append([]string{"--listen", "127.0.0.1:7000", "--upstream", "signer:8443"}, id...),

@@ -131,6 +131,8 @@ type options struct {
 	noMerkle bool
 	base     *config.Signer
 	bolt     *bolt.DB
+
+	checkpointLog string
 	// witnesses to start (names), or already running (from Restart)
 	witnessNames []string
 	witnesses    []*witnesstest.Witness
@@ -162,6 +164,13 @@ func WithListener(l net.Listener) Option { return func(o *options) { o.lis = l }
 
 // WithConfig edits the configuration (allow-lists, limits, windows).
 func WithConfig(f func(*config.Signer)) Option { return func(o *options) { o.cfg = f } }
+
+// WithCheckpointLog anchors the log in path (SIGNER_CHECKPOINT_LOG)
+// instead of a file in the signer's own temp dir: a directory (t.TempDir())
+// shared by replicas of one store, or by a signer and its restart.
+func WithCheckpointLog(path string) Option {
+	return func(o *options) { o.checkpointLog = path }
+}
 
 // WithStore serves from s instead of a fresh bbolt file.
 func WithStore(s store.Store) Option { return func(o *options) { o.store = s } }
@@ -216,6 +225,9 @@ func Start(t testing.TB, opts ...Option) *Env {
 	cfg.LocalKEKFile, cfg.AuditorAllowSPIFFEIDs, cfg.BootstrapScopes = kekFile, []string{AuditorID}, []string{Scope}
 	if o.base != nil {
 		cfg = *o.base
+	}
+	if o.checkpointLog != "" {
+		cfg.CheckpointLog = o.checkpointLog
 	}
 	var jwksLis net.Listener
 	var jwksRoots *x509.CertPool
@@ -353,7 +365,7 @@ func (e *Env) Restart(t testing.TB, opts ...Option) *Env {
 	e.Stop()
 	cfg := e.Config
 	base := []Option{WithStore(e.Store), WithProvider(e.Provider), WithCA(e.CA), WithClock(e.Clock),
-		func(o *options) { o.base, o.witnesses, o.bolt = &cfg, e.Witnesses, e.Bolt }}
+		func(o *options) { o.base, o.witnesses, o.bolt, o.ops = &cfg, e.Witnesses, e.Bolt, e.OpsAddr != "" }}
 	return Start(t, append(base, opts...)...)
 }
 
