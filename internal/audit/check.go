@@ -23,11 +23,16 @@ func (l *Log) check(ctx context.Context, start time.Time) (problem, err error) {
 	last := l.last
 	l.mu.Unlock()
 
+	// What this signer had committed, read before the store's size: a
+	// commit landing in between only makes the store larger. Read after,
+	// a commit of this signer's between the two reads looks like entries
+	// removed from the store (and Fail breaks the writer for good).
+	head := l.cfg.Writer.Head()
 	size, err := st.AuditSize(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if head := l.cfg.Writer.Head(); size < head.Size {
+	if size < head.Size {
 		err := broken("the store holds %d entries, this signer committed %d (entries after seq %d were removed)", size, head.Size, size)
 		l.cfg.Writer.Fail(err)
 		l.keepHead(ctx, head)

@@ -32,6 +32,7 @@ var anchorAttacks = []struct {
 	{"RollbackCaughtByWitness", rollbackCaughtByWitness},
 	{"ForkCaughtByWitness", forkCaughtByWitness},
 	{"TruncationCaughtByTheWriter", truncationCaughtByWriter},
+	{"ACommitDuringTheCheckIsNoTruncation", commitDuringTheCheck},
 	{"CheckpointFileUnreadableOrGone", checkpointFileGone},
 	{"InsertedEntryHasNoSeal", insertedEntryHasNoSeal},
 	{"InsertedEntryBeforeACommit", insertedEntryBeforeACommit},
@@ -182,6 +183,58 @@ func truncationCaughtByWriter(t *testing.T, s store.Store, x Tamper) {
 		t.Fatalf("a checkpoint over the shortened log: size %d", cp.Size)
 	}
 	wantBroken(t, "a restart", l.restart(t, s).Check(ctx), "holds 30 entries", "size 35")
+}
+
+// The writer's check is no false alarm: a commit of this signer's that
+// lands while a check reads the store's size (replicas sign all the time)
+// is no entry removed. Seen on the kind e2e before the check read the
+// writer's head first: "the store holds 9795 entries, this signer
+// committed 9797", and the replica refused every RPC for good.
+func commitDuringTheCheck(t *testing.T, s store.Store, _ Tamper) {
+	ctx := context.Background()
+	r := &commitAfterSize{Store: s}
+	l := newLog(t, r)
+	l.write(t, 0, 10)
+	checkpoint(t, l)
+	// The store's size is read (10), then 3 more entries of this writer
+	// commit, then the check goes on.
+	r.arm(func() { l.write(t, 10, 3) })
+	if err := l.log.Check(ctx); err != nil {
+		t.Fatalf("a check that raced a commit: %v", err)
+	}
+	if err := l.log.Broken(); err != nil {
+		t.Fatalf("the writer refuses after a check that raced a commit: %v", err)
+	}
+	l.write(t, 13, 1)
+	if cp := checkpoint(t, l); cp.Size != 14 {
+		t.Fatalf("the next checkpoint has size %d, want 14", cp.Size)
+	}
+}
+
+// commitAfterSize runs a commit once, right after it read the store's size
+// and before it returns it.
+type commitAfterSize struct {
+	store.Store
+	mu    sync.Mutex
+	after func()
+}
+
+func (c *commitAfterSize) arm(f func()) {
+	c.mu.Lock()
+	c.after = f
+	c.mu.Unlock()
+}
+
+func (c *commitAfterSize) AuditSize(ctx context.Context) (uint64, error) {
+	n, err := c.Store.AuditSize(ctx)
+	c.mu.Lock()
+	f := c.after
+	c.after = nil
+	c.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	return n, err
 }
 
 // The checkpoint file is the anchor: a line that does not parse, or the
