@@ -77,8 +77,10 @@ func signAndVerify(ctx context.Context, c *client.Client, scope string, msg []by
 			if err != nil {
 				return fmt.Errorf("verify: %w", err)
 			}
-			fmt.Printf("signed and verified: scope=%s key_id=%s message=%q signature=%s\n",
-				scope, sig.KeyID, msg, base64.RawStdEncoding.EncodeToString(sig.Bytes))
+			// request_id names the call in the signer's audit log (signerctl
+			// audit prove <request_id>); the signature stays last.
+			fmt.Printf("signed and verified: scope=%s key_id=%s request_id=%s message=%q signature=%s\n",
+				scope, sig.KeyID, sig.RequestID, msg, base64.RawStdEncoding.EncodeToString(sig.Bytes))
 			return nil
 		}
 		cancel()
