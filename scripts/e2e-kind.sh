@@ -6,14 +6,19 @@
 #     KIND_NODE_IMAGE=published for kind's own image (needs registry access),
 #     or KIND_NODE_IMAGE=<ref> for any other;
 #  2. images: the project's (scripts/build-images.sh), Postgres
-#     (scripts/build-postgres-image.sh) and SPIRE (scripts/build-spire-images.sh),
-#     all built locally, loaded into the nodes;
+#     (scripts/build-postgres-image.sh), SPIRE (scripts/build-spire-images.sh)
+#     and the witness (scripts/build-witness-image.sh), all built locally,
+#     loaded into the nodes;
 #  3. cluster: one node (E2E_NODES=config keeps every node of KIND_CONFIG),
 #     with the workarounds this host needs (tests/e2e/kindcluster detect);
 #  4. SPIRE (server with k8s_psat, agent DaemonSet with the k8s workload
-#     attestor, one registration entry per ServiceAccount), Postgres, the
-#     signer chart (2 replicas, postgres store, migration Job) and the example
-#     core with its injected native sidecar, all identities by hostPath;
+#     attestor, one registration entry per ServiceAccount), Postgres, a C2SP
+#     tlog-witness (omniwitness, namespace witness, its key generated here),
+#     the signer chart (2 replicas, postgres store, migration Job, its audit
+#     log anchored by the witness and a checkpoint file; installed the way
+#     docs/kubernetes.md's first install says: the witness learns the log's
+#     key from the signer's first start) and the example core with its
+#     injected native sidecar, all identities by hostPath;
 #  5. the scenarios: go test -tags e2e -run Kind ./tests/e2e (kind_test.go),
 #     which print their figures.
 # E2E_PREPARE_ONLY=1 stops after the node image, the tools and the SPIRE
@@ -30,6 +35,8 @@ KIND_CONFIG=${KIND_CONFIG:-kind-config.yaml}
 E2E_NODES=${E2E_NODES:-single}
 NS_SIGNER=plexsphere
 NS_CORE=apps
+NS_WITNESS=witness
+WITNESS=e2e-witness # the witness's key name and its name in the signer's policy
 TD=example.org
 KIND=(go run ./tests/e2e/kindcluster)
 tools=$PWD/bin/e2e
@@ -78,15 +85,16 @@ if [[ ${E2E_PREPARE_ONLY:-} == 1 ]]; then
   exit 0
 fi
 
-phase "images (project, Postgres, SPIRE)"
+phase "images (project, Postgres, SPIRE, witness)"
 ./scripts/build-images.sh dev
 ./scripts/build-postgres-image.sh >/dev/null
 ./scripts/build-spire-images.sh e2e
+./scripts/build-witness-image.sh e2e
 dump() {
   echo "e2e-kind: FAILED; cluster state, logs and events follow" >&2
   kubectl get nodes,pods,pvc -A -o wide >&2 || true
   local ns pod
-  for ns in spire "$NS_SIGNER" "$NS_CORE" kube-system local-path-storage; do
+  for ns in spire "$NS_SIGNER" "$NS_WITNESS" "$NS_CORE" kube-system local-path-storage; do
     for pod in $(kubectl -n "$ns" get pods -o name 2>/dev/null); do
       echo "----- $ns/$pod" >&2
       kubectl -n "$ns" logs "$pod" --all-containers --prefix --tail=80 >&2 || true
@@ -115,7 +123,8 @@ single=()
 "${KIND[@]}" create "${single[@]}" --image "$node_image" "$KIND_CONFIG"
 "${KIND[@]}" kubeconfig >"$KUBECONFIG"
 "${KIND[@]}" load plexsphere/signer:dev plexsphere/sidecar:dev plexsphere/example-core:dev plexsphere/signerctl:dev \
-  plexsphere/e2e-probe:dev plexsphere/postgres-test:15 plexsphere/spire-server:e2e plexsphere/spire-agent:e2e
+  plexsphere/e2e-probe:dev plexsphere/postgres-test:15 plexsphere/spire-server:e2e plexsphere/spire-agent:e2e \
+  plexsphere/witness:e2e
 kubectl -n kube-system wait --for=condition=Ready pods --all --timeout=180s >/dev/null
 
 phase "SPIRE"
@@ -155,9 +164,51 @@ kubectl -n "$NS_SIGNER" create secret generic signer-db-owner --from-literal=dsn
 kubectl -n "$NS_SIGNER" create secret generic signer-kek --from-literal=kek="$(head -c32 /dev/urandom | base64)" >/dev/null
 kubectl -n "$NS_SIGNER" create serviceaccount signer-operator >/dev/null
 
-phase "signer chart (2 replicas, postgres, migration Job)"
-helm install --wait --timeout 5m -n "$NS_SIGNER" signer charts/plexsphere-signer \
-  -f tests/e2e/kind/signer-values.yaml --set store.postgres.migration.mode=job
+phase "witness (omniwitness, no log yet)"
+kubectl create namespace "$NS_WITNESS" >/dev/null
+# A fresh note signer key per run; the signer's policy takes its
+# tlog-cosignature/v1 verifier key.
+go run ./tests/e2e/witnesskey --signer-key-file "$tools/witness.key" "$WITNESS" >"$tools/witness.vkey"
+witness_vkey=$(cat "$tools/witness.vkey")
+kubectl -n "$NS_WITNESS" create secret generic omniwitness-key --from-file=key="$tools/witness.key" >/dev/null
+rm -f "$tools/witness.key"
+kubectl -n "$NS_WITNESS" apply -f tests/e2e/kind/witness.yaml >/dev/null
+kubectl -n "$NS_WITNESS" rollout status deployment/omniwitness --timeout=180s
+echo "e2e-kind: witness $WITNESS at http://omniwitness.$NS_WITNESS.svc, verifier key $witness_vkey"
+
+# The first install (docs/kubernetes.md, "First install"), with the witness
+# from the start: the signer creates its checkpoint key at its first start
+# and comes up not ready (its log is not anchored: the witness answers 500
+# for a log it does not know); its start-up line names the key; the witness
+# is given the log and restarted; the signer's next check (every 10 s) is
+# cosigned and it becomes ready.
+phase "signer chart (2 replicas, postgres, migration Job, witness and checkpoint file), not waiting"
+witnesses=$(printf '[{"name":"%s","verifierKey":"%s","url":"http://omniwitness.%s.svc"}]' "$WITNESS" "$witness_vkey" "$NS_WITNESS")
+helm install --timeout 5m -n "$NS_SIGNER" signer charts/plexsphere-signer \
+  -f tests/e2e/kind/signer-values.yaml --set store.postgres.migration.mode=job \
+  --set-json "audit.witnesses=$witnesses" >/dev/null
+startup=""
+for _ in $(seq 180); do
+  startup=$(kubectl -n "$NS_SIGNER" logs -l app.kubernetes.io/instance=signer -c signer --tail=-1 2>/dev/null |
+    grep -m1 '"msg":"audit log"' || true)
+  [[ -n $startup ]] && break
+  sleep 1
+done
+if [[ -z $startup ]]; then
+  echo "e2e-kind: no signer printed its \"audit log\" start-up line within 180 s" >&2
+  exit 1
+fi
+origin=$(grep -o '"origin":"[^"]*"' <<<"$startup" | head -1 | cut -d'"' -f4)
+log_vkey=$(grep -o '"checkpoint_verifier_key":"[^"]*"' <<<"$startup" | cut -d'"' -f4)
+echo "e2e-kind: the signer's audit log: origin $origin, checkpoint verifier key $log_vkey"
+phase "witness: add the signer's log, restart"
+kubectl -n "$NS_WITNESS" create configmap omniwitness-logs --dry-run=client -o yaml \
+  --from-literal=logs.yaml="$(printf 'Logs:\n  - Origin: "%s"\n    PublicKey: "%s"\n' "$origin" "$log_vkey")" |
+  kubectl -n "$NS_WITNESS" apply -f - >/dev/null
+kubectl -n "$NS_WITNESS" rollout restart deployment/omniwitness >/dev/null
+kubectl -n "$NS_WITNESS" rollout status deployment/omniwitness --timeout=180s
+phase "signer ready (its next check cosigned)"
+kubectl -n "$NS_SIGNER" rollout status deployment/signer --timeout=5m
 phase "example core with its injected sidecar"
 helm install --wait --timeout 5m -n "$NS_CORE" core charts/example-core -f tests/e2e/kind/core-values.yaml
 
