@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plexsphere/signer/internal/testing/testenv"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -21,12 +24,7 @@ import (
 
 // freePort reserves a loopback port and frees it for the code under test.
 func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
 }
 
 // Run is the whole sidecar: the proxy, its metrics and health on the ops

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/internal/testing/testenv"
+
 	"github.com/moby/moby/api/types/container"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/network"
@@ -65,13 +67,7 @@ func requireImages(t *testing.T) {
 			}
 		}
 	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("the container e2e is required under CI=true: %s", why)
-	}
-	t.Skipf("skipping: %s", why)
+	testenv.Require(t, "the container e2e", why)
 }
 
 // pki writes the SVIDs and KEK every container mounts read-only at /id.

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/internal/testing/testenv"
+
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -273,7 +275,7 @@ func TestRewrittenLogCaughtBySavedCheckpoint(t *testing.T) {
 func TestTruncatedLogFailsClosed(t *testing.T) {
 	srv := pgtest.Require(t)
 	st, db := srv.Open(t)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	env := signertest.Start(t, signertest.WithStore(st), signertest.WithOps(),
 		signertest.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	signN(t, env, 10)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/internal/testing/testenv"
+
 	"github.com/jackc/pgx/v5"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
@@ -118,7 +120,7 @@ func backends(t *testing.T) []backend {
 
 // signerFor starts a signer on b's store with a real witness, the ops
 // listener and its log captured.
-func signerFor(t *testing.T, b backend, logs *syncBuffer, opts ...signertest.Option) *signertest.Env {
+func signerFor(t *testing.T, b backend, logs *testenv.SyncBuffer, opts ...signertest.Option) *signertest.Env {
 	st, db, path := b.open(t)
 	base := []signertest.Option{signertest.WithStore(st), signertest.WithWitnesses("w1.example"), signertest.WithOps(),
 		signertest.WithLogger(slog.New(slog.NewJSONHandler(logs, nil)))}
@@ -153,7 +155,7 @@ func TestRestoredBackupIsRefusedUnlessItIsAnEpoch(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
 			ctx := context.Background()
-			var logs syncBuffer
+			var logs testenv.SyncBuffer
 			env := signerFor(t, b, &logs)
 			signN(t, env, 10)
 			if _, err := env.Log.Checkpoint(ctx); err != nil {
@@ -235,7 +237,7 @@ func TestRestoredBackupIsRefusedUnlessItIsAnEpoch(t *testing.T) {
 func TestLostCheckpointKeyIsNeverReplaced(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testenv.SyncBuffer
 			env := signerFor(t, b, &logs)
 			signN(t, env, 3)
 			env.Stop()
@@ -278,7 +280,7 @@ func TestRetiredKeyNeverSignsAgain(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			ctx := context.Background()
 			clock := signertest.NewClock(time.Now())
-			var logs syncBuffer
+			var logs testenv.SyncBuffer
 			env := signerFor(t, b, &logs, signertest.WithClock(clock))
 			op := signerv1.NewRotationServiceClient(env.Dial(t, env.Issue(t, signertest.OperatorID)))
 			before, err := op.ListKeys(ctx, &signerv1.ListKeysRequest{Scope: signertest.Scope})
@@ -384,7 +386,7 @@ func editKeys(tx *bolt.Tx, edits map[string]func(map[string]any)) error {
 func TestChecksThatCannotRunCount(t *testing.T) {
 	srv := pgtest.Require(t)
 	st, db := srv.Open(t)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	env := signertest.Start(t, signertest.WithStore(st), signertest.WithOps(), signertest.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))),
 		signertest.WithConfig(func(c *config.Signer) {
 			c.CheckpointInterval, c.AuditMaxUnanchored, c.WitnessTimeout = time.Second, 3*time.Second, time.Second

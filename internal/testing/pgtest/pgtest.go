@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/internal/testing/testenv"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
@@ -300,9 +302,6 @@ func Require(t testing.TB) *Server {
 	if why == "" {
 		why = "pgtest.Main was not called from TestMain"
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("Postgres is required under CI=true: %s", why)
-	}
-	t.Skipf("skipping: %s", why)
+	testenv.Require(t, "Postgres", why)
 	return nil
 }

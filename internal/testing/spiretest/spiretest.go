@@ -9,7 +9,6 @@ package spiretest
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plexsphere/signer/internal/testing/testenv"
 )
 
 // TrustDomain is the trust domain the server issues in.
@@ -48,23 +49,10 @@ func Bin(t testing.TB) string {
 	}
 	for _, b := range []string{"spire-server", "spire-agent"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			why := fmt.Sprintf("%s not found in %s: run `make spire`", b, dir)
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("SPIRE is required under CI=true: %s", why)
-			}
-			t.Skipf("skipping: %s", why)
+			testenv.Require(t, "SPIRE", fmt.Sprintf("%s not found in %s: run `make spire`", b, dir))
 		}
 	}
 	return dir
-}
-
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Start runs a server and an agent until the test ends. svidTTL is the
@@ -80,7 +68,7 @@ func Start(t testing.TB, svidTTL time.Duration) *Server {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	s := &Server{bin: bin, dir: dir, serverSocket: filepath.Join(dir, "server.sock"),
 		WorkloadAPI: "unix://" + filepath.Join(dir, "agent.sock"), agentID: "spiffe://" + TrustDomain + "/spire-agent"}
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	serverConf := fmt.Sprintf(`server {
   bind_address = "127.0.0.1"
   bind_port = "%d"

@@ -21,11 +21,9 @@
 package witnesstest
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,6 +33,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/plexsphere/signer/internal/testing/testenv"
 
 	fnote "github.com/transparency-dev/formats/note"
 	"golang.org/x/mod/sumdb/note"
@@ -68,7 +68,7 @@ type Witness struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	runs int
-	out  syncBuffer
+	out  testenv.SyncBuffer
 }
 
 // Bin finds omniwitness: $WITNESS_BIN, else bin/ of the repository.
@@ -86,22 +86,9 @@ func Bin(t testing.TB) string {
 	}
 	bin := filepath.Join(dir, "omniwitness")
 	if _, err := os.Stat(bin); err != nil {
-		why := fmt.Sprintf("omniwitness not found in %s: run `make witness`", dir)
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("the witness is required under CI=true: %s", why)
-		}
-		t.Skipf("skipping: %s", why)
+		testenv.Require(t, "the witness", fmt.Sprintf("omniwitness not found in %s: run `make witness`", dir))
 	}
 	return bin
-}
-
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Start runs a witness named name (a note key name: no spaces, no '+')
@@ -121,7 +108,7 @@ func Start(t testing.TB, name string, logs ...Log) *Witness {
 	dir := t.TempDir()
 	w := &Witness{
 		Name: name, VKey: cosigVKey, bin: bin, dir: dir,
-		addr:     "127.0.0.1:" + strconv.Itoa(freePort(t)),
+		addr:     "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)),
 		keyPath:  filepath.Join(dir, "witness.key"),
 		dbPath:   filepath.Join(dir, "witness.db"),
 		logsPath: filepath.Join(dir, "logs.yaml"),
@@ -273,23 +260,4 @@ func (w *Witness) start(t testing.TB) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the process's output copier and
-// the test reading it at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
