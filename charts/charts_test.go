@@ -214,8 +214,16 @@ func TestSignerChart(t *testing.T) {
 	if _, ok := env["SIGNER_POSTGRES_DSN"]; ok {
 		t.Error("the DSN is passed by value; it must come from the mounted Secret file")
 	}
-	if c.ReadinessProbe == nil || c.ReadinessProbe.GRPC == nil || c.StartupProbe == nil || c.StartupProbe.GRPC == nil {
-		t.Errorf("probes must use gRPC health: readiness %+v startup %+v", c.ReadinessProbe, c.StartupProbe)
+	// Readiness is gRPC health (serving only once anchored); start-up and
+	// liveness are /healthz, so a signer waiting for its anchor stays up,
+	// not ready, instead of being restarted.
+	if c.ReadinessProbe == nil || c.ReadinessProbe.GRPC == nil {
+		t.Errorf("readiness must use gRPC health: %+v", c.ReadinessProbe)
+	}
+	for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" {
+			t.Errorf("%s must be /healthz: %+v", name, p)
+		}
 	}
 	if len(pod.TopologySpreadConstraints) == 0 || *d.Spec.Replicas < 2 {
 		t.Errorf("replicas %d spread %v", *d.Spec.Replicas, pod.TopologySpreadConstraints)
