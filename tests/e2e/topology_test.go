@@ -189,7 +189,12 @@ func startTopology(t *testing.T, replicas int, adjust ...func(*signerSpec)) *top
 		testcontainers.WithEnv(map[string]string{"POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "signer"}),
 		testcontainers.WithExposedPorts("5432/tcp"),
 		testcontainers.WithWaitStrategy(wait.ForLog("database system is ready to accept connections").WithStartupTimeout(60*time.Second)))
-	spec := signerSpec{image: signerImage, env: map[string]string{}}
+	// The replicas' checkpoint file: a directory outside the database that
+	// every replica (uid 65532) appends its own file to and reads them all
+	// from, as the chart's shared claim does.
+	anchor := t.TempDir()
+	must(t, os.Chmod(anchor, 0o777))
+	spec := signerSpec{image: signerImage, env: map[string]string{}, binds: []string{anchor + ":/anchor"}}
 	for _, f := range adjust {
 		f(&spec)
 	}
@@ -212,6 +217,7 @@ func startTopology(t *testing.T, replicas int, adjust ...func(*signerSpec)) *top
 			"SIGNER_BOOTSTRAP_SCOPES":          "payments",
 			"SIGNER_MAX_CONNECTION_AGE":        "1m",
 			"SIGNER_ROTATION_ALLOW_SPIFFE_IDS": operatorID,
+			"SIGNER_CHECKPOINT_LOG":            "/anchor",
 		}
 		for k, v := range spec.env {
 			env[k] = v
