@@ -8,13 +8,17 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/plexsphere/signer/client/auditlog"
 )
 
 // These run against the cluster scripts/e2e-kind.sh sets up (KUBECONFIG,
@@ -90,6 +94,8 @@ func eventually(t *testing.T, within time.Duration, check func() string) {
 type coreLine struct {
 	at    time.Time
 	keyID string
+	reqID string // the call's request id in the signer's audit log
+	msg   string // the signed message
 	sig   string // hex SHA-256 of the signature, as the audit log holds it
 	fail  string // the gRPC code of a failed Sign
 }
@@ -117,6 +123,9 @@ func coreLog(t *testing.T, ns, pod, container string) []coreLine {
 				if v, ok := strings.CutPrefix(f, "key_id="); ok {
 					l.keyID = v
 				}
+				if v, ok := strings.CutPrefix(f, "request_id="); ok {
+					l.reqID = v
+				}
 				if v, ok := strings.CutPrefix(f, "signature="); ok {
 					raw, err := base64.RawStdEncoding.DecodeString(v)
 					if err != nil {
@@ -124,6 +133,12 @@ func coreLog(t *testing.T, ns, pod, container string) []coreLine {
 					}
 					h := sha256.Sum256(raw)
 					l.sig = hex.EncodeToString(h[:])
+				}
+			}
+			// message="..." (Go-quoted, spaces inside) before signature=.
+			if i, j := strings.Index(text, " message="), strings.LastIndex(text, " signature="); i >= 0 && j > i {
+				if m, err := strconv.Unquote(text[i+len(" message=") : j]); err == nil {
+					l.msg = m
 				}
 			}
 		case strings.HasPrefix(text, "failed: "):
@@ -168,8 +183,37 @@ func corePod(t *testing.T, release string) string {
 // signer's NetworkPolicy admits.
 const operatorLabels = `{plexsphere.io/signer-client: "true", e2e: operator}`
 
-func operatorSpec(release, restart string, args ...string) string {
+// ctlOpts are what an operator pins and checks with: the log's checkpoint
+// verifier key (SIGNERCTL_CHECKPOINT_KEY, from the signer's start-up line)
+// and the signer release's witness policy (its ConfigMap
+// <release>-witness-policy, mounted as the file --witness-policy names).
+type ctlOpts struct {
+	checkpointKey string
+	witnessPolicy bool
+}
+
+func (o ctlOpts) env() string {
+	var b strings.Builder
+	if o.checkpointKey != "" {
+		fmt.Fprintf(&b, "\n            - {name: SIGNERCTL_CHECKPOINT_KEY, value: %q}", o.checkpointKey)
+	}
+	if o.witnessPolicy {
+		b.WriteString("\n            - {name: SIGNERCTL_WITNESS_POLICY_FILE, value: /etc/plexsphere/witnesses/policy}")
+	}
+	return b.String()
+}
+
+func (o ctlOpts) mounts(release string) (mounts, volumes string) {
+	if !o.witnessPolicy {
+		return "", ""
+	}
+	return "\n            - {name: witness-policy, mountPath: /etc/plexsphere/witnesses, readOnly: true}",
+		fmt.Sprintf("\n        - name: witness-policy\n          configMap: {name: %s-witness-policy}", release)
+}
+
+func operatorSpec(release, restart string, o ctlOpts, args ...string) string {
 	a, _ := json.Marshal(args)
+	mounts, volumes := o.mounts(release)
 	return fmt.Sprintf(`
       serviceAccountName: signer-operator
       automountServiceAccountToken: false
@@ -197,17 +241,17 @@ func operatorSpec(release, restart string, args ...string) string {
             - {name: SIGNERCTL_SIGNER, value: "%[3]s.plexsphere.svc:8443"}
             - {name: SIGNERCTL_SIGNER_SPIFFE_ID, value: "spiffe://%[4]s/ns/plexsphere/sa/%[3]s"}
             - {name: SIGNERCTL_WORKLOAD_API_ADDR, value: "unix:///spiffe-workload-api/spire-agent.sock"}
-            - {name: SIGNERCTL_OUTPUT, value: json}
+            - {name: SIGNERCTL_OUTPUT, value: json}%[5]s
           securityContext:
             allowPrivilegeEscalation: false
             readOnlyRootFilesystem: true
             capabilities: {drop: ["ALL"]}
           volumeMounts:
-            - {name: spire, mountPath: /spiffe-workload-api, readOnly: true}
+            - {name: spire, mountPath: /spiffe-workload-api, readOnly: true}%[6]s
       volumes:
         - name: spire
-          hostPath: {path: /run/spire/agent-sockets, type: Directory}
-`, restart, a, release, kindTD)
+          hostPath: {path: /run/spire/agent-sockets, type: Directory}%[7]s
+`, restart, a, release, kindTD, o.env(), mounts, volumes)
 }
 
 var jobSeq int
@@ -216,6 +260,13 @@ var jobSeq int
 // and returns its output. backoff > 0 lets the Job retry a refused call
 // (e.g. a commit before the pre-publication window has passed).
 func signerctlJob(t *testing.T, release string, backoff int, args ...string) string {
+	t.Helper()
+	return signerctlJobWith(t, release, backoff, ctlOpts{}, args...)
+}
+
+// signerctlJobWith is signerctlJob with the operator's pinned key and
+// witness policy.
+func signerctlJobWith(t *testing.T, release string, backoff int, o ctlOpts, args ...string) string {
 	t.Helper()
 	jobSeq++
 	name := fmt.Sprintf("signerctl-%d-%d", time.Now().Unix(), jobSeq)
@@ -228,7 +279,7 @@ spec:
   template:
     metadata:
       labels: %s
-    spec:%s`, name, backoff, operatorLabels, operatorSpec(release, "Never", args...)))
+    spec:%s`, name, backoff, operatorLabels, operatorSpec(release, "Never", o, args...)))
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		st := kubectl(t, "-n", nsSigner, "get", "job", name, "-o", "jsonpath={.status.succeeded}/{.status.failed}")
@@ -311,7 +362,7 @@ var auditOnce sync.Once
 func grantedSigns(t *testing.T) map[uint64]auditEntry {
 	t.Helper()
 	auditOnce.Do(func() {
-		spec := operatorSpec("signer", "Always", "audit", "tail", "--relation", "sign", "--reason", "granted",
+		spec := operatorSpec("signer", "Always", ctlOpts{}, "audit", "tail", "--relation", "sign", "--reason", "granted",
 			"--follow", "--limit", "5000", "--every", "500ms")
 		apply(t, nsSigner, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: audit-reader\n  labels: "+operatorLabels+
 			"\nspec:"+strings.ReplaceAll(spec, "\n    ", "\n"))
@@ -671,11 +722,24 @@ func TestKindRotationThroughSignerctlJob(t *testing.T) {
 }
 
 // bbolt on a PersistentVolumeClaim: deleting the signer's pod keeps its keys
-// and its audit log (the StatefulSet's replacement mounts the same claim).
+// and its audit log (the StatefulSet's replacement mounts the same claims:
+// data for signer.db, checkpoints for the checkpoint file, the log's
+// anchor, against which the replacement checks the store before serving).
 func TestKindBboltSurvivesPodDeletion(t *testing.T) {
 	helm(t, "install", "-n", nsSigner, "signer-bbolt", "../../charts/plexsphere-signer", "-f", "kind/signer-bbolt-values.yaml", "--wait", "--timeout", "5m")
 	defer helm(t, "uninstall", "-n", nsSigner, "signer-bbolt", "--wait")
-	pvc := kubectl(t, "-n", nsSigner, "get", "pvc", "data-signer-bbolt-0", "-o", "jsonpath={.spec.storageClassName} {.status.capacity.storage} {.status.phase}")
+	claims := map[string]string{}
+	for _, c := range []string{"data", "checkpoints"} {
+		claims[c] = strings.TrimSpace(kubectl(t, "-n", nsSigner, "get", "pvc", c+"-signer-bbolt-0", "-o",
+			"jsonpath={.metadata.name} {.spec.storageClassName} {.status.capacity.storage} {.status.phase}"))
+	}
+	mounts := kubectl(t, "-n", nsSigner, "get", "pod", "signer-bbolt-0", "-o",
+		`jsonpath={range .spec.volumes[?(@.persistentVolumeClaim)]}{.persistentVolumeClaim.claimName}{" "}{end}`)
+	for _, c := range claims {
+		if name, _, _ := strings.Cut(c, " "); !strings.HasSuffix(c, "Bound") || !strings.Contains(mounts, name) {
+			t.Fatalf("claim %q: want Bound and mounted by signer-bbolt-0 (mounts %q)", c, mounts)
+		}
+	}
 	keys := func() []string {
 		var ks []struct {
 			KeyID string `json:"key_id"`
@@ -709,18 +773,363 @@ func TestKindBboltSurvivesPodDeletion(t *testing.T) {
 		return ""
 	})
 	keysAfter, auditAfter := keys(), audit()
+	// The replacement's start-up line: the newest checkpoint it trusts (the
+	// store's and the checkpoint file's, checked against each other).
+	var startup struct {
+		Size          uint64 `json:"size"`
+		CheckpointKey string `json:"checkpoint_verifier_key"`
+	}
+	if line := startupLine(t, "pod/signer-bbolt-0"); json.Unmarshal([]byte(line), &startup) != nil {
+		t.Fatalf("start-up line %q", line)
+	}
 	kept := 0
 	for seq, e := range auditBefore {
 		if a, ok := auditAfter[seq]; ok && a.Leaf != "" && a.Leaf == e.Leaf {
 			kept++
 		}
 	}
-	figure(t, "claim %s; before the deletion: keys %v, %d audit entries; after: keys %v, %d audit entries, %d of the earlier ones unchanged",
-		pvc, keysBefore, len(auditBefore), keysAfter, len(auditAfter), kept)
+	figure(t, "claims %q and %q; before the deletion: keys %v, %d audit entries; after: keys %v, %d audit entries, %d of the earlier ones unchanged; "+
+		"the replacement checked the store against its checkpoint file before it served (its start-up checkpoint: size %d)",
+		claims["data"], claims["checkpoints"], keysBefore, len(auditBefore), keysAfter, len(auditAfter), kept, startup.Size)
 	if strings.Join(keysBefore, ",") != strings.Join(keysAfter, ",") {
 		t.Errorf("keys changed across the pod deletion: %v → %v", keysBefore, keysAfter)
 	}
 	if kept != len(auditBefore) {
 		t.Errorf("%d of %d audit entries survived", kept, len(auditBefore))
+	}
+}
+
+// The audit log's anchors. The Postgres signers push every checkpoint to
+// the in-cluster witness (omniwitness, namespace witness,
+// tests/e2e/kind/witness.yaml) and append it to the checkpoint file; the
+// operator checks what they say with the log's verifier key, pinned from
+// the signer's start-up line, and the witness policy the chart rendered.
+
+const nsWitness = "witness"
+
+// startupLine is the signer's "audit log" start-up line (JSON) in the log
+// of target (a pod, or deploy/signer for one of its pods).
+func startupLine(t *testing.T, target string) string {
+	t.Helper()
+	out := kubectl(t, "-n", nsSigner, "logs", target, "-c", "signer")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, `"msg":"audit log"`) {
+			return line
+		}
+	}
+	t.Fatalf("no \"audit log\" start-up line in the log of %s", target)
+	return ""
+}
+
+// anchors are what an operator verifies the Postgres signers' log with.
+type anchors struct {
+	origin, vkey string
+	verifier     *auditlog.Verifier
+	policyText   string
+	policy       *auditlog.WitnessPolicy
+}
+
+func logAnchors(t *testing.T) anchors {
+	t.Helper()
+	var line struct {
+		Origin string `json:"origin"`
+		VKey   string `json:"checkpoint_verifier_key"`
+	}
+	raw := startupLine(t, "deploy/signer")
+	if err := json.Unmarshal([]byte(raw), &line); err != nil || line.VKey == "" {
+		t.Fatalf("start-up line %q: %v", raw, err)
+	}
+	a := anchors{origin: line.Origin, vkey: line.VKey}
+	var err error
+	if a.verifier, err = auditlog.NewVerifier(line.VKey); err != nil {
+		t.Fatal(err)
+	}
+	a.policyText = kubectl(t, "-n", nsSigner, "get", "configmap", "signer-witness-policy", "-o", "jsonpath={.data.policy}")
+	if a.policy, err = auditlog.ParseWitnessPolicy([]byte(a.policyText)); err != nil {
+		t.Fatalf("the chart's witness policy %q: %v", a.policyText, err)
+	}
+	return a
+}
+
+func (a anchors) ctl() ctlOpts { return ctlOpts{checkpointKey: a.vkey, witnessPolicy: true} }
+
+// metrics reads a signer pod's /metrics through the API server's pod proxy
+// (the kubelet's node reaches the ops port, as its probes do): each series
+// as Prometheus prints it ("name" or `name{labels}`), with its value.
+func metrics(t *testing.T, pod string) map[string]float64 {
+	t.Helper()
+	out, err := kubectlE("get", "--raw", fmt.Sprintf("/api/v1/namespaces/%s/pods/%s:9090/proxy/metrics", nsSigner, pod))
+	if err != nil {
+		t.Fatalf("metrics of %s: %v", pod, err)
+	}
+	m := map[string]float64{}
+	for _, line := range strings.Split(out, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m
+}
+
+const (
+	mWitnessed  = "plexsphere_signer_audit_witnessed_size"
+	mCheckpoint = "plexsphere_signer_audit_checkpoint_size"
+	mAnchoredAt = "plexsphere_signer_audit_anchored_timestamp_seconds"
+	mUnanchored = "plexsphere_signer_audit_log_unanchored"
+)
+
+// witnessRequests is a pod's count of pushes to the witness ending in outcome.
+func witnessRequests(m map[string]float64, outcome string) float64 {
+	var n float64
+	for k, v := range m {
+		if strings.HasPrefix(k, "plexsphere_signer_witness_requests_total{") && strings.Contains(k, `outcome="`+outcome+`"`) {
+			n += v
+		}
+	}
+	return n
+}
+
+func anchorAge(m map[string]float64, now time.Time) float64 {
+	return float64(now.UnixNano())/1e9 - m[mAnchoredAt]
+}
+
+// withoutCosignatures is a signed note with every signature line but the
+// log's own removed.
+func withoutCosignatures(note, origin string) string {
+	i := strings.Index(note, "\n\n")
+	var b strings.Builder
+	b.WriteString(note[:i+2])
+	for _, line := range strings.SplitAfter(note[i+2:], "\n") {
+		if strings.HasPrefix(line, "\u2014 "+origin+" ") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
+// The signer's checkpoints are cosigned by the in-cluster witness: signerctl,
+// as the operator (the log's key pinned, the chart's witness policy given),
+// gets the newest witnessed checkpoint, and it verifies here with the
+// auditlog package alone: the log's signature and the witness's
+// cosignature per the policy. Without the cosignature the same checkpoint
+// is refused as not witnessed.
+func TestKindCheckpointCosignedByWitness(t *testing.T) {
+	start := time.Now()
+	a := logAnchors(t)
+	var cpj struct {
+		Origin string `json:"origin"`
+		Size   uint64 `json:"size"`
+		Note   string `json:"note"`
+	}
+	out := signerctlJobWith(t, "signer", 0, a.ctl(), "audit", "checkpoint", "--witnessed")
+	if docs := jsonDocs(out); len(docs) != 1 || json.Unmarshal([]byte(docs[0]), &cpj) != nil || cpj.Note == "" {
+		t.Fatalf("audit checkpoint --witnessed printed %q", out)
+	}
+	took := time.Since(start)
+	cp, err := a.verifier.OpenWitnessed([]byte(cpj.Note), a.policy)
+	if err != nil {
+		t.Fatalf("the witnessed checkpoint does not verify with the policy:\n%s\n%v", cpj.Note, err)
+	}
+	cosigners := a.policy.Cosigners([]byte(cpj.Note))
+	at := a.policy.CosignedAt([]byte(cpj.Note))
+	bare := withoutCosignatures(cpj.Note, a.origin)
+	if _, err := a.verifier.Open([]byte(bare)); err != nil {
+		t.Fatalf("the log's own signature alone does not verify: %v", err)
+	}
+	_, refused := a.verifier.OpenWitnessed([]byte(bare), a.policy)
+	if !errors.Is(refused, auditlog.ErrNotWitnessed) {
+		t.Errorf("the checkpoint without its cosignature: %v, want ErrNotWitnessed", refused)
+	}
+	var replicas []string
+	for _, pod := range settled(t) {
+		m := metrics(t, pod)
+		replicas = append(replicas, fmt.Sprintf("%s: checkpoint %.0f, witnessed %.0f, anchored %.1f s ago, pushes cosigned %.0f / error %.0f",
+			pod, m[mCheckpoint], m[mWitnessed], anchorAge(m, time.Now()), witnessRequests(m, "cosigned"), witnessRequests(m, "error")))
+		if m[mWitnessed] == 0 {
+			t.Errorf("%s has witnessed nothing", pod)
+		}
+	}
+	figure(t, "signerctl (key %s pinned, --witness-policy) got the witnessed checkpoint of size %d (%s) in %.1f s; cosigned by %v at %s (%.1f s before); "+
+		"OpenWitnessed with the chart's policy (%d witness, quorum signer-quorum): ok; without the cosignature: %v; replicas: %s",
+		a.vkey, cp.Size, cp.Origin, took.Seconds(), cosigners, at.UTC().Format(time.RFC3339), time.Since(at).Seconds(),
+		len(a.policy.Witnesses()), refused, strings.Join(replicas, "; "))
+	if len(cosigners) != 1 || cosigners[0] != "e2e-witness" {
+		t.Errorf("cosigners %v, want [e2e-witness]", cosigners)
+	}
+}
+
+// A core's signature is proven: the request id the example core printed
+// for one of its signatures, proven by signerctl as a C2SP tlog-proof and
+// checked offline here (auditlog.Verifier.VerifyProof with the witness
+// policy): the entry is that call's (sign, granted, the digests of the
+// core's message and signature) in a checkpoint the witness cosigned; a
+// proof with one byte of its entry changed is refused.
+func TestKindCoreSignatureProven(t *testing.T) {
+	a := logAnchors(t)
+	core := corePod(t, "core")
+	// A signature at least 30 s old: every replica's newest witnessed
+	// checkpoint (a check every 10 s) covers it, whichever answers.
+	var l coreLine
+	for _, c := range coreLog(t, nsCore, core, "core") {
+		if c.reqID != "" && c.at.Before(time.Now().Add(-30*time.Second)) {
+			l = c
+		}
+	}
+	if l.reqID == "" {
+		t.Fatalf("no signature with a request id in the log of %s", core)
+	}
+	start := time.Now()
+	out := signerctlJobWith(t, "signer", 0, a.ctl(), "audit", "prove", "--format", "tlog-proof", l.reqID)
+	took := time.Since(start)
+	i := strings.Index(out, "c2sp.org/tlog-proof@v1\n")
+	if i < 0 {
+		t.Fatalf("audit prove --format tlog-proof printed %q", out)
+	}
+	proof := []byte(out[i:])
+	e, cp, err := a.verifier.VerifyProof(proof, a.policy)
+	if err != nil {
+		t.Fatalf("the tlog-proof does not verify offline: %v\n%s", err, proof)
+	}
+	payload := sha256.Sum256([]byte(l.msg))
+	if e.RequestID.String() != l.reqID || e.Relation != "sign" || e.Reason != "granted" ||
+		hex.EncodeToString(e.SignatureSHA256) != l.sig || string(e.PayloadSHA256) != string(payload[:]) {
+		t.Errorf("the proven entry %+v is not the core's call %s (message %q, signature sha256 %s)", e, l.reqID, l.msg, l.sig)
+	}
+	p, err := auditlog.ParseProof(proof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Leaf[len(p.Leaf)-1] ^= 1
+	changed, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, refused := a.verifier.VerifyProof(changed, a.policy)
+	if refused == nil {
+		t.Error("a proof with its entry changed verifies")
+	}
+	figure(t, "request %s (the core's signature of %q at %s): signerctl proved it in %.1f s as a %d-byte tlog-proof of entry %d (%d hashes) to the checkpoint of size %d cosigned by %v; "+
+		"verified offline: %s %s by %s, payload and signature digests the core's; one byte of the entry changed: %v",
+		l.reqID, l.msg, l.at.UTC().Format(time.RFC3339), took.Seconds(), len(proof), e.Seq, len(p.Hashes), cp.Size,
+		a.policy.Cosigners(cp.Note), e.Relation, e.Reason, e.Object, firstLine(refused))
+}
+
+// firstLine is an error's message up to its first line break (a failed
+// inclusion proof goes on with both roots, byte by byte).
+func firstLine(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	line, _, _ := strings.Cut(err.Error(), "\n")
+	return strings.TrimSuffix(line, ":")
+}
+
+// The witness down for 30 s, within the signers' bound
+// (SIGNER_AUDIT_MAX_UNANCHORED, 1m): the core keeps signing with no failed
+// Sign, each replica's anchor ages but never passes the bound; the witness
+// back, each replica's next check is cosigned and its witnessed size
+// catches up past what it had signed when the witness returned, with no
+// operator action.
+func TestKindWitnessOutageWithinBound(t *testing.T) {
+	pods := settled(t)
+	core := corePod(t, "core")
+	before := map[string]map[string]float64{}
+	for _, p := range pods {
+		before[p] = metrics(t, p)
+	}
+	maxAge := map[string]float64{}
+	unanchored := map[string]bool{}
+	watch := func() map[string]map[string]float64 {
+		now := map[string]map[string]float64{}
+		for _, p := range pods {
+			m := metrics(t, p)
+			now[p] = m
+			maxAge[p] = max(maxAge[p], anchorAge(m, time.Now()))
+			unanchored[p] = unanchored[p] || m[mUnanchored] == 1
+		}
+		return now
+	}
+	down := time.Now()
+	kubectl(t, "-n", nsWitness, "scale", "deployment/omniwitness", "--replicas=0")
+	// Up again whatever happens, for the scenarios after this one.
+	defer kubectlE("-n", nsWitness, "scale", "deployment/omniwitness", "--replicas=1")
+	kubectl(t, "-n", nsWitness, "wait", "--for=delete", "pod", "-l", "app=omniwitness", "--timeout=60s")
+	gone := time.Now()
+	for time.Since(gone) < 30*time.Second {
+		watch()
+		time.Sleep(2 * time.Second)
+	}
+	during := watch()
+	up := time.Now()
+	kubectl(t, "-n", nsWitness, "scale", "deployment/omniwitness", "--replicas=1")
+	kubectl(t, "-n", nsWitness, "rollout", "status", "deployment/omniwitness", "--timeout=120s")
+	ready := time.Now()
+	// The size each replica had signed when the witness was back: its
+	// witnessed size must pass it, from a check that began after.
+	target := map[string]float64{}
+	for p, m := range watch() {
+		target[p] = m[mCheckpoint]
+	}
+	caught := map[string]time.Duration{}
+	var after map[string]map[string]float64
+	eventually(t, time.Minute, func() string {
+		after = watch()
+		for _, p := range pods {
+			m := after[p]
+			if _, ok := caught[p]; !ok && m[mWitnessed] >= target[p] && m[mAnchoredAt] > float64(up.UnixNano())/1e9 {
+				caught[p] = time.Since(ready)
+			}
+		}
+		if len(caught) < len(pods) {
+			var st []string
+			for _, p := range pods {
+				st = append(st, fmt.Sprintf("%s: witnessed %.0f of %.0f, anchored %.1f s ago", p, after[p][mWitnessed], target[p], anchorAge(after[p], time.Now())))
+			}
+			return "not caught up: " + strings.Join(st, "; ")
+		}
+		return ""
+	})
+	done := time.Now()
+	lines := coreLog(t, nsCore, core, "core")
+	sigs, fails := tally(lines, down, done)
+	outageSigs, _ := tally(lines, gone, up)
+	var longest time.Duration
+	var last time.Time
+	for _, l := range lines {
+		if l.sig == "" || l.at.Before(down) || l.at.After(done) {
+			continue
+		}
+		if !last.IsZero() && l.at.Sub(last) > longest {
+			longest = l.at.Sub(last)
+		}
+		last = l.at
+	}
+	var per []string
+	for _, p := range pods {
+		per = append(per, fmt.Sprintf("%s: witnessed %.0f before, %.0f during (pushes failed: %.0f), %.0f after (checkpoint %.0f when the witness was back), caught up %.1f s after it was ready, oldest anchor %.1f s",
+			p, before[p][mWitnessed], during[p][mWitnessed], witnessRequests(during[p], "error")-witnessRequests(before[p], "error"),
+			after[p][mWitnessed], target[p], caught[p].Seconds(), maxAge[p]))
+	}
+	figure(t, "witness scaled to 0 (gone after %.1f s), down %.1f s, ready %.1f s after the scale back to 1; the core got %d signatures while it was down and %d from the scale-down until both replicas caught up (%.1f s), "+
+		"failed Sign %v, longest gap between signatures %.2f s; %s",
+		gone.Sub(down).Seconds(), up.Sub(gone).Seconds(), ready.Sub(up).Seconds(), outageSigs, sigs, done.Sub(down).Seconds(),
+		fails, longest.Seconds(), strings.Join(per, "; "))
+	if len(fails) != 0 {
+		t.Errorf("failed Sign while the witness was down: %v", fails)
+	}
+	if outageSigs == 0 {
+		t.Error("no signature while the witness was down")
+	}
+	for p, u := range unanchored {
+		if u {
+			t.Errorf("%s refused RPCs as unanchored (oldest anchor %.1f s, bound 60 s)", p, maxAge[p])
+		}
 	}
 }
