@@ -139,6 +139,7 @@ store:
       mode: job
       ownerDsnSecret: {name: signer-db-owner, key: dsn}
       runtimeRole: signer
+      pruneRole: signer_prune
 provider:
   type: local
   local:
@@ -325,7 +326,7 @@ func TestSignerChartMigrationJob(t *testing.T) {
 		t.Errorf("migrate pod fsGroup %v, runAsGroup %v", ps.FSGroup, ps.RunAsGroup)
 	}
 	env := envOf(c)
-	if fmt.Sprint(c.Args) != "[--migrate-only]" || env["SIGNER_POSTGRES_RUNTIME_ROLE"] != "signer" ||
+	if fmt.Sprint(c.Args) != "[--migrate-only]" || env["SIGNER_POSTGRES_RUNTIME_ROLE"] != "signer" || env["SIGNER_POSTGRES_PRUNE_ROLE"] != "signer_prune" ||
 		env["SIGNER_POSTGRES_OWNER_DSN_FILE"] != "/var/run/secrets/plexsphere/postgres-owner/dsn" {
 		t.Errorf("migrate args %v env %v", c.Args, env)
 	}
@@ -459,6 +460,7 @@ func TestSignerChartRefusals(t *testing.T) {
 		{"migration job without an owner secret", "store: {type: postgres, postgres: {dsnSecret: {name: db, key: dsn}, migration: {mode: job, runtimeRole: signer}}}", "ownerDsnSecret.name is required"},
 		{"owner secret is the runtime secret", "store: {type: postgres, postgres: {dsnSecret: {name: db, key: dsn}, migration: {mode: job, runtimeRole: signer, ownerDsnSecret: {name: db, key: dsn}}}}", "must be another Secret"},
 		{"migration job without a runtime role", "store: {type: postgres, postgres: {dsnSecret: {name: db, key: dsn}, migration: {mode: job, ownerDsnSecret: {name: owner, key: dsn}}}}", "runtimeRole is required"},
+		{"prune role is the runtime role", "store: {type: postgres, postgres: {dsnSecret: {name: db, key: dsn}, migration: {mode: job, runtimeRole: signer, pruneRole: signer, ownerDsnSecret: {name: owner, key: dsn}}}}", "pruneRole must be another role"},
 		{"bbolt size not a quantity", "replicaCount: 1\nstore: {type: bbolt, bbolt: {size: lots}}", "size"},
 		{"files identity without a secret", "identity: {mode: files}", "identity.files.secretName is required"},
 	} {

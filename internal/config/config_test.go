@@ -86,6 +86,8 @@ func TestValidateNamesTheSetting(t *testing.T) {
 		{"no anchor outside the store", map[string]string{"SIGNER_CHECKPOINT_LOG": ""}, nil, "--audit-anchor-required / SIGNER_AUDIT_ANCHOR_REQUIRED: the audit log needs an anchor outside the store"},
 		{"unanchored bound below two intervals", nil, []string{"--audit-max-unanchored", "15s"}, "--audit-max-unanchored / SIGNER_AUDIT_MAX_UNANCHORED"},
 		{"epoch 0", nil, []string{"--audit-epoch", "0"}, "--audit-epoch / SIGNER_AUDIT_EPOCH"},
+		{"prune without a connection", map[string]string{"SIGNER_STORE": "postgres", "SIGNER_POSTGRES_DSN": "x"}, []string{"--prune-audit-upto", "64", "--prune-audit-export", "e.jsonl"}, "--postgres-prune-dsn-file / SIGNER_POSTGRES_PRUNE_DSN_FILE: --prune-audit-upto / SIGNER_PRUNE_AUDIT_UPTO needs the prune role's connection string"},
+		{"two prune connections", map[string]string{"SIGNER_STORE": "postgres", "SIGNER_POSTGRES_DSN": "x", "SIGNER_POSTGRES_PRUNE_DSN": "y"}, []string{"--postgres-prune-dsn-file", "f"}, "--postgres-prune-dsn-file / SIGNER_POSTGRES_PRUNE_DSN_FILE: set at most one"},
 		{"file init without a file", map[string]string{"SIGNER_CHECKPOINT_LOG": "", "SIGNER_WITNESS_POLICY_FILE": "/p"}, []string{"--checkpoint-log-init"}, "--checkpoint-log-init / SIGNER_CHECKPOINT_LOG_INIT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

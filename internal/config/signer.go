@@ -43,9 +43,12 @@ type Signer struct {
 	PostgresMaxConns int    `envconfig:"SIGNER_POSTGRES_MAX_CONNS" flag:"postgres-max-conns" default:"8" desc:"Postgres pool size"`
 	PostgresMigrate  bool   `envconfig:"SIGNER_POSTGRES_MIGRATE" flag:"postgres-migrate" default:"false" desc:"apply the schema migrations at start-up as the serving role, which then owns the schema (development only; see docs/postgres.md)"`
 
-	PostgresOwnerDSN     string `envconfig:"SIGNER_POSTGRES_OWNER_DSN" secret:"true" desc:"Postgres connection string of the schema owner, for --migrate-only and --prune-audit-upto (environment only)"`
+	PostgresOwnerDSN     string `envconfig:"SIGNER_POSTGRES_OWNER_DSN" secret:"true" desc:"Postgres connection string of the schema owner, for --migrate-only (and --prune-audit-upto without a prune role; environment only)"`
 	PostgresOwnerDSNFile string `envconfig:"SIGNER_POSTGRES_OWNER_DSN_FILE" flag:"postgres-owner-dsn-file" desc:"file holding the schema owner's connection string"`
 	PostgresRuntimeRole  string `envconfig:"SIGNER_POSTGRES_RUNTIME_ROLE" flag:"postgres-runtime-role" desc:"role the serving signer connects as; --migrate-only grants it INSERT and SELECT on the audit tables and nothing more"`
+	PostgresPruneRole    string `envconfig:"SIGNER_POSTGRES_PRUNE_ROLE" flag:"postgres-prune-role" desc:"role --prune-audit-upto may connect as; --migrate-only grants it the runtime role's rights and the audit_prune function, no DELETE"`
+	PostgresPruneDSN     string `envconfig:"SIGNER_POSTGRES_PRUNE_DSN" secret:"true" desc:"Postgres connection string of the prune role, for --prune-audit-upto (environment only; default: the owner's)"`
+	PostgresPruneDSNFile string `envconfig:"SIGNER_POSTGRES_PRUNE_DSN_FILE" flag:"postgres-prune-dsn-file" desc:"file holding the prune role's connection string"`
 	MigrateOnly          bool   `envconfig:"SIGNER_MIGRATE_ONLY" flag:"migrate-only" desc:"apply the Postgres schema as the owner, grant the runtime role, and exit"`
 	PruneAuditUpTo       int    `envconfig:"SIGNER_PRUNE_AUDIT_UPTO" flag:"prune-audit-upto" desc:"record a prune of the audit entries up to this seq in the log (signed, sealed, witnessed), then delete them, which the export file must hold, and exit (run as the owner with the signer's provider settings; bbolt: with the signer stopped)"`
 	PruneAuditExport     string `envconfig:"SIGNER_PRUNE_AUDIT_EXPORT" flag:"prune-audit-export" desc:"file written by signerctl audit export covering the entries to prune; verified before anything is deleted"`
@@ -158,8 +161,15 @@ func (c *Signer) Validate() error {
 		if c.MigrateOnly && c.PostgresOwnerDSN == "" && c.PostgresOwnerDSNFile == "" {
 			add(Errorf(c, "PostgresOwnerDSNFile", "%s needs the schema owner's connection string (%s or %s)", Name(c, "MigrateOnly"), Name(c, "PostgresOwnerDSN"), Name(c, "PostgresOwnerDSNFile")))
 		}
-		if c.PruneAuditUpTo > 0 && c.PostgresOwnerDSN == "" && c.PostgresOwnerDSNFile == "" {
-			add(Errorf(c, "PostgresOwnerDSNFile", "%s needs the schema owner's connection string: the serving role may not delete audit entries", Name(c, "PruneAuditUpTo")))
+		if c.PostgresPruneRole != "" && c.PostgresPruneRole == c.PostgresRuntimeRole {
+			add(Errorf(c, "PostgresPruneRole", "must be another role than %s: the serving signer must not be able to delete audit entries", Name(c, "PostgresRuntimeRole")))
+		}
+		if c.PostgresPruneDSN != "" && c.PostgresPruneDSNFile != "" {
+			add(Errorf(c, "PostgresPruneDSNFile", "set at most one of %s and %s", Name(c, "PostgresPruneDSN"), Name(c, "PostgresPruneDSNFile")))
+		}
+		if c.PruneAuditUpTo > 0 && c.PostgresPruneDSN == "" && c.PostgresPruneDSNFile == "" && c.PostgresOwnerDSN == "" && c.PostgresOwnerDSNFile == "" {
+			add(Errorf(c, "PostgresPruneDSNFile", "%s needs the prune role's connection string (%s, granted by --migrate-only with %s) or the owner's (%s): the serving role may not delete audit entries",
+				Name(c, "PruneAuditUpTo"), Name(c, "PostgresPruneDSNFile"), Name(c, "PostgresPruneRole"), Name(c, "PostgresOwnerDSNFile")))
 		}
 	default:
 		add(Errorf(c, "Store", "%q is not a store; use bbolt or postgres", c.Store))

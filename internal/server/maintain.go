@@ -26,30 +26,41 @@ import (
 
 // Maintain runs the one-off store task cfg names (cfg.Maintenance()):
 // --migrate-only applies the Postgres schema as its owner and grants the
-// runtime role; --prune-audit-upto deletes exported audit entries after
-// verifying the export holds them. Neither needs an identity or keys.
+// runtime and prune roles; --prune-audit-upto records a prune in the log
+// and deletes exported audit entries after verifying the export holds them
+// (with the signer's provider settings: the record is signed). Neither
+// needs an identity.
 func Maintain(ctx context.Context, cfg config.Signer, log *slog.Logger) error {
-	st, err := openOwner(ctx, &cfg, log)
+	if cfg.MigrateOnly {
+		st, err := openMaintenance(ctx, &cfg, false, log)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		roles := postgres.Roles{Runtime: cfg.PostgresRuntimeRole, Prune: cfg.PostgresPruneRole}
+		if err := st.(*postgres.Store).MigrateAndGrant(ctx, roles); err != nil {
+			return err
+		}
+		log.Info("schema migrated", "runtime_role", roles.Runtime, "prune_role", roles.Prune)
+	}
+	if cfg.PruneAuditUpTo == 0 {
+		return nil
+	}
+	// The prune role when there is one: a prune job need not hold the
+	// owner's credentials, and its role can delete only through the
+	// function that checks the prune's record.
+	st, err := openMaintenance(ctx, &cfg, cfg.PostgresPruneDSN != "" || cfg.PostgresPruneDSNFile != "", log)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if cfg.MigrateOnly {
-		pg := st.(*postgres.Store)
-		if err := pg.MigrateAndGrant(ctx, cfg.PostgresRuntimeRole); err != nil {
-			return err
-		}
-		log.Info("schema migrated", "runtime_role", cfg.PostgresRuntimeRole)
-		if cfg.PruneAuditUpTo == 0 {
-			return nil
-		}
-	}
 	return prune(ctx, &cfg, st, uint64(cfg.PruneAuditUpTo), log)
 }
 
-// openOwner opens the store as its owner: the owner DSN for Postgres, the
-// file for bbolt (which the serving signer must not hold open).
-func openOwner(ctx context.Context, cfg *config.Signer, log *slog.Logger) (store.Store, error) {
+// openMaintenance opens the store for a one-off task: for Postgres as the
+// owner or as the prune role, for bbolt the file (which the serving signer
+// must not hold open).
+func openMaintenance(ctx context.Context, cfg *config.Signer, asPruner bool, log *slog.Logger) (store.Store, error) {
 	switch cfg.Store {
 	case "bbolt":
 		st, err := bbolt.Open(cfg.BboltPath)
@@ -58,13 +69,17 @@ func openOwner(ctx context.Context, cfg *config.Signer, log *slog.Logger) (store
 		}
 		return st, nil
 	case "postgres":
-		dsn, err := config.ReadSecret(cfg.PostgresOwnerDSN, cfg.PostgresOwnerDSNFile)
-		if err != nil {
-			return nil, config.Errorf(cfg, "PostgresOwnerDSNFile", "%v", err)
+		inline, path, file := cfg.PostgresOwnerDSN, cfg.PostgresOwnerDSNFile, "PostgresOwnerDSNFile"
+		if asPruner {
+			inline, path, file = cfg.PostgresPruneDSN, cfg.PostgresPruneDSNFile, "PostgresPruneDSNFile"
 		}
-		st, err := postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: 2, Log: log})
+		conn, err := config.ReadSecret(inline, path)
 		if err != nil {
-			return nil, config.Errorf(cfg, "PostgresOwnerDSNFile", "%v", err)
+			return nil, config.Errorf(cfg, file, "%v", err)
+		}
+		st, err := postgres.Open(ctx, postgres.Config{DSN: conn, MaxConns: 2, Log: log})
+		if err != nil {
+			return nil, config.Errorf(cfg, file, "%v", err)
 		}
 		return st, nil
 	}

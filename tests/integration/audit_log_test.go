@@ -367,7 +367,7 @@ func scrape(t *testing.T, ops string) string {
 	return b.String()
 }
 
-// Retention: an operator exports a sealed range, the owner prunes it after
+// Retention: an operator exports a sealed range, the prune role prunes it after
 // the export verifies against the store byte for byte, and later entries
 // still verify (from the export) and prove.
 func TestExportThenPrune(t *testing.T) {
@@ -392,7 +392,8 @@ func TestExportThenPrune(t *testing.T) {
 
 	prune := func(file string) error {
 		cfg := env.Config
-		cfg.Store, cfg.PostgresOwnerDSN, cfg.PruneAuditUpTo, cfg.PruneAuditExport = "postgres", db.AdminDSN, int(h.To), file
+		// As the prune role: it holds no DELETE, only audit_prune.
+		cfg.Store, cfg.PostgresPruneDSN, cfg.PruneAuditUpTo, cfg.PruneAuditExport = "postgres", db.PruneDSN, int(h.To), file
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}

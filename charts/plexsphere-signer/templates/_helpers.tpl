@@ -140,6 +140,9 @@ them all (SIGNER_CHECKPOINT_LOG names a directory).
 {{- if not $pg.migration.runtimeRole -}}
 {{- fail "store.postgres.migration.runtimeRole is required with migration.mode=job: the role the signer connects as, granted by the migration" -}}
 {{- end -}}
+{{- if eq $pg.migration.pruneRole $pg.migration.runtimeRole -}}
+{{- fail "store.postgres.migration.pruneRole must be another role than runtimeRole: the serving signer must not be able to delete audit entries" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq .Values.identity.mode "files") (not .Values.identity.files.secretName) -}}

@@ -85,7 +85,7 @@ func (x tamper) Wipe(t testing.TB) {
 	})
 }
 
-func (x tamper) Owner(testing.TB) store.Pruner { return x.s }
+func (x tamper) Pruner(testing.TB) store.Pruner { return x.s }
 
 func beUint(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
 

@@ -129,22 +129,44 @@ var RuntimeGrants = []string{
 	"GRANT SELECT ON audit_pruned, goose_db_version TO %s",
 }
 
+// PruneGrants are what a prune role needs beyond RuntimeGrants (it appends
+// the prune's record like a serving signer): the one function that deletes,
+// under a mark whose record is in the log. It holds no DELETE privilege and
+// no ownership, so a prune job never needs the owner's credentials.
+var PruneGrants = []string{
+	"GRANT EXECUTE ON FUNCTION audit_prune(bigint, bigint) TO %s",
+}
+
+// Roles are the roles --migrate-only grants to; an empty one is skipped.
+type Roles struct {
+	Runtime string // the serving signer's
+	Prune   string // --prune-audit-upto's, if not the owner's
+}
+
 // MigrateAndGrant applies the embedded migrations as the store's role (the
-// owner) and grants runtimeRole what the serving signer needs, nothing more.
-func (s *Store) MigrateAndGrant(ctx context.Context, runtimeRole string) error {
+// owner) and grants each role what it needs, nothing more.
+func (s *Store) MigrateAndGrant(ctx context.Context, roles Roles) error {
 	if err := s.Migrate(ctx); err != nil {
 		return err
 	}
-	if runtimeRole == "" {
+	grant := func(role string, grants ...[]string) error {
+		if role == "" {
+			return nil
+		}
+		id := pgx.Identifier{role}.Sanitize()
+		for _, gs := range grants {
+			for _, g := range gs {
+				if _, err := s.pool.Exec(ctx, fmt.Sprintf(g, id)); err != nil {
+					return fmt.Errorf("postgres: grant to %s: %w", role, redact(err))
+				}
+			}
+		}
 		return nil
 	}
-	role := pgx.Identifier{runtimeRole}.Sanitize()
-	for _, g := range RuntimeGrants {
-		if _, err := s.pool.Exec(ctx, fmt.Sprintf(g, role)); err != nil {
-			return fmt.Errorf("postgres: grant to %s: %w", runtimeRole, redact(err))
-		}
+	if err := grant(roles.Runtime, RuntimeGrants); err != nil {
+		return err
 	}
-	return nil
+	return grant(roles.Prune, RuntimeGrants, PruneGrants)
 }
 
 // Migrate applies the embedded migrations, holding a Postgres advisory lock

@@ -30,11 +30,12 @@ func TestConformance(t *testing.T) {
 	srv := pgtest.Require(t)
 	storetest.Run(t, func(t *testing.T) (store.Store, storetest.Tamper) {
 		st, db := srv.Open(t)
-		return st, tamper{dsn: db.AdminDSN}
+		return st, tamper{dsn: db.AdminDSN, pruneDSN: db.PruneDSN}
 	})
 }
 
-type tamper struct{ dsn string }
+// tamper writes as the owner (dsn); it prunes as the prune role.
+type tamper struct{ dsn, pruneDSN string }
 
 func (x tamper) exec(t testing.TB, sql string, args ...any) {
 	t.Helper()
@@ -73,13 +74,13 @@ func (x tamper) DeleteCheckpoints(t testing.TB, above uint64) {
 	x.exec(t, `DELETE FROM audit_checkpoints WHERE size > $1`, int64(above))
 }
 
-func (x tamper) Owner(t testing.TB) store.Pruner {
-	owner, err := postgres.Open(context.Background(), postgres.Config{DSN: x.dsn, MaxConns: 2})
+func (x tamper) Pruner(t testing.TB) store.Pruner {
+	pr, err := postgres.Open(context.Background(), postgres.Config{DSN: x.pruneDSN, MaxConns: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { owner.Close() })
-	return owner
+	t.Cleanup(func() { pr.Close() })
+	return pr
 }
 
 // Rollback is what restoring a dump taken at size gives.
@@ -151,6 +152,32 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 			t.Errorf("the service role may: %s", q)
 		} else if !strings.Contains(err.Error(), "42501") {
 			t.Errorf("%s: %v, want insufficient_privilege (42501)", q, err)
+		}
+	}
+	// The prune role deletes only through audit_prune, which checks the
+	// mark and its record like the triggers: with no prune record at seq 2
+	// (and entries 1..16 not there to prune), it is refused too.
+	pruner, err := pgx.Connect(ctx, db.PruneDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pruner.Close(ctx)
+	for _, q := range []string{
+		"UPDATE audit_entries SET leaf = '\\x00' WHERE seq = 1",
+		"DELETE FROM audit_entries WHERE seq = 2",
+		"TRUNCATE audit_entries",
+		"DELETE FROM audit_seals",
+		"DELETE FROM audit_pruned",
+		"INSERT INTO audit_pruned (upto, record_seq) VALUES (16, 2)",
+		"ALTER TABLE audit_entries DISABLE TRIGGER ALL",
+		"SET session_replication_role = replica",
+		"SELECT audit_prune(16, 2)",
+		"SELECT audit_prune(9223372036854775807, 1)",
+	} {
+		if _, err := pruner.Exec(ctx, q); err == nil {
+			t.Errorf("the prune role may: %s", q)
+		} else if !strings.Contains(err.Error(), "42501") && !strings.Contains(err.Error(), "23514") {
+			t.Errorf("prune role, %s: %v, want a refusal", q, err)
 		}
 	}
 	owner, err := pgx.Connect(ctx, db.AdminDSN)
@@ -242,7 +269,7 @@ func TestKeyStateOnlyMovesOn(t *testing.T) {
 	if k, _ := st.Key(ctx, "k-active"); k.State != store.Retired || !store.Destroyed(k) {
 		t.Fatalf("retired key %+v: its handle is not destroyed", k)
 	}
-	for _, role := range []struct{ name, dsn string }{{"runtime", db.AppDSN}, {"owner", db.AdminDSN}} {
+	for _, role := range []struct{ name, dsn string }{{"runtime", db.AppDSN}, {"prune", db.PruneDSN}, {"owner", db.AdminDSN}} {
 		conn, err := pgx.Connect(ctx, role.dsn)
 		if err != nil {
 			t.Fatal(err)
@@ -297,7 +324,7 @@ func TestMigrateAndGrant(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer owner.Close()
-	if err := owner.MigrateAndGrant(ctx, pgtest.AppRole); err != nil {
+	if err := owner.MigrateAndGrant(ctx, postgres.Roles{Runtime: pgtest.AppRole, Prune: pgtest.PruneRole}); err != nil {
 		t.Fatal(err)
 	}
 	if err := app.Schema(ctx); err != nil {

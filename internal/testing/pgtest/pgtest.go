@@ -36,10 +36,13 @@ import (
 // Image is the locally built Postgres image.
 const Image = "plexsphere/postgres-test:15"
 
-// AppRole is the service role, with the grants postgres.RuntimeGrants lists.
+// AppRole is the service role, with the grants postgres.RuntimeGrants
+// lists; PruneRole the prune role, with postgres.PruneGrants besides.
 const (
-	AppRole     = "plexsphere_signer"
-	AppPassword = "signer-app-password"
+	AppRole       = "plexsphere_signer"
+	AppPassword   = "signer-app-password"
+	PruneRole     = "plexsphere_signer_prune"
+	PrunePassword = "signer-prune-password"
 )
 
 const (
@@ -219,17 +222,18 @@ func (s *Server) exec(ctx context.Context, db string, stmts ...string) error {
 func (s *Server) makeTemplate(ctx context.Context) error {
 	if err := s.exec(ctx, "postgres",
 		"CREATE DATABASE "+template,
-		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", AppRole, AppPassword)); err != nil {
+		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", AppRole, AppPassword),
+		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", PruneRole, PrunePassword)); err != nil {
 		return err
 	}
 	// As plexsphere-signer --migrate-only does: the owner migrates and
-	// grants the service role what it needs, nothing more.
+	// grants the service and prune roles what they need, nothing more.
 	st, err := postgres.Open(ctx, postgres.Config{DSN: s.AdminDSN(template)})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	return st.MigrateAndGrant(ctx, AppRole)
+	return st.MigrateAndGrant(ctx, postgres.Roles{Runtime: AppRole, Prune: PruneRole})
 }
 
 // DB is a fresh, migrated database.
@@ -237,6 +241,7 @@ type DB struct {
 	Name     string
 	AdminDSN string // the owner: may migrate
 	AppDSN   string // the service role: no UPDATE/DELETE on the audit log
+	PruneDSN string // the prune role: deletes only through audit_prune
 }
 
 // NewDatabase clones the migrated template for one test and drops it after.
@@ -252,7 +257,7 @@ func (s *Server) NewDatabase(t testing.TB) DB {
 		t.Fatalf("pgtest: %v", err)
 	}
 	t.Cleanup(func() { s.exec(context.Background(), "postgres", "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
-	return DB{Name: name, AdminDSN: s.AdminDSN(name), AppDSN: s.DSN(name, AppRole, AppPassword)}
+	return DB{Name: name, AdminDSN: s.AdminDSN(name), AppDSN: s.DSN(name, AppRole, AppPassword), PruneDSN: s.DSN(name, PruneRole, PrunePassword)}
 }
 
 // Open opens the store for a fresh database as the service role.

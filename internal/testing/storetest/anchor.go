@@ -3,6 +3,7 @@ package storetest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -40,6 +41,7 @@ var anchorAttacks = []struct {
 	{"RestoreIsANewEpoch", restoreIsANewEpoch},
 	{"ForgedPruneMark", forgedPruneMark},
 	{"PruneMarkNamingAnotherEntry", pruneMarkNamingAnotherEntry},
+	{"PruneRecordForgedByTheStore", pruneRecordForged},
 	{"WitnessOutageIsBounded", witnessOutageIsBounded},
 }
 
@@ -410,13 +412,43 @@ func pruneMarkNamingAnotherEntry(t *testing.T, s store.Store, x Tamper) {
 	ctx := context.Background()
 	l := newLog(t, s)
 	l.write(t, 0, 80)
-	record := l.prune(t, s, x.Owner(t), 32)
+	record := l.prune(t, s, x.Pruner(t), 32)
 	must(t, l.log.Check(ctx))
 	x.DeleteLeaves(t, 33, 64)
 	x.ForgePruneMark(t, 64, record)
 	wantBroken(t, "a mark naming the record of another prune", l.log.Check(ctx), "is not the record of that prune")
 	x.ForgePruneMark(t, 64, 70)
 	wantBroken(t, "a mark naming an ordinary entry", l.log.Check(ctx), "names entry 70, which is not the record")
+}
+
+// A prune record the store writer fabricates (the Postgres prune role can
+// append one and call audit_prune with it): it states the prune exactly,
+// the root of the first 64 entries included, which anyone can compute from
+// the kept tree nodes. But no replica committed it, so it carries no seal:
+// the check refuses it, before and after a restart, and never checkpoints
+// it.
+func pruneRecordForged(t *testing.T, s store.Store, x Tamper) {
+	ctx := context.Background()
+	l := newLog(t, s)
+	l.write(t, 0, 80)
+	cp := checkpoint(t, l)
+	at64, err := audit.TreeAt(ctx, s, 64)
+	must(t, err)
+	rec := auditlog.PruneRecord{UpTo: 64, RootAtUpTo: at64.Root(), ExportFrom: 1, ExportTo: 64, ExportCheckpoint: string(cp.Note)}
+	detail, err := json.Marshal(rec)
+	must(t, err)
+	e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationLog, auditlog.MethodPrune, t0)
+	e.Object, e.Reason, e.Code, e.Detail = "audit-log:"+l.origin+":entries-1-64", auditlog.ReasonGranted, "OK", detail
+	leaf, err := auditlog.AppendLeaf(nil, &e)
+	must(t, err)
+	x.AppendRaw(t, leaf)
+	x.DeleteLeaves(t, 1, 64)
+	x.ForgePruneMark(t, 64, 81)
+	wantBroken(t, "the check over the forged record", l.log.Check(ctx), "81..81 carry no seal")
+	if got := l.log.Latest(); got.Size > 80 {
+		t.Fatalf("the forged record was checkpointed (size %d)", got.Size)
+	}
+	wantBroken(t, "a restart", l.restart(t, s).Check(ctx), "carry no seal")
 }
 
 // A witness that stops answering: signing goes on while the log was

@@ -40,9 +40,9 @@ type Tamper interface {
 	DeleteCheckpoints(t testing.TB, above uint64)
 	// Wipe removes every entry, node, request and checkpoint.
 	Wipe(t testing.TB)
-	// Owner is the store as its owner opens it to prune (bbolt: the same
-	// store; Postgres: the owner role, since the serving role may not).
-	Owner(t testing.TB) store.Pruner
+	// Pruner is the store as --prune-audit-upto opens it (bbolt: the same
+	// store; Postgres: the prune role, since the serving role may not).
+	Pruner(t testing.TB) store.Pruner
 	// Rollback makes the store what a backup taken at size would restore:
 	// every entry, tree node, seal, checkpoint and witnessed checkpoint
 	// above size gone.
@@ -487,7 +487,7 @@ func (l *testLog) prune(t *testing.T, s store.Store, pr store.Pruner, upto uint6
 
 func testPrune(t *testing.T, s store.Store, x Tamper) {
 	ctx := context.Background()
-	pr := x.Owner(t)
+	pr := x.Pruner(t)
 	l := newLog(t, s)
 	l.write(t, 0, 50)
 	cp, err := l.log.Checkpoint(ctx)
