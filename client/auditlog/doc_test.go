@@ -45,7 +45,7 @@ func TestAuditDocFormats(t *testing.T) {
 	if !bytes.Contains(doc, []byte(hex.EncodeToString(h[:]))) {
 		t.Fatalf("docs/audit.md does not give the example's leaf hash %x", h)
 	}
-	if !regexp.MustCompile(`Example: the middleware entry of a granted Sign \(` + "131" + ` bytes`).Match(doc) || len(leaf) != 131 {
+	if !regexp.MustCompile(`Example: the middleware entry of a granted Sign \(`+"131"+` bytes`).Match(doc) || len(leaf) != 131 {
 		t.Fatalf("the example is %d bytes; the page says otherwise", len(leaf))
 	}
 }
