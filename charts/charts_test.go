@@ -658,12 +658,12 @@ func TestExampleCoreChartRefusals(t *testing.T) {
 		{"cert-manager CSI driver under another name",
 			"extraVolumes: [{name: x, csi: {driver: spiffe.csi.cert-manager.io, readOnly: true}}]\nextraVolumeMounts: [{name: x, mountPath: /id}]",
 			"must not mount x"},
-		{"agent socket directory by hostPath",
-			"extraVolumes: [{name: run, hostPath: {path: /run/spire/agent-sockets/}}]\nextraVolumeMounts: [{name: run, mountPath: /x}]",
-			"must not mount run"},
-		{"a hostPath above the agent socket directory",
-			"extraVolumes: [{name: host-run, hostPath: {path: /run}}]\nextraVolumeMounts: [{name: host-run, mountPath: /x}]",
-			"must not mount host-run"},
+		{"a volume named like the sidecar's socket",
+			"extraVolumes: [{name: plexsphere-socket, hostPath: {path: /run/spire/agent-sockets}}]",
+			`extraVolumes[0] is named "plexsphere-socket", a name of the sidecar's volumes; rename it`},
+		{"a volume named like the sidecar's identity",
+			"extraVolumes: [{name: plexsphere-identity, emptyDir: {}}]",
+			`extraVolumes[0] is named "plexsphere-identity", a name of the sidecar's volumes; rename it`},
 		{"the SVID Secret under another name",
 			"sidecar: {identity: {mode: files, files: {secretName: core-svid}}}\nextraVolumes: [{name: s, secret: {secretName: core-svid}}]\nextraVolumeMounts: [{name: s, mountPath: /s}]",
 			"must not mount s"},
@@ -672,20 +672,113 @@ func TestExampleCoreChartRefusals(t *testing.T) {
 		{"core uid not on the allow-list", "runAsUser: 1000", "runAsUser 1000 is not on sidecar.allowUIDs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := values(t, coreValues)
-			for k, x := range values(t, tc.extra) {
-				if sub, ok := x.(map[string]any); ok && k == "sidecar" {
-					for sk, sv := range sub {
-						v["sidecar"].(map[string]any)[sk] = sv
-					}
-					continue
-				}
-				v[k] = x
-			}
-			_, err := render(t, "example-core", v)
+			_, err := render(t, "example-core", withExtra(t, tc.extra))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// withExtra merges YAML into the example core's values; a sidecar block is
+// merged key by key into the default one.
+func withExtra(t *testing.T, extra string) map[string]any {
+	t.Helper()
+	v := values(t, coreValues)
+	for k, x := range values(t, extra) {
+		if sub, ok := x.(map[string]any); ok && k == "sidecar" {
+			for sk, sv := range sub {
+				v["sidecar"].(map[string]any)[sk] = sv
+			}
+			continue
+		}
+		v[k] = x
+	}
+	return v
+}
+
+// No core container mounts a hostPath, however it is spelt: path strings
+// cannot be compared (/var/run is /run, "//", "." and ".." change nothing
+// for the kernel), and a host directory can hold the SPIRE agent socket
+// (hostpath mode), the socket directory the SPIFFE CSI driver serves, or
+// the kubelet's pod volumes with every pod's CSI mounts and Secrets. A core
+// that reached the agent socket could fetch the pod's SVID: the sidecar's
+// identity. Each case is refused with the volume's value and the fix named.
+func TestExampleCoreChartRefusesHostPathMounts(t *testing.T) {
+	for _, tc := range []struct{ name, path, mount string }{
+		{"the agent socket directory through /var/run", "/var/run/spire/agent-sockets", ""},
+		{"its parent through /var/run", "/var/run/spire", ""},
+		{"a doubled slash", "/run//spire/agent-sockets", ""},
+		{"a dot", "/run/./spire", ""},
+		{"a trailing slash", "/run/spire/agent-sockets/", ""},
+		{"a dot-dot that comes back", "/run/spire/../spire", ""},
+		{"a leading doubled slash", "//run/spire", ""},
+		{"/var/run with a trailing slash", "/var/run/", ""},
+		{"the agent socket itself", "/run/spire/agent-sockets/spire-agent.sock", ""},
+		{"the root", "/", ""},
+		{"/run", "/run", ""},
+		{"/var", "/var", ""},
+		{"/run through a subPath", "/run", "subPath: spire/agent-sockets"},
+		{"the kubelet's pod volumes (CSI mounts, Secrets)", "/var/lib/kubelet/pods", ""},
+		{"the container runtime's socket", "/run/containerd", ""},
+		{"a directory that looks harmless", "/opt/core-data", ""},
+		{"an empty path", "", ""},
+		{"no path at all", "-", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mount := "{name: host, mountPath: /host}"
+			if tc.mount != "" {
+				mount = "{name: host, mountPath: /host, " + tc.mount + "}"
+			}
+			hostPath := fmt.Sprintf("{path: %q}", tc.path)
+			if tc.path == "-" {
+				hostPath, tc.path = "{}", ""
+			}
+			v := withExtra(t, fmt.Sprintf("extraVolumes: [{name: cache, emptyDir: {}}, {name: host, hostPath: %s}]\nextraVolumeMounts: [%s]", hostPath, mount))
+			_, err := render(t, "example-core", v)
+			if err == nil {
+				t.Fatalf("hostPath %q mounted by the core rendered", tc.path)
+			}
+			// One line that names the value and the fix.
+			msg := err.Error()
+			for _, want := range []string{
+				fmt.Sprintf(`container core must not mount host: extraVolumes[1] is hostPath %q`, tc.path),
+				"use an emptyDir, configMap, secret or persistentVolumeClaim instead",
+			} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("err = %v\nwant it to contain %q", err, want)
+				}
+			}
+			if strings.Contains(msg, "\n") {
+				t.Errorf("err spans lines: %q", msg)
+			}
+		})
+	}
+}
+
+// The core keeps every volume that is not a host directory.
+func TestExampleCoreChartExtraVolumes(t *testing.T) {
+	v := withExtra(t, `
+extraVolumes:
+  - {name: cache, emptyDir: {}}
+  - {name: config, configMap: {name: core-config}}
+  - {name: data, persistentVolumeClaim: {claimName: core-data}}
+  - {name: unused-host, hostPath: {path: /opt/core-data}}
+extraVolumeMounts:
+  - {name: cache, mountPath: /cache}
+  - {name: config, mountPath: /etc/core, readOnly: true}
+  - {name: data, mountPath: /data}
+`)
+	m, err := render(t, "example-core", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := m.deployments[0].Spec.Template.Spec
+	var mounts []string
+	for _, vm := range pod.Containers[0].VolumeMounts {
+		mounts = append(mounts, vm.Name)
+	}
+	if got := strings.Join(mounts, " "); got != "plexsphere-socket cache config data" {
+		t.Errorf("core mounts %s", got)
 	}
 }

@@ -177,13 +177,28 @@ identity or credentials. Pass:
   "sidecar":    the sidecar values;
   "pod":        pod-level settings (shareProcessNamespace);
   "volumes":    the pod's other volumes (the chart's extra volumes);
+  "volumesKey": the values key those volumes come from, for the messages
+                (default "volumes");
   "containers": the core containers (name, volumeMounts, env).
 Refused:
+  - a volume named like one of the sidecar's (plexsphere-socket,
+    plexsphere-identity): two volumes of one name are refused by the API
+    server at best, and a merge patch on upgrade could keep either;
   - shareProcessNamespace: the core could read the sidecar's memory and
     files through /proc;
   - a core mount of plexsphere-identity, or of ANY volume whose source is the
-    identity's (the CSI driver, a hostPath at or above/below the agent's
-    socket directory, the SVID Secret), whatever its name;
+    identity's (the CSI driver, the SVID Secret), whatever its name;
+  - a core mount of ANY hostPath volume, whatever its path. Comparing paths
+    cannot hold: /var/run is a link to /run, "//", "/./" and "x/../x" name
+    the same directory, and the chart cannot know every host directory that
+    reaches an identity: the SPIRE agent socket directory (hostpath mode),
+    the one the SPIFFE CSI driver serves from (another daemon's setting),
+    the kubelet's pod volumes (every pod's CSI mounts and Secrets, under a
+    root directory each distribution moves), the container runtime's
+    socket. A core that reaches the agent socket fetches the pod's SVID,
+    which is the sidecar's identity. No documented use of the core needs a
+    host directory; node-local data belongs in a persistentVolumeClaim on a
+    local PersistentVolume, whose path the cluster's administrator chose;
   - Workload API and SVID overrides in the core's environment
     (SPIFFE_ENDPOINT_SOCKET, SIDECAR_*, SIGNER_*).
 */}}
@@ -194,15 +209,19 @@ Refused:
 {{- fail "shareProcessNamespace is refused in a pod with the plexsphere sidecar: the core could read the sidecar's SVID through /proc" -}}
 {{- end -}}
 {{- $drivers := list $id.spiffeCSI.driver $id.certManager.driver -}}
-{{- $agentDir := trimSuffix "/" $id.hostPath.path -}}
+{{- $volumesKey := .volumesKey | default "volumes" -}}
 {{- $identityVolumes := list "plexsphere-identity" -}}
-{{- range .volumes -}}
-{{- $v := . -}}
+{{- $hostPaths := dict -}}
+{{- range $i, $v := .volumes -}}
+{{- if has (toString $v.name) (list "plexsphere-socket" "plexsphere-identity") -}}
+{{- fail (printf "%s[%d] is named %q, a name of the sidecar's volumes; rename it" $volumesKey $i (toString $v.name)) -}}
+{{- end -}}
 {{- $isIdentity := false -}}
 {{- if and $v.csi (has $v.csi.driver $drivers) -}}{{- $isIdentity = true -}}{{- end -}}
-{{- if $v.hostPath -}}
-{{- $p := trimSuffix "/" $v.hostPath.path -}}
-{{- if or (eq $p $agentDir) (hasPrefix (printf "%s/" $agentDir) $p) (hasPrefix (printf "%s/" $p) $agentDir) (eq $p "") -}}{{- $isIdentity = true -}}{{- end -}}
+{{- /* hasKey: an empty hostPath ({}) is falsy but still a hostPath. */ -}}
+{{- if hasKey $v "hostPath" -}}
+{{- $path := "" -}}{{- if $v.hostPath -}}{{- $path = $v.hostPath.path | default "" -}}{{- end -}}
+{{- $_ := set $hostPaths (toString $v.name) (printf "%s[%d] is hostPath %q" $volumesKey $i $path) -}}
 {{- end -}}
 {{- if and $v.secret $id.files.secretName (eq $v.secret.secretName $id.files.secretName) -}}{{- $isIdentity = true -}}{{- end -}}
 {{- if $v.projected -}}
@@ -217,6 +236,9 @@ Refused:
 {{- range .volumeMounts -}}
 {{- if has .name $identityVolumes -}}
 {{- fail (printf "container %s must not mount %s: it is the sidecar's identity (%s); the core holds no credentials" $c.name .name $id.mode) -}}
+{{- end -}}
+{{- if hasKey $hostPaths (toString .name) -}}
+{{- fail (printf "container %s must not mount %s: %s, and a core container mounts no host directory (one may hold the SPIRE agent socket or the kubelet's pod volumes, and with them the sidecar's SVID); use an emptyDir, configMap, secret or persistentVolumeClaim instead" $c.name .name (get $hostPaths (toString .name))) -}}
 {{- end -}}
 {{- end -}}
 {{- range .env -}}
