@@ -12,8 +12,9 @@
 #  3. cluster: one node (E2E_NODES=config keeps every node of KIND_CONFIG),
 #     with the workarounds this host needs (tests/e2e/kindcluster detect);
 #  4. SPIRE (server with k8s_psat, agent DaemonSet with the k8s workload
-#     attestor, one registration entry per ServiceAccount), Postgres, a C2SP
-#     tlog-witness (omniwitness, namespace witness, its key generated here),
+#     attestor, one registration entry per ServiceAccount, each selecting
+#     the container that holds the identity), Postgres, a C2SP tlog-witness
+#     (omniwitness, namespace witness, its key generated here),
 #     the signer chart (2 replicas, postgres store, migration Job, its audit
 #     log anchored by the witness and a checkpoint file; installed the way
 #     docs/kubernetes.md's first install says: the witness learns the log's
@@ -145,8 +146,14 @@ entry() { # SPIFFE ID path, selectors...
 }
 # Every agent of this cluster is a parent of the workload entries.
 "${spire_server[@]}" entry create "${sock[@]}" -node -spiffeID "spiffe://$TD/k8s/plexsphere-e2e/node" -selector k8s_psat:cluster:plexsphere-e2e >/dev/null
-for sa in "$NS_SIGNER/signer" "$NS_SIGNER/signer-bbolt" "$NS_SIGNER/signer-operator" "$NS_CORE/core" "$NS_CORE/intruder"; do
-  entry "/ns/${sa%%/*}/sa/${sa##*/}" "k8s:ns:${sa%%/*}" "k8s:sa:${sa##*/}"
+# One entry per ServiceAccount, each also selecting the one container that
+# holds the identity: in a core pod only the sidecar (plexsphere-sidecar),
+# never the core container beside it, gets the pod's SVID, even if the core
+# reached the agent socket (TestKindOnlyTheSidecarContainerGetsTheSVID).
+for sa_container in "$NS_SIGNER/signer/signer" "$NS_SIGNER/signer-bbolt/signer" "$NS_SIGNER/signer-operator/signerctl" \
+  "$NS_CORE/core/plexsphere-sidecar" "$NS_CORE/intruder/plexsphere-sidecar"; do
+  IFS=/ read -r ns sa container <<<"$sa_container"
+  entry "/ns/$ns/sa/$sa" "k8s:ns:$ns" "k8s:sa:$sa" "k8s:container-name:$container"
 done
 kubectl apply -f tests/e2e/kind/spire-agent.yaml >/dev/null
 kubectl -n spire rollout status daemonset/spire-agent --timeout=180s
