@@ -5,6 +5,7 @@
 #   plexsphere/signerctl:dev (operator CLI, e.g. as a Kubernetes Job)
 #   plexsphere/pause:dev (the Docker e2e's network-namespace holder)
 #   plexsphere/e2e-probe:dev (the kind e2e's TCP reachability probe)
+#   plexsphere/e2e-svidprobe:dev (the kind e2e's Workload API probe)
 # and the PKCS#11 variant of the signer, which needs a C library: it is
 # assembled FROM scratch out of the cgo binary, the shared libraries ldd
 # names, and Debian's SoftHSM2 module (mount a vendor's module for a real HSM):
@@ -35,6 +36,7 @@ static sidecar ./cmd/plexsphere-sidecar
 static example-core ./examples/core
 static signerctl ./cmd/signerctl
 static e2e-probe ./tests/e2e/probe
+static e2e-svidprobe ./tests/e2e/svidprobe
 static pause ./tests/e2e/pause # holds a test "pod's" network namespace
 
 # The PKCS#11 variant: a dynamically linked binary and its libraries.

@@ -124,7 +124,7 @@ single=()
 "${KIND[@]}" create "${single[@]}" --image "$node_image" "$KIND_CONFIG"
 "${KIND[@]}" kubeconfig >"$KUBECONFIG"
 "${KIND[@]}" load plexsphere/signer:dev plexsphere/sidecar:dev plexsphere/example-core:dev plexsphere/signerctl:dev \
-  plexsphere/e2e-probe:dev plexsphere/postgres-test:15 plexsphere/spire-server:e2e plexsphere/spire-agent:e2e \
+  plexsphere/e2e-probe:dev plexsphere/e2e-svidprobe:dev plexsphere/postgres-test:15 plexsphere/spire-server:e2e plexsphere/spire-agent:e2e \
   plexsphere/witness:e2e
 kubectl -n kube-system wait --for=condition=Ready pods --all --timeout=180s >/dev/null
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -179,7 +180,7 @@ func corePod(t *testing.T, release string) string {
 
 // operatorSpec is a signerctl pod spec (indented for a pod template) with
 // the operator's identity (SPIRE entry ns/plexsphere/sa/signer-operator,
-// from the agent socket by hostPath); operatorLabels carry the label the
+// container signerctl, from the agent socket by hostPath); operatorLabels carry the label the
 // signer's NetworkPolicy admits.
 const operatorLabels = `{plexsphere.io/signer-client: "true", e2e: operator}`
 
@@ -495,6 +496,255 @@ func TestKindIntruderDeniedAndAudited(t *testing.T) {
 			t.Errorf("intruder failures %v: want PermissionDenied only", fails)
 		}
 	}
+}
+
+// svidBypassPod is a core pod whose chart guardrail was bypassed (written by
+// hand; the chart refuses it): the core's ServiceAccount, a native sidecar
+// named plexsphere-sidecar and a container named core, both running
+// svidprobe with the SPIRE agent's socket directory mounted, the core's by
+// the /var/run spelling an earlier chart let through. Only the container
+// name differs.
+const svidBypassPod = `apiVersion: v1
+kind: Pod
+metadata:
+  name: svid-bypass
+  labels: {e2e: svid-bypass}
+spec:
+  serviceAccountName: core
+  automountServiceAccountToken: false
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    seccompProfile: {type: RuntimeDefault}
+  initContainers:
+    - name: plexsphere-sidecar
+      image: plexsphere/e2e-svidprobe:dev
+      imagePullPolicy: Never
+      restartPolicy: Always
+      securityContext:
+        runAsUser: 65533
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {drop: ["ALL"]}
+      volumeMounts: [{name: agent, mountPath: /spiffe-workload-api, readOnly: true}]
+  containers:
+    - name: core
+      image: plexsphere/e2e-svidprobe:dev
+      imagePullPolicy: Never
+      securityContext:
+        runAsUser: 65532
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {drop: ["ALL"]}
+      volumeMounts: [{name: agent-var-run, mountPath: /spiffe-workload-api, readOnly: true}]
+  volumes:
+    - name: agent
+      hostPath: {path: /run/spire/agent-sockets, type: Directory}
+    - name: agent-var-run
+      hostPath: {path: /var/run/spire/agent-sockets, type: Directory}
+`
+
+// svidLine is one line of svidprobe's output.
+type svidLine struct {
+	outcome string // ok, refused, failed
+	detail  string // the SPIFFE ID, or the code and message
+	at, in  time.Duration
+}
+
+var svidRE = regexp.MustCompile(`^svid (ok|refused|failed) (.*) at (\S+) in (\S+)$`)
+
+func svidLog(t *testing.T, pod, container string) []svidLine {
+	t.Helper()
+	out, _ := kubectlE("-n", nsCore, "logs", pod, "-c", container)
+	var lines []svidLine
+	for _, l := range strings.Split(out, "\n") {
+		m := svidRE.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		at, err1 := time.ParseDuration(m[3])
+		in, err2 := time.ParseDuration(m[4])
+		if err1 != nil || err2 != nil {
+			t.Fatalf("svidprobe line %q", l)
+		}
+		lines = append(lines, svidLine{outcome: m[1], detail: m[2], at: at, in: in})
+	}
+	return lines
+}
+
+// svidSummary counts a container's attempts by outcome and detail, with the
+// first success and the median time of an answer.
+func svidSummary(lines []svidLine) (by map[string]int, first time.Duration, median time.Duration) {
+	by = map[string]int{}
+	first = -1
+	var ins []time.Duration
+	for _, l := range lines {
+		by[l.outcome+" "+l.detail]++
+		if l.outcome == "ok" && first < 0 {
+			first = l.at + l.in
+		}
+		ins = append(ins, l.in)
+	}
+	sort.Slice(ins, func(i, j int) bool { return ins[i] < ins[j] })
+	if len(ins) > 0 {
+		median = ins[len(ins)/2]
+	}
+	return by, first, median
+}
+
+// Only the sidecar container gets the pod's SVID. The core's SPIRE entry
+// selects k8s:container-name:plexsphere-sidecar beside its namespace and
+// ServiceAccount (scripts/e2e-kind.sh); the chart refuses to give the core
+// container the agent's socket (any hostPath); the real core pod's sidecar
+// has its identity (it is ready and the core signs through it); and in a pod
+// where the core container does reach the socket (written by hand, past the
+// chart), the agent refuses it PermissionDenied while the container named
+// like the sidecar, same pod and ServiceAccount, gets the SVID. A control
+// shows the selector is what refuses: an entry selecting only the namespace
+// and ServiceAccount, as the core's did before, reaches that core container.
+func TestKindOnlyTheSidecarContainerGetsTheSVID(t *testing.T) {
+	coreID := "spiffe://" + kindTD + "/ns/apps/sa/core"
+	spireServer := func(args ...string) (string, error) {
+		return kubectlE(append([]string{"-n", "spire", "exec", "spire-server-0", "--", "/usr/local/bin/spire-server",
+			args[0], args[1], "-socketPath", "/tmp/spire-server/private/api.sock"}, args[2:]...)...)
+	}
+	show, err := spireServer("entry", "show", "-spiffeID", coreID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var selectors []string
+	for _, l := range strings.Split(show, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "Selector" {
+			selectors = append(selectors, strings.TrimSpace(v))
+		}
+	}
+	sort.Strings(selectors)
+	if !contains(selectors, "k8s:container-name:plexsphere-sidecar") {
+		t.Fatalf("the entry of %s selects %v: no k8s:container-name:plexsphere-sidecar\n%s", coreID, selectors, show)
+	}
+
+	// The chart refuses the core container the agent's socket, by any path.
+	out, err := exec.Command("helm", "template", "bypass", "../../charts/example-core", "-f", "kind/core-values.yaml",
+		"--set-json", `extraVolumes=[{"name":"agent","hostPath":{"path":"/var/run/spire/agent-sockets"}}]`,
+		"--set-json", `extraVolumeMounts=[{"name":"agent","mountPath":"/spiffe-workload-api"}]`).CombinedOutput()
+	refusal := strings.TrimSpace(string(out))
+	if err == nil || !strings.Contains(refusal, "container core must not mount agent") {
+		t.Fatalf("helm template with the core mounting /var/run/spire/agent-sockets: err %v\n%s", err, out)
+	}
+	if i := strings.Index(refusal, "container core"); i >= 0 {
+		refusal, _, _ = strings.Cut(refusal[i:], "\n") // the one line, without helm's --debug hint
+	}
+
+	// The real core pod: the core container mounts the sidecar's socket
+	// directory only; the sidecar is ready (its startup probe passes only
+	// once its mTLS handshake with the signer works, with the SVID) and the
+	// core signs through it.
+	pod := corePod(t, "core")
+	mounts := kubectl(t, "-n", nsCore, "get", pod, "-o", `jsonpath={.spec.containers[?(@.name=="core")].volumeMounts[*].name}`)
+	if mounts != "plexsphere-socket" {
+		t.Errorf("the core container mounts %q", mounts)
+	}
+	ready := kubectl(t, "-n", nsCore, "get", pod, "-o", `jsonpath={.status.initContainerStatuses[?(@.name=="plexsphere-sidecar")].ready}`)
+	lines := coreLog(t, nsCore, pod, "core")
+	var sigs int
+	var fails map[string]int
+	if len(lines) > 0 {
+		last := lines[len(lines)-1].at
+		sigs, fails = tally(lines, last.Add(-10*time.Second), last.Add(time.Second))
+	}
+	if ready != "true" || sigs == 0 {
+		t.Fatalf("core pod %s: sidecar ready %q, %d signatures in the last 10 s (failures %v)", pod, ready, sigs, fails)
+	}
+
+	// The bypass: the core container reaches the socket.
+	start := time.Now()
+	apply(t, nsCore, svidBypassPod)
+	defer kubectlE("-n", nsCore, "delete", "pod", "svid-bypass", "--wait=false")
+	var side, core []svidLine
+	eventually(t, 3*time.Minute, func() string {
+		side, core = svidLog(t, "svid-bypass", "plexsphere-sidecar"), svidLog(t, "svid-bypass", "core")
+		sideOK, coreAnswered := 0, 0
+		for _, l := range side {
+			if l.outcome == "ok" {
+				sideOK++
+			}
+		}
+		for _, l := range core {
+			if l.outcome != "failed" {
+				coreAnswered++
+			}
+		}
+		if sideOK < 5 || coreAnswered < 5 {
+			st, _ := kubectlE("-n", nsCore, "get", "pod", "svid-bypass", "-o",
+				`jsonpath={.status.phase} {.status.initContainerStatuses[*].state} {.status.containerStatuses[*].state}`)
+			return fmt.Sprintf("sidecar container: %d SVIDs; core container: %d answers (the agent's); pod: %s", sideOK, coreAnswered, st)
+		}
+		return ""
+	})
+	waited := time.Since(start)
+	sideBy, sideFirst, sideMedian := svidSummary(side)
+	coreBy, _, coreMedian := svidSummary(core)
+	figure(t, "entry %s selects %v; the chart refuses the core the socket: %q", coreID, selectors, refusal)
+	figure(t, "core pod %s: the core container mounts [%s] only; its sidecar is ready and the core signed %d times in its last 10 s, failures %v",
+		pod, mounts, sigs, fails)
+	figure(t, "pod svid-bypass (ServiceAccount core, the agent socket mounted in both containers, the core's by /var/run/spire/agent-sockets), after %.1f s: "+
+		"container plexsphere-sidecar %v (first SVID %s after it started, median answer %s); container core %v (median answer %s)",
+		waited.Seconds(), sideBy, sideFirst, sideMedian, coreBy, coreMedian)
+	for _, l := range side {
+		if l.outcome == "ok" && l.detail != coreID {
+			t.Errorf("the sidecar container got %s, want %s", l.detail, coreID)
+		}
+	}
+	for _, l := range core {
+		switch {
+		case l.outcome == "ok":
+			t.Errorf("the core container got an SVID: %s at %s", l.detail, l.at)
+		case l.outcome == "refused" && !strings.HasPrefix(l.detail, "PermissionDenied: "):
+			t.Errorf("the core container: %s %s", l.outcome, l.detail)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+
+	// The control: an entry selecting the namespace and the ServiceAccount
+	// only, as the core's did before (under another SPIFFE ID, so that the
+	// core's own identity is not touched), is served to the same core
+	// container. The container name is what keeps the SVID from it.
+	ctlID := "spiffe://" + kindTD + "/e2e/without-container-selector"
+	created, err := spireServer("entry", "create", "-parentID", "spiffe://"+kindTD+"/k8s/plexsphere-e2e/node",
+		"-spiffeID", ctlID, "-selector", "k8s:ns:apps", "-selector", "k8s:sa:core")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entryID string
+	for _, l := range strings.Split(created, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "Entry ID" {
+			entryID = strings.TrimSpace(v)
+		}
+	}
+	if entryID == "" {
+		t.Fatalf("entry create printed no entry id:\n%s", created)
+	}
+	defer spireServer("entry", "delete", "-entryID", entryID)
+	at, seen := time.Now(), len(svidLog(t, "svid-bypass", "core"))
+	var served time.Duration
+	eventually(t, 2*time.Minute, func() string {
+		lines := svidLog(t, "svid-bypass", "core")
+		if len(lines) < seen { // the container restarted: its log starts again
+			seen = 0
+		}
+		for _, l := range lines[seen:] {
+			if l.outcome == "ok" && l.detail == ctlID {
+				served = time.Since(at)
+				return ""
+			}
+		}
+		return fmt.Sprintf("the core container has not got %s", ctlID)
+	})
+	figure(t, "control: an entry for %s selecting only [k8s:ns:apps k8s:sa:core] reached the same core container %.1f s after it was created; deleted again",
+		ctlID, served.Seconds())
 }
 
 // podState is a signer pod as the scenarios see it: a draining pod (its
