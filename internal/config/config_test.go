@@ -88,6 +88,11 @@ func TestValidateNamesTheSetting(t *testing.T) {
 		{"epoch 0", nil, []string{"--audit-epoch", "0"}, "--audit-epoch / SIGNER_AUDIT_EPOCH"},
 		{"prune without a connection", map[string]string{"SIGNER_STORE": "postgres", "SIGNER_POSTGRES_DSN": "x"}, []string{"--prune-audit-upto", "64", "--prune-audit-export", "e.jsonl"}, "--postgres-prune-dsn-file / SIGNER_POSTGRES_PRUNE_DSN_FILE: --prune-audit-upto / SIGNER_PRUNE_AUDIT_UPTO needs the prune role's connection string"},
 		{"two prune connections", map[string]string{"SIGNER_STORE": "postgres", "SIGNER_POSTGRES_DSN": "x", "SIGNER_POSTGRES_PRUNE_DSN": "y"}, []string{"--postgres-prune-dsn-file", "f"}, "--postgres-prune-dsn-file / SIGNER_POSTGRES_PRUNE_DSN_FILE: set at most one"},
+		{"connection timeout too long", nil, []string{"--connection-timeout", "5m"}, "--connection-timeout / SIGNER_CONNECTION_TIMEOUT"},
+		{"per-source cap above the pool", nil, []string{"--max-connections", "10", "--max-connections-per-source", "11"}, "--max-connections-per-source / SIGNER_MAX_CONNECTIONS_PER_SOURCE: 11 is more than --max-connections / SIGNER_MAX_CONNECTIONS"},
+		{"no pending denials", map[string]string{"SIGNER_MAX_PENDING_DENIALS": "0"}, nil, "--max-pending-denials / SIGNER_MAX_PENDING_DENIALS"},
+		{"denial queue too slow to drain", nil, []string{"--denial-rate", "10", "--max-pending-denials", "51"}, "--max-pending-denials / SIGNER_MAX_PENDING_DENIALS: 51 denials take more than 5s to drain at --denial-rate / SIGNER_DENIAL_RATE=10"},
+		{"denial wait zero", nil, []string{"--denial-max-wait", "0s"}, "--denial-max-wait / SIGNER_DENIAL_MAX_WAIT"},
 		{"file init without a file", map[string]string{"SIGNER_CHECKPOINT_LOG": "", "SIGNER_WITNESS_POLICY_FILE": "/p"}, []string{"--checkpoint-log-init"}, "--checkpoint-log-init / SIGNER_CHECKPOINT_LOG_INIT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

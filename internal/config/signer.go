@@ -86,7 +86,13 @@ type Signer struct {
 	ConnectionRate       int `envconfig:"SIGNER_CONNECTION_RATE" flag:"connection-rate" default:"100" desc:"new connections per second accepted from one source address (bursts of 10x)"`
 	MaxConcurrentStreams int `envconfig:"SIGNER_MAX_CONCURRENT_STREAMS" flag:"max-concurrent-streams" default:"256" desc:"most calls in flight on one connection"`
 	DenialRate           int `envconfig:"SIGNER_DENIAL_RATE" flag:"denial-rate" default:"200" desc:"denied calls audited per second across all callers; further denied calls wait"`
-	DenialsPerConnection int `envconfig:"SIGNER_DENIALS_PER_CONNECTION" flag:"denials-per-connection" default:"8" desc:"a connection is closed after this many denied calls"`
+	DenialsPerConnection int `envconfig:"SIGNER_DENIALS_PER_CONNECTION" flag:"denials-per-connection" default:"8" desc:"a connection is closed after this many denied calls (a connection without a client certificate after its first)"`
+	// Flood control that refuses at the connection rather than skip an
+	// audit entry (docs/operations.md, Flood control).
+	MaxConnectionsPerSource int           `envconfig:"SIGNER_MAX_CONNECTIONS_PER_SOURCE" flag:"max-connections-per-source" default:"64" desc:"most connections open at once from one source address (one pod); more are closed before the TLS handshake; at least the upstream connections of one sidecar"`
+	ConnectionTimeout       time.Duration `envconfig:"SIGNER_CONNECTION_TIMEOUT" flag:"connection-timeout" default:"5s" desc:"how long a new connection may take for its TLS handshake and HTTP/2 preface before it is closed"`
+	MaxPendingDenials       int           `envconfig:"SIGNER_MAX_PENDING_DENIALS" flag:"max-pending-denials" default:"400" desc:"most denied calls waiting for their turn at the denial rate; past it, a call that would be denied is refused with its connection before it becomes an RPC"`
+	DenialMaxWait           time.Duration `envconfig:"SIGNER_DENIAL_MAX_WAIT" flag:"denial-max-wait" default:"1s" desc:"a denied call whose turn at the denial rate is further away than this is still audited in its turn, and its connection closed"`
 
 	MaxConnectionAge time.Duration `envconfig:"SIGNER_MAX_CONNECTION_AGE" flag:"max-connection-age" default:"10m" desc:"clients reconnect (and re-handshake with their current SVID) after this long; keep it under half the SVID TTL"`
 	ShutdownTimeout  time.Duration `envconfig:"SIGNER_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"20s" desc:"how long shutdown waits for in-flight RPCs"`
@@ -96,6 +102,10 @@ type Signer struct {
 // Maintenance reports whether the signer runs a one-off store task
 // (--migrate-only, --prune-audit-upto) instead of serving.
 func (c *Signer) Maintenance() bool { return c.MigrateOnly || c.PruneAuditUpTo > 0 }
+
+// maxDenialQueueSeconds bounds how long a full queue of denied calls
+// (SIGNER_MAX_PENDING_DENIALS at SIGNER_DENIAL_RATE) takes to drain.
+const maxDenialQueueSeconds = 5
 
 // MaxPayloadLimit bounds SIGNER_MAX_PAYLOAD_BYTES (the gRPC message limit is
 // derived from it).
@@ -212,10 +222,25 @@ func (c *Signer) Validate() error {
 		field string
 		v     int
 	}{{"MaxConnections", c.MaxConnections}, {"ConnectionRate", c.ConnectionRate}, {"MaxConcurrentStreams", c.MaxConcurrentStreams},
-		{"DenialRate", c.DenialRate}, {"DenialsPerConnection", c.DenialsPerConnection}} {
+		{"DenialRate", c.DenialRate}, {"DenialsPerConnection", c.DenialsPerConnection},
+		{"MaxConnectionsPerSource", c.MaxConnectionsPerSource}, {"MaxPendingDenials", c.MaxPendingDenials}} {
 		if n.v < 1 {
 			add(Errorf(c, n.field, "must be at least 1"))
 		}
+	}
+	if c.MaxConnectionsPerSource > c.MaxConnections && c.MaxConnections >= 1 {
+		add(Errorf(c, "MaxConnectionsPerSource", "%d is more than %s (%d): one source could take every connection", c.MaxConnectionsPerSource, Name(c, "MaxConnections"), c.MaxConnections))
+	}
+	if c.ConnectionTimeout < 100*time.Millisecond || c.ConnectionTimeout > 2*time.Minute {
+		add(Errorf(c, "ConnectionTimeout", "%v is outside 100ms..2m (a TLS handshake and the HTTP/2 preface take milliseconds; a longer wait lets idle connections hold the pool)", c.ConnectionTimeout))
+	}
+	if c.DenialMaxWait <= 0 || c.DenialMaxWait > 10*time.Second {
+		add(Errorf(c, "DenialMaxWait", "%v is outside (0, 10s]", c.DenialMaxWait))
+	}
+	// A full queue of denials must drain in seconds: every one of them is
+	// answered only once its entries are committed, in its turn.
+	if c.DenialRate >= 1 && c.MaxPendingDenials > maxDenialQueueSeconds*c.DenialRate {
+		add(Errorf(c, "MaxPendingDenials", "%d denials take more than %ds to drain at %s=%d; at most %d", c.MaxPendingDenials, maxDenialQueueSeconds, Name(c, "DenialRate"), c.DenialRate, maxDenialQueueSeconds*c.DenialRate))
 	}
 
 	switch {

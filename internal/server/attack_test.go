@@ -132,13 +132,15 @@ func TestEmptyPayloadRefusedNamingTheRule(t *testing.T) {
 }
 
 // A peer whose calls keep being denied loses its connection after
-// DenialsPerConnection of them; each of those denials is still audited.
+// DenialsPerConnection of them; each of those denials is still audited. (A
+// peer without a certificate loses it after its first:
+// TestCertlessConnectionClosedAtFirstDenial.)
 func TestRepeatedDenialsCloseTheConnection(t *testing.T) {
 	const perConn = 3
 	env := signertest.Start(t, signertest.WithClock(signertest.NewClock(admissionTime)),
 		signertest.WithConfig(func(c *config.Signer) { c.DenialsPerConnection = perConn }))
-	// No client certificate, and one connection only: no reconnects.
-	cc := env.Dial(t, nil)
+	// An identity on no allow-list, and one connection only: no reconnects.
+	cc := dialOnce(t, env, env.Issue(t, "spiffe://example.org/ns/elsewhere/sa/stranger"))
 	seq := env.LastSeq(t)
 	for i := 1; i <= perConn; i++ {
 		_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("probe")})
@@ -263,39 +265,54 @@ func localProvider(t *testing.T) (keyprovider.Provider, error) {
 	return local.New(kek)
 }
 
-// A refused caller cannot skip its audit entries by giving up early. With
-// the denial budget spent, calls with a 200 ms deadline used to get
-// Internal and leave no entry at all (rate.Limiter.Wait gave up on the
-// caller's deadline before anything was written), and did not count
-// against the connection. Now every one of them is answered PermissionDenied
-// or runs out its own deadline, and every one is audited with both entries.
+// A refused caller cannot skip its audit entries, nor its turn, by giving
+// up early. With the denial budget spent, calls with a 500 ms deadline
+// used to get Internal and leave no entry at all (rate.Limiter.Wait gave
+// up on the caller's deadline before anything was written). Now a call
+// that becomes an RPC is answered PermissionDenied or runs out its own
+// deadline, and is audited with both entries in its turn; once the queue
+// of denials is full, the connection's further calls are refused before
+// they become RPCs (Unavailable, no entries).
 func TestShortDeadlineDenialsStillAudited(t *testing.T) {
+	const pending = 5
 	env := signertest.Start(t, signertest.WithClock(signertest.NewClock(admissionTime)),
-		signertest.WithConfig(func(c *config.Signer) { c.DenialRate, c.DenialsPerConnection = 1, 1000 }))
-	cc := env.Dial(t, nil)
+		signertest.WithConfig(func(c *config.Signer) {
+			c.DenialRate, c.DenialsPerConnection, c.MaxPendingDenials, c.DenialMaxWait = 1, 1000, pending, 10*time.Second
+		}))
+	cc := dialOnce(t, env, env.Issue(t, "spiffe://example.org/ns/elsewhere/sa/stranger"))
 	seq := env.LastSeq(t)
 	// The first denial spends the budget (burst 1).
 	_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("probe")})
 	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
 	const calls = 20
+	rpcs := 1
 	for i := range calls {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		_, err := signerv1.NewSignerServiceClient(cc).Sign(ctx, &signerv1.SignRequest{Scope: scope, Payload: []byte("probe")})
 		cancel()
-		if c := status.Code(err); c != codes.PermissionDenied && c != codes.DeadlineExceeded {
-			t.Fatalf("short-deadline denial %d answered %v, want PermissionDenied or the caller's own DeadlineExceeded", i, err)
+		switch c := status.Code(err); c {
+		case codes.PermissionDenied, codes.DeadlineExceeded:
+			rpcs++
+		case codes.Unavailable:
+		default:
+			t.Fatalf("short-deadline denial %d answered %v, want PermissionDenied, the caller's own DeadlineExceeded, or Unavailable (refused at the connection)", i, err)
 		}
 	}
+	// The queue fills (turns come once a second, callers give up after
+	// half of one), and then the connection is refused.
+	if rpcs <= pending || rpcs > calls {
+		t.Fatalf("%d of %d calls became RPCs with a queue of %d denials", rpcs, calls+1, pending)
+	}
 	// Entries of calls whose callers gave up are written once their turn
-	// comes (at most denialWait later): poll for them.
+	// comes: poll for them.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		adm, mw := rpcEntries(t, env, seq)
-		if len(adm) == calls+1 && len(mw) == calls+1 {
+		if len(adm) == rpcs && len(mw) == rpcs {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d admission and %d middleware entries for %d denied calls", len(adm), len(mw), calls+1)
+		if len(adm) > rpcs || time.Now().After(deadline) {
+			t.Fatalf("%d admission and %d middleware entries for %d denied calls", len(adm), len(mw), rpcs)
 		}
 		time.Sleep(100 * time.Millisecond) // polling a condition, not synchronising
 	}

@@ -9,52 +9,101 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/plexsphere/signer/internal/ops"
 )
 
 // guard keeps callers the signer refuses from starving the ones it serves.
-// Every refused call is still audited (both entries, committed before the
-// caller hears of it), so the defence is to bound how fast refusals can be
-// produced and how much they may hold:
+// Every RPC is audited (both entries, committed before the caller hears of
+// it), so a flood is answered with fewer RPCs, never with fewer entries:
+// what the signer will not audit it refuses at the connection, before an
+// RPC exists. The rules, all here:
 //
-//   - at most maxConns connections at once, and at most connRate new
-//     connections a second per source address (excess connections are
-//     closed before the TLS handshake, so they cost no crypto and no audit:
-//     no RPC was made);
-//   - denied calls are admitted to auditing at denialRate a second
-//     (globally; the rest wait, holding only a goroutine) and their entries
-//     travel in the writer's denied lane;
-//   - a connection whose calls keep being denied (perConn of them) is
-//     closed, so a peer cannot keep a cheap channel open to probe with.
+//   - at most maxConns connections at once, at most perSource of them from
+//     one source (an IPv4 address, an IPv6 /64), and at most connRate new
+//     connections a second per source: excess connections are closed
+//     before the TLS handshake, so they cost no crypto and no audit;
+//   - every denied call waits for its turn at denialRate (a reservation:
+//     a backlog cannot switch the pacing off, and a caller that gives up
+//     keeps neither its entries nor its place from the queue); a call
+//     whose turn is more than maxWait away is still audited in its turn,
+//     and its connection is closed;
+//   - at most maxPending denied calls wait at once: a call the guard can
+//     tell will be denied (its peer is not on the called service's
+//     allow-list, or has no certificate) is refused in the transport
+//     (grpc.InTapHandle) when the queue is full, and its connection
+//     closed, before it becomes an RPC;
+//   - a connection is closed after perConn denials, and after its first
+//     when the peer has no client certificate; its further calls are
+//     refused in the transport meanwhile.
+//
+// Closing a connection waits for its denied calls still in their turn, so
+// that their answers (after their entries) can leave.
 type guard struct {
-	maxConns int
-	perConn  int64
-	denials  *rate.Limiter
-	refused  func(reason string)
+	maxConns   int
+	perSource  int
+	perConn    int64
+	maxPending int64
+	maxWait    time.Duration
+	denials    *rate.Limiter
+	refused    func(reason string)
+	// foresee tells whether a call of method from the peer in ctx will be
+	// denied whatever its request says (the peer is not admitted to the
+	// method's service at all).
+	foresee func(ctx context.Context, method string) bool
 
-	open  atomic.Int64
-	mu    sync.Mutex
-	conns map[string]*guardedConn // remote address → connection
-	perIP *ops.Budgets            // new-connection budget per source (an IPv6 /64), bounded
+	open    atomic.Int64
+	pending atomic.Int64 // denied calls holding a turn (waiting, or being audited)
+	mu      sync.Mutex
+	conns   map[string]*guardedConn // remote address → connection
+	sources map[netip.Addr]int      // open connections per source
+	perIP   *ops.Budgets            // new-connection budget per source, bounded
 }
 
 type guardLimits struct {
 	MaxConns           int
+	MaxConnsPerSource  int
 	ConnRatePerSource  float64
 	ConnBurstPerSource int
 	DenialRate         float64
 	DenialBurst        int
 	DenialsPerConn     int
+	MaxPendingDenials  int
+	DenialMaxWait      time.Duration
 }
 
-func newGuard(l guardLimits, refused func(reason string)) *guard {
+// Reasons a connection is refused or closed (the reason label of
+// plexsphere_signer_connections_refused_total; a fixed set).
+const (
+	refusedMaxConns      = "max_connections"
+	refusedPerSource     = "connections_per_source"
+	refusedConnRate      = "connection_rate"
+	refusedRepeated      = "denied_repeatedly"
+	refusedNoCert        = "no_client_certificate"
+	refusedPending       = "denials_in_flight"
+	refusedBacklog       = "denial_backlog"
+	errClosingConnection = "signer: connection closed by flood control"
+)
+
+var refusedReasons = []string{refusedMaxConns, refusedPerSource, refusedConnRate, refusedRepeated, refusedNoCert, refusedPending, refusedBacklog}
+
+func newGuard(l guardLimits, foresee func(context.Context, string) bool, refused func(reason string)) *guard {
 	if refused == nil {
 		refused = func(string) {}
 	}
-	return &guard{maxConns: l.MaxConns, perConn: int64(l.DenialsPerConn), denials: rate.NewLimiter(rate.Limit(l.DenialRate), l.DenialBurst), refused: refused,
-		conns: map[string]*guardedConn{}, perIP: ops.NewBudgets(l.ConnRatePerSource, l.ConnBurstPerSource, maxTrackedSources)}
+	if foresee == nil {
+		foresee = func(context.Context, string) bool { return false }
+	}
+	return &guard{maxConns: l.MaxConns, perSource: l.MaxConnsPerSource, perConn: int64(l.DenialsPerConn),
+		maxPending: int64(l.MaxPendingDenials), maxWait: l.DenialMaxWait,
+		denials: rate.NewLimiter(rate.Limit(l.DenialRate), l.DenialBurst), refused: refused, foresee: foresee,
+		conns: map[string]*guardedConn{}, sources: map[netip.Addr]int{},
+		perIP: ops.NewBudgets(l.ConnRatePerSource, l.ConnBurstPerSource, maxTrackedSources)}
 }
 
 // listener wraps l with the connection limits.
@@ -71,12 +120,13 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if reason := l.g.admit(c); reason != "" {
+		src, reason := l.g.admit(c)
+		if reason != "" {
 			l.g.refused(reason)
 			c.Close()
 			continue
 		}
-		gc := &guardedConn{Conn: c, g: l.g, key: c.RemoteAddr().String()}
+		gc := &guardedConn{Conn: c, g: l.g, key: c.RemoteAddr().String(), src: src}
 		l.g.mu.Lock()
 		l.g.conns[gc.key] = gc
 		l.g.mu.Unlock()
@@ -89,28 +139,41 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 // tracked one is still spending.
 const maxTrackedSources = 10000
 
-func (g *guard) admit(c net.Conn) string {
+// admit decides a new connection before its TLS handshake; it returns the
+// connection's source (invalid when its address is not IP) or why it is
+// refused.
+func (g *guard) admit(c net.Conn) (netip.Addr, string) {
 	if g.open.Load() >= int64(g.maxConns) {
-		return "max_connections"
+		return netip.Addr{}, refusedMaxConns
 	}
 	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
 	if err != nil {
 		g.open.Add(1)
-		return ""
+		return netip.Addr{}, ""
+	}
+	src := ops.Source(ap.Addr())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.sources[src] >= g.perSource {
+		return netip.Addr{}, refusedPerSource
 	}
 	if g.perIP.Take(ap.Addr()) != 0 {
-		return "connection_rate"
+		return netip.Addr{}, refusedConnRate
 	}
+	g.sources[src]++
 	g.open.Add(1)
-	return ""
+	return src, ""
 }
 
 type guardedConn struct {
 	net.Conn
-	g      *guard
-	key    string
-	denied atomic.Int64
-	once   sync.Once
+	g       *guard
+	key     string
+	src     netip.Addr
+	denied  atomic.Int64 // denials counted against it (foreseen or not)
+	waiting atomic.Int64 // its denied calls holding a turn
+	closing atomic.Bool  // shut: its new calls are refused in the transport
+	once    sync.Once
 }
 
 func (c *guardedConn) Close() error {
@@ -120,31 +183,175 @@ func (c *guardedConn) Close() error {
 		if c.g.conns[c.key] == c {
 			delete(c.g.conns, c.key)
 		}
+		if c.src.IsValid() {
+			if c.g.sources[c.src]--; c.g.sources[c.src] <= 0 {
+				delete(c.g.sources, c.src)
+			}
+		}
 		c.g.mu.Unlock()
 	})
 	return c.Conn.Close()
 }
 
-// Wait admits a denied call to auditing at the denial rate.
-func (g *guard) Wait(ctx context.Context) error { return g.denials.Wait(ctx) }
-
-// closeGrace lets the denial's answer reach the peer before its connection
-// is closed under it.
+// closeGrace lets the last denial's answer reach the peer before its
+// connection is closed under it.
 const closeGrace = 100 * time.Millisecond
 
-// Denied counts a denial against the caller's connection and closes the
-// connection once it has had perConn of them.
-func (g *guard) Denied(ctx context.Context) {
+// shut refuses the connection's further calls and closes it once none of
+// its denied calls holds a turn any more (counted once, under reason).
+func (c *guardedConn) shut(reason string) {
+	if c.closing.Swap(true) {
+		return
+	}
+	c.g.refused(reason)
+	// With doneWaiting: whichever of the two sees the other's write closes.
+	if c.waiting.Load() == 0 {
+		time.AfterFunc(closeGrace, func() { c.Close() })
+	}
+}
+
+func (c *guardedConn) doneWaiting() {
+	if c.waiting.Add(-1) == 0 && c.closing.Load() {
+		time.AfterFunc(closeGrace, func() { c.Close() })
+	}
+}
+
+func (g *guard) connOf(ctx context.Context) (*guardedConn, *peer.Peer) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
-		return
+		return nil, nil
 	}
 	g.mu.Lock()
 	c := g.conns[p.Addr.String()]
 	g.mu.Unlock()
-	if c == nil || c.denied.Add(1) != g.perConn {
-		return
+	return c, p
+}
+
+// certless reports whether the peer completed its handshake without a
+// client certificate (the TLS layer lets it through so that its calls are
+// denied and audited).
+func certless(p *peer.Peer) bool {
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	return ok && len(info.State.PeerCertificates) == 0
+}
+
+// limit is how many denials a connection may have, and the reason it is
+// closed for once it has had them.
+func (g *guard) limit(p *peer.Peer) (int64, string) {
+	if p != nil && certless(p) {
+		return 1, refusedNoCert
 	}
-	g.refused("denied_repeatedly")
-	time.AfterFunc(closeGrace, func() { c.Close() })
+	return g.perConn, refusedRepeated
+}
+
+var errClosing = status.Error(codes.Unavailable, errClosingConnection)
+
+// tap runs in the transport for every new stream, before it becomes an RPC
+// (grpc.InTapHandle): a refused stream reaches no interceptor and no
+// handler, so it has no audit entries to write. It refuses calls on a
+// connection being closed, and a call that will be denied when its
+// connection has had its denials or the queue of denials is full (and then
+// closes the connection); a call it lets through that will be denied takes
+// its place in the queue here.
+func (g *guard) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	c, p := g.connOf(ctx)
+	if c == nil {
+		return ctx, nil
+	}
+	if c.closing.Load() {
+		return nil, errClosing
+	}
+	if !g.foresee(ctx, info.FullMethodName) {
+		return ctx, nil
+	}
+	limit, reason := g.limit(p)
+	if c.denied.Add(1) > limit {
+		c.shut(reason)
+		return nil, errClosing
+	}
+	if g.pending.Add(1) > g.maxPending {
+		g.pending.Add(-1)
+		c.shut(refusedPending)
+		return nil, errClosing
+	}
+	c.waiting.Add(1)
+	t := &turn{g: g, c: c}
+	// A stream that ends before its denial claims the place (a read
+	// error, a caller gone before dispatch) gives it back.
+	context.AfterFunc(ctx, t.abandon)
+	return context.WithValue(ctx, turnKey{}, t), nil
+}
+
+type turnKey struct{}
+
+// turn is a denied call's place in the queue of denials: taken by the tap
+// (or by Turn, for a denial the tap could not foresee), claimed by the
+// denial, given back once its entries are committed, or by the stream's
+// end if no denial ever claimed it.
+type turn struct {
+	g     *guard
+	c     *guardedConn // nil when the connection is not known
+	state atomic.Int32 // turnTaken → turnClaimed → turnFreed, or turnTaken → turnFreed
+}
+
+const (
+	turnTaken int32 = iota
+	turnClaimed
+	turnFreed
+)
+
+func (t *turn) abandon() {
+	if t.state.CompareAndSwap(turnTaken, turnFreed) {
+		t.free()
+	}
+}
+
+func (t *turn) release() {
+	if t.state.CompareAndSwap(turnClaimed, turnFreed) {
+		t.free()
+	}
+}
+
+func (t *turn) free() {
+	t.g.pending.Add(-1)
+	if t.c != nil {
+		t.c.doneWaiting()
+	}
+}
+
+// Turn is the signing.DenialPolicy: it returns when the denied call in ctx
+// may be audited — its reserved turn at the denial rate has come, never
+// sooner, whatever the caller's deadline — and done, to call once its
+// entries are committed. The call is an RPC already: it is audited whatever
+// the bounds say, and a bound it passes closes its connection instead.
+func (g *guard) Turn(ctx context.Context) (done func()) {
+	c, p := g.connOf(ctx)
+	t, _ := ctx.Value(turnKey{}).(*turn)
+	if t == nil || !t.state.CompareAndSwap(turnTaken, turnClaimed) {
+		// Not foreseen by the tap (a scope the peer has no grant for, a
+		// certificate that expired since), or its place was given back.
+		t = &turn{g: g, c: c}
+		t.state.Store(turnClaimed)
+		over := g.pending.Add(1) > g.maxPending
+		if c != nil {
+			c.waiting.Add(1)
+			limit, reason := g.limit(p)
+			if c.denied.Add(1) >= limit {
+				c.shut(reason)
+			}
+			if over {
+				c.shut(refusedPending)
+			}
+		}
+	} else if limit, reason := g.limit(p); c != nil && c.denied.Load() >= limit {
+		c.shut(reason)
+	}
+	if d := g.denials.Reserve().Delay(); d > 0 {
+		if d > g.maxWait && c != nil {
+			c.shut(refusedBacklog)
+		}
+		tm := time.NewTimer(d)
+		<-tm.C
+	}
+	return t.release
 }

@@ -87,7 +87,7 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	// Failure counters start at 0 for every label value known up front, so
 	// that increase() and rate() see the first failure (a series born at 1
 	// has no increase) and the alerts on them fire at once.
-	for _, reason := range []string{"max_connections", "connection_rate", "denied_repeatedly"} {
+	for _, reason := range refusedReasons {
 		m.connsRefused.WithLabelValues(reason)
 	}
 	return m

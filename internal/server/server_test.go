@@ -200,7 +200,9 @@ func publicKey(t *testing.T, cc *grpc.ClientConn, keyID string) ed25519.PublicKe
 func TestUnknownMethods(t *testing.T) {
 	env := signertest.Start(t, signertest.WithClock(signertest.NewClock(admissionTime)))
 	core := env.Dial(t, env.Issue(t, signertest.CoreID))
-	anon := env.Dial(t, nil)
+	// An anonymous peer gets one RPC per connection (its connection is
+	// closed at its first denial): each case dials its own.
+	var anon *grpc.ClientConn
 	stream, err := reflectionpb.NewServerReflectionClient(core).ServerReflectionInfo(context.Background())
 	if err == nil {
 		// Send may already see the stream closed (io.EOF); Recv carries the status.
@@ -229,8 +231,12 @@ func TestUnknownMethods(t *testing.T) {
 		{"admitted, unknown service", core, "/plexsphere.admin.v1.Debug/Dump", codes.PermissionDenied, auditlog.RelationUnknown, auditlog.ReasonInsufficientRelation},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			cc := tc.cc
+			if cc == anon {
+				cc = env.Dial(t, nil)
+			}
 			seq := env.LastSeq(t)
-			err := invoke(tc.cc, tc.method)
+			err := invoke(cc, tc.method)
 			if status.Code(err) != tc.code {
 				t.Fatalf("%s: %v, want %v", tc.method, err, tc.code)
 			}

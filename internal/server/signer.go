@@ -183,11 +183,20 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		signerv1.RotationService_ServiceDesc.ServiceName: peeridentity.NewAllowList(cfg.RotationAllowSPIFFEIDs...),
 		signerv1.AuditService_ServiceDesc.ServiceName:    peeridentity.NewAllowList(append(cfg.RotationAllowSPIFFEIDs, cfg.AuditorAllowSPIFFEIDs...)...),
 	}
-	s.guard = newGuard(guardLimits{MaxConns: cfg.MaxConnections, ConnRatePerSource: float64(cfg.ConnectionRate),
-		ConnBurstPerSource: 10 * cfg.ConnectionRate, DenialRate: float64(cfg.DenialRate), DenialBurst: cfg.DenialRate,
-		DenialsPerConn: cfg.DenialsPerConnection}, func(reason string) { s.metrics.connsRefused.WithLabelValues(reason).Inc() })
+	authorize := peeridentity.WithScopeGrants(peeridentity.AuthorizeByService(lists), signerSvc, grants)
+	// A call whose peer is not admitted to the method's service at all will
+	// be denied whatever it asks (no request is needed to tell: a scope
+	// grant narrows an admitted peer only).
+	foresee := func(ctx context.Context, method string) bool {
+		return peeridentity.Admit(peeridentity.PeerOf(ctx), time.Now(), method, nil, authorize) != peeridentity.OutcomeGranted
+	}
+	s.guard = newGuard(guardLimits{MaxConns: cfg.MaxConnections, MaxConnsPerSource: cfg.MaxConnectionsPerSource,
+		ConnRatePerSource: float64(cfg.ConnectionRate), ConnBurstPerSource: 10 * cfg.ConnectionRate,
+		DenialRate: float64(cfg.DenialRate), DenialBurst: cfg.DenialRate, DenialsPerConn: cfg.DenialsPerConnection,
+		MaxPendingDenials: cfg.MaxPendingDenials, DenialMaxWait: cfg.DenialMaxWait},
+		foresee, func(reason string) { s.metrics.connsRefused.WithLabelValues(reason).Inc() })
 	auditor := &signing.Auditor{
-		Authorize: peeridentity.WithScopeGrants(peeridentity.AuthorizeByService(lists), signerSvc, grants),
+		Authorize: authorize,
 		Writer:    s.writer,
 		Clock:     clock,
 		Log:       s.log,
@@ -201,6 +210,13 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		grpc.Creds(credentials.NewTLS(identity.ServerTLS(s.ident))),
 		grpc.UnaryInterceptor(auditor.Unary()),
 		grpc.UnknownServiceHandler(auditor.UnknownMethod),
+		// Flood control in the transport: a call refused here never
+		// becomes an RPC (no interceptor, no handler, nothing to audit).
+		grpc.InTapHandle(s.guard.tap),
+		// The TLS handshake and the HTTP/2 preface must be done in this
+		// time (grpc's default is 120 s): an idle connection does not hold
+		// one of SIGNER_MAX_CONNECTIONS.
+		grpc.ConnectionTimeout(cfg.ConnectionTimeout),
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes+envelope),
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)),
 		// A pool of stream workers instead of a new goroutine (and a fresh,

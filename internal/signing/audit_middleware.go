@@ -43,14 +43,14 @@ var relations = map[string]string{
 	signerv1.AuditService_CheckpointVerifierKey_FullMethodName: auditlog.RelationAudit,
 }
 
-// DenialPolicy keeps refused callers from starving admitted ones. Denied
-// runs first for every denial (the server counts denials per connection and
-// closes a connection that keeps being denied); Wait then paces the
-// denial's audit (a bounded rate of denials). Neither may skip the audit:
-// a denial whose turn does not come within denialWait is audited anyway.
+// DenialPolicy keeps refused callers from starving admitted ones. Turn is
+// called for every denied call before its entries are written; it returns
+// when the denial may be audited (its turn at the denial rate has come,
+// whatever the caller's deadline) and done, called once the entries are
+// committed. It never lets a denial skip its entries or its turn: a flood
+// is answered at the connection, before calls become RPCs.
 type DenialPolicy interface {
-	Wait(ctx context.Context) error
-	Denied(ctx context.Context)
+	Turn(ctx context.Context) (done func())
 }
 
 // Auditor is the signer's one admission-and-audit interceptor. For every
@@ -164,17 +164,15 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 // deny audits a refused call (both entries, in the denied lane) and answers
 // PermissionDenied. The denial is committed before the caller sees it.
 func (a *Auditor) deny(ctx context.Context, method, outcome string, peer peeridentity.Peer, start time.Time, adm, mw auditlog.Entry, scope string) error {
-	actx, cancel := auditContext(ctx)
-	defer cancel()
 	if a.Denials != nil {
-		a.Denials.Denied(ctx)
 		// The pace of denial audits, whatever the caller's deadline: a
 		// caller that gives up early neither skips its entries nor its
-		// place in the queue. Past denialWait the denial is audited anyway.
-		wctx, wcancel := context.WithTimeout(actx, denialWait)
-		_ = a.Denials.Wait(wctx)
-		wcancel()
+		// turn. The audit's own time starts once the turn has come.
+		done := a.Denials.Turn(ctx)
+		defer done()
 	}
+	actx, cancel := auditContext(ctx)
+	defer cancel()
 	c := Classify(signerr.ErrClientIdentityDenied)
 	adm.Reason, adm.Code = c.Reason, c.Code.String()
 	mw.Object = auditlog.Object(scope, "")
@@ -193,9 +191,6 @@ const (
 	// writer after the caller has gone: a stuck store fails calls rather
 	// than holding them forever.
 	auditTimeout = 10 * time.Second
-	// denialWait is the longest a denial waits for its turn at the denial
-	// rate before it is audited regardless.
-	denialWait = 2 * time.Second
 )
 
 // auditContext outlives the caller: a short deadline or a reset stream

@@ -182,6 +182,10 @@ containers:
         value: {{ .Values.maxConnectionAge | quote }}
       - name: SIGNER_MAX_CONNECTIONS
         value: {{ int .Values.maxConnections | quote }}
+      - name: SIGNER_MAX_CONNECTIONS_PER_SOURCE
+        value: {{ int .Values.maxConnectionsPerSource | quote }}
+      - name: SIGNER_CONNECTION_TIMEOUT
+        value: {{ .Values.connectionTimeout | quote }}
       - name: SIGNER_KEY_CACHE_TTL
         value: {{ .Values.keyCacheTTL | quote }}
       {{- with .Values.goMemLimit }}
