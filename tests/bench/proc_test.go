@@ -245,6 +245,7 @@ var binaries = map[string]string{
 	"plexsphere-sidecar": "github.com/plexsphere/signer/cmd/plexsphere-sidecar",
 	"floorsigner":        "github.com/plexsphere/signer/tests/bench/cmd/floorsigner",
 	"floorrelay":         "github.com/plexsphere/signer/tests/bench/cmd/floorrelay",
+	"flooder":            "github.com/plexsphere/signer/tests/bench/cmd/flooder",
 }
 
 // binPath returns the path of one of binaries, built on its first use.
