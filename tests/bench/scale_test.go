@@ -226,9 +226,10 @@ func prefill(b *testing.B, dsn string, n uint64) time.Duration {
 // that reports had no errors; the 1,000-connection rows report x-1-conn and
 // p50-x-1-conn (median latency over the 1-connection row at 64 in flight)
 // and the server's peak RSS, the signer's rows also x-floor (throughput over
-// the floor's same row). The signer's per-source connection rate is raised
-// to let one address open 1,000 connections at once (it limits a single
-// source, and here every sidecar shares 127.0.0.1), and its memory limit is
+// the floor's same row). The signer's per-source connection rate and
+// per-source connection cap are raised to let one address open 1,000
+// connections at once (they limit a single source, and here every sidecar
+// shares 127.0.0.1), and its memory limit is
 // the one it takes from the chart's default container limit.
 func BenchmarkS_Connections(b *testing.B) {
 	requireScale(b)
@@ -242,7 +243,7 @@ func BenchmarkS_Connections(b *testing.B) {
 			} else {
 				// GOMEMLIMIT: what the signer sets itself from the chart's
 				// 256 MiB container limit (0.8 of it, cmd/plexsphere-signer).
-				sp := startSigner(b, ca, map[string]string{"SIGNER_CONNECTION_RATE": "2000", "GOMEMLIMIT": "204MiB"})
+				sp := startSigner(b, ca, map[string]string{"SIGNER_CONNECTION_RATE": "2000", "SIGNER_MAX_CONNECTIONS_PER_SOURCE": "4096", "GOMEMLIMIT": "204MiB"})
 				p, env = sp.proc, sp.Env
 			}
 			connections(b, p, env)
