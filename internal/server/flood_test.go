@@ -50,9 +50,15 @@ func deniedAdmissions(entries []auditlog.Entry) (adm, mw int) {
 // refusedConns reads plexsphere_signer_connections_refused_total{reason}.
 func refusedConns(t *testing.T, env *signertest.Env, reason string) float64 {
 	t.Helper()
+	return metric(t, env, `plexsphere_signer_connections_refused_total{reason="`+reason+`"}`)
+}
+
+// metric reads one sample of the signer's /metrics, named with its labels.
+func metric(t *testing.T, env *signertest.Env, name string) float64 {
+	t.Helper()
 	rec := httptest.NewRecorder()
 	env.Metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	prefix := `plexsphere_signer_connections_refused_total{reason="` + reason + `"} `
+	prefix := name + " "
 	for _, line := range strings.Split(rec.Body.String(), "\n") {
 		if v, ok := strings.CutPrefix(line, prefix); ok {
 			f, err := strconv.ParseFloat(v, 64)
@@ -62,7 +68,7 @@ func refusedConns(t *testing.T, env *signertest.Env, reason string) float64 {
 			return f
 		}
 	}
-	t.Fatalf("no %s in the metrics", strings.TrimSpace(prefix))
+	t.Fatalf("no %s in the metrics", name)
 	return 0
 }
 
@@ -223,6 +229,25 @@ func TestDenialFloodIsPacedNotSkipped(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // polling a condition, not synchronising
 	}
+	waitQueueDrained(t, env)
+}
+
+// waitQueueDrained waits until no denied call holds a turn any more: every
+// place in the queue taken (in the transport or by a denial) was given
+// back, whatever became of its call.
+func waitQueueDrained(t *testing.T, env *signertest.Env) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := metric(t, env, "plexsphere_signer_denials_pending")
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v denied calls still hold a turn long after the flood: places in the queue leak", n)
+		}
+		time.Sleep(100 * time.Millisecond) // polling a condition, not synchronising
+	}
 }
 
 // A connection without a client certificate gets one RPC: its first call is
@@ -313,6 +338,7 @@ func TestFullDenialQueueRefusesAtTheConnection(t *testing.T) {
 	if n := refusedConns(t, env, "denials_in_flight"); n == 0 {
 		t.Fatal("no connection refused for a full queue of denials")
 	}
+	waitQueueDrained(t, env)
 }
 
 // One source cannot take the signer's connections: past

@@ -93,6 +93,16 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	return m
 }
 
+// pendingDenials exports the denied calls holding a turn at the denial
+// rate (SIGNER_MAX_PENDING_DENIALS bounds them): a flood shows here before
+// it shows in refused connections, and a queue that never drains would be
+// a leak.
+func (m *signerMetrics) pendingDenials(g *guard) {
+	m.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plexsphere_signer_denials_pending",
+		Help: "Denied calls waiting for their turn at the denial rate, or being audited."},
+		func() float64 { return float64(g.pending.Load()) }))
+}
+
 // observeRPC is the Auditor's observer: every RPC, denied ones included.
 func (m *signerMetrics) observeRPC(method, outcome string, code codes.Code, took time.Duration) {
 	name := m.Method(method)

@@ -195,6 +195,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		DenialRate: float64(cfg.DenialRate), DenialBurst: cfg.DenialRate, DenialsPerConn: cfg.DenialsPerConnection,
 		MaxPendingDenials: cfg.MaxPendingDenials, DenialMaxWait: cfg.DenialMaxWait},
 		foresee, func(reason string) { s.metrics.connsRefused.WithLabelValues(reason).Inc() })
+	s.metrics.pendingDenials(s.guard)
 	auditor := &signing.Auditor{
 		Authorize: authorize,
 		Writer:    s.writer,
