@@ -428,3 +428,29 @@ func TestIdleConnectionClosedAfterTheConnectionTimeout(t *testing.T) {
 		})
 	}
 }
+
+// A call that takes a place in the queue of denials in the transport but
+// never reaches the interceptor (here: a message over the size limit, which
+// gRPC refuses before anything reads it) gives its place back. Otherwise
+// each such call would shrink SIGNER_MAX_PENDING_DENIALS for good, and a
+// few would lock every peer out of the queue.
+func TestCallRefusedBeforeDispatchGivesItsPlaceBack(t *testing.T) {
+	const pending = 4
+	env := signertest.Start(t, signertest.WithClock(signertest.NewClock(admissionTime)),
+		signertest.WithConfig(func(c *config.Signer) { c.MaxPendingDenials, c.MaxPayloadBytes = pending, 1024 }))
+	cc := dialOnce(t, env, env.Issue(t, "spiffe://example.org/ns/elsewhere/sa/stranger"))
+	seq := env.LastSeq(t)
+	big := make([]byte, 300<<10) // over 1 KiB + the 256 KiB envelope
+	for i := range 3 * pending {
+		_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: big})
+		if c := status.Code(err); c != codes.ResourceExhausted {
+			t.Fatalf("oversized call %d answered %v, want ResourceExhausted (its place in the queue leaked?)", i, err)
+		}
+	}
+	waitQueueDrained(t, env)
+	_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("p")})
+	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
+	if adm, mw := rpcEntries(t, env, seq); len(adm) != 1 || len(mw) != 1 {
+		t.Fatalf("%d admission and %d middleware entries, want the one denied RPC's", len(adm), len(mw))
+	}
+}
