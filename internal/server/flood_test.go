@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http/httptest"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -176,7 +178,8 @@ func TestDenialFloodIsPacedNotSkipped(t *testing.T) {
 	// of goroutines is sampled meanwhile (a reading, not a synchronisation).
 	var served, failed int
 	var firstErr error
-	peak := 0
+	peak, peakDenying := 0, 0
+	var sampled time.Time
 	for time.Since(t0) < 3*time.Second {
 		if _, err := sign(core, &signerv1.SignRequest{Scope: scope, Payload: []byte("admitted")}); err != nil {
 			failed++
@@ -185,6 +188,9 @@ func TestDenialFloodIsPacedNotSkipped(t *testing.T) {
 			served++
 		}
 		peak = max(peak, runtime.NumGoroutine())
+		if time.Since(sampled) > 200*time.Millisecond {
+			peakDenying, sampled = max(peakDenying, goroutinesIn("signing.(*Auditor).deny(")), time.Now()
+		}
 	}
 	window := env.AuditAfter(t, seq0)
 	elapsed := time.Since(t0)
@@ -195,8 +201,8 @@ func TestDenialFloodIsPacedNotSkipped(t *testing.T) {
 	// A token bucket of burst `rate` grants at most rate + rate×elapsed
 	// turns in the window; a turn granted just before it may commit in it.
 	allowed := rate + int(rate*elapsed.Seconds()) + rate/2
-	t.Logf("%.1fs: %d calls sent, %d denials answered, %d refused or closed, %d denials committed (allowed %d), core %d served, peak %d goroutines (%d before)",
-		elapsed.Seconds(), sent.Load(), answered.Load(), refused.Load(), deniedInWindow, allowed, served, peak, base)
+	t.Logf("%.1fs: %d calls sent, %d denials answered, %d refused or closed, %d denials committed (allowed %d), core %d served, peak %d goroutines (%d before), %d of them denying",
+		elapsed.Seconds(), sent.Load(), answered.Load(), refused.Load(), deniedInWindow, allowed, served, peak, base, peakDenying)
 	if deniedInWindow > allowed {
 		t.Errorf("%d denials committed in %.1fs at a denial rate of %d/s (at most %d allowed): the flood outran the pacing",
 			deniedInWindow, elapsed.Seconds(), rate, allowed)
@@ -208,6 +214,12 @@ func TestDenialFloodIsPacedNotSkipped(t *testing.T) {
 	// the signer: a few per connection and the bounded queue of denials.
 	if limit := base + 1200; peak > limit {
 		t.Errorf("%d goroutines at the peak of the flood (%d before): denied calls piled up", peak, base)
+	}
+	// Denied calls in the signer, waiting for their turn or their commit:
+	// the queue's bound (4×rate), and a little for calls between the tap
+	// and their turn.
+	if peakDenying > 4*rate+16 {
+		t.Errorf("%d denied calls in the signer at once (sampled), with a queue of %d: they piled up", peakDenying, 4*rate)
 	}
 	if n := refusedConns(t, env, "no_client_certificate"); n == 0 {
 		t.Error("no connection closed for its certificate-less denial")
@@ -230,6 +242,14 @@ func TestDenialFloodIsPacedNotSkipped(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // polling a condition, not synchronising
 	}
 	waitQueueDrained(t, env)
+}
+
+// goroutinesIn counts the goroutines of this process (the signer's
+// included) whose stack holds fn.
+func goroutinesIn(fn string) int {
+	var buf bytes.Buffer
+	pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	return strings.Count(buf.String(), fn)
 }
 
 // waitQueueDrained waits until no denied call holds a turn any more: every
@@ -452,5 +472,57 @@ func TestCallRefusedBeforeDispatchGivesItsPlaceBack(t *testing.T) {
 	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
 	if adm, mw := rpcEntries(t, env, seq); len(adm) != 1 || len(mw) != 1 {
 		t.Fatalf("%d admission and %d middleware entries, want the one denied RPC's", len(adm), len(mw))
+	}
+}
+
+// A peer that goes on opening calls on a connection the signer is closing
+// (while one of its denied calls waits for its turn) does not make the
+// signer refuse them one by one for as long as the turn takes: past a few,
+// the connection goes at once. The waiting call is audited all the same;
+// only its answer is lost.
+func TestCallsOnAClosingConnectionCloseItAtOnce(t *testing.T) {
+	env := signertest.Start(t, signertest.WithClock(signertest.NewClock(admissionTime)),
+		signertest.WithConfig(func(c *config.Signer) {
+			c.DenialRate, c.MaxPendingDenials, c.DenialMaxWait = 1, 5, 10*time.Second
+		}))
+	seq := env.LastSeq(t)
+	// Another peer spends the burst: the next turn is a second away.
+	_, err := sign(dialOnce(t, env, nil), &signerv1.SignRequest{Scope: scope, Payload: []byte("p")})
+	wantStatus(t, err, codes.PermissionDenied, "signing: client identity denied")
+	waitQueueDrained(t, env)
+
+	cc := dialOnce(t, env, nil)
+	first := make(chan error, 1)
+	go func() {
+		_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("p")})
+		first <- err
+	}()
+	// Its first call holds a turn (the connection is being closed).
+	deadline := time.Now().Add(10 * time.Second)
+	for metric(t, env, "plexsphere_signer_denials_pending") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first call never took its turn")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, not synchronising
+	}
+	for i := range 20 {
+		_, err := sign(cc, &signerv1.SignRequest{Scope: scope, Payload: []byte("p")})
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call %d on the closing connection answered %v, want Unavailable", i+2, err)
+		}
+	}
+	if err := <-first; status.Code(err) != codes.Unavailable {
+		t.Fatalf("the waiting call answered %v: the connection stayed open through its turn", err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		adm, mw := rpcEntries(t, env, seq)
+		if len(adm) == 2 && len(mw) == 2 {
+			break
+		}
+		if len(adm) > 2 || time.Now().After(deadline) {
+			t.Fatalf("%d admission and %d middleware entries, want the two denied RPCs'", len(adm), len(mw))
+		}
+		time.Sleep(100 * time.Millisecond) // polling a condition, not synchronising
 	}
 }

@@ -43,7 +43,8 @@ import (
 //     refused in the transport meanwhile.
 //
 // Closing a connection waits for its denied calls still in their turn, so
-// that their answers (after their entries) can leave.
+// that their answers (after their entries) can leave, unless the peer goes
+// on opening calls on it (maxRefusedCalls): then it goes at once.
 type guard struct {
 	maxConns   int
 	perSource  int
@@ -173,7 +174,9 @@ type guardedConn struct {
 	denied  atomic.Int64 // denials counted against it (foreseen or not)
 	waiting atomic.Int64 // its denied calls holding a turn
 	closing atomic.Bool  // shut: its new calls are refused in the transport
-	once    sync.Once
+	// calls refused in the transport while closing
+	refusedCalls atomic.Int64
+	once         sync.Once
 }
 
 func (c *guardedConn) Close() error {
@@ -196,6 +199,10 @@ func (c *guardedConn) Close() error {
 // closeGrace lets the last denial's answer reach the peer before its
 // connection is closed under it.
 const closeGrace = 100 * time.Millisecond
+
+// maxRefusedCalls is how many calls a connection being closed may open and
+// have refused before it is closed at once.
+const maxRefusedCalls = 16
 
 // shut refuses the connection's further calls and closes it once none of
 // its denied calls holds a turn any more (counted once, under reason).
@@ -259,6 +266,13 @@ func (g *guard) tap(ctx context.Context, info *tap.Info) (context.Context, error
 		return ctx, nil
 	}
 	if c.closing.Load() {
+		// A peer that goes on opening calls on a connection being closed
+		// (its denied calls still in their turn) would make the signer
+		// refuse each: past a few, the connection goes at once; those
+		// calls are audited all the same, only their answers are lost.
+		if c.refusedCalls.Add(1) > maxRefusedCalls {
+			c.Close()
+		}
 		return nil, errClosing
 	}
 	if !g.foresee(ctx, info.FullMethodName) {
