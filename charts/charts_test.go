@@ -531,7 +531,7 @@ func TestExampleCoreChartNativeSidecar(t *testing.T) {
 	if env["SIDECAR_ALLOW_UIDS"] != "65532" || !strings.HasPrefix(env["SIDECAR_LISTEN"], "unix://") {
 		t.Errorf("sidecar env %v", env)
 	}
-	if env["SIDECAR_RELAY"] != "false" || env["SIDECAR_MAX_CONNECTIONS"] != "128" || env["SIDECAR_MAX_CONCURRENT_STREAMS"] != "1024" {
+	if _, set := env["SIDECAR_RELAY"]; set || env["SIDECAR_MAX_CONNECTIONS"] != "128" || env["SIDECAR_MAX_CONCURRENT_STREAMS"] != "1024" {
 		t.Errorf("sidecar mode and caps: %v", env)
 	}
 	// Distinct uids: the core's (the pod's) is the one on the allow-list, the
@@ -554,18 +554,28 @@ func TestExampleCoreChartNativeSidecar(t *testing.T) {
 	}
 }
 
-// The relay mode and the caps are values of the sidecar block.
-func TestExampleCoreChartSidecarRelayMode(t *testing.T) {
+// The caps are values of the sidecar block.
+func TestExampleCoreChartSidecarCaps(t *testing.T) {
 	v := values(t, coreValues)
 	sc := v["sidecar"].(map[string]any)
-	sc["relay"], sc["maxConnections"], sc["maxConcurrentStreams"] = true, 16, 64
+	sc["maxConnections"], sc["maxConcurrentStreams"] = 16, 64
 	m, err := render(t, "example-core", v)
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := envOf(m.deployments[0].Spec.Template.Spec.InitContainers[0])
-	if env["SIDECAR_RELAY"] != "true" || env["SIDECAR_MAX_CONNECTIONS"] != "16" || env["SIDECAR_MAX_CONCURRENT_STREAMS"] != "64" {
+	if env["SIDECAR_MAX_CONNECTIONS"] != "16" || env["SIDECAR_MAX_CONCURRENT_STREAMS"] != "64" {
 		t.Fatalf("sidecar env %v", env)
+	}
+}
+
+// A values file from before the relay was folded into the one path fails
+// the render, naming the value, instead of being ignored.
+func TestExampleCoreChartRefusesTheOldRelayValue(t *testing.T) {
+	v := values(t, coreValues)
+	v["sidecar"].(map[string]any)["relay"] = true
+	if _, err := render(t, "example-core", v); err == nil || !strings.Contains(err.Error(), "sidecar.relay is gone") {
+		t.Fatalf("render with sidecar.relay: %v", err)
 	}
 }
 

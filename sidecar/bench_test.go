@@ -4,20 +4,16 @@ import (
 	"testing"
 
 	"github.com/plexsphere/signer/internal/testing/signertest"
-	"github.com/plexsphere/signer/sidecar"
 )
 
-// BenchmarkSidecar signs through the sidecar, 64 calls in flight, in each
-// mode, against one in-process signer (durable bbolt): a quick side-by-side,
-// not the project's bench (make bench).
+// BenchmarkSidecar signs through the sidecar, 64 calls in flight, against
+// one in-process signer (durable bbolt): a quick check, not the project's
+// bench (make bench).
 func BenchmarkSidecar(b *testing.B) {
-	for _, mode := range []struct {
-		name string
-		opts []signertest.SidecarOption
-	}{{"proxy", nil}, {"relay", []signertest.SidecarOption{func(c *sidecar.Config) { c.Relay = true }}}} {
-		b.Run(mode.name, func(b *testing.B) {
+	{
+		b.Run("sidecar", func(b *testing.B) {
 			env := signertest.Start(b)
-			sc := signertest.StartSidecar(b, env.Addr, env.Source(env.Issue(b, signertest.CoreID)), mode.opts...)
+			sc := signertest.StartSidecar(b, env.Addr, env.Source(env.Issue(b, signertest.CoreID)))
 			c := dialClient(b, sc.Socket)
 			if _, err := c.Sign(ctx10s(b), scope, []byte("warm")); err != nil {
 				b.Fatal(err)

@@ -44,14 +44,7 @@ func (r *recorder) take() []string {
 
 // Whatever method name a core sends, only SignerService/Sign, PublicKey
 // and Prove ever reach the upstream.
-func FuzzMethodFilter(f *testing.F) { fuzzMethodFilter(f) }
-
-// The same through the frame relay, which reads :path out of HPACK.
-func FuzzRelayMethodFilter(f *testing.F) {
-	fuzzMethodFilter(f, func(c *sidecar.Config) { c.Relay = true })
-}
-
-func fuzzMethodFilter(f *testing.F, opts ...signertest.SidecarOption) {
+func FuzzMethodFilter(f *testing.F) {
 	ca := signertest.NewCA(f)
 	env := &signertest.Env{CA: ca}
 	rec := &recorder{}
@@ -65,7 +58,7 @@ func fuzzMethodFilter(f *testing.F, opts ...signertest.SidecarOption) {
 	defer up.Stop()
 	// The fuzz engine forbids f.Log inside the target: no test log here.
 	sc := signertest.StartSidecar(f, lis.Addr().String(), env.Source(env.Issue(f, signertest.CoreID)),
-		append(opts, func(c *sidecar.Config) { c.Log = slog.New(slog.DiscardHandler) })...)
+		func(c *sidecar.Config) { c.Log = slog.New(slog.DiscardHandler) })
 	cc, err := grpc.NewClient(sc.TCP, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		f.Fatal(err)

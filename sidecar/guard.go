@@ -59,6 +59,7 @@ func (g guard) Accept() (net.Conn, error) {
 		if uc, ok := c.(*net.UnixConn); ok {
 			cred, err := peerCred(uc)
 			if err != nil {
+				g.p.cfg.Refused("no_peer_cred")
 				g.p.warn("caller refused: no peer credentials", "err", err)
 				c.Close()
 				continue
@@ -66,6 +67,7 @@ func (g guard) Accept() (net.Conn, error) {
 			lc.uid, lc.pid, lc.hasCred = int(cred.Uid), int(cred.Pid), true
 		}
 		if len(g.p.allowUID) > 0 && (!lc.hasCred || !g.p.allowUID[lc.uid]) {
+			g.p.cfg.Refused("uid")
 			g.p.warn("caller refused: uid not on the socket allow-list", "uid", lc.uid, "pid", lc.pid)
 			g.p.refuse(lc)
 			continue
@@ -75,6 +77,7 @@ func (g guard) Accept() (net.Conn, error) {
 			lc.release = func() { <-g.p.conns }
 			return lc, nil
 		default:
+			g.p.cfg.Refused("max_connections")
 			g.p.warn("caller refused: connection limit reached", "limit", cap(g.p.conns), "uid", lc.uid, "pid", lc.pid)
 			c.Close()
 		}

@@ -33,6 +33,13 @@ func Run(ctx context.Context, cfg Config) error {
 			observe(method, code, took)
 		}
 	}
+	refused := cfg.Refused
+	cfg.Refused = func(reason string) {
+		m.ObserveRefused(reason)
+		if refused != nil {
+			refused(reason)
+		}
+	}
 	p, err := New(cfg)
 	if err != nil {
 		return err

@@ -13,7 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
 	"github.com/plexsphere/signer/internal/testing/testenv"
+	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -57,15 +63,38 @@ func TestRun(t *testing.T) {
 	if _, err := c.Sign(ctx10s(t), scope, []byte("m")); err != nil {
 		t.Fatal(err)
 	}
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := signerv1.NewRotationServiceClient(cc).Open(ctx10s(t), &signerv1.OpenRequest{Scope: scope}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("RotationService/Open through the sidecar: %v", err)
+	}
+	// A connection that does not speak HTTP/2 is closed and counted.
+	raw, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, raw); err != nil {
+		t.Fatalf("an HTTP/1 connection was kept: %v", err)
+	}
+	raw.Close()
 	resp, err := http.Get("http://" + ops + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	want := `plexsphere_sidecar_calls_total{code="OK",method="/plexsphere.signer.v1.SignerService/Sign"} 1`
-	if !strings.Contains(string(b), want) {
-		t.Fatalf("/metrics lacks %s:\n%s", want, b)
+	for _, want := range []string{`plexsphere_sidecar_calls_total{code="OK",method="/plexsphere.signer.v1.SignerService/Sign"} 1`,
+		`plexsphere_sidecar_calls_total{code="PermissionDenied",method="other"} 1`,
+		`plexsphere_sidecar_connections_refused_total{reason="preface"} 1`,
+		`plexsphere_sidecar_connections_refused_total{reason="uid"} 0`} {
+		if !strings.Contains(string(b), want) {
+			t.Fatalf("/metrics lacks %s:\n%s", want, b)
+		}
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -2,14 +2,12 @@ package sidecar
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,16 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
-	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/internal/ops"
@@ -57,17 +47,13 @@ func ForwardedMethods() []string {
 	return ms
 }
 
-// reconnectBackoff paces reconnection to a replica that is down: from
-// 100 ms up to ReconnectMaxDelay, so a returning replica is picked up within
-// about a second while a dead one costs at most one attempt a second.
-var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectMaxDelay}
-
 // ReconnectMaxDelay is the longest wait between two attempts to reach a
-// replica (plus up to 20 % jitter).
+// replica (plus up to 20 % jitter): a replica that is back is used within
+// about a second, a dead one costs at most one attempt a second.
 const ReconnectMaxDelay = time.Second
 
-// connectTimeout bounds one connection attempt (TCP and TLS), so an attempt
-// at an address that swallows packets does not hold a replica back.
+// connectTimeout bounds one connection attempt (TCP and TLS), so an
+// address that swallows packets does not hold a replica back.
 const connectTimeout = 3 * time.Second
 
 // HealthService is the health service name that tracks the upstream.
@@ -84,8 +70,10 @@ type Config struct {
 	// MaxConcurrentStreams caps the calls in flight on one (default 1024).
 	MaxConnections       int
 	MaxConcurrentStreams int
-	// Upstream is a gRPC target ("dns:///signer-headless.ns.svc:8443", or
-	// host:port), or a comma-separated list of host:port balanced round robin.
+	// Upstream is the signer: host:port, a comma-separated list of
+	// host:port, or dns:///host:port (re-resolved every few seconds, one
+	// connection per address it resolves to). Calls are spread over the
+	// replicas one by one, to the least loaded.
 	Upstream string
 	// SignerID is the only SPIFFE ID the upstream may present.
 	SignerID spiffeid.ID
@@ -98,13 +86,9 @@ type Config struct {
 	Log             *slog.Logger
 	// Observe, if set, is told the outcome of every call (for metrics).
 	Observe func(method string, code codes.Code, took time.Duration)
-
-	// Relay selects the frame relay (see relay.go): one upstream
-	// connection per core connection, HTTP/2 frames passed through as
-	// bytes, a refused method closes the connection. Upstream must then be
-	// host:port addresses (comma-separated, or dns:///host:port); health is
-	// served on the ops listener only, and calls are not counted by code.
-	Relay bool
+	// Refused, if set, is told why a core connection was refused or
+	// closed by the sidecar (a bounded set of reasons, for metrics).
+	Refused func(reason string)
 
 	// Used by Run only: OpsListen is a plain HTTP address for /metrics and
 	// gRPC health ("" disables); ShutdownTimeout bounds the drain of
@@ -113,30 +97,34 @@ type Config struct {
 	ShutdownTimeout time.Duration
 }
 
-// Proxy is a running sidecar.
+// Proxy is a running sidecar: an HTTP/2 server for the core (core.go) and
+// a pool of mTLS connections to the signer replicas (upstream.go). Calls
+// pass through as whole gRPC requests and responses, never decoded.
 type Proxy struct {
 	cfg      Config
 	allowUID map[int]bool
-	upstream *grpc.ClientConn
-	server   *grpc.Server
-	health   *health.Server
+	pool     *pool
+	buffers  *budget
+	health   *health.Server // the ops listener's; the core's socket answers health itself
+
+	serving  atomic.Bool
+	watchMu  sync.Mutex
+	watchers map[*call]struct{} // health Watch streams on core connections
 
 	conns        chan struct{} // one token per admitted connection
 	refusedSlots chan struct{} // one token per refused connection held open
 	refused      *queueListener
 	refuser      *grpc.Server
 
-	nextWarn, suppressed atomic.Int64
+	coreMu    sync.Mutex
+	cores     map[*coreConn]struct{}
+	draining  bool
+	coreConns sync.WaitGroup
 
-	// The frame relay's upstream (Config.Relay).
-	relays      relayConns
-	relayAddrs  []string
-	relayDown   []atomic.Int64 // per address: unix nanos until which its last dial failure counts
-	relayTLS    *tls.Config
-	nextReplica atomic.Uint64
+	nextWarn, suppressed atomic.Int64
 }
 
-// New checks cfg and dials the upstream lazily.
+// New checks cfg; the upstream is dialled by Serve.
 func New(cfg Config) (*Proxy, error) {
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("sidecar: no listen address")
@@ -170,102 +158,25 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.MaxConcurrentStreams <= 0 {
 		cfg.MaxConcurrentStreams = 1024
 	}
-	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer(),
+	if cfg.Refused == nil {
+		cfg.Refused = func(string) {}
+	}
+	targets, err := parseUpstream(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer(), watchers: map[*call]struct{}{},
 		conns: make(chan struct{}, cfg.MaxConnections), refusedSlots: make(chan struct{}, maxRefused),
-		refused: newQueueListener(maxRefused), refuser: newRefuser()}
+		refused: newQueueListener(maxRefused), refuser: newRefuser(), cores: map[*coreConn]struct{}{},
+		buffers: &budget{free: maxBuffered}}
 	for _, uid := range cfg.AllowUIDs {
 		p.allowUID[uid] = true
 	}
-
-	if cfg.Relay {
-		addrs, err := relayAddresses(cfg.Upstream)
-		if err != nil {
-			return nil, err
-		}
-		p.relayAddrs = addrs
-		p.relayDown = make([]atomic.Int64, len(addrs))
-		p.relayTLS = UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID)
-		p.relayTLS.NextProtos = []string{"h2"}
-	}
-
-	target, res := upstreamTarget(cfg.Upstream)
-	dial := []grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID))),
-		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxCallSendMsgSize(cfg.MaxMessageBytes),
-			grpc.ForceCodecV2(codec{})),
-		// Stay connected: readiness means "the upstream handshake works now".
-		grpc.WithIdleTimeout(0),
-		// A replica that is back is used within about a second: gRPC's
-		// default backoff grows to 120 s, so a replica that had been down
-		// for minutes stayed unused after it returned, and when the other
-		// one died every call failed until the next attempt (about 35 s
-		// measured). Failed calls stay safe: gRPC retries on its own only a
-		// call that never reached a server (transparent retry); nothing
-		// here retries a Sign that may have been signed and audited.
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: connectTimeout}),
-	}
-	if res != nil {
-		dial = append(dial, grpc.WithResolvers(res))
-	}
-	cc, err := grpc.NewClient(target, dial...)
-	if err != nil {
-		return nil, fmt.Errorf("sidecar: upstream %q: %w", cfg.Upstream, err)
-	}
-	p.upstream = cc
-
-	p.server = grpc.NewServer(
-		grpc.Creds(localCreds{}),
-		grpc.ForceServerCodecV2(codec{}),
-		grpc.UnknownServiceHandler(p.forward),
-		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
-		grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)),
-	)
-	healthpb.RegisterHealthServer(p.server, p.health)
+	tlsCfg := UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID)
+	tlsCfg.NextProtos = []string{"h2"}
+	p.pool = newPool(targets, tlsCfg, cfg.MaxMessageBytes, cfg.Log, p.setServing)
 	ops.SetAll(p.health, false, HealthService)
 	return p, nil
-}
-
-// upstreamTarget turns a comma-separated address list into a manual
-// resolver; anything else is a gRPC target as given.
-func upstreamTarget(up string) (string, resolver.Builder) {
-	if !strings.Contains(up, ",") {
-		return up, nil
-	}
-	r := manual.NewBuilderWithScheme("sidecar-upstream")
-	var addrs []resolver.Address
-	for _, a := range strings.Split(up, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			addrs = append(addrs, resolver.Address{Addr: a})
-		}
-	}
-	r.InitialState(resolver.State{Addresses: addrs})
-	return r.Scheme() + ":///signer", r
-}
-
-// forward relays one unary call as raw bytes. The caller's deadline and
-// cancellation travel with ctx; no caller metadata is passed on.
-func (p *Proxy) forward(_ any, ss grpc.ServerStream) (err error) {
-	start := time.Now()
-	method, _ := grpc.MethodFromServerStream(ss)
-	if p.cfg.Observe != nil {
-		defer func() { p.cfg.Observe(method, status.Code(err), time.Since(start)) }()
-	}
-	ctx := ss.Context()
-	if !forwarded[method] {
-		p.warn("method refused: not forwarded to the signer", "method", method)
-		return status.Errorf(codes.PermissionDenied, "sidecar: method %s is not forwarded to the signer", method)
-	}
-	req := new(frame)
-	if err := ss.RecvMsg(req); err != nil {
-		return err
-	}
-	resp := new(frame)
-	if err := p.upstream.Invoke(ctx, method, req, resp); err != nil {
-		return err
-	}
-	return ss.SendMsg(resp)
 }
 
 // Listen opens the configured listeners.
@@ -284,54 +195,47 @@ func (p *Proxy) Listen() ([]net.Listener, error) {
 	return ls, nil
 }
 
-// Health is the health server (SERVING once the upstream is connected).
+// Health is the ops listener's health server (SERVING while a replica is
+// connected).
 func (p *Proxy) Health() *health.Server { return p.health }
 
-// Ready reports whether the upstream connection is up.
+// Ready reports whether a signer replica is connected.
 func (p *Proxy) Ready(context.Context) error {
-	if st := p.upstream.GetState(); st != connectivity.Ready {
-		return fmt.Errorf("sidecar: upstream %s", st)
+	if !p.serving.Load() {
+		return errors.New("sidecar: no signer replica connected")
 	}
 	return nil
 }
 
-func (p *Proxy) watchUpstream(ctx context.Context) {
-	p.upstream.Connect()
-	last := connectivity.State(-1)
-	for {
-		st := p.upstream.GetState()
-		if st != last {
-			ops.SetAll(p.health, st == connectivity.Ready, HealthService)
-			p.cfg.Log.Info("upstream state", "state", st.String())
-			last = st
-		}
-		if st == connectivity.Idle {
-			p.upstream.Connect()
-		}
-		if !p.upstream.WaitForStateChange(ctx, st) {
-			return
-		}
+// setServing follows the pool: SERVING while any replica is connected.
+func (p *Proxy) setServing(up bool) {
+	if p.serving.Swap(up) == up {
+		return
+	}
+	ops.SetAll(p.health, up, HealthService)
+	p.cfg.Log.Info("upstream state", "ready", up)
+	p.watchMu.Lock()
+	ws := make([]*call, 0, len(p.watchers))
+	for w := range p.watchers {
+		ws = append(ws, w)
+	}
+	p.watchMu.Unlock()
+	for _, w := range ws {
+		w.cc.send(item{kind: itemStream, c: w, data: healthMessage(up)})
 	}
 }
 
-// Serve serves ls until ctx ends, then drains in-flight calls (up to
-// grace) and closes the upstream.
+// Serve serves ls until ctx ends, then drains: listeners close, every core
+// connection gets a GOAWAY, and calls in flight have up to grace to finish.
 func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duration) error {
-	wctx, stopWatch := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); p.watchUpstream(wctx) }()
+	pctx, stopPool := context.WithCancel(context.Background())
+	poolDone := make(chan struct{})
+	go func() { defer close(poolDone); p.pool.run(pctx) }()
 
 	go p.refuser.Serve(p.refused)
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
-		go func() {
-			if p.cfg.Relay {
-				errc <- p.relayServe(guard{Listener: l, p: p})
-				return
-			}
-			errc <- p.server.Serve(guard{Listener: l, p: p})
-		}()
+		go func() { errc <- p.serve(guard{Listener: l, p: p}) }()
 		p.cfg.Log.Info("sidecar listening", "addr", l.Addr().String(), "upstream", p.cfg.Upstream, "signer_id", p.cfg.SignerID.String())
 	}
 	var err error
@@ -340,31 +244,108 @@ func (p *Proxy) Serve(ctx context.Context, ls []net.Listener, grace time.Duratio
 	case err = <-errc:
 	}
 	p.health.Shutdown()
-	if p.cfg.Relay {
-		for _, l := range ls {
-			l.Close()
-		}
-		p.drainRelays(grace)
+	for _, l := range ls {
+		l.Close()
 	}
-	done := make(chan struct{})
-	go func() { p.server.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(grace):
-		p.server.Stop()
-		<-done
-	}
+	p.drain(grace)
 	p.refuser.Stop()
-	stopWatch()
-	wg.Wait()
-	p.upstream.Close()
+	stopPool()
+	<-poolDone
 	for _, a := range p.cfg.Listen {
 		if a.IsUnix() {
 			os.Remove(a.Address())
 		}
 	}
-	if errors.Is(err, grpc.ErrServerStopped) {
+	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
 	return err
+}
+
+func (p *Proxy) serve(l net.Listener) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		cc := newCoreConn(p, c)
+		p.coreMu.Lock()
+		if p.draining {
+			p.coreMu.Unlock()
+			c.Close()
+			continue
+		}
+		p.cores[cc] = struct{}{}
+		p.coreConns.Add(1)
+		p.coreMu.Unlock()
+		go func() {
+			defer p.coreConns.Done()
+			cc.serve()
+			p.coreMu.Lock()
+			delete(p.cores, cc)
+			p.coreMu.Unlock()
+		}()
+	}
+}
+
+// drain sends every core connection a GOAWAY, waits up to grace for their
+// calls, then closes what is left.
+func (p *Proxy) drain(grace time.Duration) {
+	p.coreMu.Lock()
+	p.draining = true
+	for cc := range p.cores {
+		cc.goAway()
+	}
+	p.coreMu.Unlock()
+	done := make(chan struct{})
+	go func() { p.coreConns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		p.coreMu.Lock()
+		for cc := range p.cores {
+			cc.nc.Close()
+		}
+		p.coreMu.Unlock()
+		<-done
+	}
+}
+
+// release gives back the request bytes c held.
+func (p *Proxy) release(c *call) {
+	if c.held > 0 {
+		p.buffers.give(c.held)
+		c.held = 0
+	}
+	c.body = nil
+}
+
+func (p *Proxy) observe(c *call, code codes.Code) {
+	if p.cfg.Observe != nil {
+		p.cfg.Observe(c.method, code, time.Since(c.start))
+	}
+}
+
+// budget is a count of bytes that can be taken without waiting: a request
+// that does not fit is refused, never parked (a parked reader could wait
+// on bytes only it could free).
+type budget struct {
+	mu   sync.Mutex
+	free int
+}
+
+func (b *budget) take(n int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.free < n {
+		return false
+	}
+	b.free -= n
+	return true
+}
+
+func (b *budget) give(n int) {
+	b.mu.Lock()
+	b.free += n
+	b.mu.Unlock()
 }

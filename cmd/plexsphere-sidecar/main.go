@@ -50,12 +50,14 @@ func run(ctx context.Context, args []string) error {
 		Listen: cfg.ListenAddrs(), SocketMode: os.FileMode(mode), AllowUIDs: cfg.AllowUIDs,
 		MaxConnections: cfg.MaxConnections, MaxConcurrentStreams: cfg.MaxConcurrentStreams,
 		Upstream: cfg.Upstream, SignerID: spiffeid.RequireFromString(cfg.SignerSPIFFEID), // validated
-		SVID: src, Bundle: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log, Relay: cfg.Relay,
+		SVID: src, Bundle: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log,
 		OpsListen: cfg.OpsListen, ShutdownTimeout: cfg.ShutdownTimeout,
 	})
 	switch {
 	case errors.Is(err, sidecar.ErrListen):
 		return config.Errorf(&cfg, "Listen", "%v", err)
+	case errors.Is(err, sidecar.ErrUpstream):
+		return config.Errorf(&cfg, "Upstream", "%v", err)
 	case errors.Is(err, sidecar.ErrOpsListen):
 		return config.Errorf(&cfg, "OpsListen", "%v", err)
 	}

@@ -17,12 +17,10 @@ type Sidecar struct {
 	AllowUIDs  []int    `envconfig:"SIDECAR_ALLOW_UIDS" flag:"allow-uid" desc:"uid allowed to connect over the Unix socket (checked with SO_PEERCRED); empty admits any"`
 	OpsListen  string   `envconfig:"SIDECAR_OPS_LISTEN" flag:"ops-listen" desc:"plain HTTP address for /metrics and gRPC health (empty disables)"`
 
-	Upstream       string `envconfig:"SIDECAR_UPSTREAM" flag:"upstream" desc:"the signer: a gRPC target such as dns:///plexsphere-signer-headless.ns.svc:8443, or host:port[,host:port...]"`
+	Upstream       string `envconfig:"SIDECAR_UPSTREAM" flag:"upstream" desc:"the signer: dns:///host:port (one connection per address, looked up every 5s), host:port, or host:port,host:port,...; calls go to the least loaded replica"`
 	SignerSPIFFEID string `envconfig:"SIDECAR_SIGNER_SPIFFE_ID" flag:"signer-spiffe-id" desc:"the SPIFFE ID the signer must present"`
 
 	Identity `ignored:"true" prefix:"SIDECAR_"`
-
-	Relay bool `envconfig:"SIDECAR_RELAY" flag:"relay" desc:"frame relay: one upstream connection per core connection, HTTP/2 frames passed through, a refused method closes the connection (upstream: host:port list only; health on the ops listener only)"`
 
 	MaxConnections       int `envconfig:"SIDECAR_MAX_CONNECTIONS" flag:"max-connections" default:"128" desc:"most connections the core may hold open; one more is closed"`
 	MaxConcurrentStreams int `envconfig:"SIDECAR_MAX_CONCURRENT_STREAMS" flag:"max-concurrent-streams" default:"1024" desc:"most calls in flight on one connection (HTTP/2 stream limit)"`

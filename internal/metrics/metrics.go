@@ -9,6 +9,7 @@ package metrics
 
 import (
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,7 +94,12 @@ type Sidecar struct {
 	*Registry
 	calls    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	refused  *prometheus.CounterVec
 }
+
+// SidecarRefusals are the reasons the sidecar refuses or closes a core
+// connection (the label's whole set, so every series exists from the start).
+var SidecarRefusals = []string{"uid", "no_peer_cred", "max_connections", "preface", "protocol", "slow_reader"}
 
 // NewSidecar registers the sidecar's metrics; ready reports the upstream.
 func NewSidecar(methods []string, ready func() bool, svid x509svid.Source) *Sidecar {
@@ -109,8 +115,21 @@ func NewSidecar(methods []string, ready func() bool, svid x509svid.Source) *Side
 		}
 		return 0
 	})
-	s.reg.MustRegister(s.calls, s.duration, up, &svidExpiry{name: "plexsphere_sidecar_svid_expiry_timestamp_seconds", src: svid})
+	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_sidecar_connections_refused_total",
+		Help: "Core connections the sidecar refused or closed, by reason."}, []string{"reason"})
+	for _, r := range SidecarRefusals {
+		s.refused.WithLabelValues(r)
+	}
+	s.reg.MustRegister(s.calls, s.duration, s.refused, up, &svidExpiry{name: "plexsphere_sidecar_svid_expiry_timestamp_seconds", src: svid})
 	return s
+}
+
+// ObserveRefused counts a refused or closed core connection.
+func (s *Sidecar) ObserveRefused(reason string) {
+	if !slices.Contains(SidecarRefusals, reason) {
+		reason = "protocol"
+	}
+	s.refused.WithLabelValues(reason).Inc()
 }
 
 // ObserveCall is the sidecar's call observer.

@@ -15,6 +15,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -23,6 +24,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 
 	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/audit"
@@ -260,32 +263,73 @@ func BenchmarkE_SidecarAuditDiscarded(b *testing.B) {
 	seats(b, env, nil, clientCPU("client+signer"))
 }
 
-// seats measures direct, floor-relay, sidecar and sidecar-relay-mode rows
-// in front of env;
-// upstream are the meters of what is behind the seat.
+// seats measures direct, floor-relay and sidecar rows in front of env,
+// then the sidecar at 64 in flight with 128 idle core connections open
+// (sidecar-128-idle: its peak RSS) and with the calls spread over 1,000
+// core connections (sidecar-1000-conns: no call may fail); upstream are the
+// meters of what is behind the seat.
 func seats(b *testing.B, env *signertest.Env, upstream []meter, client meter) {
 	b.Helper()
 	relaySock, rp := startRelay(b, env)
-	sideSock, scp := startSidecarProcess(b, env)
-	// The sidecar's opt-in frame relay mode (SIDECAR_RELAY): the same
-	// method filter, uid check and SPIFFE ID check, frames passed through.
-	frameSock, fp := startSidecarProcess(b, env, "SIDECAR_RELAY=true")
+	sideSock, scp := startSidecarProcess(b, env, "SIDECAR_MAX_CONNECTIONS=1200")
 	direct := directCall(b, env)
-	relay, side, frame := unixCall(b, relaySock), unixCall(b, sideSock), unixCall(b, frameSock)
-	for _, c := range []func(context.Context) error{direct, relay, side, frame} {
+	relay, side := unixCall(b, relaySock), unixCall(b, sideSock)
+	for _, c := range []func(context.Context) error{direct, relay, side} {
 		if err := waitReady(c); err != nil {
 			b.Fatal(err)
 		}
 	}
+	sideMeters := append([]meter{client, scp.cpu(), scp.rss()}, upstream...)
 	for _, n := range []int{1, 64} {
 		run(b, "direct", n, direct, nil, append([]meter{client}, upstream...)...)
 		run(b, "floor-relay", n, relay, against(n, "direct", "direct"),
 			append([]meter{client, rp.cpu(), rp.rss()}, upstream...)...)
-		run(b, "sidecar", n, side, against(n, "floor-relay", "floor", "direct", "direct"),
-			append([]meter{client, scp.cpu(), scp.rss()}, upstream...)...)
-		run(b, "sidecar-relay-mode", n, frame, against(n, "floor-relay", "floor", "direct", "direct"),
-			append([]meter{client, fp.cpu(), fp.rss()}, upstream...)...)
+		run(b, "sidecar", n, side, against(n, "floor-relay", "floor", "direct", "direct"), sideMeters...)
 	}
+	idle := idleConns(b, sideSock, 128)
+	run(b, "sidecar-128-idle", 64, side, against(64, "floor-relay", "floor", "direct", "direct"), sideMeters...)
+	for _, c := range idle {
+		c.Close()
+	}
+	run(b, "sidecar-1000-conns", 64, spread(b, sideSock, 1000), against(64, "floor-relay", "floor", "direct", "direct"), sideMeters...)
+}
+
+// idleConns opens n core connections that send the HTTP/2 preface and an
+// empty SETTINGS frame, then nothing.
+func idleConns(b *testing.B, sock string, n int) []net.Conn {
+	b.Helper()
+	cs := make([]net.Conn, 0, n)
+	for range n {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(append([]byte(http2.ClientPreface), 0, 0, 0, 4, 0, 0, 0, 0, 0)); err != nil {
+			b.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	b.Cleanup(func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	})
+	return cs
+}
+
+// spread is a Sign call that takes the next of n core connections (each
+// its own client), all connected before it returns.
+func spread(b *testing.B, sock string, n int) func(context.Context) error {
+	b.Helper()
+	calls := make([]func(context.Context) error, n)
+	for i := range calls {
+		calls[i] = unixCall(b, sock)
+		if err := waitReady(calls[i]); err != nil {
+			b.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	var next atomic.Uint64
+	return func(ctx context.Context) error { return calls[next.Add(1)%uint64(n)](ctx) }
 }
 
 // unixCall is the core's client (package client) on a Unix socket.

@@ -19,6 +19,9 @@ could reach it any way the chart can see.
 {{- fail (printf "sidecar.runAsUser %d is on sidecar.allowUIDs: the core and the sidecar must run as different uids" (int $s.runAsUser)) -}}
 {{- end -}}
 {{- end -}}
+{{- if hasKey $s "relay" -}}
+{{- fail "sidecar.relay is gone: the sidecar has one forwarding path, as light as the old relay (docs/operations.md); remove the value" -}}
+{{- end -}}
 {{- if and (eq $s.identity.mode "files") (not $s.identity.files.secretName) -}}
 {{- fail "sidecar.identity.files.secretName is required with identity.mode=files" -}}
 {{- end -}}
@@ -74,8 +77,6 @@ env:
     value: {{ join "," $s.allowUIDs | quote }}
   - name: SIDECAR_OPS_LISTEN
     value: ":{{ $s.opsPort }}"
-  - name: SIDECAR_RELAY
-    value: {{ $s.relay | default false | quote }}
   - name: SIDECAR_MAX_CONNECTIONS
     value: {{ $s.maxConnections | default 128 | quote }}
   - name: SIDECAR_MAX_CONCURRENT_STREAMS

@@ -1,0 +1,768 @@
+package sidecar
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// The core's side: an HTTP/2 server of our own, small because it only has
+// to carry unary gRPC calls. A request is held until its END_STREAM and
+// then sent to the signer whole (upstream.go); the answer comes back whole
+// and is written by the connection's writer. Nothing is dialled per core
+// connection, so a core connection costs the signer nothing, whatever the
+// core does with it. Anything that is not HTTP/2 as a gRPC client speaks it
+// closes the connection (GOAWAY, then close): fail closed.
+
+const (
+	// prefaceTimeout bounds the wait for the core's preface and SETTINGS.
+	prefaceTimeout = 5 * time.Second
+	// maxFrame is the largest frame the core may send: the HTTP/2 default
+	// that gRPC uses too. Larger frames close the connection.
+	maxFrame = 16 << 10
+	// maxHeaderList bounds one request's decoded header list.
+	maxHeaderList = 64 << 10
+	// coreConnWindow is the connection-level window the core gets.
+	coreConnWindow = 1 << 20
+	// initialWindow is HTTP/2's default stream and connection window.
+	initialWindow = 65535
+	// maxBuffered bounds the request bytes the whole sidecar holds; a
+	// request that would pass it is answered ResourceExhausted.
+	maxBuffered = 16 << 20
+	// maxQueued bounds the answer bytes waiting for one core connection
+	// that does not read; past it the connection is closed.
+	maxQueued = 4 << 20
+)
+
+const (
+	healthCheck = "/grpc.health.v1.Health/Check"
+	healthWatch = "/grpc.health.v1.Health/Watch"
+)
+
+// passedHeaders are the request headers the signer sees besides the ones
+// the sidecar writes itself: the deadline and the message encoding. Caller
+// metadata stays in the pod.
+var passedHeaders = map[string]bool{"grpc-timeout": true, "grpc-encoding": true, "grpc-accept-encoding": true}
+
+// call is one core request, on its way to the signer and back.
+type call struct {
+	cc     *coreConn
+	id     uint32 // the core's stream
+	method string
+	ctype  string
+	hdrs   []hpack.HeaderField // passedHeaders as sent
+	body   []byte
+	held   int // bytes of maxBuffered this call holds
+	start  time.Time
+
+	recvWin  int32 // what the core may still send on this stream
+	unacked  int32 // received and not yet given back to the core's window
+	received bool  // END_STREAM seen
+	refusal  *grpcStatus
+	watch    bool
+
+	mu       sync.Mutex
+	done     bool // answered, failed or cancelled: whoever sets it owns the end
+	up       *upConn
+	upID     uint32
+	upSent   int   // body bytes written upstream
+	upWin    int32 // the signer's window for this stream
+	respHdrs []hpack.HeaderField
+	respData []byte
+	respTrl  []hpack.HeaderField
+}
+
+// grpcStatus is a gRPC status the sidecar answers itself.
+type grpcStatus struct {
+	code codes.Code
+	msg  string
+}
+
+func (s *grpcStatus) trailers() []hpack.HeaderField {
+	return []hpack.HeaderField{{Name: "grpc-status", Value: fmt.Sprint(uint32(s.code))}, {Name: "grpc-message", Value: encodeGrpcMessage(s.msg)}}
+}
+
+// finish marks c ended; false if something else ended it first.
+func (c *call) finish() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return false
+	}
+	c.done = true
+	return true
+}
+
+// connError closes a core connection with a GOAWAY carrying code.
+type connError struct {
+	code   http2.ErrCode
+	reason string // bounded: a metrics label
+	msg    string
+}
+
+func (e connError) Error() string { return "sidecar: core connection closed: " + e.msg }
+
+type coreConn struct {
+	p  *Proxy
+	nc net.Conn
+	br *bufio.Reader
+	fr *http2.Framer
+
+	lastID atomic.Uint32 // the newest stream the core opened
+
+	// Read loop only.
+	connAck int32 // received and not yet given back to the connection window
+	batch   []*call
+
+	mu        sync.Mutex
+	streams   map[uint32]*call
+	goingAway bool
+	queue     []item
+	queued    int
+	closed    bool
+	wake      chan struct{}
+
+	// Writer only.
+	bw       *bufio.Writer
+	wfr      *http2.Framer
+	henc     *hpack.Encoder
+	hbuf     bytes.Buffer
+	sendWin  int32
+	initWin  int32
+	peerMax  uint32
+	win      map[uint32]int32
+	blocked  []*pending
+	sentAway bool
+}
+
+type itemKind uint8
+
+const (
+	itemStream   itemKind = iota // headers, data and/or trailers on c's stream
+	itemControl                  // a frame of the connection's own
+	itemSettings                 // the core's SETTINGS: apply, then acknowledge
+	itemWindow                   // the core opened a window (id 0: the connection)
+	itemGoAway                   // drain: GOAWAY, no new streams
+)
+
+type item struct {
+	kind     itemKind
+	c        *call
+	hdrs     []hpack.HeaderField
+	data     []byte
+	trailers []hpack.HeaderField
+	end      bool
+	write    func(*http2.Framer) error
+	settings []http2.Setting
+	id       uint32
+	n        uint32
+}
+
+// pending is a stream item waiting for the core to open its window.
+type pending struct {
+	it  item
+	off int
+}
+
+func newCoreConn(p *Proxy, nc net.Conn) *coreConn {
+	cc := &coreConn{p: p, nc: nc, streams: map[uint32]*call{}, wake: make(chan struct{}, 1),
+		sendWin: initialWindow, initWin: initialWindow, peerMax: maxFrame, win: map[uint32]int32{}}
+	cc.br = bufio.NewReaderSize(nc, 32<<10)
+	cc.fr = http2.NewFramer(nil, cc.br)
+	cc.fr.SetMaxReadFrameSize(maxFrame)
+	cc.fr.SetReuseFrames()
+	cc.fr.MaxHeaderListSize = maxHeaderList
+	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	cc.bw = bufio.NewWriterSize(nc, 32<<10)
+	cc.wfr = http2.NewFramer(cc.bw, nil)
+	cc.henc = hpack.NewEncoder(&cc.hbuf)
+	return cc
+}
+
+// serve is the read loop; it returns when the connection is done.
+func (cc *coreConn) serve() {
+	writerDone := make(chan struct{})
+	go func() { defer close(writerDone); cc.writeLoop() }()
+	err := cc.read()
+	var ce connError
+	if errors.As(err, &ce) {
+		cc.p.cfg.Refused(ce.reason)
+		cc.p.warn("core connection closed", "reason", ce.msg)
+		cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error { return fr.WriteGoAway(cc.lastID.Load(), ce.code, nil) }})
+	}
+	cc.mu.Lock()
+	cc.closed = true
+	streams := cc.streams
+	cc.streams = map[uint32]*call{}
+	cc.mu.Unlock()
+	cc.kick()
+	for _, c := range streams {
+		cc.cancel(c)
+	}
+	// The writer ends once it has written what is queued (the GOAWAY),
+	// or at once if the core stopped reading.
+	select {
+	case <-writerDone:
+	case <-time.After(time.Second):
+	}
+	cc.nc.Close()
+	<-writerDone
+}
+
+func (cc *coreConn) read() error {
+	cc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(cc.br, preface[:]); err != nil {
+		return connError{http2.ErrCodeProtocol, "preface", "no HTTP/2 preface within " + prefaceTimeout.String()}
+	}
+	if string(preface[:]) != http2.ClientPreface {
+		return connError{http2.ErrCodeProtocol, "preface", "not an HTTP/2 client preface"}
+	}
+	settings := []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: uint32(cc.p.cfg.MaxConcurrentStreams)},
+		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList}}
+	cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error {
+		if err := fr.WriteSettings(settings...); err != nil {
+			return err
+		}
+		return fr.WriteWindowUpdate(0, coreConnWindow-initialWindow)
+	}})
+	first := true
+	for {
+		f, err := cc.fr.ReadFrame()
+		if err != nil {
+			var h2err http2.ConnectionError
+			switch {
+			case first:
+				return connError{http2.ErrCodeProtocol, "preface", "no SETTINGS after the preface"}
+			case errors.As(err, &h2err):
+				return connError{http2.ErrCode(h2err), "protocol", "HTTP/2 error from the core: " + err.Error()}
+			case errors.Is(err, http2.ErrFrameTooLarge):
+				return connError{http2.ErrCodeFrameSize, "protocol", fmt.Sprintf("a frame larger than %d bytes", maxFrame)}
+			}
+			return err // closed or reset: nothing to tell
+		}
+		if first {
+			if _, ok := f.(*http2.SettingsFrame); !ok {
+				return connError{http2.ErrCodeProtocol, "preface", "the first frame is not SETTINGS"}
+			}
+			cc.nc.SetReadDeadline(time.Time{})
+			first = false
+		}
+		if err := cc.frame(f); err != nil {
+			return err
+		}
+		if cc.br.Buffered() == 0 {
+			cc.flushReads()
+		}
+	}
+}
+
+// flushReads hands the requests completed by one burst of input to the
+// upstream together, and gives back the connection window they used.
+func (cc *coreConn) flushReads() {
+	if len(cc.batch) > 0 {
+		cc.p.pool.dispatch(cc.batch)
+		clear(cc.batch)
+		cc.batch = cc.batch[:0]
+	}
+	if n := cc.connAck; n > 0 {
+		cc.connAck = 0
+		cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(n)) }})
+	}
+}
+
+func (cc *coreConn) frame(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return cc.headers(f)
+	case *http2.DataFrame:
+		return cc.data(f)
+	case *http2.RSTStreamFrame:
+		cc.mu.Lock()
+		c := cc.streams[f.StreamID]
+		delete(cc.streams, f.StreamID)
+		cc.mu.Unlock()
+		if c != nil {
+			cc.cancel(c)
+		}
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return nil
+		}
+		var s []http2.Setting
+		if err := f.ForeachSetting(func(x http2.Setting) error { s = append(s, x); return x.Valid() }); err != nil {
+			return connError{http2.ErrCodeProtocol, "protocol", "bad SETTINGS: " + err.Error()}
+		}
+		cc.send(item{kind: itemSettings, settings: s})
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			data := f.Data
+			cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error { return fr.WritePing(true, data) }})
+		}
+	case *http2.WindowUpdateFrame:
+		cc.send(item{kind: itemWindow, id: f.StreamID, n: f.Increment})
+	case *http2.GoAwayFrame:
+		cc.mu.Lock()
+		cc.goingAway = true
+		cc.mu.Unlock()
+	case *http2.PushPromiseFrame:
+		return connError{http2.ErrCodeProtocol, "protocol", "PUSH_PROMISE from the core"}
+	}
+	return nil // PRIORITY and unknown frame types are ignored, as HTTP/2 says
+}
+
+func (cc *coreConn) headers(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if f.Truncated {
+		return connError{http2.ErrCodeProtocol, "protocol", fmt.Sprintf("a header list larger than %d bytes", maxHeaderList)}
+	}
+	if id%2 == 0 || id <= cc.lastID.Load() {
+		// gRPC clients send no trailers and never reuse a stream.
+		return connError{http2.ErrCodeProtocol, "protocol", "HEADERS on a stream the core may not open"}
+	}
+	cc.lastID.Store(id)
+	method, path, ctype := f.PseudoValue("method"), f.PseudoValue("path"), ""
+	for _, h := range f.RegularFields() {
+		if h.Name == "content-type" {
+			ctype = h.Value
+		}
+	}
+	if method != "POST" || path == "" || !strings.HasPrefix(ctype, "application/grpc") {
+		return connError{http2.ErrCodeProtocol, "protocol", "not a gRPC request"}
+	}
+	c := &call{cc: cc, id: id, method: path, ctype: ctype, start: time.Now(), recvWin: initialWindow}
+	for _, h := range f.RegularFields() {
+		if passedHeaders[h.Name] {
+			c.hdrs = append(c.hdrs, h)
+		}
+	}
+	cc.mu.Lock()
+	full := len(cc.streams) >= cc.p.cfg.MaxConcurrentStreams
+	if !cc.goingAway && !full {
+		cc.streams[id] = c
+	}
+	refused := cc.goingAway || full
+	cc.mu.Unlock()
+	if refused {
+		cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) }})
+		return nil
+	}
+	if path != healthCheck && path != healthWatch && !forwarded[path] {
+		cc.p.warn("method refused: not forwarded to the signer", "method", path)
+		c.refusal = &grpcStatus{codes.PermissionDenied, fmt.Sprintf("sidecar: method %s is not forwarded to the signer", path)}
+	}
+	if f.StreamEnded() {
+		cc.complete(c)
+	}
+	return nil
+}
+
+func (cc *coreConn) data(f *http2.DataFrame) error {
+	id, n := f.StreamID, int32(f.Length)
+	if id > cc.lastID.Load() || id == 0 {
+		return connError{http2.ErrCodeProtocol, "protocol", "DATA on a stream that was never opened"}
+	}
+	cc.connAck += n // the window is given back at once: maxBuffered bounds what is held
+	cc.mu.Lock()
+	c := cc.streams[id]
+	cc.mu.Unlock()
+	if c == nil {
+		return nil // a stream reset or refused: its frames still in flight are ignored
+	}
+	if c.received {
+		return connError{http2.ErrCodeStreamClosed, "protocol", "DATA after END_STREAM"}
+	}
+	if c.recvWin -= n; c.recvWin < 0 {
+		return connError{http2.ErrCodeFlowControl, "protocol", "DATA beyond the stream's window"}
+	}
+	if d := f.Data(); c.refusal == nil && len(d) > 0 {
+		limit := cc.p.cfg.MaxMessageBytes + 5 // one message and its prefix
+		switch {
+		case len(c.body)+len(d) > limit:
+			c.refusal = &grpcStatus{codes.ResourceExhausted, fmt.Sprintf("sidecar: request larger than %d bytes", cc.p.cfg.MaxMessageBytes)}
+		case !cc.p.buffers.take(len(d)):
+			c.refusal = &grpcStatus{codes.ResourceExhausted, fmt.Sprintf("sidecar: more than %d request bytes held; try again", maxBuffered)}
+		default:
+			c.held += len(d)
+			c.body = append(c.body, d...)
+		}
+		if c.refusal != nil {
+			cc.p.buffers.give(c.held)
+			c.held, c.body = 0, nil
+		}
+	}
+	if f.StreamEnded() {
+		cc.complete(c)
+		return nil
+	}
+	if c.unacked += n; c.unacked >= initialWindow/4 {
+		inc := uint32(c.unacked)
+		c.recvWin += c.unacked
+		c.unacked = 0
+		cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error { return fr.WriteWindowUpdate(id, inc) }})
+	}
+	return nil
+}
+
+// complete acts on a request whose END_STREAM came.
+func (cc *coreConn) complete(c *call) {
+	c.received = true
+	switch {
+	case c.refusal != nil:
+		cc.answer(c, c.refusal)
+	case c.method == healthCheck:
+		cc.health(c)
+	case c.method == healthWatch:
+		cc.watch(c)
+	default:
+		cc.batch = append(cc.batch, c)
+	}
+}
+
+// answer ends c with a status of the sidecar's own.
+func (cc *coreConn) answer(c *call, s *grpcStatus) {
+	if !c.finish() {
+		return
+	}
+	cc.p.release(c)
+	cc.p.observe(c, s.code)
+	cc.send(item{kind: itemStream, c: c, hdrs: append(responseHeaders(), s.trailers()...), end: true})
+}
+
+// health answers a Check on the core's socket itself: SERVING while a
+// replica is connected.
+func (cc *coreConn) health(c *call) {
+	svc, ok := healthService(c.body)
+	switch {
+	case !ok:
+		cc.answer(c, &grpcStatus{codes.InvalidArgument, "sidecar: bad health request"})
+	case svc != "" && svc != HealthService:
+		cc.answer(c, &grpcStatus{codes.NotFound, "unknown service"})
+	default:
+		if !c.finish() {
+			return
+		}
+		cc.p.release(c)
+		cc.p.observe(c, codes.OK)
+		cc.send(item{kind: itemStream, c: c, hdrs: responseHeaders(), data: healthMessage(cc.p.serving.Load()),
+			trailers: (&grpcStatus{codes.OK, ""}).trailers(), end: true})
+	}
+}
+
+// watch opens a health Watch: the status now, then each change, until the
+// core ends the stream or the sidecar drains.
+func (cc *coreConn) watch(c *call) {
+	svc, ok := healthService(c.body)
+	if !ok || (svc != "" && svc != HealthService) {
+		cc.answer(c, &grpcStatus{codes.NotFound, "unknown service"})
+		return
+	}
+	cc.p.release(c)
+	c.watch = true
+	cc.p.watchMu.Lock()
+	cc.p.watchers[c] = struct{}{}
+	cc.p.watchMu.Unlock()
+	cc.send(item{kind: itemStream, c: c, hdrs: responseHeaders(), data: healthMessage(cc.p.serving.Load())})
+}
+
+// cancel ends a call the core reset or abandoned: a request in flight is
+// reset at the signer too.
+func (cc *coreConn) cancel(c *call) {
+	if c.watch {
+		cc.p.watchMu.Lock()
+		delete(cc.p.watchers, c)
+		cc.p.watchMu.Unlock()
+	}
+	c.mu.Lock()
+	if c.done {
+		c.mu.Unlock()
+		return
+	}
+	c.done = true
+	up, upID := c.up, c.upID
+	c.mu.Unlock()
+	if up != nil {
+		up.reset(upID)
+	}
+	cc.p.release(c)
+	if c.received && !c.watch {
+		cc.p.observe(c, codes.Canceled)
+	}
+}
+
+// send queues it for the writer. A core that does not read its answers
+// is cut off once maxQueued bytes wait for it.
+func (cc *coreConn) send(it item) {
+	cc.mu.Lock()
+	if cc.closed && it.kind == itemStream {
+		cc.mu.Unlock()
+		return
+	}
+	cc.queue = append(cc.queue, it)
+	cc.queued += len(it.data)
+	over := cc.queued > maxQueued
+	cc.mu.Unlock()
+	if over {
+		cc.p.cfg.Refused("slow_reader")
+		cc.p.warn("core connection closed: it does not read its answers", "queued_bytes", maxQueued)
+		cc.nc.Close()
+	}
+	cc.kick()
+}
+
+func (cc *coreConn) kick() {
+	select {
+	case cc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// goAway starts the drain of this connection.
+func (cc *coreConn) goAway() { cc.send(item{kind: itemGoAway}) }
+
+// writeLoop writes everything queued, flushing once per batch: answers
+// that arrive together leave in one write.
+func (cc *coreConn) writeLoop() {
+	var q []item
+	for range cc.wake {
+		cc.mu.Lock()
+		q, cc.queue = cc.queue, q[:0]
+		cc.queued = 0
+		closed := cc.closed
+		cc.mu.Unlock()
+		for i := range q {
+			if err := cc.write(q[i]); err != nil {
+				cc.nc.Close()
+				return
+			}
+			q[i] = item{}
+		}
+		if err := cc.bw.Flush(); err != nil {
+			cc.nc.Close()
+			return
+		}
+		cc.mu.Lock()
+		idle := len(cc.streams) == 0 && len(cc.queue) == 0
+		more := len(cc.queue) > 0
+		cc.mu.Unlock()
+		if closed && !more {
+			return
+		}
+		if cc.sentAway && idle {
+			cc.nc.Close() // drained: the read loop ends and closes the rest
+			return
+		}
+	}
+}
+
+func (cc *coreConn) write(it item) error {
+	switch it.kind {
+	case itemControl:
+		return it.write(cc.wfr)
+	case itemSettings:
+		for _, s := range it.settings {
+			switch s.ID {
+			case http2.SettingInitialWindowSize:
+				d := int32(s.Val) - cc.initWin
+				cc.initWin = int32(s.Val)
+				for id := range cc.win {
+					cc.win[id] += d
+				}
+			case http2.SettingMaxFrameSize:
+				cc.peerMax = min(s.Val, maxFrame)
+			case http2.SettingHeaderTableSize:
+				cc.henc.SetMaxDynamicTableSize(s.Val)
+			}
+		}
+		if err := cc.wfr.WriteSettingsAck(); err != nil {
+			return err
+		}
+		return cc.unblock()
+	case itemWindow:
+		if it.id == 0 {
+			cc.sendWin += int32(it.n)
+		} else if w, ok := cc.win[it.id]; ok {
+			cc.win[it.id] = w + int32(it.n)
+		}
+		return cc.unblock()
+	case itemGoAway:
+		cc.mu.Lock()
+		cc.goingAway = true
+		last := cc.lastID.Load()
+		var watches []*call
+		for _, c := range cc.streams {
+			if c.watch {
+				watches = append(watches, c)
+			}
+		}
+		cc.mu.Unlock()
+		cc.sentAway = true
+		if err := cc.wfr.WriteGoAway(last, http2.ErrCodeNo, nil); err != nil {
+			return err
+		}
+		for _, c := range watches {
+			if err := cc.write(item{kind: itemStream, c: c, trailers: (&grpcStatus{codes.Unavailable, "sidecar: shutting down"}).trailers(), end: true}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// A stream item: dropped if the core reset the stream meanwhile.
+	cc.mu.Lock()
+	open := cc.streams[it.c.id] == it.c
+	cc.mu.Unlock()
+	if !open {
+		return nil
+	}
+	if _, ok := cc.win[it.c.id]; !ok {
+		cc.win[it.c.id] = cc.initWin
+	}
+	if it.hdrs != nil {
+		if err := cc.writeHeaders(it.c.id, it.hdrs, it.end && it.data == nil && it.trailers == nil); err != nil {
+			return err
+		}
+		if it.end && it.data == nil && it.trailers == nil {
+			cc.closeStream(it.c)
+			return nil
+		}
+	}
+	return cc.writeBody(&pending{it: item{kind: itemStream, c: it.c, data: it.data, trailers: it.trailers, end: it.end}})
+}
+
+// writeBody writes p's data as far as the windows allow, then its
+// trailers; what does not fit waits for a WINDOW_UPDATE.
+func (cc *coreConn) writeBody(p *pending) error {
+	id := p.it.c.id
+	for p.off < len(p.it.data) {
+		n := min(int32(len(p.it.data)-p.off), int32(cc.peerMax), cc.sendWin, cc.win[id])
+		if n <= 0 {
+			cc.blocked = append(cc.blocked, p)
+			return nil
+		}
+		if err := cc.wfr.WriteData(id, false, p.it.data[p.off:p.off+int(n)]); err != nil {
+			return err
+		}
+		p.off += int(n)
+		cc.sendWin -= n
+		cc.win[id] -= n
+	}
+	if p.it.trailers != nil {
+		if err := cc.writeHeaders(id, p.it.trailers, true); err != nil {
+			return err
+		}
+	}
+	if p.it.end {
+		cc.closeStream(p.it.c)
+	}
+	return nil
+}
+
+// unblock retries what waits for window, in order.
+func (cc *coreConn) unblock() error {
+	waiting := cc.blocked
+	cc.blocked = nil
+	for _, p := range waiting {
+		cc.mu.Lock()
+		open := cc.streams[p.it.c.id] == p.it.c
+		cc.mu.Unlock()
+		if !open {
+			continue
+		}
+		if err := cc.writeBody(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (cc *coreConn) closeStream(c *call) {
+	delete(cc.win, c.id)
+	cc.mu.Lock()
+	if cc.streams[c.id] == c {
+		delete(cc.streams, c.id)
+	}
+	cc.mu.Unlock()
+	if c.watch {
+		cc.p.watchMu.Lock()
+		delete(cc.p.watchers, c)
+		cc.p.watchMu.Unlock()
+	}
+}
+
+func (cc *coreConn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) error {
+	cc.hbuf.Reset()
+	for _, f := range fields {
+		if err := cc.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := cc.hbuf.Bytes()
+	first := true
+	for len(block) > 0 || first {
+		n := min(len(block), int(cc.peerMax))
+		var err error
+		if first {
+			err = cc.wfr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:n], EndStream: end, EndHeaders: n == len(block)})
+		} else {
+			err = cc.wfr.WriteContinuation(id, n == len(block), block[:n])
+		}
+		if err != nil {
+			return err
+		}
+		block, first = block[n:], false
+	}
+	return nil
+}
+
+func responseHeaders() []hpack.HeaderField {
+	return []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
+}
+
+// healthService reads the service name from a framed HealthCheckRequest.
+func healthService(body []byte) (string, bool) {
+	if len(body) < 5 || body[0] != 0 || int(uint32(body[1])<<24|uint32(body[2])<<16|uint32(body[3])<<8|uint32(body[4])) != len(body)-5 {
+		return "", len(body) == 0
+	}
+	var req healthpb.HealthCheckRequest
+	if err := proto.Unmarshal(body[5:], &req); err != nil {
+		return "", false
+	}
+	return req.Service, true
+}
+
+// healthMessage is a framed HealthCheckResponse.
+func healthMessage(serving bool) []byte {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	b, _ := proto.Marshal(&healthpb.HealthCheckResponse{Status: st})
+	return append([]byte{0, byte(len(b) >> 24), byte(len(b) >> 16), byte(len(b) >> 8), byte(len(b))}, b...)
+}
+
+// encodeGrpcMessage percent-encodes a status message as gRPC requires.
+func encodeGrpcMessage(msg string) string {
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c >= ' ' && c <= '~' && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
