@@ -3,8 +3,10 @@ package sidecar_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,12 +51,13 @@ func (r *rawCore) block(fields ...string) []byte {
 	return append([]byte(nil), r.buf.Bytes()...)
 }
 
-// closed reports whether the relay closes the connection (reading the
-// signer's frames until then).
+// closed reports whether the sidecar closes the connection (reading its
+// frames until then). A reset counts: the sidecar closed with the core's
+// bytes unread.
 func (r *rawCore) closed() bool {
 	r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err := io.Copy(io.Discard, r.conn)
-	return err == nil
+	return err == nil || errors.Is(err, syscall.ECONNRESET)
 }
 
 func req(method string) []string {

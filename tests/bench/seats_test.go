@@ -47,6 +47,9 @@ func startSigner(b testing.TB, ca *devpki.CA, set map[string]string) *signerProc
 		"SIGNER_LOCAL_KEK":                 randHex(32),
 		"SIGNER_BOOTSTRAP_SCOPES":          scope,
 		"SIGNER_LOG_LEVEL":                 "warn",
+		// The anchor outside the store that production requires: a
+		// checkpoint file (on the same disk here).
+		"SIGNER_CHECKPOINT_LOG": filepath.Join(dir, "checkpoints.jsonl"),
 	}
 	maps.Copy(vars, set)
 	var env []string
