@@ -507,14 +507,17 @@ func (cc *coreConn) cancel(c *call) {
 
 // send queues it for the writer. A core that does not read its answers
 // is cut off once maxQueued bytes wait for it.
-func (cc *coreConn) send(it item) {
+func (cc *coreConn) send(it item) { cc.sendAll([]item{it}) }
+
+func (cc *coreConn) sendAll(its []item) {
 	cc.mu.Lock()
-	if cc.closed && it.kind == itemStream {
-		cc.mu.Unlock()
-		return
+	for _, it := range its {
+		if cc.closed && it.kind == itemStream {
+			continue
+		}
+		cc.queue = append(cc.queue, it)
+		cc.queued += len(it.data)
 	}
-	cc.queue = append(cc.queue, it)
-	cc.queued += len(it.data)
 	over := cc.queued > maxQueued
 	cc.mu.Unlock()
 	if over {

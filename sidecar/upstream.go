@@ -391,7 +391,8 @@ type upConn struct {
 	active       atomic.Int32  // streams picked for this connection
 	maxStreams   atomic.Uint32 // the signer's SETTINGS_MAX_CONCURRENT_STREAMS
 	streamWindow uint32
-	recvAck      int32 // read loop only
+	recvAck      int32   // read loop only
+	answered     []*call // read loop only: answers of this burst, not yet handed on
 
 	waiters          atomic.Int32 // goroutines waiting for mu: the last one flushes
 	mu               sync.Mutex
@@ -590,8 +591,12 @@ func (u *upConn) readLoop() {
 
 func (u *upConn) read() error {
 	for {
+		if u.br.Buffered() == 0 {
+			u.handOn() // before the read blocks: this burst's answers leave together
+		}
 		f, err := u.fr.ReadFrame()
 		if err != nil {
+			u.handOn()
 			return err
 		}
 		switch f := f.(type) {
@@ -727,23 +732,51 @@ func (u *upConn) read() error {
 	}
 }
 
-// end delivers c's answer to the core.
+// end takes c off the connection; its answer leaves with the burst's.
 func (u *upConn) end(id uint32, c *call) {
 	u.lock()
 	u.drop(id)
 	u.unlock()
-	u.p.kick()
-	if !c.finish() {
+	u.answered = append(u.answered, c)
+}
+
+// handOn gives the answers of one burst to their core connections, each
+// connection's in one batch.
+func (u *upConn) handOn() {
+	if len(u.answered) == 0 {
 		return
 	}
-	p := c.cc.p
-	p.release(c)
-	p.observe(c, grpcCode(c.respTrl, c.respHdrs))
-	it := item{kind: itemStream, c: c, hdrs: c.respHdrs, data: c.respData, trailers: c.respTrl, end: true}
-	if it.data == nil && it.trailers == nil && !hasStatus(it.hdrs) {
-		it.trailers = (&grpcStatus{codes.Internal, "sidecar: the signer's answer had no grpc-status"}).trailers()
+	u.p.kick()
+	var its []item
+	for i, c := range u.answered {
+		u.answered[i] = nil
+		if !c.finish() {
+			continue
+		}
+		p := c.cc.p
+		p.release(c)
+		p.observe(c, grpcCode(c.respTrl, c.respHdrs))
+		it := item{kind: itemStream, c: c, hdrs: c.respHdrs, data: c.respData, trailers: c.respTrl, end: true}
+		if it.data == nil && it.trailers == nil && !hasStatus(it.hdrs) {
+			it.trailers = (&grpcStatus{codes.Internal, "sidecar: the signer's answer had no grpc-status"}).trailers()
+		}
+		its = append(its, it)
 	}
-	c.cc.send(it)
+	u.answered = u.answered[:0]
+	// Grouped by core connection, in order.
+	for len(its) > 0 {
+		cc := its[0].c.cc
+		var mine, rest []item
+		for _, it := range its {
+			if it.c.cc == cc {
+				mine = append(mine, it)
+			} else {
+				rest = append(rest, it)
+			}
+		}
+		cc.sendAll(mine)
+		its = rest
+	}
 }
 
 func hasStatus(fs []hpack.HeaderField) bool {

@@ -288,7 +288,7 @@ func seats(b *testing.B, env *signertest.Env, upstream []meter, client meter) {
 			b.Fatal(err)
 		}
 	}
-	sideMeters := append([]meter{client, scp.cpu(), scp.rss()}, upstream...)
+	sideMeters := append([]meter{client, scp.cpu(), scp.rss(), scp.profile()}, upstream...)
 	for _, n := range []int{1, 64} {
 		run(b, "direct", n, direct, nil, append([]meter{client}, upstream...)...)
 		run(b, "floor-relay", n, relay, against(n, "direct", "direct"),
