@@ -25,7 +25,7 @@ import (
 // connections later a call on a new one still signs. (The frame relay
 // dialled the signer per core connection: four idle ones denied everyone.)
 func TestIdleCoreConnectionsHoldNoSignerConnection(t *testing.T) {
-	env := signertest.Start(t, signertest.WithConfig(func(c *config.Signer) { c.MaxConnections = 4 }))
+	env := signertest.Start(t, signertest.WithConfig(func(c *config.Signer) { c.MaxConnections, c.MaxConnectionsPerSource = 4, 4 }))
 	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
 	for range 40 {
 		newRawCore(t, sc.TCP) // preface and SETTINGS, then silence
