@@ -463,15 +463,18 @@ func (u *upConn) send(cs []*call) []*call {
 		for _, f := range c.hdrs {
 			u.henc.WriteField(f)
 		}
-		if err := u.writeHeaders(id, len(c.body) == 0); err != nil {
-			u.fail(err)
-			return nil // the read loop fails what was sent
+		err := u.writeHeaders(id, len(c.body) == 0)
+		if err == nil && len(c.body) > 0 {
+			err = u.writeBody(c)
 		}
-		if len(c.body) > 0 {
-			if err := u.writeBody(c); err != nil {
-				u.fail(err)
-				return nil
+		if err != nil {
+			// The read loop fails c and what was sent before it; the
+			// calls after it were never written, so no signer saw them.
+			u.fail(err)
+			for range cs[i+1:] {
+				u.active.Add(-1)
 			}
+			return cs[i+1:]
 		}
 	}
 	return nil
