@@ -42,9 +42,14 @@ const (
 	// maxBuffered bounds the request bytes the whole sidecar holds; a
 	// request that would pass it is answered ResourceExhausted.
 	maxBuffered = 16 << 20
-	// maxQueued bounds the answer bytes waiting for one core connection
-	// that does not read; past it the connection is closed.
+	// maxQueued bounds the bytes waiting for one core connection that does
+	// not read; past it the connection is closed.
 	maxQueued = 4 << 20
+	// itemCost is about what a queued item costs besides its data. Frames
+	// the sidecar only acknowledges (PING, SETTINGS) carry no data, but a
+	// core that sends them and never reads would otherwise grow the queue
+	// without bound (the "ping flood", CVE-2019-9512).
+	itemCost = 128
 )
 
 const (
@@ -505,8 +510,8 @@ func (cc *coreConn) cancel(c *call) {
 	}
 }
 
-// send queues it for the writer. A core that does not read its answers
-// is cut off once maxQueued bytes wait for it.
+// send queues it for the writer. A core that does not read what the
+// sidecar writes is cut off once maxQueued bytes wait for it.
 func (cc *coreConn) send(it item) { cc.sendAll([]item{it}) }
 
 func (cc *coreConn) sendAll(its []item) {
@@ -516,7 +521,7 @@ func (cc *coreConn) sendAll(its []item) {
 			continue
 		}
 		cc.queue = append(cc.queue, it)
-		cc.queued += len(it.data)
+		cc.queued += itemCost + len(it.data) + 8*len(it.settings)
 	}
 	over := cc.queued > maxQueued
 	cc.mu.Unlock()
