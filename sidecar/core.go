@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,8 @@ type call struct {
 	body   []byte
 	held   int // bytes of maxBuffered this call holds
 	start  time.Time
+	// deadline is start plus the core's grpc-timeout (zero without one).
+	deadline time.Time
 
 	recvWin  int32 // what the core may still send on this stream
 	unacked  int32 // received and not yet given back to the core's window
@@ -354,6 +357,11 @@ func (cc *coreConn) headers(f *http2.MetaHeadersFrame) error {
 	for _, h := range f.RegularFields() {
 		if passedHeaders[h.Name] {
 			c.hdrs = append(c.hdrs, h)
+		}
+		if h.Name == "grpc-timeout" {
+			if d, ok := grpcTimeout(h.Value); ok {
+				c.deadline = c.start.Add(d)
+			}
 		}
 	}
 	cc.mu.Lock()
@@ -740,6 +748,35 @@ func (cc *coreConn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool
 
 func responseHeaders() []hpack.HeaderField {
 	return []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
+}
+
+// grpcTimeout reads a grpc-timeout value: up to eight digits and a unit.
+func grpcTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	return time.Duration(n) * unit, true
 }
 
 // healthService reads the service name from a framed HealthCheckRequest.

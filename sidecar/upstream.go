@@ -652,7 +652,15 @@ func (u *upConn) read() error {
 				u.p.dispatch([]*call{c})
 				continue
 			}
-			c.cc.answer(c, &grpcStatus{rstCode(f.ErrCode), "sidecar: the signer reset the call: " + f.ErrCode.String()})
+			code := rstCode(f.ErrCode)
+			if code == codes.Canceled && !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+				// The signer resets a call whose deadline passed with
+				// CANCEL; a gRPC client reports that reset as
+				// DeadlineExceeded, and so does the sidecar (the core's
+				// own deadline may not have fired yet).
+				code = codes.DeadlineExceeded
+			}
+			c.cc.answer(c, &grpcStatus{code, "sidecar: the signer reset the call: " + f.ErrCode.String()})
 		case *http2.SettingsFrame:
 			if f.IsAck() {
 				continue
