@@ -615,6 +615,16 @@ func (cc *coreConn) write(it item) error {
 			cc.sendWin += int32(it.n)
 		} else if w, ok := cc.win[it.id]; ok {
 			cc.win[it.id] = w + int32(it.n)
+		} else {
+			// The core may open a stream's window before its answer
+			// starts (a core that sets its initial window to 0 must):
+			// the increment is kept for the answer, not lost.
+			cc.mu.Lock()
+			open := cc.streams[it.id] != nil
+			cc.mu.Unlock()
+			if open {
+				cc.win[it.id] = cc.initWin + int32(it.n)
+			}
 		}
 		return cc.unblock()
 	case itemGoAway:
