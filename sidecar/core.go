@@ -375,9 +375,20 @@ func (cc *coreConn) headers(f *http2.MetaHeadersFrame) error {
 		cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) }})
 		return nil
 	}
+	// What the call keeps of its headers (up to maxHeaderList each) is
+	// held like its body, within maxBuffered; a refused call keeps none.
 	if path != healthCheck && path != healthWatch && !forwarded[path] {
+		if len(path) > 128 {
+			path = path[:128] + "..."
+		}
 		cc.p.warn("method refused: not forwarded to the signer", "method", path)
+		c.method, c.ctype, c.hdrs = "", "", nil
 		c.refusal = &grpcStatus{codes.PermissionDenied, fmt.Sprintf("sidecar: method %s is not forwarded to the signer", path)}
+	} else if n := headerBytes(c); !cc.p.buffers.take(n) {
+		c.ctype, c.hdrs = "", nil
+		c.refusal = &grpcStatus{codes.ResourceExhausted, fmt.Sprintf("sidecar: more than %d request bytes held; try again", maxBuffered)}
+	} else {
+		c.held = n
 	}
 	if f.StreamEnded() {
 		cc.complete(c)
@@ -415,8 +426,7 @@ func (cc *coreConn) data(f *http2.DataFrame) error {
 			c.body = append(c.body, d...)
 		}
 		if c.refusal != nil {
-			cc.p.buffers.give(c.held)
-			c.held, c.body = 0, nil
+			cc.p.release(c)
 		}
 	}
 	if f.StreamEnded() {
@@ -758,6 +768,15 @@ func (cc *coreConn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool
 
 func responseHeaders() []hpack.HeaderField {
 	return []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
+}
+
+// headerBytes is what c keeps of its request headers.
+func headerBytes(c *call) int {
+	n := len(c.ctype)
+	for _, h := range c.hdrs {
+		n += len(h.Name) + len(h.Value)
+	}
+	return n
 }
 
 // grpcTimeout reads a grpc-timeout value: up to eight digits and a unit.

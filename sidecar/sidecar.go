@@ -311,13 +311,13 @@ func (p *Proxy) drain(grace time.Duration) {
 	}
 }
 
-// release gives back the request bytes c held.
+// release gives back the request bytes c held, body and headers.
 func (p *Proxy) release(c *call) {
 	if c.held > 0 {
 		p.buffers.give(c.held)
 		c.held = 0
 	}
-	c.body = nil
+	c.body, c.hdrs, c.ctype = nil, nil, ""
 }
 
 func (p *Proxy) observe(c *call, code codes.Code) {
