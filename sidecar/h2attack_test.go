@@ -1,6 +1,7 @@
 package sidecar_test
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -13,11 +14,15 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
+	"github.com/plexsphere/signer/sidecar"
 )
 
 // Attacks a core can make on its own connections, written frame by frame:
@@ -358,5 +363,176 @@ func TestReplicaLostInTheMiddleOfABatch(t *testing.T) {
 	}
 	if len(missing) > 0 {
 		t.Fatalf("%d of %d calls never answered after the replica connection broke (streams %s...)", len(missing), calls, strings.Join(missing[:min(len(missing), 5)], ","))
+	}
+}
+
+// enteringProvider's keys tell entered when a Sign arrives, then block
+// until their context ends and report how it ended.
+type enteringProvider struct {
+	keyprovider.Provider
+	entered chan struct{}
+	ended   chan error
+}
+
+func (p enteringProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte) (keyprovider.Key, error) {
+	k, err := p.Provider.Load(ctx, ref, h)
+	if ref.Scope == store.LogKeyScope || err != nil {
+		return k, err
+	}
+	return enteringKey{k, p}, nil
+}
+
+type enteringKey struct {
+	keyprovider.Key
+	p enteringProvider
+}
+
+func (k enteringKey) SignContext(ctx context.Context, _ []byte) ([]byte, error) {
+	k.p.entered <- struct{}{}
+	<-ctx.Done()
+	k.p.ended <- ctx.Err()
+	return nil, ctx.Err()
+}
+
+// A core that resets its calls (after sending them whole, or halfway)
+// gets its stream slots and the request budget back, and a call at the
+// signer is cancelled there: with two streams a connection, twenty calls
+// reset at the signer and sixty 300 KiB requests reset halfway (18 MB,
+// more than the 16 MiB budget) leave the connection able to make a call.
+func TestResetFreesEverything(t *testing.T) {
+	p := enteringProvider{signertest.NewLocalProvider(t), make(chan struct{}, 100), make(chan error, 100)}
+	env := signertest.Start(t, signertest.WithProvider(p))
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), func(c *sidecar.Config) {
+		c.MaxConcurrentStreams = 2
+	})
+	if _, err := dialClient(t, sc.Socket).PublicKeys(ctx10s(t), scope); err != nil {
+		t.Fatal(err)
+	}
+	r := newRawCore(t, sc.TCP)
+	sign := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	id := uint32(1)
+	for range 20 {
+		r.headers(t, id, false, r.block(req(signMethod)...))
+		r.fr.WriteData(id, true, sign)
+		select {
+		case <-p.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("call %d never reached the signer", id)
+		}
+		r.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		select {
+		case err := <-p.ended:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("call %d at the signer ended with %v, want Canceled", id, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("call %d: the core's reset never reached the signer", id)
+		}
+		id += 2
+	}
+	// The sidecar opens each stream's window as it reads (every 16 KiB),
+	// so 300 KiB fit without waiting for its WINDOW_UPDATEs.
+	chunk := make([]byte, 15<<10)
+	for range 60 {
+		r.headers(t, id, false, r.block(req(signMethod)...))
+		for range 20 {
+			if err := r.fr.WriteData(id, false, chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		id += 2
+	}
+	r.headers(t, id, false, r.block(req(publicKeyMethod)...))
+	r.fr.WriteData(id, true, grpcFrame(t, &signerv1.PublicKeyRequest{Scope: scope}))
+	got := r.answers(t, 1, 10*time.Second)
+	if a := got[id]; a == nil || a.status != "0" {
+		t.Fatalf("a call after 80 reset ones: %+v, want grpc-status 0", got[id])
+	}
+}
+
+// A thousand calls in flight on one connection (more than the signer's
+// 256 streams) are all answered, each once.
+func TestThousandStreamsOnOneConnection(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newRawCore(t, sc.TCP)
+	r.fr.WriteWindowUpdate(0, 1<<30)
+	const calls = 1000
+	block := r.block(req(signMethod)...)
+	for i := range calls {
+		id := uint32(2*i + 1)
+		r.headers(t, id, false, block)
+		r.fr.WriteData(id, true, grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte(fmt.Sprint(i))}))
+	}
+	got := r.answers(t, calls, 60*time.Second)
+	bad := 0
+	for i := range calls {
+		if a := got[uint32(2*i+1)]; a == nil || a.status != "0" || a.data == 0 {
+			bad++
+			if bad < 5 {
+				t.Errorf("stream %d: %+v", 2*i+1, a)
+			}
+		}
+	}
+	if bad > 0 || len(got) != calls {
+		t.Fatalf("%d of %d calls not answered OK; %d streams seen", bad, calls, len(got))
+	}
+}
+
+// Core connections that end (cleanly, abruptly, mid-request, mid-header
+// block, with calls in flight, with health Watch streams open) leave no
+// goroutine behind.
+func TestNoGoroutineOutlivesItsConnection(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	if _, err := dialClient(t, sc.Socket).PublicKeys(ctx10s(t), scope); err != nil {
+		t.Fatal(err)
+	}
+	settle := func() int {
+		n := runtime.NumGoroutine()
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+			m := runtime.NumGoroutine()
+			if m == n {
+				return n
+			}
+			n = m
+		}
+		return n
+	}
+	base := settle()
+	health := grpcFrame(t, &healthpb.HealthCheckRequest{Service: sidecar.HealthService})
+	sign := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	for i := range 40 {
+		r := newRawCore(t, sc.TCP)
+		r.headers(t, 1, false, r.block(req("/grpc.health.v1.Health/Watch")...))
+		r.fr.WriteData(1, true, health)
+		r.headers(t, 3, false, r.block(req(signMethod)...))
+		r.fr.WriteData(3, true, sign)
+		r.headers(t, 5, false, r.block(req(signMethod)...)) // never ended
+		r.fr.WriteData(5, false, sign[:3])
+		r.pingAcked(t, 10*time.Second) // the sidecar serves the connection
+		switch i % 4 {
+		case 0:
+			r.fr.WriteGoAway(5, http2.ErrCodeNo, nil)
+		case 1:
+			b := r.block(req(signMethod)...)
+			r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 7, BlockFragment: b[:3]}) // a header block never finished
+		case 2:
+			r.conn.(*net.TCPConn).SetLinger(0)
+		}
+		r.conn.Close()
+	}
+	var n int
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if n = runtime.NumGoroutine(); n <= base+2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before 40 core connections came and went:\n%s", n, base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
