@@ -536,3 +536,124 @@ func TestNoGoroutineOutlivesItsConnection(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// fakeReplica is a signer replica spoken to frame by frame: it answers
+// every request OK (trailers only), except that on its first connection,
+// once it holds goAwayAfter requests, it sends GOAWAY naming only the
+// first as processed, answers that one, and no other.
+type fakeReplica struct {
+	addr     string
+	answered chan [2]uint32 // connection number, stream
+}
+
+func startFakeReplica(t *testing.T, env *signertest.Env, goAwayAfter int) *fakeReplica {
+	cfg := identity.ServerTLS(env.Source(env.Issue(t, signertest.SignerID)))
+	cfg.NextProtos = []string{"h2"}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	f := &fakeReplica{addr: l.Addr().String(), answered: make(chan [2]uint32, 10000)}
+	go func() {
+		for n := uint32(1); ; n++ {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { nc.Close() })
+			go f.serve(nc, n, goAwayAfter)
+		}
+	}()
+	return f
+}
+
+func (f *fakeReplica) serve(nc net.Conn, n uint32, goAwayAfter int) {
+	defer nc.Close()
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(nc, preface); err != nil {
+		return
+	}
+	fr := http2.NewFramer(nc, nc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	var buf strings.Builder
+	enc := hpack.NewEncoder(&buf)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1000})
+	answer := func(id uint32) {
+		buf.Reset()
+		for _, h := range []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}, {Name: "grpc-status", Value: "0"}} {
+			enc.WriteField(h)
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte(buf.String()), EndStream: true, EndHeaders: true})
+		f.answered <- [2]uint32{n, id}
+	}
+	var held []uint32
+	away := false
+	for {
+		fm, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		var ended uint32
+		switch fm := fm.(type) {
+		case *http2.SettingsFrame:
+			if !fm.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			if fm.StreamEnded() {
+				ended = fm.StreamID
+			}
+		case *http2.DataFrame:
+			if fm.StreamEnded() {
+				ended = fm.StreamID
+			}
+		}
+		if ended == 0 {
+			continue
+		}
+		if n > 1 || goAwayAfter == 0 {
+			answer(ended)
+			continue
+		}
+		if away {
+			continue // after the GOAWAY: a stream it said it would not process
+		}
+		if held = append(held, ended); len(held) == goAwayAfter {
+			away = true
+			fr.WriteGoAway(held[0], http2.ErrCodeNo, nil)
+			answer(held[0])
+		}
+	}
+}
+
+// A replica that sends GOAWAY with calls in flight: the calls it names as
+// processed are answered by it, the others are sent again (to its next
+// connection here) and answered there, each call once.
+func TestReplicaGoAwayRedispatches(t *testing.T) {
+	env := &signertest.Env{CA: signertest.NewCA(t)}
+	const calls = 50
+	f := startFakeReplica(t, env, calls)
+	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newRawCore(t, sc.TCP)
+	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	for i := range calls {
+		id := uint32(2*i + 1)
+		r.headers(t, id, false, r.block(req(signMethod)...))
+		r.fr.WriteData(id, true, body)
+	}
+	got := r.answers(t, calls, 20*time.Second)
+	for i := range calls {
+		if a := got[uint32(2*i+1)]; a == nil || a.status != "0" {
+			t.Errorf("stream %d: %+v, want grpc-status 0", 2*i+1, a)
+		}
+	}
+	byConn := map[uint32]int{}
+	for len(f.answered) > 0 {
+		a := <-f.answered
+		byConn[a[0]]++
+	}
+	if byConn[1] != 1 || byConn[1]+byConn[2] != calls || len(byConn) != 2 {
+		t.Fatalf("answers by replica connection: %v, want 1 on the first and %d on the second", byConn, calls-1)
+	}
+}
