@@ -17,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/store"
@@ -655,5 +656,61 @@ func TestReplicaGoAwayRedispatches(t *testing.T) {
 	}
 	if byConn[1] != 1 || byConn[1]+byConn[2] != calls || len(byConn) != 2 {
 		t.Fatalf("answers by replica connection: %v, want 1 on the first and %d on the second", byConn, calls-1)
+	}
+}
+
+// While every replica connection is full, calls wait in the sidecar; a
+// core that opens calls and resets them at once must not make that wait
+// list grow: 100,000 reset calls behind one stuck call leave no trace.
+func TestResetWaitingCallsAreForgotten(t *testing.T) {
+	gate := gateProvider{Provider: signertest.NewLocalProvider(t), entered: make(chan struct{}, 1), open: make(chan struct{})}
+	env := signertest.Start(t, signertest.WithProvider(gate), signertest.WithConfig(func(c *config.Signer) { c.MaxConcurrentStreams = 1 }))
+	t.Cleanup(func() { close(gate.open) }) // before the signer stops
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	stuck := dialClient(t, sc.Socket)
+	go stuck.Sign(ctx10s(t), scope, []byte("m"))
+	select {
+	case <-gate.entered: // the replica connection's one stream is taken
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first Sign never reached the signer")
+	}
+	r := newRawCore(t, sc.TCP)
+	acked := make(chan struct{})
+	barrier := [8]byte{'b', 'a', 'r', 'r', 'i', 'e', 'r'}
+	go func() { // reads (and drops) what the sidecar writes, to the barrier's ACK
+		rd := http2.NewFramer(nil, r.conn)
+		for {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				return
+			}
+			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() && p.Data == barrier {
+				close(acked)
+				return
+			}
+		}
+	}()
+	block := r.block(req(signMethod)...)
+	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	before := heapInUse()
+	const calls = 100_000
+	for i := range calls {
+		id := uint32(2*i + 1)
+		r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+		r.fr.WriteData(id, true, body)
+		if err := r.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	r.fr.WritePing(false, barrier)
+	select {
+	case <-acked:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the sidecar never read the calls")
+	}
+	grew := int64(heapInUse()) - int64(before)
+	t.Logf("heap grew by %d KiB after %d reset calls", grew>>10, calls)
+	if grew > 8<<20 {
+		t.Fatalf("%d calls reset while waiting grew the heap by %d MiB", calls, grew>>20)
 	}
 }
