@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,6 +88,7 @@ type pool struct {
 	replicas map[string]*replica
 	live     []*upConn // connected and taking calls
 	waiting  []*call   // calls that wait for a connection
+	pruneAt  int       // waiting's length when it is next cleared of ended calls
 	resolved bool      // the first resolution is done
 	closed   bool
 	next     int
@@ -275,7 +277,7 @@ func (p *pool) dispatch(cs []*call) {
 		u := p.pick()
 		if u == nil {
 			if p.mayWait() {
-				p.waiting = append(p.waiting, c)
+				p.wait(c)
 			} else {
 				failed = append(failed, c)
 			}
@@ -301,6 +303,23 @@ func (p *pool) dispatch(cs []*call) {
 	for _, c := range failed {
 		c.cc.answer(c, &grpcStatus{codes.Unavailable, "sidecar: no signer replica reachable"})
 	}
+}
+
+// wait adds c to the waiting calls (held lock). A call the core resets
+// stays there until the next dispatch, which may be long while every
+// connection is full; so the list is cleared of ended calls whenever it
+// has doubled since the last time, and holds at most about twice the
+// calls still waiting.
+func (p *pool) wait(c *call) {
+	if len(p.waiting) >= max(p.pruneAt, 64) {
+		p.waiting = slices.DeleteFunc(p.waiting, func(w *call) bool {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return w.done
+		})
+		p.pruneAt = 2 * len(p.waiting)
+	}
+	p.waiting = append(p.waiting, c)
 }
 
 func (p *pool) pick() *upConn {
