@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -20,6 +21,7 @@ import (
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/localaddr"
 	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
@@ -712,5 +714,55 @@ func TestResetWaitingCallsAreForgotten(t *testing.T) {
 	t.Logf("heap grew by %d KiB after %d reset calls", grew>>10, calls)
 	if grew > 8<<20 {
 		t.Fatalf("%d calls reset while waiting grew the heap by %d MiB", calls, grew>>20)
+	}
+}
+
+// During a drain, a core connection whose last call the core resets is
+// done: the sidecar closes it then, not when the grace period ends.
+func TestDrainEndsWhenTheLastCallIsReset(t *testing.T) {
+	gate := gateProvider{Provider: signertest.NewLocalProvider(t), entered: make(chan struct{}, 1), open: make(chan struct{})}
+	env := signertest.Start(t, signertest.WithProvider(gate))
+	t.Cleanup(func() { close(gate.open) })
+	src := env.Source(env.Issue(t, signertest.CoreID))
+	p, err := sidecar.New(sidecar.Config{
+		Listen:   []sidecar.Addr{localaddr.MustParse("127.0.0.1:0")},
+		Upstream: env.Addr, SignerID: spiffeid.RequireFromString(signertest.SignerID), SVID: src, Bundle: src,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := p.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, ls, 10*time.Minute) }()
+
+	r := newRawCore(t, ls[0].Addr().String())
+	r.headers(t, 1, false, r.block(req(signMethod)...))
+	r.fr.WriteData(1, true, grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")}))
+	select {
+	case <-gate.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Sign never reached the signer")
+	}
+	stop()
+	if code, ok := r.goAway(); !ok || code != http2.ErrCodeNo {
+		t.Fatalf("GOAWAY %v (seen %v)", code, ok)
+	}
+	r.fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	if !r.closed() {
+		t.Fatal("the connection stayed open with no call left, the grace period running")
+	}
+	r.conn.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve never returned")
 	}
 }
