@@ -304,9 +304,13 @@ func (cc *coreConn) frame(f http2.Frame) error {
 		cc.mu.Lock()
 		c := cc.streams[f.StreamID]
 		delete(cc.streams, f.StreamID)
+		draining := cc.goingAway
 		cc.mu.Unlock()
 		if c != nil {
 			cc.cancel(c)
+			if draining {
+				cc.kick() // the writer closes a drained connection: this may have been its last stream
+			}
 		}
 	case *http2.SettingsFrame:
 		if f.IsAck() {
