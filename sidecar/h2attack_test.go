@@ -547,9 +547,12 @@ func TestNoGoroutineOutlivesItsConnection(t *testing.T) {
 type fakeReplica struct {
 	addr     string
 	answered chan [2]uint32 // connection number, stream
+	// noTrailers answers with headers and a message, END_STREAM on the
+	// DATA, and no trailers: not gRPC.
+	noTrailers bool
 }
 
-func startFakeReplica(t *testing.T, env *signertest.Env, goAwayAfter int) *fakeReplica {
+func startFakeReplica(t *testing.T, env *signertest.Env, goAwayAfter int, noTrailers bool) *fakeReplica {
 	cfg := identity.ServerTLS(env.Source(env.Issue(t, signertest.SignerID)))
 	cfg.NextProtos = []string{"h2"}
 	l, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
@@ -557,7 +560,7 @@ func startFakeReplica(t *testing.T, env *signertest.Env, goAwayAfter int) *fakeR
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	f := &fakeReplica{addr: l.Addr().String(), answered: make(chan [2]uint32, 10000)}
+	f := &fakeReplica{addr: l.Addr().String(), answered: make(chan [2]uint32, 10000), noTrailers: noTrailers}
 	go func() {
 		for n := uint32(1); ; n++ {
 			nc, err := l.Accept()
@@ -584,10 +587,17 @@ func (f *fakeReplica) serve(nc net.Conn, n uint32, goAwayAfter int) {
 	fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1000})
 	answer := func(id uint32) {
 		buf.Reset()
-		for _, h := range []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}, {Name: "grpc-status", Value: "0"}} {
+		hs := []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
+		if !f.noTrailers {
+			hs = append(hs, hpack.HeaderField{Name: "grpc-status", Value: "0"})
+		}
+		for _, h := range hs {
 			enc.WriteField(h)
 		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte(buf.String()), EndStream: true, EndHeaders: true})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte(buf.String()), EndStream: !f.noTrailers, EndHeaders: true})
+		if f.noTrailers {
+			fr.WriteData(id, true, []byte{0, 0, 0, 0, 0})
+		}
 		f.answered <- [2]uint32{n, id}
 	}
 	var held []uint32
@@ -636,7 +646,7 @@ func (f *fakeReplica) serve(nc net.Conn, n uint32, goAwayAfter int) {
 func TestReplicaGoAwayRedispatches(t *testing.T) {
 	env := &signertest.Env{CA: signertest.NewCA(t)}
 	const calls = 50
-	f := startFakeReplica(t, env, calls)
+	f := startFakeReplica(t, env, calls, false)
 	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
 	r := newRawCore(t, sc.TCP)
 	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
@@ -764,5 +774,21 @@ func TestDrainEndsWhenTheLastCallIsReset(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Serve never returned")
+	}
+}
+
+// An answer that ends without trailers (not gRPC; a signer never sends
+// one) still ends the core's stream, with a status: the core is not left
+// waiting for trailers that will not come.
+func TestAnswerWithoutTrailersEndsTheStream(t *testing.T) {
+	env := &signertest.Env{CA: signertest.NewCA(t)}
+	f := startFakeReplica(t, env, 0, true)
+	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newRawCore(t, sc.TCP)
+	r.headers(t, 1, false, r.block(req(signMethod)...))
+	r.fr.WriteData(1, true, grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")}))
+	got := r.answers(t, 1, 10*time.Second)
+	if a := got[1]; a == nil || a.status == "" || a.status == "0" {
+		t.Fatalf("an answer without trailers: %+v, want the stream ended with an error status", a)
 	}
 }
