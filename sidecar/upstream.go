@@ -787,8 +787,13 @@ func (u *upConn) handOn() {
 		p.release(c)
 		p.observe(c, grpcCode(c.respTrl, c.respHdrs))
 		it := item{kind: itemStream, c: c, hdrs: c.respHdrs, data: c.respData, trailers: c.respTrl, end: true}
-		if it.data == nil && it.trailers == nil && !hasStatus(it.hdrs) {
+		if it.trailers == nil && (it.data != nil || !hasStatus(it.hdrs)) {
+			// Not gRPC, but the core's stream must still end, and with a
+			// status: only trailers (or a trailers-only answer) end it.
 			it.trailers = (&grpcStatus{codes.Internal, "sidecar: the signer's answer had no grpc-status"}).trailers()
+		}
+		if it.hdrs == nil {
+			it.hdrs = responseHeaders() // DATA before any HEADERS: not gRPC either
 		}
 		its = append(its, it)
 	}
