@@ -792,3 +792,60 @@ func TestAnswerWithoutTrailersEndsTheStream(t *testing.T) {
 		t.Fatalf("an answer without trailers: %+v, want the stream ended with an error status", a)
 	}
 }
+
+// Frames no HTTP/2 client may send close the connection with a GOAWAY
+// naming the error (RFC 9113 §5.1.1, §6.1, §6.2, §6.5.2), and the
+// connection's calls already at the signer are not answered twice or
+// left behind: a good call on a new connection still signs.
+func TestIllegalStreamUseClosesTheConnection(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	sign := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	cases := map[string]struct {
+		send func(r *rawCore)
+		code http2.ErrCode
+	}{
+		"HEADERS on an even stream": {func(r *rawCore) {
+			r.headers(t, 2, true, r.block(req(signMethod)...))
+		}, http2.ErrCodeProtocol},
+		"a stream id reused": {func(r *rawCore) {
+			r.headers(t, 5, false, r.block(req(signMethod)...))
+			r.fr.WriteData(5, true, sign)
+			r.headers(t, 5, true, r.block(req(signMethod)...))
+		}, http2.ErrCodeProtocol},
+		"a lower stream id after a higher one": {func(r *rawCore) {
+			r.headers(t, 7, true, r.block(req(signMethod)...))
+			r.headers(t, 3, true, r.block(req(signMethod)...))
+		}, http2.ErrCodeProtocol},
+		"DATA on an idle stream": {func(r *rawCore) {
+			r.fr.WriteData(9, true, sign)
+		}, http2.ErrCodeProtocol},
+		"DATA after END_STREAM": {func(r *rawCore) {
+			r.headers(t, 1, false, r.block(req(signMethod)...))
+			r.fr.WriteData(1, true, sign)
+			r.fr.WriteData(1, true, sign)
+		}, http2.ErrCodeStreamClosed},
+		"SETTINGS_ENABLE_PUSH 2": {func(r *rawCore) {
+			r.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 2})
+		}, http2.ErrCodeProtocol},
+		"a 32-bit initial window": {func(r *rawCore) {
+			r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 31})
+		}, http2.ErrCodeProtocol},
+	}
+	for name, tc := range cases {
+		r := newRawCore(t, sc.TCP)
+		tc.send(r)
+		code, ok := r.goAway()
+		if !ok {
+			t.Errorf("%s: no GOAWAY", name)
+		} else if code != tc.code && !(name == "a 32-bit initial window" && code == http2.ErrCodeFlowControl) {
+			t.Errorf("%s: GOAWAY %v, want %v", name, code, tc.code)
+		}
+		if !r.closed() {
+			t.Errorf("%s: the connection stayed open", name)
+		}
+	}
+	if _, err := dialClient(t, sc.Socket).Sign(ctx10s(t), scope, []byte("m")); err != nil {
+		t.Fatalf("Sign after the illegal connections: %v", err)
+	}
+}
