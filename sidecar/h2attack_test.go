@@ -598,7 +598,10 @@ func (f *fakeReplica) serve(nc net.Conn, n uint32, goAwayAfter int) {
 		if f.noTrailers {
 			fr.WriteData(id, true, []byte{0, 0, 0, 0, 0})
 		}
-		f.answered <- [2]uint32{n, id}
+		select {
+		case f.answered <- [2]uint32{n, id}:
+		default: // only counted where few are answered
+		}
 	}
 	var held []uint32
 	away := false
@@ -618,6 +621,9 @@ func (f *fakeReplica) serve(nc net.Conn, n uint32, goAwayAfter int) {
 				ended = fm.StreamID
 			}
 		case *http2.DataFrame:
+			if fm.Length > 0 {
+				fr.WriteWindowUpdate(0, fm.Length)
+			}
 			if fm.StreamEnded() {
 				ended = fm.StreamID
 			}
@@ -847,5 +853,60 @@ func TestIllegalStreamUseClosesTheConnection(t *testing.T) {
 	}
 	if _, err := dialClient(t, sc.Socket).Sign(ctx10s(t), scope, []byte("m")); err != nil {
 		t.Fatalf("Sign after the illegal connections: %v", err)
+	}
+}
+
+// A core that never opens its windows and resets each call once its answer
+// has started leaves nothing behind: the answers waiting for its window
+// are dropped with their streams, not kept until a WINDOW_UPDATE that
+// never comes.
+func TestResetStreamsBlockedOnTheCoresWindowAreForgotten(t *testing.T) {
+	env := &signertest.Env{CA: signertest.NewCA(t)}
+	f := startFakeReplica(t, env, 0, true) // answers with a message: flow controlled
+	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newRawCore(t, sc.TCP)
+	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	rd := http2.NewFramer(nil, r.conn)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	block := r.block(req(signMethod)...)
+	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	round := func(first uint32, n int) {
+		for i := range n {
+			id := first + uint32(2*i)
+			r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+			r.fr.WriteData(id, true, body)
+		}
+		r.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		other := map[string]int{}
+		for seen := 0; seen < n; {
+			fm, err := rd.ReadFrame()
+			if err != nil {
+				t.Fatalf("waiting for the answers' headers: %v (%d of %d; %v)", err, seen, n, other)
+			}
+			switch fm := fm.(type) {
+			case *http2.MetaHeadersFrame:
+				seen++
+			case *http2.DataFrame:
+				t.Fatalf("DATA on stream %d with a window of 0", fm.StreamID)
+			default:
+				other[fmt.Sprintf("%T", fm)]++
+			}
+		}
+		for i := range n {
+			r.fr.WriteRSTStream(first+uint32(2*i), http2.ErrCodeCancel)
+		}
+	}
+	round(1, 1000) // warm
+	r.pingAcked(t, 10*time.Second)
+	before := heapInUse()
+	const rounds = 40
+	for k := 1; k <= rounds; k++ {
+		round(uint32(2000*k+1), 1000)
+	}
+	r.pingAcked(t, 10*time.Second)
+	grew := int64(heapInUse()) - int64(before)
+	t.Logf("heap grew by %d KiB after %d reset streams", grew>>10, rounds*1000)
+	if grew > 8<<20 {
+		t.Fatalf("%d streams reset with their answers waiting for the window grew the heap by %d MiB", rounds*1000, grew>>20)
 	}
 }
