@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -164,6 +165,7 @@ const (
 	itemSettings                 // the core's SETTINGS: apply, then acknowledge
 	itemWindow                   // the core opened a window (id 0: the connection)
 	itemGoAway                   // drain: GOAWAY, no new streams
+	itemForget                   // the core reset stream id: drop its window and what waits for it
 )
 
 type item struct {
@@ -304,13 +306,14 @@ func (cc *coreConn) frame(f http2.Frame) error {
 		cc.mu.Lock()
 		c := cc.streams[f.StreamID]
 		delete(cc.streams, f.StreamID)
-		draining := cc.goingAway
 		cc.mu.Unlock()
 		if c != nil {
 			cc.cancel(c)
-			if draining {
-				cc.kick() // the writer closes a drained connection: this may have been its last stream
-			}
+			// The writer may hold its window and an answer waiting for
+			// it, which no WINDOW_UPDATE will ever release now; it also
+			// closes a drained connection, and this may have been its
+			// last stream.
+			cc.send(item{kind: itemForget, id: f.StreamID})
 		}
 	case *http2.SettingsFrame:
 		if f.IsAck() {
@@ -641,6 +644,10 @@ func (cc *coreConn) write(it item) error {
 			}
 		}
 		return cc.unblock()
+	case itemForget:
+		delete(cc.win, it.id)
+		cc.blocked = slices.DeleteFunc(cc.blocked, func(p *pending) bool { return p.it.c.id == it.id })
+		return nil
 	case itemGoAway:
 		cc.mu.Lock()
 		cc.goingAway = true
