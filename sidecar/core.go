@@ -816,6 +816,9 @@ func grpcTimeout(v string) (time.Duration, bool) {
 	default:
 		return 0, false
 	}
+	if n > int64(1<<63-1)/int64(unit) {
+		return 0, false // 99999999H is longer than a Duration: no deadline worth the name
+	}
 	return time.Duration(n) * unit, true
 }
 
