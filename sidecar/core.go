@@ -82,6 +82,7 @@ type call struct {
 	received bool  // END_STREAM seen
 	refusal  *grpcStatus
 	watch    bool
+	started  bool // writer only: the answer's HEADERS are written
 
 	mu       sync.Mutex
 	done     bool // answered, failed or cancelled: whoever sets it owns the end
@@ -201,6 +202,16 @@ func newCoreConn(p *Proxy, nc net.Conn) *coreConn {
 	cc.bw = &batchWriter{nc: nc}
 	cc.wfr = http2.NewFramer(cc.bw, nil)
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
+	// The server's preface is its first frame, queued before anything else
+	// can be (a drain's GOAWAY included).
+	settings := []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: uint32(p.cfg.MaxConcurrentStreams)},
+		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList}}
+	cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error {
+		if err := fr.WriteSettings(settings...); err != nil {
+			return err
+		}
+		return fr.WriteWindowUpdate(0, coreConnWindow-initialWindow)
+	}})
 	return cc
 }
 
@@ -243,14 +254,6 @@ func (cc *coreConn) read() error {
 	if string(preface[:]) != http2.ClientPreface {
 		return connError{http2.ErrCodeProtocol, "preface", "not an HTTP/2 client preface"}
 	}
-	settings := []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: uint32(cc.p.cfg.MaxConcurrentStreams)},
-		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList}}
-	cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error {
-		if err := fr.WriteSettings(settings...); err != nil {
-			return err
-		}
-		return fr.WriteWindowUpdate(0, coreConnWindow-initialWindow)
-	}})
 	first := true
 	for {
 		f, err := cc.fr.ReadFrame()
@@ -503,11 +506,19 @@ func (cc *coreConn) watch(c *call) {
 		return
 	}
 	cc.p.release(c)
-	c.watch = true
+	cc.mu.Lock()
+	c.watch = true // read by the writer during a drain
+	cc.mu.Unlock()
+	// The first answer is queued before the watcher is registered, so no
+	// change can overtake its HEADERS; a change in between is sent after.
+	st := cc.p.serving.Load()
+	cc.send(item{kind: itemStream, c: c, hdrs: responseHeaders(), data: healthMessage(st)})
 	cc.p.watchMu.Lock()
 	cc.p.watchers[c] = struct{}{}
 	cc.p.watchMu.Unlock()
-	cc.send(item{kind: itemStream, c: c, hdrs: responseHeaders(), data: healthMessage(cc.p.serving.Load())})
+	if now := cc.p.serving.Load(); now != st {
+		cc.send(item{kind: itemStream, c: c, data: healthMessage(now)})
+	}
 }
 
 // cancel ends a call the core reset or abandoned: a request in flight is
@@ -663,10 +674,10 @@ func (cc *coreConn) write(it item) error {
 		if err := cc.wfr.WriteGoAway(last, http2.ErrCodeNo, nil); err != nil {
 			return err
 		}
+		// Queued, not written here: a Watch's first answer may still be
+		// in the queue, and its end must follow it.
 		for _, c := range watches {
-			if err := cc.write(item{kind: itemStream, c: c, trailers: (&grpcStatus{codes.Unavailable, "sidecar: shutting down"}).trailers(), end: true}); err != nil {
-				return err
-			}
+			cc.send(item{kind: itemStream, c: c, trailers: (&grpcStatus{codes.Unavailable, "sidecar: shutting down"}).trailers(), end: true})
 		}
 		return nil
 	}
@@ -680,6 +691,14 @@ func (cc *coreConn) write(it item) error {
 	if _, ok := cc.win[it.c.id]; !ok {
 		cc.win[it.c.id] = cc.initWin
 	}
+	if !it.c.started && it.hdrs == nil {
+		// An end before any answer (a Watch at a drain): trailers-only.
+		it.hdrs = responseHeaders()
+		if it.data == nil {
+			it.hdrs, it.trailers = append(it.hdrs, it.trailers...), nil
+		}
+	}
+	it.c.started = true
 	if it.hdrs != nil {
 		if err := cc.writeHeaders(it.c.id, it.hdrs, it.end && it.data == nil && it.trailers == nil); err != nil {
 			return err
