@@ -2,7 +2,6 @@ package sidecar_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"path/filepath"
@@ -13,9 +12,8 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/plexsphere/signer/internal/config"
-	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/localaddr"
-	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	"github.com/plexsphere/signer/sidecar"
 )
@@ -83,23 +81,11 @@ func TestFrameLargerThan16KiBClosesTheConnection(t *testing.T) {
 // On shutdown the sidecar sends every core connection a GOAWAY and lets
 // the calls in flight finish.
 func TestShutdownSendsGoAwayAndFinishesCalls(t *testing.T) {
-	gate := gateProvider{Provider: signertest.NewLocalProvider(t), entered: make(chan struct{}, 1), open: make(chan struct{})}
-	env := signertest.Start(t, signertest.WithProvider(gate))
+	entered, open := make(chan struct{}, 1), make(chan struct{})
+	env := signertest.Start(t, signertest.WithProvider(gate(t, entered, open)))
 	src := env.Source(env.Issue(t, signertest.CoreID))
-	p, err := sidecar.New(sidecar.Config{
-		Listen:   []sidecar.Addr{localaddr.MustParse("unix://" + filepath.Join(t.TempDir(), "s.sock")), localaddr.MustParse("127.0.0.1:0")},
-		Upstream: env.Addr, SignerID: spiffeid.RequireFromString(signertest.SignerID), SVID: src, Bundle: src,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls, err := p.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx, ls, 10*time.Second) }()
+	ls, stop, served := serveSidecar(t, env.Addr, src, 10*time.Second,
+		localaddr.MustParse("unix://"+filepath.Join(t.TempDir(), "s.sock")), localaddr.MustParse("127.0.0.1:0"))
 
 	c := dialClient(t, "unix://"+ls[0].Addr().String())
 	if _, err := c.PublicKeys(ctx10s(t), scope); err != nil {
@@ -110,7 +96,7 @@ func TestShutdownSendsGoAwayAndFinishesCalls(t *testing.T) {
 		_, err := c.Sign(ctx10s(t), scope, []byte("m"))
 		signed <- err
 	}()
-	<-gate.entered // the call is at the signer
+	<-entered // the call is at the signer
 	idle := newRawCore(t, ls[1].Addr().String())
 	idle.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if f, err := idle.reader().ReadFrame(); err != nil { // the sidecar's SETTINGS: the connection is being served
@@ -120,7 +106,7 @@ func TestShutdownSendsGoAwayAndFinishesCalls(t *testing.T) {
 	if code, ok := idle.goAway(); !ok || code != http2.ErrCodeNo {
 		t.Fatalf("an idle core connection at shutdown: GOAWAY %v (seen %v)", code, ok)
 	}
-	close(gate.open)
+	close(open)
 	if err := <-signed; err != nil {
 		t.Fatalf("the call in flight at shutdown: %v", err)
 	}
@@ -137,6 +123,25 @@ func (r *rawCore) reader() *http2.Framer {
 	return r.rd
 }
 
+// serveSidecar runs a sidecar on listen until stop is called (Serve's
+// answer then arrives on served), for tests that stop it themselves.
+func serveSidecar(t *testing.T, upstream string, src identity.Source, grace time.Duration, listen ...sidecar.Addr) (ls []net.Listener, stop func(), served chan error) {
+	t.Helper()
+	p, err := sidecar.New(sidecar.Config{Listen: listen, Upstream: upstream,
+		SignerID: spiffeid.RequireFromString(signertest.SignerID), SVID: src, Bundle: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ls, err = p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	served = make(chan error, 1)
+	go func() { served <- p.Serve(ctx, ls, grace) }()
+	return ls, stop, served
+}
+
 const signMethod = "/plexsphere.signer.v1.SignerService/Sign"
 
 // goAway reads frames until a GOAWAY (its code, true) or the end (false).
@@ -151,38 +156,4 @@ func (r *rawCore) goAway() (http2.ErrCode, bool) {
 			return g.ErrCode, true
 		}
 	}
-}
-
-// gateProvider's keys tell entered when a Sign arrives and sign once open
-// is closed.
-type gateProvider struct {
-	keyprovider.Provider
-	entered chan struct{}
-	open    chan struct{}
-}
-
-func (p gateProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte) (keyprovider.Key, error) {
-	k, err := p.Provider.Load(ctx, ref, h)
-	if ref.Scope == store.LogKeyScope || err != nil {
-		return k, err
-	}
-	return gateKey{k, p}, nil
-}
-
-type gateKey struct {
-	keyprovider.Key
-	p gateProvider
-}
-
-func (k gateKey) SignContext(ctx context.Context, msg []byte) ([]byte, error) {
-	select {
-	case k.p.entered <- struct{}{}:
-	default:
-	}
-	select {
-	case <-k.p.open:
-	case <-ctx.Done():
-		return nil, errors.Join(ctx.Err(), errors.New("gate never opened"))
-	}
-	return k.Key.SignContext(ctx, msg)
 }

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -20,9 +19,7 @@ import (
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
-	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/localaddr"
-	"github.com/plexsphere/signer/internal/store"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 	"github.com/plexsphere/signer/sidecar"
@@ -47,16 +44,7 @@ func grpcFrame(t *testing.T, msg proto.Message) []byte {
 // newUnixRawCore is newRawCore on the sidecar's Unix socket, whose small
 // buffers make a core that does not read felt at once.
 func newUnixRawCore(t *testing.T, target string) *rawCore {
-	c, err := net.Dial("unix", strings.TrimPrefix(target, "unix://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	r := &rawCore{conn: c, fr: http2.NewFramer(c, c)}
-	r.enc = hpack.NewEncoder(&r.buf)
-	c.Write([]byte(http2.ClientPreface))
-	r.fr.WriteSettings()
-	return r
+	return dialRawCore(t, "unix", strings.TrimPrefix(target, "unix://"))
 }
 
 // headers sends a header block on stream id, split into 16 KiB frames.
@@ -285,7 +273,7 @@ func TestStreamWindowOpenedBeforeTheAnswer(t *testing.T) {
 // is the only one.
 func TestSignerDeadlineIsDeadlineExceeded(t *testing.T) {
 	ended := make(chan error, 1)
-	env := signertest.Start(t, signertest.WithProvider(blockingProvider{signertest.NewLocalProvider(t), ended}))
+	env := signertest.Start(t, signertest.WithProvider(blocking(t, nil, ended)))
 	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
 	if _, err := dialClient(t, sc.Socket).PublicKeys(ctx10s(t), scope); err != nil {
 		t.Fatal(err)
@@ -369,42 +357,14 @@ func TestReplicaLostInTheMiddleOfABatch(t *testing.T) {
 	}
 }
 
-// enteringProvider's keys tell entered when a Sign arrives, then block
-// until their context ends and report how it ended.
-type enteringProvider struct {
-	keyprovider.Provider
-	entered chan struct{}
-	ended   chan error
-}
-
-func (p enteringProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte) (keyprovider.Key, error) {
-	k, err := p.Provider.Load(ctx, ref, h)
-	if ref.Scope == store.LogKeyScope || err != nil {
-		return k, err
-	}
-	return enteringKey{k, p}, nil
-}
-
-type enteringKey struct {
-	keyprovider.Key
-	p enteringProvider
-}
-
-func (k enteringKey) SignContext(ctx context.Context, _ []byte) ([]byte, error) {
-	k.p.entered <- struct{}{}
-	<-ctx.Done()
-	k.p.ended <- ctx.Err()
-	return nil, ctx.Err()
-}
-
 // A core that resets its calls (after sending them whole, or halfway)
 // gets its stream slots and the request budget back, and a call at the
 // signer is cancelled there: with two streams a connection, twenty calls
 // reset at the signer and sixty 300 KiB requests reset halfway (18 MB,
 // more than the 16 MiB budget) leave the connection able to make a call.
 func TestResetFreesEverything(t *testing.T) {
-	p := enteringProvider{signertest.NewLocalProvider(t), make(chan struct{}, 100), make(chan error, 100)}
-	env := signertest.Start(t, signertest.WithProvider(p))
+	entered, ended := make(chan struct{}, 100), make(chan error, 100)
+	env := signertest.Start(t, signertest.WithProvider(blocking(t, entered, ended)))
 	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), func(c *sidecar.Config) {
 		c.MaxConcurrentStreams = 2
 	})
@@ -418,13 +378,13 @@ func TestResetFreesEverything(t *testing.T) {
 		r.headers(t, id, false, r.block(req(signMethod)...))
 		r.fr.WriteData(id, true, sign)
 		select {
-		case <-p.entered:
+		case <-entered:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("call %d never reached the signer", id)
 		}
 		r.fr.WriteRSTStream(id, http2.ErrCodeCancel)
 		select {
-		case err := <-p.ended:
+		case err := <-ended:
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("call %d at the signer ended with %v, want Canceled", id, err)
 			}
@@ -681,14 +641,15 @@ func TestReplicaGoAwayRedispatches(t *testing.T) {
 // core that opens calls and resets them at once must not make that wait
 // list grow: 100,000 reset calls behind one stuck call leave no trace.
 func TestResetWaitingCallsAreForgotten(t *testing.T) {
-	gate := gateProvider{Provider: signertest.NewLocalProvider(t), entered: make(chan struct{}, 1), open: make(chan struct{})}
-	env := signertest.Start(t, signertest.WithProvider(gate), signertest.WithConfig(func(c *config.Signer) { c.MaxConcurrentStreams = 1 }))
-	t.Cleanup(func() { close(gate.open) }) // before the signer stops
+	entered, open := make(chan struct{}, 1), make(chan struct{})
+	gated := gate(t, entered, open)
+	env := signertest.Start(t, signertest.WithProvider(gated), signertest.WithConfig(func(c *config.Signer) { c.MaxConcurrentStreams = 1 }))
+	t.Cleanup(func() { close(open) }) // before the signer stops
 	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
 	stuck := dialClient(t, sc.Socket)
 	go stuck.Sign(ctx10s(t), scope, []byte("m"))
 	select {
-	case <-gate.entered: // the replica connection's one stream is taken
+	case <-entered: // the replica connection's one stream is taken
 	case <-time.After(10 * time.Second):
 		t.Fatal("the first Sign never reached the signer")
 	}
@@ -736,31 +697,18 @@ func TestResetWaitingCallsAreForgotten(t *testing.T) {
 // During a drain, a core connection whose last call the core resets is
 // done: the sidecar closes it then, not when the grace period ends.
 func TestDrainEndsWhenTheLastCallIsReset(t *testing.T) {
-	gate := gateProvider{Provider: signertest.NewLocalProvider(t), entered: make(chan struct{}, 1), open: make(chan struct{})}
-	env := signertest.Start(t, signertest.WithProvider(gate))
-	t.Cleanup(func() { close(gate.open) })
+	entered, open := make(chan struct{}, 1), make(chan struct{})
+	gated := gate(t, entered, open)
+	env := signertest.Start(t, signertest.WithProvider(gated))
+	t.Cleanup(func() { close(open) })
 	src := env.Source(env.Issue(t, signertest.CoreID))
-	p, err := sidecar.New(sidecar.Config{
-		Listen:   []sidecar.Addr{localaddr.MustParse("127.0.0.1:0")},
-		Upstream: env.Addr, SignerID: spiffeid.RequireFromString(signertest.SignerID), SVID: src, Bundle: src,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls, err := p.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx, ls, 10*time.Minute) }()
+	ls, stop, served := serveSidecar(t, env.Addr, src, 10*time.Minute, localaddr.MustParse("127.0.0.1:0"))
 
 	r := newRawCore(t, ls[0].Addr().String())
 	r.headers(t, 1, false, r.block(req(signMethod)...))
 	r.fr.WriteData(1, true, grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")}))
 	select {
-	case <-gate.entered:
+	case <-entered:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the Sign never reached the signer")
 	}

@@ -30,8 +30,10 @@ type rawCore struct {
 	rd   *http2.Framer // reads the sidecar's frames
 }
 
-func newRawCore(t *testing.T, addr string) *rawCore {
-	c, err := net.Dial("tcp", addr)
+func newRawCore(t *testing.T, addr string) *rawCore { return dialRawCore(t, "tcp", addr) }
+
+func dialRawCore(t *testing.T, network, addr string) *rawCore {
+	c, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

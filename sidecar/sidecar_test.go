@@ -361,31 +361,58 @@ func TestHealthFollowsUpstream(t *testing.T) {
 	}
 }
 
-// blockingProvider's keys sign only when their context ends, and report
-// how it ended, so a test can see whether the caller's deadline reached the
-// signer's signing call.
-type blockingProvider struct {
+// hookProvider's keys sign with sign instead (the signer's checkpoint key
+// is left alone): a test sees and steers the signer's signing calls.
+type hookProvider struct {
 	keyprovider.Provider
-	ended chan error
+	sign func(ctx context.Context, k keyprovider.Key, msg []byte) ([]byte, error)
 }
 
-func (p blockingProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte) (keyprovider.Key, error) {
+func (p hookProvider) Load(ctx context.Context, ref keyprovider.KeyRef, h []byte) (keyprovider.Key, error) {
 	k, err := p.Provider.Load(ctx, ref, h)
-	if ref.Scope == store.LogKeyScope { // the signer's checkpoints are not under test
+	if ref.Scope == store.LogKeyScope || err != nil {
 		return k, err
 	}
-	return blockingKey{k, p.ended}, err
+	return hookKey{k, p.sign}, nil
 }
 
-type blockingKey struct {
+type hookKey struct {
 	keyprovider.Key
-	ended chan error
+	sign func(ctx context.Context, k keyprovider.Key, msg []byte) ([]byte, error)
 }
 
-func (k blockingKey) SignContext(ctx context.Context, _ []byte) ([]byte, error) {
-	<-ctx.Done()
-	k.ended <- ctx.Err()
-	return nil, ctx.Err()
+func (k hookKey) SignContext(ctx context.Context, msg []byte) ([]byte, error) {
+	return k.sign(ctx, k.Key, msg)
+}
+
+// blocking signs only when the call's context ends, tells entered (if
+// not nil) when a call arrives and ended how it ended.
+func blocking(t testing.TB, entered chan struct{}, ended chan error) hookProvider {
+	return hookProvider{signertest.NewLocalProvider(t), func(ctx context.Context, _ keyprovider.Key, _ []byte) ([]byte, error) {
+		if entered != nil {
+			entered <- struct{}{}
+		}
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return nil, ctx.Err()
+	}}
+}
+
+// gate tells entered when a call arrives (if nobody has been told yet) and
+// signs once open is closed.
+func gate(t testing.TB, entered, open chan struct{}) hookProvider {
+	return hookProvider{signertest.NewLocalProvider(t), func(ctx context.Context, k keyprovider.Key, msg []byte) ([]byte, error) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-open:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return k.SignContext(ctx, msg)
+	}}
 }
 
 // The core's deadline travels through the sidecar and ends the signer's
@@ -400,7 +427,7 @@ func TestDeadlinePropagates(t *testing.T) { deadlineReachesSigner(t) }
 func deadlineReachesSigner(t *testing.T, opts ...signertest.SidecarOption) {
 	t.Helper()
 	ended := make(chan error, 1)
-	env := signertest.Start(t, signertest.WithProvider(blockingProvider{signertest.NewLocalProvider(t), ended}))
+	env := signertest.Start(t, signertest.WithProvider(blocking(t, nil, ended)))
 	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)), opts...)
 	c := dialClient(t, sc.Socket)
 	if _, err := c.PublicKeys(ctx10s(t), scope); err != nil {
