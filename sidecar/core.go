@@ -354,25 +354,21 @@ func (cc *coreConn) headers(f *http2.MetaHeadersFrame) error {
 		return connError{http2.ErrCodeProtocol, "protocol", "HEADERS on a stream the core may not open"}
 	}
 	cc.lastID.Store(id)
-	method, path, ctype := f.PseudoValue("method"), f.PseudoValue("path"), ""
+	method, path := f.PseudoValue("method"), f.PseudoValue("path")
+	c := &call{cc: cc, id: id, method: path, start: time.Now(), recvWin: initialWindow}
 	for _, h := range f.RegularFields() {
-		if h.Name == "content-type" {
-			ctype = h.Value
-		}
-	}
-	if method != "POST" || path == "" || !strings.HasPrefix(ctype, "application/grpc") {
-		return connError{http2.ErrCodeProtocol, "protocol", "not a gRPC request"}
-	}
-	c := &call{cc: cc, id: id, method: path, ctype: ctype, start: time.Now(), recvWin: initialWindow}
-	for _, h := range f.RegularFields() {
-		if passedHeaders[h.Name] {
+		switch {
+		case h.Name == "content-type":
+			c.ctype = h.Value
+		case passedHeaders[h.Name]:
 			c.hdrs = append(c.hdrs, h)
-		}
-		if h.Name == "grpc-timeout" {
-			if d, ok := grpcTimeout(h.Value); ok {
+			if d, ok := grpcTimeout(h.Value); ok && h.Name == "grpc-timeout" {
 				c.deadline = c.start.Add(d)
 			}
 		}
+	}
+	if method != "POST" || path == "" || !strings.HasPrefix(c.ctype, "application/grpc") {
+		return connError{http2.ErrCodeProtocol, "protocol", "not a gRPC request"}
 	}
 	cc.mu.Lock()
 	full := len(cc.streams) >= cc.p.cfg.MaxConcurrentStreams
@@ -394,7 +390,7 @@ func (cc *coreConn) headers(f *http2.MetaHeadersFrame) error {
 		cc.p.warn("method refused: not forwarded to the signer", "method", path)
 		c.method, c.ctype, c.hdrs = "", "", nil
 		c.refusal = &grpcStatus{codes.PermissionDenied, fmt.Sprintf("sidecar: method %s is not forwarded to the signer", path)}
-	} else if n := headerBytes(c); !cc.p.buffers.take(n) {
+	} else if n := headerBytes(c); !cc.p.buffers.TryAcquire(int64(n)) {
 		c.ctype, c.hdrs = "", nil
 		c.refusal = &grpcStatus{codes.ResourceExhausted, fmt.Sprintf("sidecar: more than %d request bytes held; try again", maxBuffered)}
 	} else {
@@ -429,7 +425,7 @@ func (cc *coreConn) data(f *http2.DataFrame) error {
 		switch {
 		case len(c.body)+len(d) > limit:
 			c.refusal = &grpcStatus{codes.ResourceExhausted, fmt.Sprintf("sidecar: request larger than %d bytes", cc.p.cfg.MaxMessageBytes)}
-		case !cc.p.buffers.take(len(d)):
+		case !cc.p.buffers.TryAcquire(int64(len(d))):
 			c.refusal = &grpcStatus{codes.ResourceExhausted, fmt.Sprintf("sidecar: more than %d request bytes held; try again", maxBuffered)}
 		default:
 			c.held += len(d)
@@ -778,20 +774,21 @@ func (cc *coreConn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool
 			return err
 		}
 	}
-	block := cc.hbuf.Bytes()
-	first := true
-	for len(block) > 0 || first {
-		n := min(len(block), int(cc.peerMax))
-		var err error
-		if first {
-			err = cc.wfr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:n], EndStream: end, EndHeaders: n == len(block)})
-		} else {
-			err = cc.wfr.WriteContinuation(id, n == len(block), block[:n])
-		}
-		if err != nil {
+	return writeHeaderBlock(cc.wfr, id, cc.hbuf.Bytes(), end, cc.peerMax)
+}
+
+// writeHeaderBlock writes an encoded header block as HEADERS and as many
+// CONTINUATION frames as the peer's frame size needs (both sides use it).
+func writeHeaderBlock(fr *http2.Framer, id uint32, block []byte, end bool, maxFrame uint32) error {
+	n := min(len(block), int(maxFrame))
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:n], EndStream: end, EndHeaders: n == len(block)}); err != nil {
+		return err
+	}
+	for block = block[n:]; len(block) > 0; block = block[n:] {
+		n = min(len(block), int(maxFrame))
+		if err := fr.WriteContinuation(id, n == len(block), block[:n]); err != nil {
 			return err
 		}
-		block, first = block[n:], false
 	}
 	return nil
 }

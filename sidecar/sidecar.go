@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -104,8 +105,8 @@ type Proxy struct {
 	cfg      Config
 	allowUID map[int]bool
 	pool     *pool
-	buffers  *budget
-	health   *health.Server // the ops listener's; the core's socket answers health itself
+	buffers  *semaphore.Weighted // request bytes held (maxBuffered): taken without waiting, never parked
+	health   *health.Server      // the ops listener's; the core's socket answers health itself
 
 	serving  atomic.Bool
 	watchMu  sync.Mutex
@@ -168,7 +169,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, allowUID: map[int]bool{}, health: health.NewServer(), watchers: map[*call]struct{}{},
 		conns: make(chan struct{}, cfg.MaxConnections), refusedSlots: make(chan struct{}, maxRefused),
 		refused: newQueueListener(maxRefused), refuser: newRefuser(), cores: map[*coreConn]struct{}{},
-		buffers: &budget{free: maxBuffered}}
+		buffers: semaphore.NewWeighted(maxBuffered)}
 	for _, uid := range cfg.AllowUIDs {
 		p.allowUID[uid] = true
 	}
@@ -314,7 +315,7 @@ func (p *Proxy) drain(grace time.Duration) {
 // release gives back the request bytes c held, body and headers.
 func (p *Proxy) release(c *call) {
 	if c.held > 0 {
-		p.buffers.give(c.held)
+		p.buffers.Release(int64(c.held))
 		c.held = 0
 	}
 	c.body, c.hdrs, c.ctype = nil, nil, ""
@@ -324,28 +325,4 @@ func (p *Proxy) observe(c *call, code codes.Code) {
 	if p.cfg.Observe != nil {
 		p.cfg.Observe(c.method, code, time.Since(c.start))
 	}
-}
-
-// budget is a count of bytes that can be taken without waiting: a request
-// that does not fit is refused, never parked (a parked reader could wait
-// on bytes only it could free).
-type budget struct {
-	mu   sync.Mutex
-	free int
-}
-
-func (b *budget) take(n int) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.free < n {
-		return false
-	}
-	b.free -= n
-	return true
-}
-
-func (b *budget) give(n int) {
-	b.mu.Lock()
-	b.free += n
-	b.mu.Unlock()
 }

@@ -482,7 +482,7 @@ func (u *upConn) send(cs []*call) []*call {
 		for _, f := range c.hdrs {
 			u.henc.WriteField(f)
 		}
-		err := u.writeHeaders(id, len(c.body) == 0)
+		err := writeHeaderBlock(u.wfr, id, u.hbuf.Bytes(), len(c.body) == 0, u.peerMax)
 		if err == nil && len(c.body) > 0 {
 			err = u.writeBody(c)
 		}
@@ -494,21 +494,6 @@ func (u *upConn) send(cs []*call) []*call {
 				u.active.Add(-1)
 			}
 			return cs[i+1:]
-		}
-	}
-	return nil
-}
-
-func (u *upConn) writeHeaders(id uint32, end bool) error {
-	block := u.hbuf.Bytes()
-	n := min(len(block), int(u.peerMax))
-	if err := u.wfr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:n], EndStream: end, EndHeaders: n == len(block)}); err != nil {
-		return err
-	}
-	for block = block[n:]; len(block) > 0; block = block[n:] {
-		n = min(len(block), int(u.peerMax))
-		if err := u.wfr.WriteContinuation(id, n == len(block), block[:n]); err != nil {
-			return err
 		}
 	}
 	return nil
