@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -73,20 +74,79 @@ func Name(cfg any, fieldName string) string {
 	panic("config: no field " + fieldName)
 }
 
-// Errorf formats a setting error: "<names>: <problem>".
+// Errorf formats a setting error: "<names>: <problem>". The error is a
+// *SettingError, so a fatal start-up record can carry the setting apart.
 func Errorf(cfg any, fieldName, format string, args ...any) error {
-	return fmt.Errorf("%s: %s", Name(cfg, fieldName), fmt.Sprintf(format, args...))
+	return &SettingError{Setting: Name(cfg, fieldName), Problem: fmt.Sprintf(format, args...)}
 }
+
+// SettingError is a problem with one setting, named by both spellings.
+type SettingError struct {
+	Setting string // "--flag / ENV" (or "ENV")
+	Problem string
+}
+
+func (e *SettingError) Error() string { return e.Setting + ": " + e.Problem }
+
+// Settings lists the settings err names (each SettingError joined or
+// wrapped in it), in order, without repeats.
+func Settings(err error) []string {
+	var out []string
+	var walk func(error)
+	walk = func(err error) {
+		switch e := err.(type) {
+		case nil:
+			return
+		case *SettingError:
+			if !slices.Contains(out, e.Setting) {
+				out = append(out, e.Setting)
+			}
+			return
+		case interface{ Unwrap() []error }:
+			for _, x := range e.Unwrap() {
+				walk(x)
+			}
+			return
+		}
+		walk(errors.Unwrap(err))
+	}
+	walk(err)
+	return out
+}
+
+// ErrVersion is returned by Load when --version was given: the binary
+// prints its build and exits 0.
+var ErrVersion = errors.New("version requested")
 
 // Load fills cfg from the environment, then from args parsed by a flag set
 // named prog. Variables starting with envPrefix that no field declares are
 // an error: a misspelt setting must not silently leave a default in place.
+//
+// --version wins over everything else (the environment is not read), and
+// an argument that is not a flag is refused: every setting is a flag or a
+// variable, so a stray word is a mistake (a value after a boolean flag, a
+// missing "--"), never silently ignored.
 func Load(prog, envPrefix string, cfg any, args []string) error {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-version" || a == "--version" || a == "--version=true" || a == "-version=true" {
+			return ErrVersion
+		}
+	}
 	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
 	if err := Bind(fs, envPrefix, cfg); err != nil {
 		return err
 	}
-	return fs.Parse(args)
+	fs.Bool("version", false, "print the version, commit and Go version, and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: every setting is a --flag or its variable (see -h); a boolean flag takes its value as --flag=false", fs.Arg(0))
+	}
+	return nil
 }
 
 // Bind fills cfg from the environment and registers its flags on fs.

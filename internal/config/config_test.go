@@ -1,9 +1,14 @@
 package config_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/tools/go/packages"
 
@@ -261,5 +266,36 @@ func TestCtlWitnessPolicy(t *testing.T) {
 	}
 	if got := config.Name(&c, "WitnessPolicyFile"); got != "--witness-policy / SIGNERCTL_WITNESS_POLICY_FILE" {
 		t.Fatalf("Name = %q", got)
+	}
+}
+
+// A start-up failure is one JSON record that carries the settings apart;
+// durations are logged as strings; a stray word is refused; --version
+// wins over a bad environment.
+func TestFatalRecordAndLoad(t *testing.T) {
+	valid(t)
+	var c config.Signer
+	if err := config.Load("test", "SIGNER_", &c, []string{"--listen", ":1", "serve"}); err == nil || !strings.Contains(err.Error(), `unexpected argument "serve"`) {
+		t.Fatalf("stray argument: %v", err)
+	}
+	t.Setenv("SIGNER_NO_SUCH", "1")
+	if err := config.Load("test", "SIGNER_", &c, []string{"--version"}); !errors.Is(err, config.ErrVersion) {
+		t.Fatalf("--version: %v", err)
+	}
+	err := fmt.Errorf("invalid configuration:\n%w", errors.Join(config.Errorf(&c, "Listen", "bad"), config.Errorf(&c, "LocalKEK", "worse")))
+	var b bytes.Buffer
+	config.Fatal(&b, "plexsphere-signer", err)
+	var rec map[string]any
+	if strings.Count(b.String(), "\n") != 1 || json.Unmarshal(b.Bytes(), &rec) != nil {
+		t.Fatalf("not one JSON line: %q", b.String())
+	}
+	if rec["level"] != "ERROR" || rec["msg"] != "plexsphere-signer cannot start" || rec["err"] != err.Error() ||
+		rec["setting"] != "--listen / SIGNER_LISTEN; SIGNER_LOCAL_KEK" {
+		t.Fatalf("record: %v", rec)
+	}
+	b.Reset()
+	config.Logger(&b, "info").Info("x", "took", 1500*time.Millisecond)
+	if !strings.Contains(b.String(), `"took":"1.5s"`) {
+		t.Fatalf("duration: %s", b.String())
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
+
+	"github.com/plexsphere/signer/internal/version"
 )
 
 // latency buckets from 50 µs to ~1.6 s.
@@ -35,8 +37,19 @@ func NewRegistry(methods []string) *Registry {
 	for _, m := range methods {
 		r.methods[m] = true
 	}
-	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 	return r
+}
+
+// buildInfo is the plexsphere_build_info gauge (always 1): which build
+// answers, joinable to any other series by instance.
+func buildInfo() prometheus.Collector {
+	v := version.Get()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_build_info",
+		Help:        "Always 1; the labels say which build of the binary is running.",
+		ConstLabels: prometheus.Labels{"version": v.Version, "commit": v.Commit, "goversion": v.GoVersion}})
+	g.Set(1)
+	return g
 }
 
 // Handler serves /metrics.
