@@ -17,6 +17,7 @@ import (
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/server"
+	"github.com/plexsphere/signer/internal/version"
 )
 
 // gcPercent replaces Go's default of 100 unless GOGC is set: the signer's
@@ -24,6 +25,8 @@ import (
 // times less often costs a few MiB of heap and saves signer CPU per Sign
 // (measured in docs/performance.md).
 const gcPercent = 400
+
+const prog = "plexsphere-signer"
 
 func main() {
 	if os.Getenv("GOGC") == "" {
@@ -35,7 +38,7 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
-		fmt.Fprintln(os.Stderr, "plexsphere-signer:", err)
+		config.Fatal(os.Stderr, prog, err)
 		os.Exit(1)
 	}
 }
@@ -62,13 +65,19 @@ func setMemoryLimit(log *slog.Logger, from memlimit.Provider) {
 
 func run(ctx context.Context, args []string) error {
 	var cfg config.Signer
-	if err := config.Load("plexsphere-signer", "SIGNER_", &cfg, args); err != nil {
+	if err := config.Load(prog, "SIGNER_", &cfg, args); err != nil {
+		if errors.Is(err, config.ErrVersion) {
+			fmt.Println(version.Get().String(prog))
+			return nil
+		}
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log := config.Logger(os.Stderr, cfg.LogLevel)
+	v := version.Get()
+	log.Info(prog+" starting", "version", v.Version, "commit", v.Commit, "go", v.GoVersion)
 	setMemoryLimit(log, memlimit.FromCgroup)
 	if cfg.Maintenance() {
 		return server.Maintain(ctx, cfg, log)

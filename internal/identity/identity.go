@@ -43,7 +43,6 @@ func ServerTLS(src Source) *tls.Config {
 // lets a peer without a certificate through (the signer's interceptor
 // denies and audits it).
 func verifyConnection(bundle x509bundle.Source, authorize tlsconfig.Authorizer, certificateless bool) func(tls.ConnectionState) error {
-	verify := tlsconfig.VerifyPeerCertificate(bundle, authorize)
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 && certificateless {
 			return nil
@@ -52,7 +51,20 @@ func verifyConnection(bundle x509bundle.Source, authorize tlsconfig.Authorizer, 
 		for i, c := range cs.PeerCertificates {
 			raw[i] = c.Raw
 		}
-		return verify(raw, nil)
+		// What tlsconfig.VerifyPeerCertificate does, in two steps, so that a
+		// refusal says whether the chain or the ID was wrong.
+		id, chains, err := x509svid.ParseAndVerify(raw, bundle)
+		if err != nil {
+			pe := &PeerError{Cause: peerCause(err), Err: err}
+			if len(cs.PeerCertificates) > 0 {
+				pe.Presented = presentedID(cs.PeerCertificates[0])
+			}
+			return pe
+		}
+		if err := authorize(id, chains); err != nil {
+			return &PeerError{Cause: CauseWrongID, Presented: id.String(), Err: err}
+		}
+		return nil
 	}
 }
 

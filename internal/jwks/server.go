@@ -3,6 +3,7 @@ package jwks
 import (
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -106,4 +107,14 @@ func Server(h http.Handler, cert *Certificate) *http.Server {
 		MaxHeaderBytes:    16 << 10,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 16},
 	}
+}
+
+// Leaf is the current certificate's leaf.
+func (c *Certificate) Leaf() *x509.Certificate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert == nil {
+		return nil
+	}
+	return c.cert.Leaf
 }

@@ -5,8 +5,11 @@ package ops
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -36,10 +39,16 @@ func Server(hs *health.Server, ready func(context.Context) error, metrics http.H
 	return ServerWith(hs, ready, metrics, DefaultTimeouts)
 }
 
-// ServerWith is Server with explicit timeouts. A gRPC health Watch is a
-// long-lived stream: its own read and write deadlines are lifted (the
-// connection's idle timeout and the stream cap still apply).
+// ServerWith is Server with explicit timeouts.
 func ServerWith(hs *health.Server, ready func(context.Context) error, metrics http.Handler, t Timeouts) *http.Server {
+	return httpServer(Handler(hs, ready, metrics), t)
+}
+
+// Handler serves gRPC health (h2c), /healthz, /readyz and, if metrics is
+// not nil, /metrics. A gRPC health Watch is a long-lived stream: its own
+// read and write deadlines are lifted (the connection's idle timeout and
+// the stream cap still apply).
+func Handler(hs *health.Server, ready func(context.Context) error, metrics http.Handler) http.Handler {
 	g := grpc.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	mux := http.NewServeMux()
@@ -54,19 +63,23 @@ func ServerWith(hs *health.Server, ready func(context.Context) error, metrics ht
 	if metrics != nil {
 		mux.Handle("/metrics", metrics)
 	}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
-				if r.URL.Path == "/grpc.health.v1.Health/Watch" {
-					rc := http.NewResponseController(w)
-					rc.SetReadDeadline(time.Time{})
-					rc.SetWriteDeadline(time.Time{})
-				}
-				g.ServeHTTP(w, r)
-				return
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			if r.URL.Path == "/grpc.health.v1.Health/Watch" {
+				rc := http.NewResponseController(w)
+				rc.SetReadDeadline(time.Time{})
+				rc.SetWriteDeadline(time.Time{})
 			}
-			mux.ServeHTTP(w, r)
-		}),
+			g.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func httpServer(h http.Handler, t Timeouts) *http.Server {
+	srv := &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: t.ReadHeader,
 		ReadTimeout:       t.Read,
 		WriteTimeout:      t.Write,
@@ -78,6 +91,52 @@ func ServerWith(hs *health.Server, ready func(context.Context) error, metrics ht
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	return srv
+}
+
+// Endpoint is an ops listener that serves from the first moment of
+// start-up: while the binary waits (for its SVID, its store) /healthz
+// answers ok, so a liveness probe does not restart a pod that is only
+// waiting, and /readyz, gRPC health and /metrics answer 503 / NOT_SERVING.
+// Serve then hands the same listener to the binary's real handler.
+type Endpoint struct {
+	srv *http.Server
+	h   atomic.Pointer[http.Handler]
+	err chan error
+}
+
+// StartEndpoint serves the start-up answers on l until Serve.
+func StartEndpoint(l net.Listener) *Endpoint {
+	hs := health.NewServer()
+	SetAll(hs, false)
+	starting := Handler(hs, func(context.Context) error { return errStarting },
+		http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+		}))
+	e := &Endpoint{err: make(chan error, 1)}
+	e.h.Store(&starting)
+	e.srv = httpServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*e.h.Load()).ServeHTTP(w, r) }), DefaultTimeouts)
+	go func() { e.err <- e.srv.Serve(l) }()
+	return e
+}
+
+var errStarting = errors.New("starting")
+
+// Serve switches the endpoint to the binary's health, readiness and
+// metrics.
+func (e *Endpoint) Serve(hs *health.Server, ready func(context.Context) error, metrics http.Handler) {
+	h := Handler(hs, ready, metrics)
+	e.h.Store(&h)
+}
+
+// Err delivers the error the listener stopped with.
+func (e *Endpoint) Err() <-chan error { return e.err }
+
+// Close stops the endpoint, letting answers in progress finish for up to
+// a second.
+func (e *Endpoint) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	e.srv.Shutdown(ctx)
 }
 
 // SetAll sets the status of the server ("") and of each named service.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/plexsphere/signer/internal/audit"
+	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/metrics"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
@@ -43,6 +44,9 @@ type signerMetrics struct {
 	connsRefused    *prometheus.CounterVec
 	dependencyUp    *prometheus.GaugeVec
 	jwks            *prometheus.CounterVec
+	// handshakeFailures counts failed TLS handshakes on the gRPC port by
+	// cause (identity.HandshakeCauses, bounded).
+	handshakeFailures *prometheus.CounterVec
 }
 
 func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key, error), svid x509svid.Source) *signerMetrics {
@@ -81,7 +85,9 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 		Help: "1 while the dependency answered the last health check (every 5 s): store (ping) or provider (health)."}, []string{"dependency"})
 	m.jwks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_jwks_requests_total",
 		Help: "Requests to the JWKS endpoint by HTTP status code."}, []string{"code"})
-	m.MustRegister(m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.signLatency, m.signErrors,
+	m.handshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_tls_handshake_failures_total",
+		Help: "Failed TLS handshakes on the gRPC port by reason (wrong_id, unknown_ca, foreign_trust_domain, expired, not_svid, bad_certificate, rejected_by_peer, not_tls, protocol, timeout, closed, other)."}, []string{"reason"})
+	m.MustRegister(m.handshakeFailures, m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.signLatency, m.signErrors,
 		m.logBroken, m.logSize, m.logUnanchored, m.witnessedSize, m.anchoredAt, m.witnessRequests, m.connsRefused, m.dependencyUp, m.jwks,
 		&keyStates{list: keys}, metrics.SVIDExpiry("plexsphere_signer_svid_expiry_timestamp_seconds", svid))
 	// Failure counters start at 0 for every label value known up front, so
@@ -89,6 +95,9 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	// has no increase) and the alerts on them fire at once.
 	for _, reason := range refusedReasons {
 		m.connsRefused.WithLabelValues(reason)
+	}
+	for _, cause := range identity.HandshakeCauses {
+		m.handshakeFailures.WithLabelValues(cause)
 	}
 	return m
 }

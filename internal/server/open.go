@@ -20,7 +20,11 @@ import (
 func openStore(ctx context.Context, cfg *config.Signer, log *slog.Logger) (store.Store, error) {
 	switch cfg.Store {
 	case "bbolt":
-		return bbolt.Open(cfg.BboltPath)
+		st, err := bbolt.Open(cfg.BboltPath)
+		if err != nil {
+			return nil, config.Errorf(cfg, "BboltPath", "%v", err)
+		}
+		return st, nil
 	case "postgres":
 		return openPostgres(ctx, cfg, log)
 	}
@@ -33,11 +37,11 @@ func openProvider(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, e
 	case "local":
 		raw, err := config.ReadSecret(cfg.LocalKEK, cfg.LocalKEKFile)
 		if err != nil {
-			return nil, config.Errorf(cfg, "LocalKEKFile", "%v", err)
+			return nil, config.Errorf(cfg, kekField(cfg), "%v", err)
 		}
 		kek, err := local.ParseKEK(raw)
 		if err != nil {
-			return nil, config.Errorf(cfg, "LocalKEKFile", "%v (%s)", err, config.Name(cfg, "LocalKEK"))
+			return nil, config.Errorf(cfg, kekField(cfg), "%v", err)
 		}
 		return local.New(kek)
 	case "pkcs11":
@@ -47,18 +51,24 @@ func openProvider(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, e
 }
 
 func openPostgres(ctx context.Context, cfg *config.Signer, log *slog.Logger) (store.Store, error) {
+	dsnField := "PostgresDSNFile"
+	if cfg.PostgresDSN != "" {
+		dsnField = "PostgresDSN"
+	}
 	dsn, err := config.ReadSecret(cfg.PostgresDSN, cfg.PostgresDSNFile)
 	if err != nil {
-		return nil, config.Errorf(cfg, "PostgresDSNFile", "%v", err)
+		return nil, config.Errorf(cfg, dsnField, "%v", err)
 	}
 	st, err := postgres.Open(ctx, postgres.Config{DSN: dsn, MaxConns: int32(cfg.PostgresMaxConns), Migrate: cfg.PostgresMigrate, Log: log})
 	if err != nil {
-		return nil, err
+		// pgx redacts the password from its errors; the DSN itself is
+		// never printed.
+		return nil, config.Errorf(cfg, dsnField, "%v", err)
 	}
 	if err := st.Schema(ctx); err != nil {
 		st.Close()
 		if errors.Is(err, postgres.ErrNotMigrated) {
-			return nil, config.Errorf(cfg, "PostgresDSNFile", "%v: run `plexsphere-signer --migrate-only` as the schema owner first (%s, %s), or set %s in development",
+			return nil, config.Errorf(cfg, dsnField, "%v: run `plexsphere-signer --migrate-only` as the schema owner first (%s, %s), or set %s in development",
 				err, config.Name(cfg, "PostgresOwnerDSNFile"), config.Name(cfg, "PostgresRuntimeRole"), config.Name(cfg, "PostgresMigrate"))
 		}
 		return nil, err
@@ -97,8 +107,8 @@ func openPKCS11(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, err
 func providerError(cfg *config.Signer, what string, err error) error {
 	switch {
 	case cfg.Provider == "local" && errors.Is(err, signerr.ErrProviderUnavailable):
-		return config.Errorf(cfg, "LocalKEKFile", "%s does not unseal with this key-encryption key (%s): is it the KEK this store's keys were sealed with? %v",
-			what, config.Name(cfg, "LocalKEK"), err)
+		return config.Errorf(cfg, kekField(cfg), "%s does not unseal with this key-encryption key: is it the KEK this store's keys were sealed with? %v",
+			what, err)
 	case cfg.Provider != "pkcs11":
 		return err
 	case errors.Is(err, pkcs11.ErrModule):
@@ -112,4 +122,13 @@ func providerError(cfg *config.Signer, what string, err error) error {
 			config.Name(cfg, "PKCS11Module"), config.Name(cfg, "PKCS11TokenLabel"), config.Name(cfg, "PKCS11PINFile"))
 	}
 	return err
+}
+
+// kekField is the KEK setting in use (Validate allows exactly one): an
+// error names the one the operator set.
+func kekField(cfg *config.Signer) string {
+	if cfg.LocalKEK != "" {
+		return "LocalKEK"
+	}
+	return "LocalKEKFile"
 }

@@ -116,23 +116,37 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	notChecked := errors.New("not checked yet")
 	s.ready.Store(&notChecked)
 
+	// Everything that can be checked without the store is checked before
+	// it is opened: a mistake found later would leave a store created or a
+	// scope bootstrapped behind a signer that never served.
+	if err := preflight(&cfg); err != nil {
+		return nil, err
+	}
+	if cfg.JWKSListen != "" {
+		if s.jwksCert, err = jwks.LoadCertificate(cfg.JWKSCertFile, cfg.JWKSKeyFile, 5*time.Second, s.log); err != nil {
+			return nil, config.Errorf(&cfg, "JWKSCertFile", "%v (%s)", err, config.Name(&cfg, "JWKSKeyFile"))
+		}
+	}
 	if s.ident = opts.Identity; s.ident == nil {
-		if s.ident, err = identity.Open(ctx, cfg.Identity, s.log); err != nil {
+		if s.ident, err = identity.OpenAs(ctx, cfg.Identity, config.Name(&cfg, "WorkloadAPIAddr"), s.log); err != nil {
 			return nil, fmt.Errorf("%s: %w", cfg.Identity.Settings(&cfg), err)
 		}
 		s.owned = append(s.owned, s.ident.Close)
 	}
-	if s.store = opts.Store; s.store == nil {
-		if s.store, err = openStore(ctx, &cfg, s.log); err != nil {
-			return nil, err
-		}
-		s.owned = append(s.owned, s.store.Close)
+	if err := s.checkIdentity(); err != nil {
+		return nil, err
 	}
 	if s.provider = opts.Provider; s.provider == nil {
 		if s.provider, err = openProvider(&cfg, s.log); err != nil {
 			return nil, err
 		}
 		s.owned = append(s.owned, s.provider.Close)
+	}
+	if s.store = opts.Store; s.store == nil {
+		if s.store, err = openStore(ctx, &cfg, s.log); err != nil {
+			return nil, err
+		}
+		s.owned = append(s.owned, s.store.Close)
 	}
 	s.metrics = newSignerMetrics(methods(), func(ctx context.Context) ([]store.Key, error) { return s.store.Keys(ctx, "") }, s.ident)
 	// The checkpoint key is loaded before the provider is wrapped: the
@@ -208,8 +222,10 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	// .proto, and every path, unknown ones included, goes through admission
 	// and audit first.
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(identity.ServerTLS(s.ident))),
-		grpc.UnaryInterceptor(auditor.Unary()),
+		grpc.Creds(newObservedCreds(credentials.NewTLS(identity.ServerTLS(s.ident)), &s.cfg, s.log,
+			func(cause string) { s.metrics.handshakeFailures.WithLabelValues(cause).Inc() })),
+		// The debug summary is outside admission, so denied calls get one.
+		grpc.ChainUnaryInterceptor(debugRPC(s.log), auditor.Unary()),
 		grpc.UnknownServiceHandler(auditor.UnknownMethod),
 		// Flood control in the transport: a call refused here never
 		// becomes an RPC (no interceptor, no handler, nothing to audit).
@@ -239,9 +255,6 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	signerv1.RegisterAuditServiceServer(s.grpc, reader)
 
 	if cfg.JWKSListen != "" {
-		if s.jwksCert, err = jwks.LoadCertificate(cfg.JWKSCertFile, cfg.JWKSKeyFile, 5*time.Second, s.log); err != nil {
-			return nil, config.Errorf(&cfg, "JWKSCertFile", "%v (%s)", err, config.Name(&cfg, "JWKSKeyFile"))
-		}
 		s.jwks = jwks.Handler(jwks.Config{Keys: s.keys.Published, CacheTTL: cfg.KeyCacheTTL,
 			MaxAge: jwks.MaxAge(cfg.PrePublish, cfg.KeyCacheTTL), Issuer: cfg.JWKSIssuerURL,
 			Rate: float64(cfg.JWKSRate), Clock: clock, Log: s.log, Observe: s.metrics.observeJWKS})
@@ -607,6 +620,17 @@ func (s *Signer) watchHealth(ctx context.Context, every time.Duration) {
 // the shutdown timeout, commits the queued audit entries and closes what New
 // opened.
 func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
+	var ep *ops.Endpoint
+	if opsLis != nil {
+		ep = ops.StartEndpoint(opsLis)
+		ep.Serve(s.health, s.Ready, s.metrics.Handler())
+	}
+	return s.serve(ctx, lis, ep)
+}
+
+// serve is Serve with the ops endpoint already serving (Run opens it
+// before New, so liveness answers while the signer starts).
+func (s *Signer) serve(ctx context.Context, lis net.Listener, ep *ops.Endpoint) error {
 	defer s.closeOwned()
 	hctx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -640,10 +664,9 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 
 	errc := make(chan error, 3)
 	go func() { errc <- s.grpc.Serve(s.guard.listener(lis)) }()
-	var opsSrv *http.Server
-	if opsLis != nil {
-		opsSrv = ops.Server(s.health, s.Ready, s.metrics.Handler())
-		go func() { errc <- opsSrv.Serve(opsLis) }()
+	var opsErr <-chan error
+	if ep != nil {
+		opsErr = ep.Err()
 	}
 	var jwksSrv *http.Server
 	if s.jwksLis != nil {
@@ -657,6 +680,7 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case err = <-opsErr:
 	}
 	s.setServing(false)
 	s.health.Shutdown()
@@ -669,12 +693,13 @@ func (s *Signer) Serve(ctx context.Context, lis, opsLis net.Listener) error {
 		s.grpc.Stop()
 		<-stopped
 	}
-	for _, srv := range []*http.Server{opsSrv, jwksSrv} {
-		if srv != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			srv.Shutdown(sctx)
-			cancel()
-		}
+	if ep != nil {
+		ep.Close()
+	}
+	if jwksSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		jwksSrv.Shutdown(sctx)
+		cancel()
 	}
 	// Every answered RPC's entries are committed; the last check signs,
 	// cosigns and files them, so a graceful stop leaves nothing outside a
@@ -714,38 +739,73 @@ func methods() []string {
 // Metrics serves /metrics (tests read it without an ops listener).
 func (s *Signer) Metrics() http.Handler { return s.metrics.Handler() }
 
-// Run listens on the configured addresses and serves until ctx ends.
+// Run listens on the configured addresses and serves until ctx ends. Every
+// listener is bound before anything else is opened (an address in use is
+// found before the store is touched), and the ops listener answers
+// liveness from then on, while the signer waits for its SVID or its store.
 func Run(ctx context.Context, cfg config.Signer, log *slog.Logger) error {
-	s, err := New(ctx, cfg, Options{Log: log})
+	ls, err := bind(&cfg)
 	if err != nil {
 		return err
 	}
-	lis, err := net.Listen("tcp", cfg.Listen)
+	var ep *ops.Endpoint
+	if ls.ops != nil {
+		ep = ops.StartEndpoint(ls.ops)
+	}
+	s, err := New(ctx, cfg, Options{Log: log})
 	if err != nil {
-		s.closeOwned()
-		return config.Errorf(&cfg, "Listen", "%v", err)
+		ls.close()
+		if ep != nil {
+			ep.Close()
+		}
+		if errors.Is(err, identity.ErrNoSVID) && ctx.Err() != nil {
+			// Stopped while waiting: not a failure of the signer's, and the
+			// line says what it waited for (ErrNoSVID names the fix).
+			log.Warn("stopped before an SVID arrived; nothing was opened", "err", err.Error())
+			return nil
+		}
+		return err
 	}
-	var opsLis net.Listener
-	if cfg.OpsListen != "" {
-		if opsLis, err = net.Listen("tcp", cfg.OpsListen); err != nil {
-			lis.Close()
+	if ls.jwks != nil {
+		if err := s.ListenJWKS(ls.jwks); err != nil {
+			ls.close()
 			s.closeOwned()
-			return config.Errorf(&cfg, "OpsListen", "%v", err)
+			return err
 		}
 	}
-	if cfg.JWKSListen != "" {
-		jl, err := net.Listen("tcp", cfg.JWKSListen)
-		if err == nil {
-			err = s.ListenJWKS(jl)
+	if ep != nil {
+		ep.Serve(s.health, s.Ready, s.metrics.Handler())
+	}
+	return s.serve(ctx, ls.grpc, ep)
+}
+
+type listeners struct{ grpc, ops, jwks net.Listener }
+
+func (l listeners) close() {
+	for _, x := range []net.Listener{l.grpc, l.ops, l.jwks} {
+		if x != nil {
+			x.Close()
 		}
+	}
+}
+
+// bind opens the gRPC, ops and JWKS listeners, naming the setting of one
+// that cannot be opened.
+func bind(cfg *config.Signer) (listeners, error) {
+	var ls listeners
+	for _, b := range []struct {
+		field, addr string
+		to          *net.Listener
+	}{{"Listen", cfg.Listen, &ls.grpc}, {"OpsListen", cfg.OpsListen, &ls.ops}, {"JWKSListen", cfg.JWKSListen, &ls.jwks}} {
+		if b.addr == "" {
+			continue
+		}
+		l, err := net.Listen("tcp", b.addr)
 		if err != nil {
-			lis.Close()
-			if opsLis != nil {
-				opsLis.Close()
-			}
-			s.closeOwned()
-			return config.Errorf(&cfg, "JWKSListen", "%v", err)
+			ls.close()
+			return listeners{}, config.Errorf(cfg, b.field, "%v", err)
 		}
+		*b.to = l
 	}
-	return s.Serve(ctx, lis, opsLis)
+	return ls, nil
 }

@@ -94,6 +94,10 @@ func pki(t *testing.T) (string, *devpki.CA) {
 	for _, e := range entries {
 		os.Chmod(filepath.Join(dir, e.Name()), 0o644)
 	}
+	// The signer refuses a world-readable KEK: owned by the containers'
+	// uid, readable by it only.
+	os.Chown(filepath.Join(dir, "kek"), 65532, 65532)
+	os.Chmod(filepath.Join(dir, "kek"), 0o400)
 	return dir, ca
 }
 

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"sort"
 	"sync"
 	"time"
@@ -50,6 +51,11 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("bbolt: open %s: locked by another process (bbolt serves one replica; use the postgres store for several)", path)
+		}
+		// bolt's error is an *fs.PathError naming the path already.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("bbolt: %w", err)
 		}
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
