@@ -181,6 +181,9 @@ func (l *Log) statusLocked() Status {
 		Broken: b, Unanchored: l.unanchored, Problem: l.problem}
 }
 
+// sweepProgressEvery is how often a long sweep says how far it got.
+const sweepProgressEvery = 5 * time.Second
+
 // Start sweeps the whole stored log and runs the first check: call it once
 // before serving, so no RPC is answered before the log was found whole (or
 // refused).
@@ -229,7 +232,25 @@ func (l *Log) Run(ctx context.Context) {
 // Check covers the tail since the last checkpoint on every interval; Sweep
 // covers everything, at start-up and every SweepInterval.
 func (l *Log) Sweep(ctx context.Context) error {
-	_, err := replayStore(ctx, l.cfg.Store, l.cfg.Verifier, l.cfg.OnEntry)
+	start := time.Now()
+	l.cfg.Log.Info("audit log sweep started")
+	lastReport := start
+	progress := func(done, size uint64) {
+		if now := time.Now(); now.Sub(lastReport) >= sweepProgressEvery {
+			lastReport = now
+			l.cfg.Log.Info("audit log sweep in progress", "entries", done, "of", size, "elapsed", now.Sub(start).Round(time.Millisecond))
+		}
+	}
+	r, err := replayStore(ctx, l.cfg.Store, l.cfg.Verifier, l.cfg.OnEntry, progress)
+	entries := uint64(0)
+	if r != nil {
+		entries = r.Checked
+	}
+	if err == nil {
+		l.cfg.Log.Info("audit log sweep done", "entries", entries, "took", time.Since(start).Round(time.Millisecond))
+	} else {
+		l.cfg.Log.Warn("audit log sweep ended early", "entries", entries, "took", time.Since(start).Round(time.Millisecond), "err", err)
+	}
 	var be *BreakError
 	if errors.As(err, &be) {
 		err = fmt.Errorf("%w: %v", signerr.ErrAuditLogBroken, be)
@@ -371,10 +392,13 @@ func broken(format string, args ...any) error {
 // against its stored tree nodes and every stored checkpoint, each verified
 // with v. The error is a *BreakError when the log is broken.
 func ReplayStore(ctx context.Context, s Store, v *auditlog.Verifier) (*Replay, error) {
-	return replayStore(ctx, s, v, nil)
+	return replayStore(ctx, s, v, nil, nil)
 }
 
-func replayStore(ctx context.Context, s Store, v *auditlog.Verifier, onEntry func(uint64, []byte)) (*Replay, error) {
+// replayStore is ReplayStore; onEntry, if set, sees every entry, and
+// progress, if set, is told after each page how many entries of how many
+// were replayed.
+func replayStore(ctx context.Context, s Store, v *auditlog.Verifier, onEntry func(uint64, []byte), progress func(done, size uint64)) (*Replay, error) {
 	var cps []auditlog.Checkpoint
 	for after := uint64(0); ; {
 		notes, err := s.Checkpoints(ctx, after, 1000)
@@ -450,6 +474,9 @@ func replayStore(ctx context.Context, s Store, v *auditlog.Verifier, onEntry fun
 			}
 		}
 		from = to
+		if progress != nil {
+			progress(to-pruned, size-pruned)
+		}
 	}
 	return r, r.Finish(ctx)
 }

@@ -251,7 +251,9 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 		return nil, err
 	}
 	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, reader, cfg.MaxPayloadBytes))
-	signerv1.RegisterRotationServiceServer(s.grpc, signing.NewRotation(s.life))
+	rotation := signing.NewRotation(s.life)
+	rotation.Log = s.log
+	signerv1.RegisterRotationServiceServer(s.grpc, rotation)
 	signerv1.RegisterAuditServiceServer(s.grpc, reader)
 
 	if cfg.JWKSListen != "" {

@@ -2,11 +2,14 @@ package signing
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/names"
+	"github.com/plexsphere/signer/internal/signing/peeridentity"
 	"github.com/plexsphere/signer/internal/store"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -16,6 +19,22 @@ import (
 type Rotation struct {
 	signerv1.UnimplementedRotationServiceServer
 	life *keyring.Lifecycle
+	// Log, if set, gets one line per successful rotation step (the audit
+	// log has the entry; this is for the operator reading the pod's log).
+	Log *slog.Logger
+}
+
+// done logs a successful step: operation, scope, the keys it changed and
+// the operator who asked.
+func (r *Rotation) done(ctx context.Context, op, scope string, keys ...store.Key) {
+	if r.Log == nil {
+		return
+	}
+	attrs := []any{"operation", op, "scope", scope, "operator", peeridentity.PeerOf(ctx).ID}
+	for _, k := range keys {
+		attrs = append(attrs, "key_"+strings.ToLower(k.State.String()), k.ID)
+	}
+	r.Log.Info("rotation", attrs...)
 }
 
 // NewRotation serves l.
@@ -27,6 +46,7 @@ func (r *Rotation) Open(ctx context.Context, req *signerv1.OpenRequest) (*signer
 	if err != nil {
 		return nil, err
 	}
+	r.done(ctx, "open", req.GetScope(), k)
 	return &signerv1.OpenResponse{Key: KeyProto(k), CommittableAt: timestamppb.New(k.CreatedAt.Add(r.life.Windows().PrePublish))}, nil
 }
 
@@ -36,6 +56,7 @@ func (r *Rotation) Commit(ctx context.Context, req *signerv1.CommitRequest) (*si
 	if err != nil {
 		return nil, err
 	}
+	r.done(ctx, "commit", req.GetScope(), changed...)
 	resp := &signerv1.CommitResponse{Activated: KeyProto(changed[0])}
 	if len(changed) > 1 {
 		resp.Previous = KeyProto(changed[1])
@@ -49,6 +70,7 @@ func (r *Rotation) Abort(ctx context.Context, req *signerv1.AbortRequest) (*sign
 	if err != nil {
 		return nil, err
 	}
+	r.done(ctx, "abort", req.GetScope(), changed...)
 	return &signerv1.AbortResponse{Key: KeyProto(changed[0])}, nil
 }
 
@@ -59,6 +81,7 @@ func (r *Rotation) Retire(ctx context.Context, req *signerv1.RetireRequest) (*si
 	if err != nil {
 		return nil, err
 	}
+	r.done(ctx, "retire", req.GetScope(), changed...)
 	return &signerv1.RetireResponse{Key: KeyProto(changed[0])}, nil
 }
 
