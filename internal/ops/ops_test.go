@@ -113,3 +113,47 @@ func TestOpsHealthWatchOutlivesTimeouts(t *testing.T) {
 		t.Fatalf("the Watch stream did not outlive the timeouts: %v %v", m, err)
 	}
 }
+
+// An endpoint started before the binary is ready answers liveness and
+// nothing else, over HTTP and gRPC health, on the listener it later
+// serves the binary's answers on.
+func TestEndpointServesLivenessWhileStarting(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := ops.StartEndpoint(lis)
+	defer ep.Close()
+	base := "http://" + lis.Addr().String()
+	status := func(path string) int {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	check := func() healthpb.HealthCheckResponse_ServingStatus {
+		t.Helper()
+		r, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Status
+	}
+	if a, b, c, d := status("/healthz"), status("/readyz"), status("/metrics"), check(); a != 200 || b != 503 || c != 503 || d != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("starting: healthz %d, readyz %d, metrics %d, health %v", a, b, c, d)
+	}
+	hs := health.NewServer()
+	ops.SetAll(hs, true)
+	ep.Serve(hs, func(context.Context) error { return nil }, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "m") }))
+	if a, b, c, d := status("/healthz"), status("/readyz"), status("/metrics"), check(); a != 200 || b != 200 || c != 200 || d != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("serving: healthz %d, readyz %d, metrics %d, health %v", a, b, c, d)
+	}
+}
