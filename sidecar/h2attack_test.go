@@ -322,6 +322,12 @@ func TestReplicaLostInTheMiddleOfABatch(t *testing.T) {
 			replica <- err
 			return
 		}
+		// A server's preface: the sidecar takes a replica as connected once
+		// its first frame arrives.
+		if err := http2.NewFramer(c, nil).WriteSettings(); err != nil {
+			replica <- err
+			return
+		}
 		// Take 256 KiB of the sidecar's batch, then reset the connection
 		// while it is still writing.
 		_, err = io.CopyN(io.Discard, c, 256<<10)

@@ -48,7 +48,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if cfg.OpsListen != "" {
+	if cfg.Ops != nil {
+		cfg.Ops.Serve(p.Health(), p.Ready, m.Handler())
+		defer cfg.Ops.Close()
+	} else if cfg.OpsListen != "" {
 		ol, err := net.Listen("tcp", cfg.OpsListen)
 		if err != nil {
 			for _, l := range ls {

@@ -96,6 +96,22 @@ type Config struct {
 	// in-flight calls (default 10 s).
 	OpsListen       string
 	ShutdownTimeout time.Duration
+	// Ops, if set, is an ops endpoint already serving start-up answers
+	// (bound before the SVID arrived); Run serves on it instead of
+	// OpsListen and closes it when done.
+	Ops *ops.Endpoint
+
+	// Settings name the binary's settings in log lines that tell the
+	// operator what to fix (a failed handshake with the signer, say).
+	Settings Settings
+}
+
+// Settings are a binary's names for the settings the sidecar's log lines
+// point at; an empty one is named after its Config field.
+type Settings struct {
+	Upstream string // Config.Upstream
+	SignerID string // Config.SignerID
+	Identity string // where the SVID and bundle come from
 }
 
 // Proxy is a running sidecar: an HTTP/2 server for the core (core.go) and
@@ -176,6 +192,7 @@ func New(cfg Config) (*Proxy, error) {
 	tlsCfg := UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID)
 	tlsCfg.NextProtos = []string{"h2"}
 	p.pool = newPool(targets, tlsCfg, cfg.MaxMessageBytes, cfg.Log, p.setServing)
+	p.pool.dialFailed = newDialLog(cfg).failed
 	ops.SetAll(p.health, false, HealthService)
 	return p, nil
 }

@@ -83,6 +83,9 @@ type pool struct {
 	maxMsg  int
 	log     *slog.Logger
 	onReady func(bool)
+	// dialFailed, if set, logs a failed attempt to reach a replica
+	// (handshake.go); first is the first failure since it last connected.
+	dialFailed func(addr string, err error, first bool)
 
 	mu       sync.Mutex
 	replicas map[string]*replica
@@ -194,8 +197,12 @@ func (p *pool) keep(ctx context.Context, r *replica) {
 			first := !r.failed
 			r.failed = true
 			p.mu.Unlock()
-			if first && ctx.Err() == nil {
-				p.log.Warn("signer replica unreachable; retrying", "addr", r.addr, "err", err)
+			if ctx.Err() == nil {
+				if p.dialFailed != nil {
+					p.dialFailed(r.addr, err, first)
+				} else if first {
+					p.log.Warn("signer replica unreachable; retrying", "addr", r.addr, "err", err)
+				}
 			}
 			p.kick() // calls that waited for this replica fail now
 			t := time.NewTimer(time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64())))
@@ -392,6 +399,10 @@ func (p *pool) dial(ctx context.Context, addr string) (*upConn, error) {
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList})
 	u.wfr.WriteWindowUpdate(0, upConnWindow-initialWindow)
 	if err := u.bw.Flush(); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if err := awaitServer(nc, u.br); err != nil {
 		nc.Close()
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/ops"
+	"github.com/plexsphere/signer/internal/version"
 	"github.com/plexsphere/signer/sidecar"
 )
 
@@ -26,22 +29,47 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
-		fmt.Fprintln(os.Stderr, "plexsphere-sidecar:", err)
+		config.Fatal(os.Stderr, prog, err)
 		os.Exit(1)
 	}
 }
 
+const prog = "plexsphere-sidecar"
+
 func run(ctx context.Context, args []string) error {
 	var cfg config.Sidecar
-	if err := config.Load("plexsphere-sidecar", "SIDECAR_", &cfg, args); err != nil {
+	if err := config.Load(prog, "SIDECAR_", &cfg, args); err != nil {
+		if errors.Is(err, config.ErrVersion) {
+			fmt.Println(version.Get().String(prog))
+			return nil
+		}
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log := config.Logger(os.Stderr, cfg.LogLevel)
-	src, err := identity.Open(ctx, cfg.Identity, log)
+	v := version.Get()
+	log.Info(prog+" starting", "version", v.Version, "commit", v.Commit, "go", v.GoVersion)
+	// The ops listener answers liveness while the SVID is awaited: a pod
+	// waiting for its SPIRE registration is not restarted in a loop.
+	var ep *ops.Endpoint
+	if cfg.OpsListen != "" {
+		l, err := net.Listen("tcp", cfg.OpsListen)
+		if err != nil {
+			return config.Errorf(&cfg, "OpsListen", "%v", err)
+		}
+		ep = ops.StartEndpoint(l)
+	}
+	src, err := identity.OpenAs(ctx, cfg.Identity, config.Name(&cfg, "WorkloadAPIAddr"), log)
 	if err != nil {
+		if ep != nil {
+			ep.Close()
+		}
+		if errors.Is(err, identity.ErrNoSVID) && ctx.Err() != nil {
+			log.Warn("stopped before an SVID arrived", "err", err.Error())
+			return nil
+		}
 		return fmt.Errorf("%s: %w", cfg.Identity.Settings(&cfg), err)
 	}
 	defer src.Close()
@@ -51,15 +79,15 @@ func run(ctx context.Context, args []string) error {
 		MaxConnections: cfg.MaxConnections, MaxConcurrentStreams: cfg.MaxConcurrentStreams,
 		Upstream: cfg.Upstream, SignerID: spiffeid.RequireFromString(cfg.SignerSPIFFEID), // validated
 		SVID: src, Bundle: src, MaxMessageBytes: cfg.MaxMessageBytes, Log: log,
-		OpsListen: cfg.OpsListen, ShutdownTimeout: cfg.ShutdownTimeout,
+		Ops: ep, ShutdownTimeout: cfg.ShutdownTimeout,
+		Settings: sidecar.Settings{Upstream: config.Name(&cfg, "Upstream"), SignerID: config.Name(&cfg, "SignerSPIFFEID"),
+			Identity: cfg.Identity.Settings(&cfg)},
 	})
 	switch {
 	case errors.Is(err, sidecar.ErrListen):
 		return config.Errorf(&cfg, "Listen", "%v", err)
 	case errors.Is(err, sidecar.ErrUpstream):
 		return config.Errorf(&cfg, "Upstream", "%v", err)
-	case errors.Is(err, sidecar.ErrOpsListen):
-		return config.Errorf(&cfg, "OpsListen", "%v", err)
 	}
 	return err
 }
