@@ -16,11 +16,16 @@ cd "$(dirname "$0")/.."
 TAG=${1:-dev}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The build says which commit it is (--version, the start-up line,
+# plexsphere_build_info): stamped explicitly, whatever Go's VCS detection
+# finds in this checkout.
+pkgv=github.com/plexsphere/signer/internal/version
+ldflags="-s -w -X $pkgv.Version=$(git describe --tags --always --dirty 2>/dev/null || echo "$TAG") -X $pkgv.Commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 
 static() { # image, package
   local ctx=$work/$1
   mkdir -p "$ctx"
-  CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$ctx/app" "$2"
+  CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$ctx/app" "$2"
   cat >"$ctx/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY app /app
@@ -44,7 +49,7 @@ ctx=$work/signer-pkcs11
 root=$ctx/rootfs
 mkdir -p "$root/usr/lib/softhsm" "$root/tmp"
 chmod 1777 "$root/tmp"
-CGO_ENABLED=1 go build -trimpath -ldflags='-s -w' -tags pkcs11 -o "$root/app" ./cmd/plexsphere-signer
+CGO_ENABLED=1 go build -trimpath -ldflags="$ldflags" -tags pkcs11 -o "$root/app" ./cmd/plexsphere-signer
 module=/usr/lib/softhsm/libsofthsm2.so
 if [[ -e $module ]]; then
   cp -aL "$module" "$root/usr/lib/softhsm/"
