@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string) error {
 			log.Warn("stopped before an SVID arrived", "err", err.Error())
 			return nil
 		}
-		return fmt.Errorf("%s: %w", cfg.Identity.Settings(&cfg), err)
+		return cfg.Identity.Error(&cfg, err)
 	}
 	defer src.Close()
 	mode, _ := cfg.Mode() // validated

@@ -82,11 +82,13 @@ func Errorf(cfg any, fieldName, format string, args ...any) error {
 
 // SettingError is a problem with one setting, named by both spellings.
 type SettingError struct {
-	Setting string // "--flag / ENV" (or "ENV")
+	Setting string // "--flag / ENV" (or "ENV"; several joined by ", ")
 	Problem string
+	Err     error // the cause, if any (Problem holds its text)
 }
 
 func (e *SettingError) Error() string { return e.Setting + ": " + e.Problem }
+func (e *SettingError) Unwrap() error { return e.Err }
 
 // Settings lists the settings err names (each SettingError joined or
 // wrapped in it), in order, without repeats.

@@ -49,3 +49,9 @@ func (i Identity) Settings(cfg any) string {
 	}
 	return Name(cfg, "SVIDCertFile") + ", " + Name(cfg, "SVIDKeyFile") + ", " + Name(cfg, "TrustBundleFile")
 }
+
+// Error wraps err, a failure to open the identity, as a SettingError
+// naming the settings it came from.
+func (i Identity) Error(cfg any, err error) error {
+	return &SettingError{Setting: i.Settings(cfg), Problem: err.Error(), Err: err}
+}

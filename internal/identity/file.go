@@ -76,7 +76,7 @@ func (s *FileSource) Reload() (bool, error) {
 	for i, p := range []string{s.certPath, s.keyPath, s.bundlePath} {
 		b, err := os.ReadFile(p)
 		if err != nil {
-			return false, fmt.Errorf("identity: read %s: %w", p, err)
+			return false, fmt.Errorf("identity: %w", err) // an *fs.PathError: it names p
 		}
 		raw[i] = b
 	}

@@ -129,7 +129,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	}
 	if s.ident = opts.Identity; s.ident == nil {
 		if s.ident, err = identity.OpenAs(ctx, cfg.Identity, config.Name(&cfg, "WorkloadAPIAddr"), s.log); err != nil {
-			return nil, fmt.Errorf("%s: %w", cfg.Identity.Settings(&cfg), err)
+			return nil, cfg.Identity.Error(&cfg, err)
 		}
 		s.owned = append(s.owned, s.ident.Close)
 	}

@@ -58,7 +58,7 @@ func TestStartupRefusals(t *testing.T) {
 		{"bad allow-list entry", signer, append([]string{"--allow-spiffe-id", "core", "--local-kek-file", f.Key}, sid...), "--allow-spiffe-id / SIGNER_ALLOW_SPIFFE_IDS"},
 		{"no anchor outside the store", signer, append([]string{"--local-kek-file", f.Key}, id...), "--audit-anchor-required / SIGNER_AUDIT_ANCHOR_REQUIRED: the audit log needs an anchor outside the store"},
 		{"unreadable identity", signer, []string{"--svid-cert", "/nonexistent", "--svid-key", f.Key, "--trust-bundle", f.Bundle,
-			"--local-kek-file", f.Key, "--listen", "127.0.0.1:0", "--ops-listen", "", "--checkpoint-log", filepath.Join(dir, "checkpoints.jsonl")}, "--svid-cert / SIGNER_SVID_CERT_FILE, --svid-key / SIGNER_SVID_KEY_FILE, --trust-bundle / SIGNER_TRUST_BUNDLE_FILE: identity: read /nonexistent"},
+			"--local-kek-file", f.Key, "--listen", "127.0.0.1:0", "--ops-listen", "", "--checkpoint-log", filepath.Join(dir, "checkpoints.jsonl")}, "--svid-cert / SIGNER_SVID_CERT_FILE, --svid-key / SIGNER_SVID_KEY_FILE, --trust-bundle / SIGNER_TRUST_BUNDLE_FILE: identity: open /nonexistent: no such file or directory"},
 		{"sidecar on a non-loopback address", sidecar, append([]string{"--listen", "0.0.0.0:7000", "--upstream", "signer:8443",
 			"--signer-spiffe-id", "spiffe://example.org/x"}, id...), "--listen / SIDECAR_LISTEN"},
 		{"sidecar without the signer's identity", sidecar, append([]string{"--listen", "127.0.0.1:7000", "--upstream", "signer:8443"}, id...),
