@@ -149,7 +149,7 @@ func TestStartupErrorsNameTheSetting(t *testing.T) {
 		}, setting: "--allow-spiffe-id / SIGNER_ALLOW_SPIFFE_IDS", want: `trust domain "other.org"`},
 		{name: "SVID file missing", args: func(s *setup) []string { return s.args("--svid-cert", filepath.Join(s.dir, "nope.crt")) },
 			setting: "--svid-cert / SIGNER_SVID_CERT_FILE, --svid-key / SIGNER_SVID_KEY_FILE, --trust-bundle / SIGNER_TRUST_BUNDLE_FILE",
-			want: "nope.crt: no such file or directory", once: true},
+			want:    "nope.crt: no such file or directory", once: true},
 		{name: "bbolt path in a missing directory", args: func(s *setup) []string {
 			s.db = filepath.Join(s.dir, "missing", "signer.db")
 			return s.args()
