@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -96,4 +98,23 @@ func awaitServer(nc net.Conn, br *bufio.Reader) error {
 	defer nc.SetReadDeadline(time.Time{})
 	_, err := br.Peek(1)
 	return err
+}
+
+// connected logs a replica's TLS handshake at debug: what the signer
+// presented and what was negotiated.
+func (d *dialLog) connected(addr string, cs tls.ConnectionState, took time.Duration) {
+	if !d.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	presented := ""
+	if len(cs.PeerCertificates) > 0 {
+		for _, u := range cs.PeerCertificates[0].URIs {
+			if u.Scheme == "spiffe" {
+				presented = u.String()
+				break
+			}
+		}
+	}
+	d.log.Debug("tls handshake with signer replica", "addr", addr, "presented", presented, "tls_version", tls.VersionName(cs.Version),
+		"alpn", cs.NegotiatedProtocol, "resumed", cs.DidResume, "took", took)
 }

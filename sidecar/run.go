@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
@@ -27,8 +28,12 @@ func Run(ctx context.Context, cfg Config) error {
 	var p *Proxy
 	m := metrics.NewSidecar(ForwardedMethods(), func() bool { return p.Ready(ctx) == nil }, cfg.SVID)
 	observe := cfg.Observe
+	debug := cfg.Log != nil && cfg.Log.Enabled(context.Background(), slog.LevelDebug)
 	cfg.Observe = func(method string, code codes.Code, took time.Duration) {
 		m.ObserveCall(method, code, took)
+		if debug {
+			cfg.Log.Debug("call", "method", method, "code", code.String(), "took", took)
+		}
 		if observe != nil {
 			observe(method, code, took)
 		}

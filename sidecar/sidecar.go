@@ -192,7 +192,8 @@ func New(cfg Config) (*Proxy, error) {
 	tlsCfg := UpstreamTLS(cfg.SVID, cfg.Bundle, cfg.SignerID)
 	tlsCfg.NextProtos = []string{"h2"}
 	p.pool = newPool(targets, tlsCfg, cfg.MaxMessageBytes, cfg.Log, p.setServing)
-	p.pool.dialFailed = newDialLog(cfg).failed
+	dl := newDialLog(cfg)
+	p.pool.dialFailed, p.pool.dialed = dl.failed, dl.connected
 	ops.SetAll(p.health, false, HealthService)
 	return p, nil
 }

@@ -86,6 +86,8 @@ type pool struct {
 	// dialFailed, if set, logs a failed attempt to reach a replica
 	// (handshake.go); first is the first failure since it last connected.
 	dialFailed func(addr string, err error, first bool)
+	// dialed, if set, is told each replica connection's TLS state.
+	dialed func(addr string, cs tls.ConnectionState, took time.Duration)
 
 	mu       sync.Mutex
 	replicas map[string]*replica
@@ -368,6 +370,7 @@ func (p *pool) mayWait() bool {
 
 // dial opens one replica connection and starts HTTP/2 on it.
 func (p *pool) dial(ctx context.Context, addr string) (*upConn, error) {
+	start := time.Now()
 	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: p.tls}
@@ -405,6 +408,9 @@ func (p *pool) dial(ctx context.Context, addr string) (*upConn, error) {
 	if err := awaitServer(nc, u.br); err != nil {
 		nc.Close()
 		return nil, err
+	}
+	if p.dialed != nil {
+		p.dialed(addr, nc.(*tls.Conn).ConnectionState(), time.Since(start))
 	}
 	return u, nil
 }

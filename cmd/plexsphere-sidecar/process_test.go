@@ -9,9 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/plexsphere/signer/client"
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/testing/devpki"
 	"github.com/plexsphere/signer/internal/testing/proctest"
+	"github.com/plexsphere/signer/internal/testing/signertest"
 )
 
 const (
@@ -194,5 +196,43 @@ func TestUpstreamHandshakeFailuresNameTheSetting(t *testing.T) {
 				t.Fatalf("/metrics: %d %v", code, err)
 			}
 		})
+	}
+}
+
+// In front of a real signer at debug: the replica's handshake (who it
+// presented, TLS 1.3, h2) and one line per call.
+func TestDebugLinesInFrontOfASigner(t *testing.T) {
+	env := signertest.Start(t)
+	svid := env.Issue(t, signertest.CoreID)
+	f, err := env.CA.WriteFiles(t.TempDir(), "core", svid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	p := proctest.Start(t, bin, nil, append(idArgs(f), "--listen", "unix://"+sock, "--upstream", env.Addr,
+		"--signer-spiffe-id", signertest.SignerID, "--log-level", "debug")...)
+	h, ok := p.WaitLine(30*time.Second, proctest.Msg("tls handshake with signer replica"))
+	if !ok || h.Str("presented") != signertest.SignerID || h.Str("tls_version") != "TLS 1.3" || h.Str("alpn") != "h2" {
+		t.Fatalf("handshake line: %s", h.Raw)
+	}
+	if _, ok := p.WaitLine(30*time.Second, proctest.Msg("sidecar listening")); !ok {
+		t.Fatal("not listening")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, "unix://"+sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Sign(ctx, signertest.Scope, []byte("m")); err != nil {
+		t.Fatalf("Sign through the sidecar: %v", err)
+	}
+	l, ok := p.WaitLine(10*time.Second, proctest.Msg("call"))
+	if !ok || l.Str("method") != "/plexsphere.signer.v1.SignerService/Sign" || l.Str("code") != "OK" {
+		t.Fatalf("call line: %s", l.Raw)
+	}
+	if _, err := time.ParseDuration(l.Str("took")); err != nil {
+		t.Fatalf("took = %v", l.Fields["took"])
 	}
 }
