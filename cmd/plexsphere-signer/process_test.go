@@ -124,6 +124,7 @@ func TestStartupErrorsNameTheSetting(t *testing.T) {
 		once    bool // the error names the setting once
 	}{
 		{name: "stray argument", args: func(s *setup) []string { return s.args("serve") }, want: `unexpected argument "serve"`},
+		{name: "unknown flag", args: func(s *setup) []string { return s.args("--no-such-flag") }, want: "flag provided but not defined: -no-such-flag (see -h"},
 		{name: "no KEK", args: func(s *setup) []string { return s.args("--local-kek-file", "") }, setting: "--local-kek-file / SIGNER_LOCAL_KEK_FILE"},
 		{name: "listen port in use", args: func(s *setup) []string { return s.args("--listen", busy.Addr().String()) },
 			setting: "--listen / SIGNER_LISTEN", want: "address already in use"},

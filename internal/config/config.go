@@ -12,6 +12,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -142,8 +143,17 @@ func Load(prog, envPrefix string, cfg any, args []string) error {
 		return err
 	}
 	fs.Bool("version", false, "print the version, commit and Go version, and exit")
+	// The usage goes out for -h only: a bad flag is the binary's one fatal
+	// record, not the record after a page of usage.
+	var usage bytes.Buffer
+	out := fs.Output()
+	fs.SetOutput(&usage)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			out.Write(usage.Bytes())
+			return err
+		}
+		return fmt.Errorf("%w (see -h for the flags)", err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q: every setting is a --flag or its variable (see -h); a boolean flag takes its value as --flag=false", fs.Arg(0))
