@@ -67,8 +67,8 @@ func (c *cli) runBench(ctx context.Context, args []string) error {
 		defer cl.Close()
 		sign = func(ctx context.Context) error { _, err := cl.Sign(ctx, *scope, payload); return err }
 	} else {
-		if err := c.cfg.Validate(); err != nil {
-			return usageError("without --sidecar, bench calls the signer over mTLS: " + err.Error())
+		if c.cfgErr != nil {
+			return configError{fmt.Errorf("without --sidecar, bench calls the signer over mTLS: %w", c.cfgErr)}
 		}
 		cc, err := c.conn(ctx)
 		if err != nil {
