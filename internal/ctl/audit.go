@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -184,10 +185,31 @@ func (s *auditSession) refresh(ctx context.Context) error {
 	}
 	cp, err := s.v.Open(r.Checkpoint)
 	if err != nil {
-		return brokenError{fmt.Sprintf("the signer's checkpoint does not verify: %v", err)}
+		return s.notVerified(ctx, "the signer's checkpoint", err)
 	}
 	s.latest, s.witnessed = cp, r.Witnessed
 	return nil
+}
+
+// notVerified is the broken-log error for a checkpoint the verifier
+// refused. With a pinned key the signer does not report, it shows both:
+// a pin left over from another signer (a new make run store) and a signer
+// that is not the one pinned look the same from here, and only the
+// operator can tell which.
+func (s *auditSession) notVerified(ctx context.Context, what string, err error) error {
+	c := s.c
+	if c.cfg.CheckpointKey != "" {
+		cctx, cancel := c.call(ctx)
+		r, kerr := s.a.CheckpointVerifierKey(cctx, &signerv1.CheckpointVerifierKeyRequest{})
+		cancel()
+		if kerr == nil && r.VerifierKey != c.cfg.CheckpointKey {
+			return brokenError{fmt.Sprintf("%s is not signed by the pinned checkpoint key:\n  expected (%s): %s\n  found (the signer reports): %s\n"+
+				"if this signer's log was started anew on purpose (a new store, e.g. make run without KEEP=1), pin its key: %s=%s (make run: . bin/run/signerctl.env);"+
+				" if not, this is not the log you pinned: do not trust it",
+				what, config.Name(&c.cfg, "CheckpointKey"), c.cfg.CheckpointKey, r.VerifierKey, "SIGNERCTL_CHECKPOINT_KEY", r.VerifierKey)}
+		}
+	}
+	return brokenError{fmt.Sprintf("%s does not verify: %v", what, err)}
 }
 
 // open verifies a checkpoint the signer served: with the witness policy,
@@ -701,8 +723,19 @@ func (c *cli) auditExport(ctx context.Context, args []string) error {
 			Checkpoint checkpointJSON `json:"checkpoint"`
 		}{*to, start.Size() + 1, last, toCheckpointJSON(trailer)})
 	}
-	fmt.Fprintf(c.out, "exported entries %d..%d to %s (checkpoint size %d); prune them with: plexsphere-signer --prune-audit-upto %d --prune-audit-export %s\n",
-		start.Size()+1, last, *to, trailer.Size, last, *to)
+	abs, err := filepath.Abs(*to)
+	if err != nil {
+		abs = *to
+	}
+	// The prune runs on the signer's store with its provider settings,
+	// which only the signer's deployment knows: the command names them
+	// rather than guess (plexsphere-signer refuses a store path that does
+	// not exist rather than create an empty store).
+	fmt.Fprintf(c.out, "exported entries %d..%d to %s (checkpoint size %d)\n"+
+		"prune them with the signer's store and key provider settings in the environment (its SIGNER_* variables: the store, e.g. SIGNER_BBOLT_PATH\n"+
+		"or SIGNER_POSTGRES_PRUNE_DSN_FILE, the KEK or token, SIGNER_CHECKPOINT_LOG; make run writes them to bin/run/signer.env), a bbolt store with the signer stopped:\n"+
+		"  plexsphere-signer --prune-audit-upto %d --prune-audit-export %s\n",
+		start.Size()+1, last, *to, trailer.Size, last, abs)
 	return nil
 }
 

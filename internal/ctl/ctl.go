@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -470,10 +471,22 @@ func (c *cli) openIdentity(ctx context.Context) (identity.Source, error) {
 			return nil, configError{fmt.Errorf("%s: %w", id.Settings(&c.cfg), err)}
 		}
 		svid, err := src.GetX509SVID()
-		if err == nil && len(svid.Certificates) > 0 && time.Now().After(svid.Certificates[0].NotAfter) {
+		if err != nil {
+			src.Close()
+			return nil, configError{fmt.Errorf("%s: %w", id.Settings(&c.cfg), err)}
+		}
+		if len(svid.Certificates) > 0 && time.Now().After(svid.Certificates[0].NotAfter) {
 			src.Close()
 			return nil, c.configErrorf("SVIDCertFile", "the SVID in %s (%s) expired at %s: renew it",
 				id.SVIDCertFile, svid.ID, svid.Certificates[0].NotAfter.UTC().Format(TimeFormat))
+		}
+		// The signer verifies this SVID against the bundle of its trust
+		// domain, which with files is the same bundle: one that does not
+		// chain here would only fail as a broken handshake there.
+		if _, _, err := x509svid.Verify(svid.Certificates, src); err != nil {
+			src.Close()
+			return nil, c.configErrorf("SVIDCertFile", "the SVID in %s (%s) does not chain to %s (%s): %v",
+				id.SVIDCertFile, svid.ID, config.Name(&c.cfg, "TrustBundleFile"), id.TrustBundleFile, err)
 		}
 		return src, nil
 	}

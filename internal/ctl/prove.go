@@ -99,6 +99,9 @@ func (c *cli) auditProve(ctx context.Context, args []string) error {
 	}
 	cp, err := s.open("the proof's checkpoint", r.Checkpoint)
 	if err != nil {
+		if _, verr := s.v.Open(r.Checkpoint); verr != nil {
+			return s.notVerified(ctx, "the proof's checkpoint", verr)
+		}
 		return err
 	}
 	if *size != 0 && cp.Size != *size {

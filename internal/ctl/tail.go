@@ -222,6 +222,12 @@ func (c *cli) auditTail(ctx context.Context, args []string) error {
 		}
 	}
 	p := &entryPrinter{c: c}
+	if *follow {
+		// Columns start wide (the bounded ones at their widest: relation
+		// audit_read, reason insufficient_relation, code
+		// FailedPrecondition): later rows rarely widen a column.
+		p.widths = []int{6, len("2006-01-02T15:04:05.000000Z"), 60, 10, 50, 21, 18, 0}
+	}
 	p.print(es, true)
 	if more != "" {
 		fmt.Fprintln(c.errw, "signerctl:", more)
