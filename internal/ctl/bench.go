@@ -47,7 +47,7 @@ func (c *cli) runBench(ctx context.Context, args []string) error {
 	rate := fs.Float64("rate", 0, "calls per second across all workers (0: as fast as possible)")
 	size := fs.Int("payload-size", 64, "payload bytes")
 	every := fs.Duration("progress", time.Second, "progress line interval on stderr (0: none)")
-	asJSON := fs.Bool("json", false, "print the report as JSON (as --output json does)")
+	asJSON := fs.Bool("json", false, "another spelling of the global --output json")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}

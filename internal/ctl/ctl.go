@@ -50,15 +50,17 @@ const (
 const usage = `usage: signerctl [global flags] <command> [arguments]
 
 commands:
-  keys list [--scope S]                    list keys in every state (an unknown --scope is NotFound)
+  keys list [--scope S]                    list keys in every state (an unknown --scope is NotFound);
+                                           keys alone is keys list
   rotate open [--create] <scope>           open a rotation (new PENDING key); a scope without keys
                                            is refused (NotFound) unless --create says to create it
   rotate commit <scope> <key-id>           make the PENDING key ACTIVE
   rotate abort <scope> <key-id>            retire the PENDING key unused
   rotate retire <scope> <key-id>           retire a PREVIOUS key
-  audit tail [filters] [--follow [--include-own]]
-                                           print audit entries in commit order; --follow leaves out
-                                           the entries of its own polls unless --include-own
+  audit tail [--limit N] [--after SEQ] [filters] [--follow]
+                                           print the newest N entries (100), oldest first, or those
+                                           after SEQ; --follow then prints new ones as they come;
+                                           its own reads are left out unless --include-own
   audit verify [--checkpoint FILE] [--after EXPORT]
                                            replay every entry against the signed checkpoints, prove
                                            the log grew from a saved checkpoint (one of an earlier
@@ -79,19 +81,23 @@ commands:
   audit export --to FILE [--after PREV] [--upto SEQ]
                                            write entries with their proof, ready to prune
   jwks <scope>                             the scope's published keys as a JWKS (RFC 8037)
-  bench [--sidecar T] [--concurrency N] [--duration D | --count N] [--rate R] [--payload-size B] [--json]
+  bench [--sidecar T] [--concurrency N] [--duration D | --count N] [--rate R] [--payload-size B]
                                            load a sidecar (or the signer over mTLS) and report
                                            throughput, p50/p90/p99/max and errors by code
   help [command]                           this text, or a command's flags (also: <command> --help)
 
-exit codes: 0 ok, 1 refused by the signer (NotFound, not ready, invalid argument),
-2 usage or configuration (a wrong --signer-spiffe-id included), 3 signer unavailable,
-4 permission denied, 5 audit log broken (naming the first bad seq or range, or the
+exit codes: 0 ok (help and --help too: they need no settings and send nothing),
+1 refused by the signer (NotFound, not ready, invalid argument, rotation in progress),
+2 usage or configuration (a missing setting; an SVID, key or bundle file that is missing,
+does not load, has expired or does not chain; a signer certificate the bundle does not
+verify; a wrong --signer-spiffe-id: each naming its flag and variable), 3 signer
+unavailable, 4 permission denied (naming the signer's allow-list), 5 audit log broken (naming the first bad seq or range, or the
 witnesses' missing cosignatures), 6 the log was restored behind the saved checkpoint
 (audit verify --checkpoint: the epoch record says what the restore lost).
 
 --output json prints JSON: times in RFC 3339, UTC, with microseconds, null when
-absent; the same field names in every command (README: signerctl output).
+absent; the same field names in every command (README: signerctl output); bench --json
+is another spelling of it.
 --witness-policy FILE (SIGNERCTL_WITNESS_POLICY_FILE) is the signer's witness policy:
 with it, audit commands check the witnesses' cosignatures, not only the log's signature.
 `
