@@ -91,11 +91,19 @@ export SIGNERCTL_SVID_CERT_FILE=$dir/operator.crt
 export SIGNERCTL_SVID_KEY_FILE=$dir/operator.key
 export SIGNERCTL_TRUST_BUNDLE_FILE=$dir/bundle.crt
 EOT
-# The checkpoint key: pinned from an earlier run, else as this signer,
-# started a moment ago from this directory, reports it.
+# The checkpoint key as this signer, started a moment ago from this
+# directory, reports it (with a kept store, the signer refuses to start
+# with another than the one pinned). Only signerctl.env's settings count:
+# none the calling shell may have set.
+checkpoint_key() (
+  while read -r v; do unset "$v"; done < <(compgen -e | grep '^SIGNERCTL_' || true)
+  # shellcheck source=/dev/null
+  . "$dir/signerctl.env"
+  exec "$BIN/signerctl" audit checkpoint-key 2>/dev/null
+)
 ready=
 for _ in $(seq 100); do
-  if key=$(env -u SIGNERCTL_CHECKPOINT_KEY bash -c '. "$1" && exec "$2" audit checkpoint-key' _ "$dir/signerctl.env" "$BIN/signerctl" 2>/dev/null); then
+  if key=$(checkpoint_key); then
     ready=1
     break
   fi
