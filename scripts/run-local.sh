@@ -64,8 +64,8 @@ export SIGNER_STORE=bbolt
 export SIGNER_BBOLT_PATH=$dir/signer.db
 export SIGNER_LOCAL_KEK_FILE=$dir/kek
 export SIGNER_CHECKPOINT_LOG=$dir/checkpoints.jsonl
-${pin:+export SIGNER_CHECKPOINT_VERIFIER_KEY=$pin}
 EOT
+if [[ -n $pin ]]; then echo "export SIGNER_CHECKPOINT_VERIFIER_KEY=$pin" >>"$dir/signer.env"; fi
 (
   # shellcheck source=/dev/null
   . "$dir/signer.env"

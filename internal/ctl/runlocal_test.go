@@ -169,8 +169,40 @@ func TestProcessMakeRun(t *testing.T) {
 	if code, out, errOut := signerctl(env, "audit", "verify"); code != 0 || strings.Contains(errOut, "warning") {
 		t.Fatalf("audit verify with signerctl.env: exit %d\n%s%s", code, out, errOut)
 	}
+	export := filepath.Join(t.TempDir(), "audit-0001.jsonl")
+	code, out, errOut := signerctl(env, "audit", "export", "--to", export)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	printed := strings.Fields(lines[len(lines)-1])
+	if code != 0 || len(printed) != 5 || printed[0] != "plexsphere-signer" || printed[1] != "--prune-audit-upto" {
+		t.Fatalf("audit export: exit %d\n%s%s", code, out, errOut)
+	}
 	if out := run.stop(t); !strings.Contains(out, "kept "+dir) {
 		t.Fatalf("stopping a kept run:\n%s", out)
+	}
+
+	// The prune as printed, from a directory without a store: without
+	// the store's settings it is refused naming them and creates nothing;
+	// with signer.env's it prunes.
+	prune := func(env []string) (int, string) {
+		cmd := exec.Command(filepath.Join(bin, printed[0]), printed[1:]...)
+		cmd.Dir, cmd.Env = t.TempDir(), append(cleanEnv(), env...)
+		out, err := cmd.CombinedOutput()
+		if _, serr := os.Stat(filepath.Join(cmd.Dir, "signer.db")); !os.IsNotExist(serr) {
+			t.Fatalf("the prune created signer.db in its working directory:\n%s", out)
+		}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), string(out)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	if code, out := prune(nil); code == 0 || !strings.Contains(out, "--bbolt-path / SIGNER_BBOLT_PATH: stat signer.db: no such file or directory") {
+		t.Fatalf("the prune without the store's settings: exit %d\n%s", code, out)
+	}
+	if code, out := prune(envFile(t, filepath.Join(dir, "signer.env"))); code != 0 || !strings.Contains(out, "audit entries pruned") {
+		t.Fatalf("the prune with signer.env: exit %d\n%s", code, out)
 	}
 
 	run = startRunLocal(t, bin, dir, "RUN_KEEP=1")
@@ -181,8 +213,13 @@ func TestProcessMakeRun(t *testing.T) {
 	if code, out, errOut := signerctl(kept, "keys"); code != 0 || out != keys {
 		t.Fatalf("the kept run's keys: exit %d\n%s%s\nwant\n%s", code, out, errOut, keys)
 	}
-	if code, out, errOut := signerctl(kept, "audit", "verify"); code != 0 {
-		t.Fatalf("audit verify of the kept run: exit %d\n%s%s", code, out, errOut)
+	if code, out, errOut := signerctl(kept, "audit", "verify", "--after", export); code != 0 {
+		t.Fatalf("audit verify of the kept, pruned run: exit %d\n%s%s", code, out, errOut)
+	}
+	upto := printed[2]
+	if code, out, errOut := signerctl(kept, "audit", "prove", "--seq", "3"); code != 1 || !strings.Contains(errOut, "NotFound: entry 3 was pruned: ") ||
+		!strings.Contains(errOut, "(pruned up to "+upto+"); use the export") {
+		t.Fatalf("prove a pruned entry: exit %d\n%s%s", code, out, errOut)
 	}
 	run.stop(t)
 
@@ -193,7 +230,7 @@ func TestProcessMakeRun(t *testing.T) {
 		t.Fatalf("a run without KEEP kept the checkpoint key %s", key)
 	}
 	leftover := append(append([]string{}, fresh...), "SIGNERCTL_CHECKPOINT_KEY="+key)
-	code, out, errOut := signerctl(leftover, "audit", "verify")
+	code, out, errOut = signerctl(leftover, "audit", "verify")
 	if code != 5 || out != "" || !strings.Contains(errOut, "expected (--checkpoint-key / SIGNERCTL_CHECKPOINT_KEY): "+key+"\n") ||
 		!strings.Contains(errOut, "found (the signer reports): "+newKey+"\n") || !strings.Contains(errOut, "bin/run/signerctl.env") {
 		t.Fatalf("a leftover checkpoint key: exit %d\n%s%s", code, out, errOut)
