@@ -15,9 +15,10 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/... ./examples/core
 
-## run: signer + sidecar + example core on the embedded store; Ctrl-C stops all.
+## run: signer + sidecar + example core on the embedded store; Ctrl-C stops all. KEEP=1 keeps the
+## store, KEK, dev CA and checkpoint key in bin/run across runs; signerctl's settings: bin/run/signerctl.env.
 run: build
-	./scripts/run-local.sh
+	RUN_KEEP=$(or $(KEEP),$(RUN_KEEP),0) ./scripts/run-local.sh
 
 ## test: what a fresh machine lacks is installed first (scripts/deps.sh), then: generated code is
 ## current, vet and format are clean, every test runs with -race, and the Kubernetes scenarios run

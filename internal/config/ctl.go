@@ -15,7 +15,7 @@ type Ctl struct {
 
 	Identity `ignored:"true" prefix:"SIGNERCTL_"`
 
-	CheckpointKey     string `envconfig:"SIGNERCTL_CHECKPOINT_KEY" flag:"checkpoint-key" desc:"the audit log's checkpoint verifier key (<origin>+<hash>+<key>, from the signer's start-up log or chart values); pin it: audit commands then trust nothing the signer says about its own key"`
+	CheckpointKey     string `envconfig:"SIGNERCTL_CHECKPOINT_KEY" flag:"checkpoint-key" desc:"the audit log's checkpoint verifier key (<origin>+<hash>+<key>: signerctl audit checkpoint-key once, the signer's start-up log, or bin/run/signerctl.env with make run); pin it: audit commands then trust nothing the signer says about its own key"`
 	WitnessPolicyFile string `envconfig:"SIGNERCTL_WITNESS_POLICY_FILE" flag:"witness-policy" desc:"the audit log's witness policy (the signer's SIGNER_WITNESS_POLICY_FILE, witness/group/quorum lines): audit checkpoint and verify then require the newest witnessed checkpoint to carry the quorum's cosignatures, and prove, consistency and export check cosignatures with it"`
 
 	Output  string        `envconfig:"SIGNERCTL_OUTPUT" flag:"output" default:"table" desc:"table or json"`

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -157,6 +158,11 @@ func (c *Signer) Validate() error {
 	case "bbolt":
 		if c.BboltPath == "" {
 			add(Errorf(c, "BboltPath", "required with the bbolt store"))
+		} else if _, err := os.Stat(c.BboltPath); c.PruneAuditUpTo > 0 && err != nil {
+			// bbolt creates a missing file: a prune must find the serving
+			// signer's store, never make an empty one.
+			add(Errorf(c, "BboltPath", "%v: a prune works on the signer's store: set %s (and %s) as the serving signer has them",
+				err, Name(c, "BboltPath"), Name(c, "Store")))
 		}
 	case "postgres":
 		if !c.Maintenance() && (c.PostgresDSN == "") == (c.PostgresDSNFile == "") {

@@ -6,13 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
+	"path/filepath"
 	"strings"
-	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/client/auditlog"
@@ -50,108 +47,6 @@ func toEntryJSON(e *signerv1.AuditEntry) entryJSON {
 	return entryJSON{Seq: e.Seq, Timestamp: jsonTime(e.Timestamp), Subject: e.Subject, Relation: e.Relation,
 		Object: e.Object, Reason: e.Reason, CaveatContext: cav, Method: e.Method, Code: e.Code, RequestID: e.RequestId,
 		PayloadSHA256: e.PayloadSha256, SignatureSHA256: e.SignatureSha256, Leaf: e.Leaf}
-}
-
-// requestIDHeader names an AuditService call's request id in its answer
-// (internal/signing.RequestIDHeader).
-const requestIDHeader = "plexsphere-request-id"
-
-func (c *cli) auditTail(ctx context.Context, args []string) error {
-	fs := c.flagSet("audit tail", "[filters] [--follow [--include-own]]",
-		"Print audit entries in commit order. --follow leaves out the entries of its own polls unless --include-own.")
-	after := fs.Uint64("after", 0, "only entries with seq above this")
-	limit := fs.Uint("limit", 100, "at most this many entries (per poll with --follow)")
-	subject := fs.String("subject", "", "exact subject")
-	relation := fs.String("relation", "", "exact relation (connect, sign, public_key, rotate, audit_read, unknown)")
-	reason := fs.String("reason", "", "exact reason (granted, insufficient_relation, caveat_violation)")
-	prefix := fs.String("object-prefix", "", "object prefix, e.g. signing-key:payments:")
-	follow := fs.Bool("follow", false, "keep polling for new entries until interrupted")
-	every := fs.Duration("every", 2*time.Second, "poll interval with --follow")
-	includeOwn := fs.Bool("include-own", false, "with --follow, also print the entries of this command's own polls")
-	if _, err := c.parse(fs, args, 0); err != nil {
-		return err
-	}
-	s, err := c.auditor(ctx, auditClient)
-	if err != nil {
-		return err
-	}
-	a := s.a
-	next := *after
-	header := true
-	// Every poll is itself audited (two entries sharing its request id,
-	// which the answer names): left out of the next polls' output unless
-	// --include-own. An id is forgotten once both its entries went by, or
-	// (when a filter hides one of them) maxOwnAge polls later.
-	type ownPoll struct{ seen, poll int }
-	own := map[string]ownPoll{}
-	const maxOwnAge = 1024
-	for poll := 0; ; poll++ {
-		cctx, cancel := c.call(ctx)
-		var md metadata.MD
-		resp, err := a.List(cctx, &signerv1.ListAuditRequest{AfterSeq: next, Limit: uint32(*limit), Subject: *subject,
-			Relation: *relation, Reason: *reason, ObjectPrefix: *prefix}, grpc.Header(&md))
-		cancel()
-		if err != nil {
-			return err
-		}
-		entries := resp.Entries
-		if n := len(entries); n > 0 {
-			next = entries[n-1].Seq
-		}
-		if *follow && !*includeOwn {
-			entries = entries[:0:0]
-			for _, e := range resp.Entries {
-				if o, mine := own[e.RequestId]; mine {
-					if o.seen >= 1 {
-						delete(own, e.RequestId)
-					} else {
-						own[e.RequestId] = ownPoll{o.seen + 1, o.poll}
-					}
-					continue
-				}
-				entries = append(entries, e)
-			}
-			for id, o := range own {
-				if poll-o.poll > maxOwnAge {
-					delete(own, id)
-				}
-			}
-			for _, id := range md.Get(requestIDHeader) {
-				own[id] = ownPoll{0, poll}
-			}
-		}
-		c.printEntries(entries, header)
-		header = false
-		if !*follow {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(*every):
-		}
-	}
-}
-
-func (c *cli) printEntries(es []*signerv1.AuditEntry, header bool) {
-	if c.cfg.Output == "json" {
-		for _, e := range es {
-			c.json(toEntryJSON(e))
-		}
-		return
-	}
-	var rows [][]string
-	for _, e := range es {
-		rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), tableTime(e.Timestamp),
-			e.Subject, e.Relation, e.Object, e.Reason, e.Code, e.Method})
-	}
-	if header || len(rows) > 0 {
-		h := "SEQ\tTIME\tSUBJECT\tRELATION\tOBJECT\tREASON\tCODE\tMETHOD"
-		if !header {
-			h = strings.Repeat("\t", 7)
-		}
-		c.table(h, rows)
-	}
 }
 
 // checkpointJSON is a verified checkpoint in every command's JSON output.
@@ -243,11 +138,11 @@ func (c *cli) witnessPolicy() (*auditlog.WitnessPolicy, error) {
 	}
 	text, err := os.ReadFile(c.cfg.WitnessPolicyFile)
 	if err != nil {
-		return nil, usageError(fmt.Sprintf("%s: %v", config.Name(&c.cfg, "WitnessPolicyFile"), err))
+		return nil, c.configErrorf("WitnessPolicyFile", "%v", err)
 	}
 	p, err := auditlog.ParseWitnessPolicy(text)
 	if err != nil {
-		return nil, usageError(fmt.Sprintf("%s: %v", config.Name(&c.cfg, "WitnessPolicyFile"), err))
+		return nil, c.configErrorf("WitnessPolicyFile", "%v", err)
 	}
 	return p, nil
 }
@@ -270,7 +165,7 @@ func (s *auditSession) verifier(ctx context.Context) error {
 	}
 	v, err := auditlog.NewVerifier(vkey)
 	if err != nil {
-		return usageError(fmt.Sprintf("%s: %v", config.Name(&c.cfg, "CheckpointKey"), err))
+		return c.configErrorf("CheckpointKey", "%v", err)
 	}
 	s.v, s.vkey = v, vkey
 	return nil
@@ -290,10 +185,31 @@ func (s *auditSession) refresh(ctx context.Context) error {
 	}
 	cp, err := s.v.Open(r.Checkpoint)
 	if err != nil {
-		return brokenError{fmt.Sprintf("the signer's checkpoint does not verify: %v", err)}
+		return s.notVerified(ctx, "the signer's checkpoint", err)
 	}
 	s.latest, s.witnessed = cp, r.Witnessed
 	return nil
+}
+
+// notVerified is the broken-log error for a checkpoint the verifier
+// refused. With a pinned key the signer does not report, it shows both:
+// a pin left over from another signer (a new make run store) and a signer
+// that is not the one pinned look the same from here, and only the
+// operator can tell which.
+func (s *auditSession) notVerified(ctx context.Context, what string, err error) error {
+	c := s.c
+	if c.cfg.CheckpointKey != "" {
+		cctx, cancel := c.call(ctx)
+		r, kerr := s.a.CheckpointVerifierKey(cctx, &signerv1.CheckpointVerifierKeyRequest{})
+		cancel()
+		if kerr == nil && r.VerifierKey != c.cfg.CheckpointKey {
+			return brokenError{fmt.Sprintf("%s is not signed by the pinned checkpoint key:\n  expected (%s): %s\n  found (the signer reports): %s\n"+
+				"if this signer's log was started anew on purpose (a new store, e.g. make run without KEEP=1), pin its key: %s=%s (make run: . bin/run/signerctl.env);"+
+				" if not, this is not the log you pinned: do not trust it",
+				what, config.Name(&c.cfg, "CheckpointKey"), c.cfg.CheckpointKey, r.VerifierKey, "SIGNERCTL_CHECKPOINT_KEY", r.VerifierKey)}
+		}
+	}
+	return brokenError{fmt.Sprintf("%s does not verify: %v", what, err)}
 }
 
 // open verifies a checkpoint the signer served: with the witness policy,
@@ -807,8 +723,19 @@ func (c *cli) auditExport(ctx context.Context, args []string) error {
 			Checkpoint checkpointJSON `json:"checkpoint"`
 		}{*to, start.Size() + 1, last, toCheckpointJSON(trailer)})
 	}
-	fmt.Fprintf(c.out, "exported entries %d..%d to %s (checkpoint size %d); prune them with: plexsphere-signer --prune-audit-upto %d --prune-audit-export %s\n",
-		start.Size()+1, last, *to, trailer.Size, last, *to)
+	abs, err := filepath.Abs(*to)
+	if err != nil {
+		abs = *to
+	}
+	// The prune runs on the signer's store with its provider settings,
+	// which only the signer's deployment knows: the command names them
+	// rather than guess (plexsphere-signer refuses a store path that does
+	// not exist rather than create an empty store).
+	fmt.Fprintf(c.out, "exported entries %d..%d to %s (checkpoint size %d)\n"+
+		"prune them with the signer's store and key provider settings in the environment (its SIGNER_* variables: the store, e.g. SIGNER_BBOLT_PATH\n"+
+		"or SIGNER_POSTGRES_PRUNE_DSN_FILE, the KEK or token, SIGNER_CHECKPOINT_LOG; make run writes them to bin/run/signer.env), a bbolt store with the signer stopped:\n"+
+		"  plexsphere-signer --prune-audit-upto %d --prune-audit-export %s\n",
+		start.Size()+1, last, *to, trailer.Size, last, abs)
 	return nil
 }
 

@@ -222,7 +222,7 @@ func tamperedFails(t *testing.T, v *auditlog.Verifier, policy *auditlog.WitnessP
 	}
 }
 
-// --help on prove and jwks (and help <command>) prints the command's usage,
+// --help on every command and group (and help <command>) prints its usage,
 // exits 0 and sends nothing: "--help" is never taken for a request id or
 // a scope, and the signer's audit log does not grow.
 func TestHelpSendsNothing(t *testing.T) {
@@ -242,6 +242,15 @@ func TestHelpSendsNothing(t *testing.T) {
 		{[]string{"audit", "checkpoint", "--help"}, "audit checkpoint"},
 		{[]string{"help", "audit", "prove"}, "audit prove"},
 		{[]string{"help", "jwks"}, "jwks"},
+		{[]string{"keys", "--help"}, "keys"},
+		{[]string{"keys", "list", "-h"}, "keys list"},
+		{[]string{"rotate", "--help"}, "rotate"},
+		{[]string{"rotate", "open", "--help"}, "rotate open"},
+		{[]string{"rotate", "commit", "payments", "--help"}, "rotate commit"},
+		{[]string{"audit", "--help"}, "audit"},
+		{[]string{"audit", "tail", "--help"}, "audit tail"},
+		{[]string{"audit", "export", "--help"}, "audit export"},
+		{[]string{"help", "keys"}, "keys"},
 	} {
 		code, out, errOut := h.run(t, tc.args...)
 		if code != ctl.ExitOK || out != "" || !strings.Contains(errOut, "usage: signerctl [global flags] "+tc.want+" ") {

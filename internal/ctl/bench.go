@@ -47,7 +47,7 @@ func (c *cli) runBench(ctx context.Context, args []string) error {
 	rate := fs.Float64("rate", 0, "calls per second across all workers (0: as fast as possible)")
 	size := fs.Int("payload-size", 64, "payload bytes")
 	every := fs.Duration("progress", time.Second, "progress line interval on stderr (0: none)")
-	asJSON := fs.Bool("json", false, "print the report as JSON (as --output json does)")
+	asJSON := fs.Bool("json", false, "another spelling of the global --output json")
 	if _, err := c.parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -67,8 +67,8 @@ func (c *cli) runBench(ctx context.Context, args []string) error {
 		defer cl.Close()
 		sign = func(ctx context.Context) error { _, err := cl.Sign(ctx, *scope, payload); return err }
 	} else {
-		if err := c.cfg.Validate(); err != nil {
-			return usageError("without --sidecar, bench calls the signer over mTLS: " + err.Error())
+		if c.cfgErr != nil {
+			return configError{fmt.Errorf("without --sidecar, bench calls the signer over mTLS: %w", c.cfgErr)}
 		}
 		cc, err := c.conn(ctx)
 		if err != nil {

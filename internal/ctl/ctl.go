@@ -5,18 +5,21 @@ package ctl
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -47,15 +50,17 @@ const (
 const usage = `usage: signerctl [global flags] <command> [arguments]
 
 commands:
-  keys list [--scope S]                    list keys in every state (an unknown --scope is NotFound)
+  keys list [--scope S]                    list keys in every state (an unknown --scope is NotFound);
+                                           keys alone is keys list
   rotate open [--create] <scope>           open a rotation (new PENDING key); a scope without keys
                                            is refused (NotFound) unless --create says to create it
   rotate commit <scope> <key-id>           make the PENDING key ACTIVE
   rotate abort <scope> <key-id>            retire the PENDING key unused
   rotate retire <scope> <key-id>           retire a PREVIOUS key
-  audit tail [filters] [--follow [--include-own]]
-                                           print audit entries in commit order; --follow leaves out
-                                           the entries of its own polls unless --include-own
+  audit tail [--limit N] [--after SEQ] [filters] [--follow]
+                                           print the newest N entries (100), oldest first, or those
+                                           after SEQ; --follow then prints new ones as they come;
+                                           its own reads are left out unless --include-own
   audit verify [--checkpoint FILE] [--after EXPORT]
                                            replay every entry against the signed checkpoints, prove
                                            the log grew from a saved checkpoint (one of an earlier
@@ -76,19 +81,23 @@ commands:
   audit export --to FILE [--after PREV] [--upto SEQ]
                                            write entries with their proof, ready to prune
   jwks <scope>                             the scope's published keys as a JWKS (RFC 8037)
-  bench [--sidecar T] [--concurrency N] [--duration D | --count N] [--rate R] [--payload-size B] [--json]
+  bench [--sidecar T] [--concurrency N] [--duration D | --count N] [--rate R] [--payload-size B]
                                            load a sidecar (or the signer over mTLS) and report
                                            throughput, p50/p90/p99/max and errors by code
   help [command]                           this text, or a command's flags (also: <command> --help)
 
-exit codes: 0 ok, 1 refused by the signer (NotFound, not ready, invalid argument),
-2 usage or configuration (a wrong --signer-spiffe-id included), 3 signer unavailable,
-4 permission denied, 5 audit log broken (naming the first bad seq or range, or the
+exit codes: 0 ok (help and --help too: they need no settings and send nothing),
+1 refused by the signer (NotFound, not ready, invalid argument, rotation in progress),
+2 usage or configuration (a missing setting; an SVID, key or bundle file that is missing,
+does not load, has expired or does not chain; a signer certificate the bundle does not
+verify; a wrong --signer-spiffe-id: each naming its flag and variable), 3 signer
+unavailable, 4 permission denied (naming the signer's allow-list), 5 audit log broken (naming the first bad seq or range, or the
 witnesses' missing cosignatures), 6 the log was restored behind the saved checkpoint
 (audit verify --checkpoint: the epoch record says what the restore lost).
 
 --output json prints JSON: times in RFC 3339, UTC, with microseconds, null when
-absent; the same field names in every command (README: signerctl output).
+absent; the same field names in every command (README: signerctl output); bench --json
+is another spelling of it.
 --witness-policy FILE (SIGNERCTL_WITNESS_POLICY_FILE) is the signer's witness policy:
 with it, audit commands check the witnesses' cosignatures, not only the log's signature.
 `
@@ -115,40 +124,37 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return ExitUsage
 	}
-	c := &cli{cfg: cfg, out: stdout, errw: stderr}
+	// Checked here, reported when a command dials (conn): help, a
+	// command's --help and bench through a sidecar need no identity, and
+	// nothing is sent with a configuration that does not validate.
+	c := &cli{cfg: cfg, cfgErr: cfg.Validate(), out: stdout, errw: stderr}
 	defer c.close()
-	if rest[0] == "bench" { // through a sidecar, bench needs no identity
-		return c.exit(c.runBench(ctx, rest[1:]))
-	}
-	if rest[0] == "help" { // help needs no identity either: nothing is sent
+	if rest[0] == "help" { // nothing is sent
 		if len(rest) == 1 {
 			fs.SetOutput(stdout)
 			fmt.Fprint(stdout, usage, "\nglobal flags:\n")
 			inner()
 			return ExitOK
 		}
-		if rest[1] == "bench" {
-			return c.exit(c.runBench(ctx, []string{"--help"}))
-		}
 		return c.dispatch(ctx, append(rest[1:len(rest):len(rest)], "--help"))
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "signerctl: invalid configuration:\n%v\n", err)
-		return ExitUsage
 	}
 	return c.dispatch(ctx, rest)
 }
 
 type cli struct {
-	cfg  config.Ctl
-	out  io.Writer
-	errw io.Writer
-	src  identity.Source
-	cc   *grpc.ClientConn
+	cfg    config.Ctl
+	cfgErr error // cfg.Validate's, returned by conn
+	out    io.Writer
+	errw   io.Writer
+	src    identity.Source
+	cc     *grpc.ClientConn
 
 	// presented is the SPIFFE ID a signer presented that is not
 	// --signer-spiffe-id: the handshake failed, and exit says which flag.
 	presented atomic.Pointer[string]
+	// untrusted is why the signer's certificate did not verify against
+	// the trust bundle: a configuration mistake, not an outage.
+	untrusted atomic.Pointer[string]
 }
 
 // usageError is a command line mistake.
@@ -156,8 +162,29 @@ type usageError string
 
 func (e usageError) Error() string { return string(e) }
 
+// configError is a setting that is missing, wrong or names a file that
+// does not load; its text names the setting.
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+// configErrorf is a configError about the setting field of config.Ctl.
+func (c *cli) configErrorf(field, format string, args ...any) error {
+	return configError{config.Errorf(&c.cfg, field, format, args...)}
+}
+
 // errHelp: a command's --help printed its usage; nothing was sent.
 var errHelp = errors.New("help requested")
+
+// isHelp is a help flag as package flag knows it.
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--h", "--help":
+		return true
+	}
+	return false
+}
 
 // flagSet is a command's flags; its usage (-h, --help, help <command>)
 // says what the command takes and does, then its flags.
@@ -194,12 +221,49 @@ func (c *cli) parse(fs *flag.FlagSet, args []string, n int) ([]string, error) {
 	return pos, nil
 }
 
+// groupUsage is the part of the usage about the commands of group: its
+// command lines and their continuation lines.
+func groupUsage(group string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "usage: signerctl [global flags] %s <command> [arguments]\n\ncommands:\n", group)
+	in := false
+	for _, line := range strings.Split(usage, "\n") {
+		switch {
+		case strings.HasPrefix(line, "  "+group+" "):
+			in = true
+		case !strings.HasPrefix(line, "    "):
+			in = false
+		}
+		if in {
+			fmt.Fprintln(&b, line)
+		}
+	}
+	fmt.Fprintf(&b, "\na command's flags: signerctl %s <command> --help; global flags: signerctl -h\n", group)
+	return b.String()
+}
+
+// groups are the commands that take a subcommand.
+var groups = map[string]bool{"keys": true, "rotate": true, "audit": true}
+
 func (c *cli) dispatch(ctx context.Context, args []string) int {
+	if groups[args[0]] {
+		switch {
+		case len(args) > 1 && isHelp(args[1]):
+			fmt.Fprint(c.errw, groupUsage(args[0]))
+			return ExitOK
+		case args[0] == "keys" && (len(args) == 1 || strings.HasPrefix(args[1], "-")):
+			// `signerctl keys` lists, as `keys list` does.
+			args = append([]string{"keys", "list"}, args[1:]...)
+		case len(args) == 1:
+			fmt.Fprintf(c.errw, "signerctl: %s takes a command\n\n%s", args[0], groupUsage(args[0]))
+			return ExitUsage
+		}
+	}
 	var err error
 	switch cmd := strings.Join(args[:min(2, len(args))], " "); {
 	case cmd == "keys list":
 		err = c.keysList(ctx, args[2:])
-	case strings.HasPrefix(cmd, "rotate ") && len(args) >= 2:
+	case args[0] == "rotate":
 		err = c.rotate(ctx, args[1], args[2:])
 	case cmd == "audit tail":
 		err = c.auditTail(ctx, args[2:])
@@ -217,6 +281,11 @@ func (c *cli) dispatch(ctx context.Context, args []string) int {
 		err = c.auditExport(ctx, args[2:])
 	case args[0] == "jwks":
 		err = c.jwks(ctx, args[1:])
+	case args[0] == "bench":
+		err = c.runBench(ctx, args[1:])
+	case groups[args[0]]:
+		fmt.Fprintf(c.errw, "signerctl: unknown command %q\n\n%s", cmd, groupUsage(args[0]))
+		return ExitUsage
 	default:
 		err = usageError(fmt.Sprintf("unknown command %q", strings.Join(args, " ")))
 	}
@@ -229,6 +298,7 @@ func (c *cli) exit(err error) int {
 		return ExitOK
 	}
 	var ue usageError
+	var ce configError
 	var be brokenError
 	var re restoredError
 	switch {
@@ -236,6 +306,9 @@ func (c *cli) exit(err error) int {
 		return ExitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(c.errw, "signerctl: %v\n\n%s", err, usage)
+		return ExitUsage
+	case errors.As(err, &ce):
+		fmt.Fprintf(c.errw, "signerctl: invalid configuration:\n%v\n", err)
 		return ExitUsage
 	case errors.As(err, &be):
 		fmt.Fprintln(c.errw, "signerctl:", err)
@@ -250,13 +323,26 @@ func (c *cli) exit(err error) int {
 			c.cfg.Signer, *id, c.cfg.SignerSPIFFEID, config.Name(&c.cfg, "SignerSPIFFEID"))
 		return ExitUsage
 	}
+	if why := c.untrusted.Load(); why != nil {
+		fmt.Fprintf(c.errw, "signerctl: the signer at %s presents a certificate that does not verify against %s: %s: set it to the trust bundle of the signer's trust domain\n",
+			c.cfg.Signer, c.bundleSetting(), *why)
+		return ExitUsage
+	}
 	st, ok := status.FromError(err)
 	if !ok {
 		fmt.Fprintln(c.errw, "signerctl:", err)
 		return ExitUnavailable
 	}
 	msg := st.Message()
-	if info := errorInfo(err); info != nil && info.Reason == signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY.String() {
+	if st.Code() == codes.Unavailable && strings.Contains(msg, "remote error: tls:") {
+		// The signer ended the handshake: it does not trust this
+		// identity's certificate (another CA, or expired).
+		fmt.Fprintf(c.errw, "signerctl: the signer at %s refused this identity's certificate (%s): is %s issued by a CA in the signer's trust bundle, and current?\n",
+			c.cfg.Signer, msg, c.identitySetting())
+		return ExitUsage
+	}
+	info := errorInfo(err)
+	if info != nil && info.Reason == signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY.String() {
 		if at, perr := time.Parse(time.RFC3339Nano, info.Metadata["ready_at"]); perr == nil {
 			if wait := time.Until(at); wait > 0 {
 				msg += fmt.Sprintf(" (in %s)", wait.Round(time.Second))
@@ -264,6 +350,9 @@ func (c *cli) exit(err error) int {
 		}
 	}
 	fmt.Fprintf(c.errw, "signerctl: %s: %s\n", st.Code(), msg)
+	if info != nil && info.Reason == signerv1.ErrorReason_ERROR_REASON_CLIENT_IDENTITY_DENIED.String() {
+		fmt.Fprintln(c.errw, c.deniedHint())
+	}
 	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		return ExitUnavailable
@@ -271,6 +360,38 @@ func (c *cli) exit(err error) int {
 		return ExitDenied
 	}
 	return ExitRefused
+}
+
+// deniedHint says which identity was denied and which of the signer's
+// allow-lists admits operators: the signer's answer is the pinned
+// "signing: client identity denied" and nothing more.
+func (c *cli) deniedHint() string {
+	who := "this identity"
+	if c.src != nil {
+		if svid, err := c.src.GetX509SVID(); err == nil {
+			who = svid.ID.String()
+		}
+	}
+	var signer config.Signer
+	return fmt.Sprintf("signerctl: the signer does not admit %s (%s) here: operators (keys, rotate, jwks, audit) are admitted by the signer's %s;"+
+		" auditors (audit commands only) by its %s",
+		who, c.identitySetting(), config.Name(&signer, "RotationAllowSPIFFEIDs"), config.Name(&signer, "AuditorAllowSPIFFEIDs"))
+}
+
+// identitySetting names where this identity comes from.
+func (c *cli) identitySetting() string {
+	if c.cfg.WorkloadAPIAddr != "" {
+		return "the SVID from " + config.Name(&c.cfg, "WorkloadAPIAddr")
+	}
+	return fmt.Sprintf("%s (%s)", config.Name(&c.cfg, "SVIDCertFile"), c.cfg.SVIDCertFile)
+}
+
+// bundleSetting names where the trust bundle comes from.
+func (c *cli) bundleSetting() string {
+	if c.cfg.WorkloadAPIAddr != "" {
+		return "the trust bundle from " + config.Name(&c.cfg, "WorkloadAPIAddr")
+	}
+	return fmt.Sprintf("%s (%s)", config.Name(&c.cfg, "TrustBundleFile"), c.cfg.TrustBundleFile)
 }
 
 // errorInfo is the signer's ErrorInfo on a failed call, or nil.
@@ -293,19 +414,24 @@ func reasonOf(err error) signerv1.ErrorReason {
 	return signerv1.ErrorReason_ERROR_REASON_UNSPECIFIED
 }
 
-// conn dials the signer once with the operator identity.
+// conn dials the signer once with the operator identity. Every setting
+// and identity file is checked before: a mistake there is a configuration
+// error naming the setting (exit 2), not an unreachable signer.
 func (c *cli) conn(ctx context.Context) (*grpc.ClientConn, error) {
 	if c.cc != nil {
 		return c.cc, nil
 	}
-	src, err := identity.Open(ctx, c.cfg.Identity, nil)
+	if c.cfgErr != nil {
+		return nil, configError{c.cfgErr}
+	}
+	src, err := c.openIdentity(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", c.cfg.Identity.Settings(&c.cfg), err)
+		return nil, err
 	}
 	c.src = src
 	want, err := spiffeid.FromString(c.cfg.SignerSPIFFEID)
 	if err != nil {
-		return nil, usageError(fmt.Sprintf("%s: %v", config.Name(&c.cfg, "SignerSPIFFEID"), err))
+		return nil, c.configErrorf("SignerSPIFFEID", "%v", err)
 	}
 	authorize := func(id spiffeid.ID, _ [][]*x509.Certificate) error {
 		if id != want {
@@ -316,8 +442,70 @@ func (c *cli) conn(ctx context.Context) (*grpc.ClientConn, error) {
 		return nil
 	}
 	tlsCfg := identity.ClientTLS(src, authorize)
+	verify := tlsCfg.VerifyConnection
+	tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		if err != nil && c.presented.Load() == nil {
+			why := err.Error()
+			c.untrusted.Store(&why)
+		}
+		return err
+	}
 	c.cc, err = grpc.NewClient(c.cfg.Signer, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
-	return c.cc, err
+	if err != nil {
+		return nil, c.configErrorf("Signer", "%v", err)
+	}
+	return c.cc, nil
+}
+
+// openIdentity loads the operator identity. From files, each is read
+// first so that a missing or unreadable one is named by its setting; an
+// SVID that has expired is refused here rather than by the signer's
+// handshake.
+func (c *cli) openIdentity(ctx context.Context) (identity.Source, error) {
+	id := c.cfg.Identity
+	if id.WorkloadAPIAddr == "" {
+		for _, f := range []struct{ field, path string }{
+			{"SVIDCertFile", id.SVIDCertFile}, {"SVIDKeyFile", id.SVIDKeyFile}, {"TrustBundleFile", id.TrustBundleFile},
+		} {
+			if _, err := os.ReadFile(f.path); err != nil {
+				return nil, c.configErrorf(f.field, "%v", err)
+			}
+		}
+		src, err := identity.Open(ctx, id, nil)
+		if err != nil {
+			return nil, configError{fmt.Errorf("%s: %w", id.Settings(&c.cfg), err)}
+		}
+		svid, err := src.GetX509SVID()
+		if err != nil {
+			src.Close()
+			return nil, configError{fmt.Errorf("%s: %w", id.Settings(&c.cfg), err)}
+		}
+		if len(svid.Certificates) > 0 && time.Now().After(svid.Certificates[0].NotAfter) {
+			src.Close()
+			return nil, c.configErrorf("SVIDCertFile", "the SVID in %s (%s) expired at %s: renew it",
+				id.SVIDCertFile, svid.ID, svid.Certificates[0].NotAfter.UTC().Format(TimeFormat))
+		}
+		// The signer verifies this SVID against the bundle of its trust
+		// domain, which with files is the same bundle: one that does not
+		// chain here would only fail as a broken handshake there.
+		if _, _, err := x509svid.Verify(svid.Certificates, src); err != nil {
+			src.Close()
+			return nil, c.configErrorf("SVIDCertFile", "the SVID in %s (%s) does not chain to %s (%s): %v",
+				id.SVIDCertFile, svid.ID, config.Name(&c.cfg, "TrustBundleFile"), id.TrustBundleFile, err)
+		}
+		return src, nil
+	}
+	// The Workload API is waited for as long as one call may take, not
+	// for ever: an agent that gives no SVID is reported, with the setting.
+	octx, cancel := c.call(ctx)
+	defer cancel()
+	src, err := identity.Open(octx, id, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: no SVID within %s (is the SPIRE agent there, and is this workload registered?): %w",
+			config.Name(&c.cfg, "WorkloadAPIAddr"), c.cfg.Timeout, err)
+	}
+	return src, nil
 }
 
 func (c *cli) close() {
@@ -462,6 +650,27 @@ func parseMixed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// pendingHint adds to a refused Open which key is PENDING and the two
+// commands that close the rotation: the signer's answer is the sentinel's
+// text ("signing: rotation in progress") and names no key.
+func (c *cli) pendingHint(ctx context.Context, err error, scope string) error {
+	if reasonOf(err) != signerv1.ErrorReason_ERROR_REASON_ROTATION_IN_PROGRESS {
+		return err
+	}
+	keys, lerr := c.listKeys(ctx, scope)
+	if lerr != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.State == signerv1.KeyState_KEY_STATE_PENDING {
+			st := status.Convert(err)
+			return status.Errorf(st.Code(), "%s: scope %q has PENDING key %s (created %s); finish that rotation first: signerctl rotate commit %s %s, or signerctl rotate abort %s %s",
+				st.Message(), scope, k.KeyId, tableTime(k.CreatedAt), scope, k.KeyId, scope, k.KeyId)
+		}
+	}
+	return err
+}
+
 // rotateJSON is the JSON output of every rotate step: the key it moved,
 // the key a commit demoted (null otherwise) and, for open only, when Commit
 // will accept the new key.
@@ -522,7 +731,7 @@ func (c *cli) rotate(ctx context.Context, op string, args []string) error {
 		defer cancel()
 		r, err := rot.Open(cctx, &signerv1.OpenRequest{Scope: pos[0]})
 		if err != nil {
-			return err
+			return c.pendingHint(ctx, err, pos[0])
 		}
 		keys, committable = []*signerv1.Key{r.Key}, r.CommittableAt
 		out.Key, out.CommittableAt = toJSON(r.Key), jsonTime(r.CommittableAt)

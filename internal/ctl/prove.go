@@ -95,10 +95,13 @@ func (c *cli) auditProve(ctx context.Context, args []string) error {
 	defer cancel()
 	r, err := s.a.ProveInclusion(cctx, req)
 	if err != nil {
-		return notFound(err, want, *size)
+		return notFound(err, want, req.GetSeq(), *size)
 	}
 	cp, err := s.open("the proof's checkpoint", r.Checkpoint)
 	if err != nil {
+		if _, verr := s.v.Open(r.Checkpoint); verr != nil {
+			return s.notVerified(ctx, "the proof's checkpoint", verr)
+		}
 		return err
 	}
 	if *size != 0 && cp.Size != *size {
@@ -159,17 +162,32 @@ func (c *cli) auditProve(ctx context.Context, args []string) error {
 }
 
 // notFound says what was not found when the signer answers NotFound: its
-// message is the sentinel's ("audit entry not found"), which does not say
-// for what.
-func notFound(err error, want string, size uint64) error {
+// message is the sentinel's ("audit entry not found"); its ErrorInfo says
+// the log's size (for an entry beyond it) and how far it was pruned.
+func notFound(err error, want string, seq, size uint64) error {
 	if status.Code(err) != codes.NotFound {
 		return err
+	}
+	var md map[string]string
+	if info := errorInfo(err); info != nil {
+		md = info.Metadata
 	}
 	where := "the audit log"
 	if size != 0 {
 		where = fmt.Sprintf("the audit log's checkpoint of size %d (or no such checkpoint)", size)
 	}
-	return status.Errorf(codes.NotFound, "%s: not found in %s (the signer: %s)", want, where, status.Convert(err).Message())
+	msg := fmt.Sprintf("%s: not found in %s (the signer: %s)", want, where, status.Convert(err).Message())
+	if n := md["log_size"]; n != "" && md["pruned_up_to"] == "" {
+		msg = fmt.Sprintf("%s does not exist: the log has %s entries (the signer: %s)", want, n, status.Convert(err).Message())
+	}
+	if p, perr := strconv.ParseUint(md["pruned_up_to"], 10, 64); perr == nil && p > 0 {
+		if seq > 0 && seq <= p {
+			msg = fmt.Sprintf("%s was pruned: the store holds entries from seq %d on (pruned up to %d); use the export that covers it, which holds the entry and the proof of its range (signerctl audit verify --after EXPORT, docs/audit.md)", want, p+1, p)
+		} else {
+			msg += fmt.Sprintf("; entries up to seq %d were pruned: an older request's entries are in the export that covers them (docs/audit.md)", p)
+		}
+	}
+	return status.Error(codes.NotFound, msg)
 }
 
 func plural(n int, one, many string) string {
@@ -331,7 +349,7 @@ func (c *cli) auditConsistency(ctx context.Context, args []string) error {
 	r, err := s.a.ProveConsistency(cctx, &signerv1.ProveConsistencyRequest{OldSize: old.Size, NewSize: newSize})
 	cancel()
 	if err != nil {
-		return notFound(err, fmt.Sprintf("the checkpoint of size %d", newSize), 0)
+		return notFound(err, fmt.Sprintf("the checkpoint of size %d", newSize), 0, 0)
 	}
 	to, err := s.open("the checkpoint of size "+strconv.FormatUint(newSize, 10), r.Checkpoint)
 	if err != nil {

@@ -11,6 +11,7 @@ package signerr
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/plexsphere/signer/internal/names"
@@ -102,3 +103,26 @@ func (e *NotReadyError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrRotationNotReady) hold.
 func (e *NotReadyError) Unwrap() error { return ErrRotationNotReady }
+
+// MissingError is ErrEntryNotFound for an entry or request the log does
+// not hold, with what the log knows about why: its size when the entry is
+// beyond it, the prune mark when entries were exported and pruned. The
+// caller sees both (ErrorInfo metadata), never the store's text.
+type MissingError struct {
+	What       string // "entry 5", "request <id>"
+	Size       uint64 // the log's size (its checkpoint's), 0 if not known
+	PrunedUpTo uint64 // entries up to this seq were pruned, 0 if none
+}
+
+func (e *MissingError) Error() string {
+	switch {
+	case e.PrunedUpTo > 0:
+		return fmt.Sprintf("%s: %v (entries up to %d were exported and pruned)", e.What, ErrEntryNotFound, e.PrunedUpTo)
+	case e.Size > 0:
+		return fmt.Sprintf("%s: %v (the log has %d entries)", e.What, ErrEntryNotFound, e.Size)
+	}
+	return fmt.Sprintf("%s: %v", e.What, ErrEntryNotFound)
+}
+
+// Unwrap makes errors.Is(err, ErrEntryNotFound) hold.
+func (e *MissingError) Unwrap() error { return ErrEntryNotFound }

@@ -135,7 +135,9 @@ func (a *AuditReader) ProveOwn(ctx context.Context, caller string, req *signerv1
 		return nil, err
 	}
 	if first.Subject != auditlog.SubjectPeer(caller) || caller == "" {
-		return nil, fmt.Errorf("request %s is not the caller's: %w", req.GetRequestId(), signerr.ErrEntryNotFound)
+		// Answered as a request not in the log is: no oracle for
+		// another caller's request ids.
+		return nil, a.missing(ctx, "request "+req.GetRequestId(), 0)
 	}
 	return a.prove(ctx, seqs, req.GetTreeSize())
 }
@@ -148,8 +150,8 @@ func (a *AuditReader) request(ctx context.Context, rid string) ([]uint64, auditl
 		return nil, auditlog.Entry{}, signerr.Invalid("request_id", "must be 32 hex digits")
 	}
 	first, err := audit.FindRequest(ctx, a.store, id)
-	if errors.Is(err, signerr.ErrKeyNotFound) {
-		return nil, auditlog.Entry{}, fmt.Errorf("request %s: %w", rid, signerr.ErrEntryNotFound)
+	if errors.Is(err, signerr.ErrKeyNotFound) || errors.Is(err, audit.ErrPruned) {
+		return nil, auditlog.Entry{}, a.missing(ctx, "request "+rid, 0)
 	}
 	if err != nil {
 		return nil, auditlog.Entry{}, err
@@ -165,6 +167,17 @@ func (a *AuditReader) request(ctx context.Context, rid string) ([]uint64, auditl
 	return seqs, es[0], nil
 }
 
+// missing is ErrEntryNotFound for what, with the prune mark: whether the
+// store ever held it is not known, but the caller learns that entries up
+// to the mark are only in the exports.
+func (a *AuditReader) missing(ctx context.Context, what string, size uint64) error {
+	pruned, err := a.store.PrunedUpTo(ctx)
+	if err != nil {
+		return err
+	}
+	return &signerr.MissingError{What: what, Size: size, PrunedUpTo: pruned}
+}
+
 // prove builds the inclusion proofs of seqs to the checkpoint of treeSize
 // (checkpointAt).
 func (a *AuditReader) prove(ctx context.Context, seqs []uint64, treeSize uint64) (*signerv1.ProveInclusionResponse, error) {
@@ -175,11 +188,11 @@ func (a *AuditReader) prove(ctx context.Context, seqs []uint64, treeSize uint64)
 	resp := &signerv1.ProveInclusionResponse{Checkpoint: cp.Note}
 	for _, seq := range seqs {
 		if seq > cp.Size {
-			return nil, fmt.Errorf("entry %d is beyond the checkpoint (size %d): %w", seq, cp.Size, signerr.ErrEntryNotFound)
+			return nil, &signerr.MissingError{What: fmt.Sprintf("entry %d", seq), Size: cp.Size}
 		}
 		leaves, err := a.store.Leaves(ctx, seq-1, seq)
 		if errors.Is(err, audit.ErrPruned) {
-			return nil, fmt.Errorf("entry %d was exported and pruned (its proof is in the export): %w", seq, signerr.ErrEntryNotFound)
+			return nil, a.missing(ctx, fmt.Sprintf("entry %d", seq), cp.Size)
 		}
 		if err != nil {
 			return nil, err

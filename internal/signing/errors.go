@@ -3,6 +3,7 @@ package signing
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -101,6 +102,8 @@ const Domain = "signer.plexsphere.dev"
 // field violation, the detail generic gRPC tooling shows for bad requests.
 // A rotation step refused inside its window says which step and when it
 // will be accepted (message, and ErrorInfo metadata "step", "ready_at").
+// An audit entry the log does not hold says the log's size or how far it
+// was pruned (ErrorInfo metadata "log_size", "pruned_up_to").
 // Both detail types are in proto/plexsphere-signer.protoset.
 func Status(err error) error {
 	if err == nil {
@@ -120,6 +123,19 @@ func Status(err error) error {
 	if c.Err == signerr.ErrRotationNotReady && errors.As(err, &nr) {
 		msg = nr.Error()
 		details[0].(*errdetails.ErrorInfo).Metadata = map[string]string{"step": nr.Step, "ready_at": nr.ReadyAt.UTC().Format(time.RFC3339Nano)}
+	}
+	var me *signerr.MissingError
+	if c.Err == signerr.ErrEntryNotFound && errors.As(err, &me) {
+		// The message stays the sentinel's; what the log knows is in
+		// the metadata (signerctl prints it).
+		md := map[string]string{}
+		if me.Size > 0 {
+			md["log_size"] = strconv.FormatUint(me.Size, 10)
+		}
+		if me.PrunedUpTo > 0 {
+			md["pruned_up_to"] = strconv.FormatUint(me.PrunedUpTo, 10)
+		}
+		details[0].(*errdetails.ErrorInfo).Metadata = md
 	}
 	st := status.New(c.Code, msg)
 	if d, derr := st.WithDetails(details...); derr == nil {

@@ -120,6 +120,28 @@ func TestStatusNotReadySaysWhen(t *testing.T) {
 	}
 }
 
+// An audit entry the log does not hold keeps the sentinel's code, message
+// and reason; the log's size and prune mark are in the ErrorInfo only.
+func TestStatusMissingEntrySaysWhy(t *testing.T) {
+	for _, tc := range []struct {
+		err  *signerr.MissingError
+		want map[string]string
+	}{
+		{&signerr.MissingError{What: "entry 99", Size: 40}, map[string]string{"log_size": "40"}},
+		{&signerr.MissingError{What: "entry 3", Size: 40, PrunedUpTo: 16}, map[string]string{"log_size": "40", "pruned_up_to": "16"}},
+		{&signerr.MissingError{What: "request x"}, map[string]string{}},
+	} {
+		st := status.Convert(Status(fmt.Errorf("audit: %w", tc.err)))
+		if st.Code() != codes.NotFound || st.Message() != signerr.ErrEntryNotFound.Error() {
+			t.Fatalf("%v: status = %v %q", tc.err, st.Code(), st.Message())
+		}
+		info := errorInfo(t, st)
+		if info.Reason != "ERROR_REASON_ENTRY_NOT_FOUND" || fmt.Sprint(info.Metadata) != fmt.Sprint(tc.want) {
+			t.Fatalf("%v: ErrorInfo = %+v, want metadata %v", tc.err, info, tc.want)
+		}
+	}
+}
+
 func errorInfo(t *testing.T, st *status.Status) *errdetails.ErrorInfo {
 	t.Helper()
 	for _, d := range st.Details() {

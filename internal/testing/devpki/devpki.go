@@ -27,8 +27,8 @@ type CA struct {
 }
 
 // NewCA creates a self-signed CA for trustDomain (e.g. "example.org"),
-// valid for a day around now.
-func NewCA(trustDomain string) (*CA, error) {
+// valid for a day around now unless an option says otherwise.
+func NewCA(trustDomain string, opts ...Option) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -44,6 +44,9 @@ func NewCA(trustDomain string) (*CA, error) {
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
+	for _, o := range opts {
+		o(tmpl)
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return nil, err
@@ -51,6 +54,38 @@ func NewCA(trustDomain string) (*CA, error) {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, err
+	}
+	return &CA{TrustDomain: trustDomain, Cert: cert, key: key}, nil
+}
+
+// KeyPEM is the CA's private key (PKCS #8 PEM), for LoadCA.
+func (ca *CA) KeyPEM() ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// LoadCA is a CA written before (its certificate and KeyPEM), to issue
+// more SVIDs under the same bundle.
+func LoadCA(trustDomain string, certPEM, keyPEM []byte) (*CA, error) {
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("devpki: the CA certificate or key is not PEM")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("devpki: CA certificate: %w", err)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("devpki: CA key: %w", err)
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok || !cert.IsCA {
+		return nil, fmt.Errorf("devpki: not a CA certificate and key")
 	}
 	return &CA{TrustDomain: trustDomain, Cert: cert, key: key}, nil
 }
