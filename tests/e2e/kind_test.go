@@ -470,7 +470,7 @@ func TestKindUnlabelledPodCannotConnect(t *testing.T) {
 // signer and is denied; each denial is audited insufficient_relation with
 // its SPIFFE ID.
 func TestKindIntruderDeniedAndAudited(t *testing.T) {
-	helm(t, "install", "-n", nsCore, "intruder", "../../charts/example-core", "-f", "kind/core-values.yaml",
+	helm(t, "install", "-n", nsCore, "intruder", "../../charts/example-core", "-f", "../../docs/examples/core-values.yaml", "-f", "kind/core-values.yaml",
 		"--set", "serviceAccount=intruder", "--set", "every=1s")
 	defer helm(t, "uninstall", "-n", nsCore, "intruder", "--wait")
 	intruder := "spiffe://" + kindTD + "/ns/apps/sa/intruder"
@@ -625,7 +625,7 @@ func TestKindOnlyTheSidecarContainerGetsTheSVID(t *testing.T) {
 	}
 
 	// The chart refuses the core container the agent's socket, by any path.
-	out, err := exec.Command("helm", "template", "bypass", "../../charts/example-core", "-f", "kind/core-values.yaml",
+	out, err := exec.Command("helm", "template", "bypass", "../../charts/example-core", "-f", "../../docs/examples/core-values.yaml", "-f", "kind/core-values.yaml",
 		"--set-json", `extraVolumes=[{"name":"agent","hostPath":{"path":"/var/run/spire/agent-sockets"}}]`,
 		"--set-json", `extraVolumeMounts=[{"name":"agent","mountPath":"/spiffe-workload-api"}]`).CombinedOutput()
 	refusal := strings.TrimSpace(string(out))
