@@ -3,6 +3,7 @@ package charts
 import (
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -219,4 +220,31 @@ func TestDocumentedExamplesFitTogether(t *testing.T) {
 		t.Errorf("the Job's Workload API %s, the signer's %s", got, want)
 	}
 	checkHardened(t, "signerctl job", spec, ctl)
+}
+
+// docs/install.md names every example file, and every file it names exists.
+func TestInstallGuideNamesTheExamples(t *testing.T) {
+	guide, err := os.ReadFile("../docs/install.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(examples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.Name())
+		if !strings.Contains(string(guide), "examples/"+e.Name()) {
+			t.Errorf("docs/install.md never names examples/%s", e.Name())
+		}
+	}
+	for _, m := range regexp.MustCompile(`examples/([A-Za-z0-9._-]+\.ya?ml)`).FindAllStringSubmatch(string(guide), -1) {
+		if !slices.Contains(files, m[1]) {
+			t.Errorf("docs/install.md names examples/%s, which does not exist", m[1])
+		}
+	}
+	if len(files) < 5 {
+		t.Errorf("%d example files", len(files))
+	}
 }
