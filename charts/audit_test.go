@@ -2,11 +2,7 @@ package charts
 
 import (
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
-	"os"
-	"slices"
-	"sort"
 	"strings"
 	"testing"
 
@@ -498,13 +494,27 @@ func TestSignerChartAuditRefusals(t *testing.T) {
 		{"connectionTimeout not a duration", map[string]any{"connectionTimeout": "5"}, "/connectionTimeout"},
 		{"GOMEMLIMIT not a size", map[string]any{"goMemLimit": "200M"}, "/goMemLimit"},
 		{"keyCacheTTL not a duration", map[string]any{"keyCacheTTL": "2"}, "/keyCacheTTL"},
-		{"extraEnv sets a chart variable", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_CHECKPOINT_LOG", "value": "/tmp/x"}}}, "/extraEnv/0/name"},
-		{"extraEnv sets GOMEMLIMIT", map[string]any{"extraEnv": []any{map[string]any{"name": "GOMEMLIMIT", "value": "1GiB"}}}, "/extraEnv/0/name"},
-		{"extraEnv sets a conditional chart variable", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_PKCS11_PIN_FILE", "value": "/pin"}}}, "/extraEnv/0/name"},
-		{"extraEnv passes a secret by value", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_POSTGRES_DSN", "value": "postgres://u:p@db/x"}}}, "/extraEnv/0/name"},
+		{"extraEnv sets a chart variable", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_CHECKPOINT_LOG", "value": "/tmp/x"}}},
+			"extraEnv[0]: SIGNER_CHECKPOINT_LOG is the chart's to set: use audit.checkpointFile.enabled instead"},
+		{"extraEnv sets GOMEMLIMIT", map[string]any{"extraEnv": []any{map[string]any{"name": "GOMEMLIMIT", "value": "1GiB"}}}, "GOMEMLIMIT is the chart's to set: use goMemLimit instead"},
+		{"extraEnv sets a conditional chart variable", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_PKCS11_PIN_FILE", "value": "/pin"}}},
+			"SIGNER_PKCS11_PIN_FILE is the chart's to set: use provider.pkcs11.pinSecret instead"},
+		{"extraEnv passes a secret by value", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_POSTGRES_DSN", "value": "postgres://u:p@db/x"}}},
+			"SIGNER_POSTGRES_DSN is the chart's to set: use store.postgres.dsnSecret (a secret by value would show in the pod spec) instead"},
+		{"extraEnv loosens the allow-list", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_ALLOW_SPIFFE_IDS", "value": "spiffe://example.org/ns/apps/sa/intruder"}}},
+			"extraEnv[0]: SIGNER_ALLOW_SPIFFE_IDS is the chart's to set: use allowSpiffeIDs instead (in extraEnv it would silently fight the chart's value)"},
+		{"extraEnv loosens it through valueFrom", map[string]any{"extraEnv": []any{
+			map[string]any{"name": "GODEBUG", "value": "x=1"},
+			map[string]any{"name": "SIGNER_ROTATION_ALLOW_SPIFFE_IDS", "valueFrom": map[string]any{"configMapKeyRef": map[string]any{"name": "ids", "key": "ids"}}}}},
+			"extraEnv[1]: SIGNER_ROTATION_ALLOW_SPIFFE_IDS is the chart's to set: use rotationAllowSpiffeIDs instead"},
+		{"extraEnv with a misspelt setting", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_CHECKPOINT_INTERVAL", "value": "5s"}}},
+			"extraEnv[0]: SIGNER_CHECKPOINT_INTERVAL is no setting of the signer, which would refuse to start on it; extraEnv may set SIGNER_IDENTITY_RELOAD, SIGNER_AUDIT_MAX_BATCH, SIGNER_AUDIT_CHECKPOINT_INTERVAL"},
 		{"extraEnv twice", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER_DENIAL_RATE", "value": "10"}, map[string]any{"name": "SIGNER_DENIAL_RATE", "value": "20"}}},
-			"SIGNER_DENIAL_RATE is set twice"},
-		{"extraEnv with valueFrom", map[string]any{"extraEnv": []any{map[string]any{"name": "X", "valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": "s", "key": "k"}}}}}, "additional properties 'valueFrom'"},
+			"extraEnv[1]: SIGNER_DENIAL_RATE is set twice"},
+		{"extraEnv with value and valueFrom", map[string]any{"extraEnv": []any{map[string]any{"name": "X", "value": "1", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}}}}}, "/extraEnv/0"},
+		{"extraEnv with neither", map[string]any{"extraEnv": []any{map[string]any{"name": "X"}}}, "/extraEnv/0"},
+		{"extraEnv valueFrom of an unknown source", map[string]any{"extraEnv": []any{map[string]any{"name": "X", "valueFrom": map[string]any{"vaultRef": map[string]any{}}}}}, "/extraEnv/0/valueFrom"},
+		{"extraEnv name not a variable", map[string]any{"extraEnv": []any{map[string]any{"name": "SIGNER-LOG", "value": "1"}}}, "/extraEnv/0/name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := values(t, signerValues)
@@ -516,90 +526,6 @@ func TestSignerChartAuditRefusals(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
-	}
-}
-
-// extraEnv cannot fight a chart value: every variable the chart sets, in
-// any configuration, is on the schema's list of names extraEnv refuses.
-func TestExtraEnvRefusesEveryChartVariable(t *testing.T) {
-	raw, err := os.ReadFile("plexsphere-signer/values.schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var schema struct {
-		Properties struct {
-			ExtraEnv struct {
-				Items struct {
-					Properties struct {
-						Name struct {
-							Not struct {
-								Enum []string `json:"enum"`
-							} `json:"not"`
-						} `json:"name"`
-					} `json:"properties"`
-				} `json:"items"`
-			} `json:"extraEnv"`
-		} `json:"properties"`
-	}
-	if err := json.Unmarshal(raw, &schema); err != nil {
-		t.Fatal(err)
-	}
-	refused := schema.Properties.ExtraEnv.Items.Properties.Name.Not.Enum
-	if len(refused) < 40 {
-		t.Fatalf("the schema refuses %d names: reading it went wrong", len(refused))
-	}
-
-	// Configurations that together set every variable the chart knows.
-	full := withWitnesses(t, "all")
-	for k, x := range map[string]any{
-		"audit.checkpointFile": map[string]any{"enabled": true}, "audit.origin": "example.org/s", "audit.epoch": 2, "audit.epochReason": "restore",
-		"audit.checkpointVerifierKey": "example.org/s+01234567+AUbV6HbVh3WbZcKuyjk4x6bYtoFNgE0EJUe9GcOxTsOc",
-		"goMemLimit":                  "100MiB", "jwks": map[string]any{"enabled": true, "tlsSecret": map[string]any{"name": "tls"}},
-	} {
-		set(full, k, x)
-	}
-	pkcs11 := values(t, signerValues)
-	pkcs11["provider"] = map[string]any{"type": "pkcs11", "pkcs11": map[string]any{"module": "/m.so", "tokenLabel": "t", "pinSecret": map[string]any{"name": "pin", "key": "pin"}}}
-	pkcs11["identity"] = map[string]any{"mode": "files", "files": map[string]any{"secretName": "svid"}}
-	bbolt := values(t, signerValues)
-	bbolt["replicaCount"] = 1
-	bbolt["store"] = map[string]any{"type": "bbolt"}
-
-	set := map[string]bool{}
-	for _, v := range []map[string]any{full, pkcs11, bbolt} {
-		m, err := render(t, "plexsphere-signer", v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, c := signerPod(t, m)
-		for _, e := range c.Env {
-			set[e.Name] = true
-		}
-	}
-	var missing []string
-	for name := range set {
-		if !slices.Contains(refused, name) {
-			missing = append(missing, name)
-		}
-	}
-	sort.Strings(missing)
-	if len(missing) > 0 {
-		t.Errorf("the chart sets %v, which extraEnv may also set: add them to extraEnv's refused names in values.schema.json", missing)
-	}
-	if len(set) < 40 {
-		t.Errorf("the configurations set only %d variables", len(set))
-	}
-
-	// What extraEnv may set comes after the chart's own.
-	v := values(t, signerValues)
-	v["extraEnv"] = []any{map[string]any{"name": "SIGNER_CONNECTION_RATE", "value": "50"}}
-	m, err := render(t, "plexsphere-signer", v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, c := signerPod(t, m)
-	if last := c.Env[len(c.Env)-1]; last.Name != "SIGNER_CONNECTION_RATE" || last.Value != "50" {
-		t.Errorf("last variable %+v", last)
 	}
 }
 

@@ -19,7 +19,9 @@
 #     log anchored by the witness and a checkpoint file; installed the way
 #     docs/kubernetes.md's first install says: the witness learns the log's
 #     key from the signer's first start) and the example core with its
-#     injected native sidecar, all identities by hostPath;
+#     injected native sidecar, all identities by hostPath; the charts are
+#     installed with the documented docs/examples values and only kind's
+#     differences (tests/e2e/kind/*-values.yaml) on top;
 #  5. the scenarios: go test -tags e2e -run Kind ./tests/e2e (kind_test.go),
 #     which print their figures.
 # E2E_PREPARE_ONLY=1 stops after the node image, the tools and the SPIRE
@@ -192,7 +194,7 @@ echo "e2e-kind: witness $WITNESS at http://omniwitness.$NS_WITNESS.svc, verifier
 phase "signer chart (2 replicas, postgres, migration Job, witness and checkpoint file), not waiting"
 witnesses=$(printf '[{"name":"%s","verifierKey":"%s","url":"http://omniwitness.%s.svc"}]' "$WITNESS" "$witness_vkey" "$NS_WITNESS")
 helm install --timeout 5m -n "$NS_SIGNER" signer charts/plexsphere-signer \
-  -f tests/e2e/kind/signer-values.yaml --set store.postgres.migration.mode=job \
+  -f docs/examples/signer-values.yaml -f tests/e2e/kind/signer-values.yaml \
   --set-json "audit.witnesses=$witnesses" >/dev/null
 startup=""
 for _ in $(seq 180); do
@@ -217,7 +219,7 @@ kubectl -n "$NS_WITNESS" rollout status deployment/omniwitness --timeout=180s
 phase "signer ready (its next check cosigned)"
 kubectl -n "$NS_SIGNER" rollout status deployment/signer --timeout=5m
 phase "example core with its injected sidecar"
-helm install --wait --timeout 5m -n "$NS_CORE" core charts/example-core -f tests/e2e/kind/core-values.yaml
+helm install --wait --timeout 5m -n "$NS_CORE" core charts/example-core -f docs/examples/core-values.yaml -f tests/e2e/kind/core-values.yaml
 
 phase "scenarios"
 go test -tags e2e -count=1 -v -timeout 30m -run 'Kind' ./tests/e2e/

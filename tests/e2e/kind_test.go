@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
 	"github.com/plexsphere/signer/client/auditlog"
 )
 
@@ -28,11 +31,9 @@ import (
 // sidecar in namespace apps. Each scenario prints its figures on lines
 // starting "kind: ".
 
-const (
-	nsSigner = "plexsphere"
-	nsCore   = "apps"
-	kindTD   = "example.org"
-)
+// nsSigner and kindTD are in operator_test.go, which builds without the
+// e2e tag.
+const nsCore = "apps"
 
 func figure(t *testing.T, format string, args ...any) {
 	t.Helper()
@@ -178,84 +179,16 @@ func corePod(t *testing.T, release string) string {
 	return pods[0]
 }
 
-// operatorSpec is a signerctl pod spec (indented for a pod template) with
-// the operator's identity (SPIRE entry ns/plexsphere/sa/signer-operator,
-// container signerctl, from the agent socket by hostPath); operatorLabels carry the label the
-// signer's NetworkPolicy admits.
-const operatorLabels = `{plexsphere.io/signer-client: "true", e2e: operator}`
-
-// ctlOpts are what an operator pins and checks with: the log's checkpoint
-// verifier key (SIGNERCTL_CHECKPOINT_KEY, from the signer's start-up line)
-// and the signer release's witness policy (its ConfigMap
-// <release>-witness-policy, mounted as the file --witness-policy names).
-type ctlOpts struct {
-	checkpointKey string
-	witnessPolicy bool
-}
-
-func (o ctlOpts) env() string {
-	var b strings.Builder
-	if o.checkpointKey != "" {
-		fmt.Fprintf(&b, "\n            - {name: SIGNERCTL_CHECKPOINT_KEY, value: %q}", o.checkpointKey)
-	}
-	if o.witnessPolicy {
-		b.WriteString("\n            - {name: SIGNERCTL_WITNESS_POLICY_FILE, value: /etc/plexsphere/witnesses/policy}")
-	}
-	return b.String()
-}
-
-func (o ctlOpts) mounts(release string) (mounts, volumes string) {
-	if !o.witnessPolicy {
-		return "", ""
-	}
-	return "\n            - {name: witness-policy, mountPath: /etc/plexsphere/witnesses, readOnly: true}",
-		fmt.Sprintf("\n        - name: witness-policy\n          configMap: {name: %s-witness-policy}", release)
-}
-
-func operatorSpec(release, restart string, o ctlOpts, args ...string) string {
-	a, _ := json.Marshal(args)
-	mounts, volumes := o.mounts(release)
-	return fmt.Sprintf(`
-      serviceAccountName: signer-operator
-      automountServiceAccountToken: false
-      restartPolicy: %[1]s
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 65532
-        seccompProfile: {type: RuntimeDefault}
-      initContainers:
-        # Start signerctl only once the policy admits this new pod.
-        - name: reachable
-          image: plexsphere/e2e-probe:dev
-          imagePullPolicy: Never
-          args: ["--until-ok", "60s", "--every", "200ms", "--timeout", "1s", "%[3]s.plexsphere.svc:8443"]
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {drop: ["ALL"]}
-      containers:
-        - name: signerctl
-          image: plexsphere/signerctl:dev
-          imagePullPolicy: Never
-          args: %[2]s
-          env:
-            - {name: SIGNERCTL_SIGNER, value: "%[3]s.plexsphere.svc:8443"}
-            - {name: SIGNERCTL_SIGNER_SPIFFE_ID, value: "spiffe://%[4]s/ns/plexsphere/sa/%[3]s"}
-            - {name: SIGNERCTL_WORKLOAD_API_ADDR, value: "unix:///spiffe-workload-api/spire-agent.sock"}
-            - {name: SIGNERCTL_OUTPUT, value: json}%[5]s
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {drop: ["ALL"]}
-          volumeMounts:
-            - {name: spire, mountPath: /spiffe-workload-api, readOnly: true}%[6]s
-      volumes:
-        - name: spire
-          hostPath: {path: /run/spire/agent-sockets, type: Directory}%[7]s
-`, restart, a, release, kindTD, o.env(), mounts, volumes)
-}
-
 var jobSeq int
+
+func mustYAML(t *testing.T, v any) string {
+	t.Helper()
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 // signerctlJob runs signerctl as a Kubernetes Job against a signer release
 // and returns its output. backoff > 0 lets the Job retry a refused call
@@ -271,16 +204,14 @@ func signerctlJobWith(t *testing.T, release string, backoff int, o ctlOpts, args
 	t.Helper()
 	jobSeq++
 	name := fmt.Sprintf("signerctl-%d-%d", time.Now().Unix(), jobSeq)
-	apply(t, nsSigner, fmt.Sprintf(`apiVersion: batch/v1
-kind: Job
-metadata:
-  name: %s
-spec:
-  backoffLimit: %d
-  template:
-    metadata:
-      labels: %s
-    spec:%s`, name, backoff, operatorLabels, operatorSpec(release, "Never", o, args...)))
+	job, err := operatorJob(release, "Never", o, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job.APIVersion, job.Kind = "batch/v1", "Job"
+	job.GenerateName, job.Name = "", name
+	job.Spec.BackoffLimit = ptr(int32(backoff))
+	apply(t, nsSigner, mustYAML(t, job))
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		st := kubectl(t, "-n", nsSigner, "get", "job", name, "-o", "jsonpath={.status.succeeded}/{.status.failed}")
@@ -363,10 +294,14 @@ var auditOnce sync.Once
 func grantedSigns(t *testing.T) map[uint64]auditEntry {
 	t.Helper()
 	auditOnce.Do(func() {
-		spec := operatorSpec("signer", "Always", ctlOpts{}, "audit", "tail", "--relation", "sign", "--reason", "granted",
+		job, err := operatorJob("signer", "Always", ctlOpts{}, "audit", "tail", "--relation", "sign", "--reason", "granted",
 			"--follow", "--limit", "5000", "--every", "500ms")
-		apply(t, nsSigner, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: audit-reader\n  labels: "+operatorLabels+
-			"\nspec:"+strings.ReplaceAll(spec, "\n    ", "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := corev1.Pod{ObjectMeta: job.Spec.Template.ObjectMeta, Spec: job.Spec.Template.Spec}
+		pod.APIVersion, pod.Kind, pod.Name = "v1", "Pod", "audit-reader"
+		apply(t, nsSigner, mustYAML(t, pod))
 		kubectl(t, "-n", nsSigner, "wait", "--for=condition=Ready", "pod/audit-reader", "--timeout=120s")
 	})
 	var out string
@@ -470,7 +405,7 @@ func TestKindUnlabelledPodCannotConnect(t *testing.T) {
 // signer and is denied; each denial is audited insufficient_relation with
 // its SPIFFE ID.
 func TestKindIntruderDeniedAndAudited(t *testing.T) {
-	helm(t, "install", "-n", nsCore, "intruder", "../../charts/example-core", "-f", "kind/core-values.yaml",
+	helm(t, "install", "-n", nsCore, "intruder", "../../charts/example-core", "-f", "../../docs/examples/core-values.yaml", "-f", "kind/core-values.yaml",
 		"--set", "serviceAccount=intruder", "--set", "every=1s")
 	defer helm(t, "uninstall", "-n", nsCore, "intruder", "--wait")
 	intruder := "spiffe://" + kindTD + "/ns/apps/sa/intruder"
@@ -625,7 +560,7 @@ func TestKindOnlyTheSidecarContainerGetsTheSVID(t *testing.T) {
 	}
 
 	// The chart refuses the core container the agent's socket, by any path.
-	out, err := exec.Command("helm", "template", "bypass", "../../charts/example-core", "-f", "kind/core-values.yaml",
+	out, err := exec.Command("helm", "template", "bypass", "../../charts/example-core", "-f", "../../docs/examples/core-values.yaml", "-f", "kind/core-values.yaml",
 		"--set-json", `extraVolumes=[{"name":"agent","hostPath":{"path":"/var/run/spire/agent-sockets"}}]`,
 		"--set-json", `extraVolumeMounts=[{"name":"agent","mountPath":"/spiffe-workload-api"}]`).CombinedOutput()
 	refusal := strings.TrimSpace(string(out))

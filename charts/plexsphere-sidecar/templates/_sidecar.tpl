@@ -25,6 +25,81 @@ could reach it any way the chart can see.
 {{- if and (eq $s.identity.mode "files") (not $s.identity.files.secretName) -}}
 {{- fail "sidecar.identity.files.secretName is required with identity.mode=files" -}}
 {{- end -}}
+{{- if not (has ($s.logLevel | default "info") (list "debug" "info" "warn" "error")) -}}
+{{- fail (printf "sidecar.logLevel %q: debug, info, warn or error" (toString $s.logLevel)) -}}
+{{- end -}}
+{{- if not (regexMatch "^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$" (toString ($s.shutdownTimeout | default "10s"))) -}}
+{{- fail (printf "sidecar.shutdownTimeout %q is no duration (e.g. 10s, 1m30s)" (toString $s.shutdownTimeout)) -}}
+{{- end -}}
+{{- if and (hasKey $s "maxMessageBytes") (or (not (regexMatch "^[0-9]+$" (toString $s.maxMessageBytes))) (lt (int $s.maxMessageBytes) 1)) -}}
+{{- fail (printf "sidecar.maxMessageBytes %v: a number of bytes, at least 1" $s.maxMessageBytes) -}}
+{{- end -}}
+{{- include "plexsphere-sidecar.checkExtraEnv" . -}}
+{{- end -}}
+
+{{/*
+The variables sidecar.extraEnv must not set, each with the value to use
+instead: every variable the sidecar's spec sets in any configuration. A
+second value would silently fight the chart's (the socket's mode, the
+uids allowed on it, the signer's SPIFFE ID). charts/settings_test.go keeps
+it complete against internal/config and the docs.
+*/}}
+{{- define "plexsphere-sidecar.reservedEnv" -}}
+SIDECAR_LISTEN: sidecar.socketDir (the core dials unix://<socketDir>/signer.sock)
+SIDECAR_SOCKET_MODE: the chart's (0660, the pod's group; sidecar.runAsGroup)
+SIDECAR_ALLOW_UIDS: sidecar.allowUIDs
+SIDECAR_OPS_LISTEN: sidecar.opsPort
+SIDECAR_UPSTREAM: sidecar.upstream
+SIDECAR_SIGNER_SPIFFE_ID: sidecar.signerSpiffeID
+SIDECAR_MAX_CONNECTIONS: sidecar.maxConnections
+SIDECAR_MAX_CONCURRENT_STREAMS: sidecar.maxConcurrentStreams
+SIDECAR_MAX_MESSAGE_BYTES: sidecar.maxMessageBytes
+SIDECAR_SHUTDOWN_TIMEOUT: sidecar.shutdownTimeout
+SIDECAR_LOG_LEVEL: sidecar.logLevel
+SIDECAR_WORKLOAD_API_ADDR: sidecar.identity.mode (spiffe-csi or hostpath) and its socket
+SIDECAR_SVID_CERT_FILE: sidecar.identity.mode (files or cert-manager)
+SIDECAR_SVID_KEY_FILE: sidecar.identity.mode (files or cert-manager)
+SIDECAR_TRUST_BUNDLE_FILE: sidecar.identity.mode (files or cert-manager)
+{{- end -}}
+
+{{/* The sidecar's settings without a value of their own. */}}
+{{- define "plexsphere-sidecar.extraEnvSettings" -}}
+{{- list "SIDECAR_IDENTITY_RELOAD" | toJson -}}
+{{- end -}}
+
+{{/*
+sidecar.extraEnv ([{name, value}] or [{name, valueFrom}]) never overrides
+the chart: a reserved name, an unknown SIDECAR_* name, a name given twice,
+or an entry without exactly one of value and valueFrom fails the render.
+*/}}
+{{- define "plexsphere-sidecar.checkExtraEnv" -}}
+{{- $reserved := include "plexsphere-sidecar.reservedEnv" . | fromYaml -}}
+{{- $settings := include "plexsphere-sidecar.extraEnvSettings" . | fromJsonArray -}}
+{{- $names := list -}}
+{{- range $i, $e := .sidecar.extraEnv | default list -}}
+{{- $name := toString ($e.name | default "") -}}
+{{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" $name) -}}
+{{- fail (printf "sidecar.extraEnv[%d]: name %q is no variable name" $i $name) -}}
+{{- end -}}
+{{- if eq (hasKey $e "value") (hasKey $e "valueFrom") -}}
+{{- fail (printf "sidecar.extraEnv[%d] (%s): set value or valueFrom, one of them" $i $name) -}}
+{{- end -}}
+{{- range $k, $_ := $e -}}
+{{- if not (has $k (list "name" "value" "valueFrom")) -}}
+{{- fail (printf "sidecar.extraEnv[%d] (%s): unknown field %q (name, value, valueFrom)" $i $name $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey $reserved $name -}}
+{{- fail (printf "sidecar.extraEnv[%d]: %s is the chart's to set: use %s instead (in extraEnv it would silently fight the chart's value)" $i $name (get $reserved $name)) -}}
+{{- end -}}
+{{- if and (hasPrefix "SIDECAR_" $name) (not (has $name $settings)) -}}
+{{- fail (printf "sidecar.extraEnv[%d]: %s is no setting of the sidecar, which would refuse to start on it; extraEnv may set %s (the others have values of their own)" $i $name (join ", " $settings)) -}}
+{{- end -}}
+{{- if has $name $names -}}
+{{- fail (printf "sidecar.extraEnv[%d]: %s is set twice" $i $name) -}}
+{{- end -}}
+{{- $names = append $names $name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The label the signer's NetworkPolicy admits. */}}
@@ -81,6 +156,16 @@ env:
     value: {{ $s.maxConnections | default 128 | quote }}
   - name: SIDECAR_MAX_CONCURRENT_STREAMS
     value: {{ $s.maxConcurrentStreams | default 1024 | quote }}
+  - name: SIDECAR_MAX_MESSAGE_BYTES
+    value: {{ $s.maxMessageBytes | default 327680 | int | quote }}
+  - name: SIDECAR_SHUTDOWN_TIMEOUT
+    value: {{ $s.shutdownTimeout | default "10s" | quote }}
+  - name: SIDECAR_LOG_LEVEL
+    value: {{ $s.logLevel | default "info" | quote }}
+  # The core shares the pod's group: 0660 lets it, and only the uids on
+  # SIDECAR_ALLOW_UIDS get past SO_PEERCRED.
+  - name: SIDECAR_SOCKET_MODE
+    value: "0660"
   {{- if eq $id.mode "spiffe-csi" }}
   - name: SIDECAR_WORKLOAD_API_ADDR
     value: "unix:///spiffe-workload-api/{{ $id.spiffeCSI.socket }}"
@@ -94,6 +179,16 @@ env:
     value: /var/run/secrets/spiffe.io/{{ if eq $id.mode "files" }}{{ $id.files.keyKey }}{{ else }}tls.key{{ end }}
   - name: SIDECAR_TRUST_BUNDLE_FILE
     value: /var/run/secrets/spiffe.io/{{ if eq $id.mode "files" }}{{ $id.files.bundleKey }}{{ else }}ca.crt{{ end }}
+  {{- end }}
+  {{- /* Last, and never a variable set above (checkExtraEnv refuses those). */}}
+  {{- range $s.extraEnv | default list }}
+  - name: {{ .name }}
+    {{- if hasKey . "valueFrom" }}
+    valueFrom:
+      {{- toYaml .valueFrom | nindent 6 }}
+    {{- else }}
+    value: {{ .value | quote }}
+    {{- end }}
   {{- end }}
 ports:
   - name: sidecar-ops

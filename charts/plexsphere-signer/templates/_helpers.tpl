@@ -115,13 +115,7 @@ them all (SIGNER_CHECKPOINT_LOG names a directory).
 {{- if and $np.enabled (include "signer.hasWitnesses" .) (not (or $np.witnesses.cidrs $np.witnesses.podLabels)) -}}
 {{- fail "networkPolicy.witnesses.cidrs or networkPolicy.witnesses.podLabels is required with audit witnesses: the NetworkPolicy denies every other egress, and witnesses the signer cannot reach leave its log unanchored (it then refuses every RPC)" -}}
 {{- end -}}
-{{- $names = list -}}
-{{- range .Values.extraEnv -}}
-{{- if has .name $names -}}
-{{- fail (printf "extraEnv: %s is set twice" .name) -}}
-{{- end -}}
-{{- $names = append $names .name -}}
-{{- end -}}
+{{- include "signer.checkExtraEnv" . -}}
 {{- if and (eq .Values.store.type "bbolt") (gt (int .Values.replicaCount) 1) -}}
 {{- fail "store.type=bbolt serves one replica: set replicaCount to 1 or use store.type=postgres" -}}
 {{- end -}}
@@ -205,5 +199,109 @@ them all (SIGNER_CHECKPOINT_LOG names a directory).
   ports:
     - port: {{ $p.port }}
       protocol: TCP
+{{- end -}}
+{{- end -}}
+
+{{/*
+The variables extraEnv must not set, each with what to set instead: every
+variable the chart sets in any configuration (a second value would
+silently fight the chart's: for the allow-lists, the last one wins), the
+secrets' by-value forms (they would show in the pod spec) and the
+maintenance runs, which never belong in a serving pod.
+charts/settings_test.go keeps it complete against internal/config and the
+docs.
+*/}}
+{{- define "signer.reservedEnv" -}}
+SIGNER_LISTEN: the chart's (service.port; the container listens on 8443)
+SIGNER_OPS_LISTEN: ops.port
+SIGNER_JWKS_LISTEN: jwks.enabled and jwks.port
+SIGNER_JWKS_CERT_FILE: jwks.tlsSecret
+SIGNER_JWKS_KEY_FILE: jwks.tlsSecret
+SIGNER_JWKS_ISSUER_URL: jwks.issuerURL
+SIGNER_JWKS_RATE: jwks.ratePerSource
+SIGNER_ALLOW_SPIFFE_IDS: allowSpiffeIDs
+SIGNER_ROTATION_ALLOW_SPIFFE_IDS: rotationAllowSpiffeIDs
+SIGNER_AUDITOR_ALLOW_SPIFFE_IDS: auditorAllowSpiffeIDs
+SIGNER_SCOPE_GRANTS: scopeGrants
+SIGNER_BOOTSTRAP_SCOPES: bootstrapScopes
+SIGNER_AUTO_ROTATE: autoRotate
+SIGNER_ROTATION_PREPUBLISH: rotation.prepublish
+SIGNER_ROTATION_VERIFY_ONLY: rotation.verifyOnly
+SIGNER_MAX_PAYLOAD_BYTES: maxPayloadBytes
+SIGNER_MAX_CONNECTION_AGE: maxConnectionAge
+SIGNER_MAX_CONNECTIONS: maxConnections
+SIGNER_MAX_CONNECTIONS_PER_SOURCE: maxConnectionsPerSource
+SIGNER_CONNECTION_TIMEOUT: connectionTimeout
+SIGNER_KEY_CACHE_TTL: keyCacheTTL
+GOMEMLIMIT: goMemLimit
+SIGNER_LOG_LEVEL: logLevel
+SIGNER_SHUTDOWN_TIMEOUT: shutdown.timeoutSeconds
+SIGNER_WORKLOAD_API_ADDR: identity.mode (spiffe-csi or hostpath) and its socket
+SIGNER_SVID_CERT_FILE: identity.mode (files or cert-manager)
+SIGNER_SVID_KEY_FILE: identity.mode (files or cert-manager)
+SIGNER_TRUST_BUNDLE_FILE: identity.mode (files or cert-manager)
+SIGNER_STORE: store.type
+SIGNER_POSTGRES_DSN_FILE: store.postgres.dsnSecret
+SIGNER_POSTGRES_MAX_CONNS: store.postgres.maxConns
+SIGNER_POSTGRES_MIGRATE: store.postgres.migration.mode
+SIGNER_BBOLT_PATH: store.type=bbolt (the file is on the StatefulSet's claim)
+SIGNER_PROVIDER: provider.type
+SIGNER_PKCS11_MODULE: provider.pkcs11.module
+SIGNER_PKCS11_TOKEN_LABEL: provider.pkcs11.tokenLabel
+SIGNER_PKCS11_SESSIONS: provider.pkcs11.sessions
+SIGNER_PKCS11_PIN_FILE: provider.pkcs11.pinSecret
+SIGNER_LOCAL_KEK_FILE: provider.local.kekSecret
+SIGNER_AUDIT_ANCHOR_REQUIRED: audit.anchorRequired
+SIGNER_AUDIT_MAX_UNANCHORED: audit.maxUnanchored
+SIGNER_AUDIT_EPOCH: audit.epoch
+SIGNER_AUDIT_EPOCH_REASON: audit.epochReason
+SIGNER_AUDIT_ORIGIN: audit.origin
+SIGNER_CHECKPOINT_VERIFIER_KEY: audit.checkpointVerifierKey
+SIGNER_WITNESS_POLICY_FILE: audit.witnesses or audit.witnessPolicy
+SIGNER_WITNESS_TIMEOUT: audit.witnessTimeout
+SIGNER_CHECKPOINT_LOG: audit.checkpointFile.enabled
+SIGNER_CHECKPOINT_LOG_INIT: audit.checkpointFile.init
+SIGNER_POSTGRES_DSN: store.postgres.dsnSecret (a secret by value would show in the pod spec)
+SIGNER_LOCAL_KEK: provider.local.kekSecret (a secret by value would show in the pod spec)
+SIGNER_PKCS11_PIN: provider.pkcs11.pinSecret (a secret by value would show in the pod spec)
+SIGNER_POSTGRES_OWNER_DSN: store.postgres.migration.ownerDsnSecret (the migration Job's; never in a serving pod)
+SIGNER_POSTGRES_OWNER_DSN_FILE: store.postgres.migration.ownerDsnSecret (the migration Job's; never in a serving pod)
+SIGNER_POSTGRES_RUNTIME_ROLE: store.postgres.migration.runtimeRole (the migration Job's)
+SIGNER_POSTGRES_PRUNE_ROLE: store.postgres.migration.pruneRole (the migration Job's)
+SIGNER_MIGRATE_ONLY: store.postgres.migration.mode=job (a serving pod never migrates only)
+SIGNER_PRUNE_AUDIT_UPTO: a prune Job of its own (docs/audit.md, Retention; never in a serving pod)
+SIGNER_PRUNE_AUDIT_EXPORT: a prune Job of its own (docs/audit.md, Retention; never in a serving pod)
+SIGNER_POSTGRES_PRUNE_DSN: a prune Job of its own (docs/audit.md, Retention; never in a serving pod)
+SIGNER_POSTGRES_PRUNE_DSN_FILE: a prune Job of its own (docs/audit.md, Retention; never in a serving pod)
+{{- end -}}
+
+{{/*
+The signer's settings without a value of their own, which extraEnv may set.
+Another SIGNER_* name is no setting (a typo, or one of a newer signer): the
+signer would refuse to start on it, so the render refuses it first.
+*/}}
+{{- define "signer.extraEnvSettings" -}}
+{{- list "SIGNER_IDENTITY_RELOAD" "SIGNER_AUDIT_MAX_BATCH" "SIGNER_AUDIT_CHECKPOINT_INTERVAL" "SIGNER_CONNECTION_RATE" "SIGNER_MAX_CONCURRENT_STREAMS" "SIGNER_DENIAL_RATE" "SIGNER_DENIALS_PER_CONNECTION" "SIGNER_MAX_PENDING_DENIALS" "SIGNER_DENIAL_MAX_WAIT" | toJson -}}
+{{- end -}}
+
+{{/*
+extraEnv never overrides the chart: a reserved name, an unknown SIGNER_*
+name or a name given twice fails the render, naming the value to use.
+*/}}
+{{- define "signer.checkExtraEnv" -}}
+{{- $reserved := include "signer.reservedEnv" . | fromYaml -}}
+{{- $settings := include "signer.extraEnvSettings" . | fromJsonArray -}}
+{{- $names := list -}}
+{{- range $i, $e := .Values.extraEnv -}}
+{{- if hasKey $reserved $e.name -}}
+{{- fail (printf "extraEnv[%d]: %s is the chart's to set: use %s instead (in extraEnv it would silently fight the chart's value)" $i $e.name (get $reserved $e.name)) -}}
+{{- end -}}
+{{- if and (hasPrefix "SIGNER_" $e.name) (not (has $e.name $settings)) -}}
+{{- fail (printf "extraEnv[%d]: %s is no setting of the signer, which would refuse to start on it; extraEnv may set %s (the others have values of their own, docs/kubernetes.md)" $i $e.name (join ", " $settings)) -}}
+{{- end -}}
+{{- if has $e.name $names -}}
+{{- fail (printf "extraEnv[%d]: %s is set twice" $i $e.name) -}}
+{{- end -}}
+{{- $names = append $names $e.name -}}
 {{- end -}}
 {{- end -}}

@@ -228,10 +228,15 @@ containers:
         value: /var/run/secrets/plexsphere/kek/{{ .Values.provider.local.kekSecret.key }}
       {{- end }}
       {{- include "signer.auditEnv" . | nindent 6 }}
-      {{- /* Last, and never a variable set above (the schema refuses those). */}}
+      {{- /* Last, and never a variable set above (signer.checkExtraEnv refuses those). */}}
       {{- range .Values.extraEnv }}
       - name: {{ .name }}
+        {{- if hasKey . "valueFrom" }}
+        valueFrom:
+          {{- toYaml .valueFrom | nindent 10 }}
+        {{- else }}
         value: {{ .value | quote }}
+        {{- end }}
       {{- end }}
     {{- if gt (int .Values.shutdown.drainSeconds) 0 }}
     # A stopping replica keeps serving while the sidecars learn that it is
