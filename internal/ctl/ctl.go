@@ -29,6 +29,7 @@ import (
 
 	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/identity"
+	"github.com/plexsphere/signer/internal/version"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -85,6 +86,7 @@ commands:
                                            load a sidecar (or the signer over mTLS) and report
                                            throughput, p50/p90/p99/max and errors by code
   help [command]                           this text, or a command's flags (also: <command> --help)
+  version                                  which build this is (also: --version)
 
 exit codes: 0 ok (help and --help too: they need no settings and send nothing),
 1 refused by the signer (NotFound, not ready, invalid argument, rotation in progress),
@@ -111,6 +113,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "signerctl:", err)
 		return ExitUsage
 	}
+	showVersion := fs.Bool("version", false, "print signerctl's version, commit and Go version, and exit")
 	inner := fs.Usage
 	fs.Usage = func() { fmt.Fprint(stderr, usage, "\nglobal flags:\n"); inner() }
 	if err := fs.Parse(args); err != nil {
@@ -120,6 +123,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	rest := fs.Args()
+	if *showVersion || (len(rest) == 1 && rest[0] == "version") { // nothing is sent
+		fmt.Fprintln(stdout, version.Get().String("signerctl"))
+		return ExitOK
+	}
 	if len(rest) == 0 {
 		fs.Usage()
 		return ExitUsage

@@ -57,6 +57,17 @@ func TestProcessHelpNeedsNoIdentity(t *testing.T) {
 	}
 }
 
+// --version and version need nothing either, and say which build this is.
+func TestProcessVersionNeedsNoIdentity(t *testing.T) {
+	var none harness
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		code, out, errOut := none.exe(t, nil, args...)
+		if code != 0 || !strings.HasPrefix(out, "signerctl ") || !strings.Contains(out, "(commit ") || !strings.Contains(out, "go1.") {
+			t.Errorf("%v: exit %d\nstdout %s\nstderr %s", args, code, out, errOut)
+		}
+	}
+}
+
 // An identity file that is missing, or a trust bundle the signer's
 // certificate does not chain to, is a configuration mistake: exit 2 naming
 // the setting and the file, not 3 (signer unavailable).
