@@ -19,10 +19,14 @@ type memLog struct {
 	leaves  [][]byte
 	nodes   map[audit.NodeID][]byte
 	batches []int
-	locked  int           // AppendAuditLocked calls
-	hold    chan struct{} // if set, the first commit closes started and waits for it
-	started chan struct{}
-	fail    func(b *audit.Batch) error
+	locked  int // AppendAuditLocked calls
+	fast    int // AppendAudit calls
+	// noCatchUp: AppendAuditLocked hands no leaves (a store that cannot),
+	// so the writer rebuilds its tree from the nodes.
+	noCatchUp bool
+	hold      chan struct{} // if set, the first commit closes started and waits for it
+	started   chan struct{}
+	fail      func(b *audit.Batch) error
 }
 
 func held() *memLog { return &memLog{hold: make(chan struct{}), started: make(chan struct{})} }
@@ -40,6 +44,7 @@ func (m *memLog) AppendAudit(_ context.Context, b *audit.Batch) error {
 	m.wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.fast++
 	return m.appendLocked(b)
 }
 
@@ -63,12 +68,16 @@ func (m *memLog) appendLocked(b *audit.Batch) error {
 	return nil
 }
 
-func (m *memLog) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+func (m *memLog) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
 	m.wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.locked++
-	b, err := build(uint64(len(m.leaves)), lockedView{m})
+	h := audit.LockedHead{Size: uint64(len(m.leaves)), Reader: lockedView{m}}
+	if after < h.Size && !m.noCatchUp {
+		h.Leaves = m.leaves[after:]
+	}
+	b, err := build(h)
 	if err != nil {
 		return err
 	}
@@ -250,39 +259,93 @@ func TestWriterCloseDrains(t *testing.T) {
 	}
 }
 
-// Another writer moved the head: the writer reloads under the lock and the
-// log stays one tree.
+// Another writer moved the head: the writer catches up under the lock
+// (with the leaves the store hands it, or, from a store that hands none,
+// by rebuilding its tree from the stored nodes) and the log stays one tree.
 func TestWriterReloadsWhenTheHeadMoves(t *testing.T) {
+	for _, noCatchUp := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noCatchUp=%v", noCatchUp), func(t *testing.T) {
+			log := &memLog{noCatchUp: noCatchUp}
+			ctx := context.Background()
+			a := audit.NewWriter(log, audit.WriterOptions{})
+			b := audit.NewWriter(log, audit.WriterOptions{})
+			defer a.Close()
+			defer b.Close()
+			for i := range 40 {
+				w := a
+				if i%3 == 0 {
+					w = b
+				}
+				if err := w.Write(ctx, entry(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tree, err := audit.TreeAt(ctx, log, 40)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := audit.NewReplay(audit.NewTree(), nil, log.Nodes)
+			for i, leaf := range log.leaves {
+				if err := r.Add(ctx, uint64(i+1), leaf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := r.Finish(ctx); err != nil || string(r.Root()) != string(tree.Root()) {
+				t.Fatalf("replay: %v", err)
+			}
+			if h := b.Head(); h.Size != 40 || string(h.Root) != string(tree.Root()) {
+				t.Fatalf("the last writer's head is %d %x, the log's %d %x", h.Size, h.Root, 40, tree.Root())
+			}
+			if log.locked < 2 {
+				t.Fatalf("%d locked appends; each writer catches up at least once", log.locked)
+			}
+		})
+	}
+}
+
+// A writer that found others appending goes to the lock first (no doomed
+// one-round-trip attempt), and back to the fast path once it finds no one
+// else appended.
+func TestWriterPathFollowsContention(t *testing.T) {
 	log := &memLog{}
 	ctx := context.Background()
-	a := audit.NewWriter(log, audit.WriterOptions{})
+	var mu sync.Mutex
+	var paths []audit.CommitPath
+	a := audit.NewWriter(log, audit.WriterOptions{Observe: func(_ int, _ time.Duration, p audit.CommitPath, err error) {
+		if err != nil {
+			t.Error(err)
+		}
+		mu.Lock()
+		paths = append(paths, p)
+		mu.Unlock()
+	}})
 	b := audit.NewWriter(log, audit.WriterOptions{})
 	defer a.Close()
 	defer b.Close()
-	for i := range 20 {
-		w := a
-		if i%3 == 0 {
-			w = b
-		}
+	write := func(w *audit.Writer, i int) {
+		t.Helper()
 		if err := w.Write(ctx, entry(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	tree, err := audit.TreeAt(ctx, log, 20)
-	if err != nil {
-		t.Fatal(err)
+	write(a, 0) // no tree yet: locked
+	write(a, 1) // fast
+	write(b, 2)
+	write(a, 3) // head moved: fast fails, locked catches up
+	write(b, 4)
+	write(a, 5) // others append: straight to the lock
+	write(a, 6) // the lock found no one else: locked, and fast next
+	write(a, 7)
+	want := []audit.CommitPath{audit.PathLocked, audit.PathFast, audit.PathLocked, audit.PathLocked, audit.PathLocked, audit.PathFast}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(paths) != fmt.Sprint(want) {
+		t.Fatalf("commit paths %v, want %v", paths, want)
 	}
-	r := audit.NewReplay(audit.NewTree(), nil, log.Nodes)
-	for i, leaf := range log.leaves {
-		if err := r.Add(ctx, uint64(i+1), leaf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := r.Finish(ctx); err != nil || string(r.Root()) != string(tree.Root()) {
-		t.Fatalf("replay: %v", err)
-	}
-	if log.locked < 2 {
-		t.Fatalf("%d locked appends; each writer reloads at least once", log.locked)
+	// Four of a's commits and b's two took the lock; a tried the fast path
+	// for writes 1, 3 and 7 only, b for write 4.
+	if log.locked != 6 || log.fast != 4 {
+		t.Fatalf("%d locked and %d fast appends, want 6 and 4", log.locked, log.fast)
 	}
 }
 

@@ -38,14 +38,47 @@ type Appender interface {
 	// entries (pruned ones included): the cheap path, one round trip.
 	AppendAudit(ctx context.Context, b *Batch) error
 	// AppendAuditLocked holds the log's write lock (replicas wait), calls
-	// build with the log's size and a reader consistent with it, and commits
-	// the batch build returns in the same transaction. The writer takes this
-	// path when another writer moved the head under it.
-	AppendAuditLocked(ctx context.Context, build func(size uint64, r Reader) (*Batch, error)) error
+	// build with the log's head as it is under the lock, and commits the
+	// batch build returns in the same transaction. The writer takes this
+	// path when another writer moved the head under it. A store reads the
+	// lock, the size and the leaves after the writer's own size in one
+	// round trip, and commits in a second: two replicas that take turns
+	// each wait about one round trip and a commit, not a reload of the
+	// tree.
+	AppendAuditLocked(ctx context.Context, after uint64, build func(LockedHead) (*Batch, error)) error
 	// AuditSize is the number of entries ever appended (pruned ones
 	// included): the seq of the newest entry.
 	AuditSize(ctx context.Context) (uint64, error)
 }
+
+// LockedHead is the log as AppendAuditLocked finds it under the lock.
+type LockedHead struct {
+	// Size is the number of entries ever appended (pruned ones included).
+	Size uint64
+	// Leaves are the leaves after the size the writer named (seqs
+	// after+1..Size), when the store could read them all: at most
+	// MaxCatchUp of them, none pruned. Otherwise nil, and the writer
+	// rebuilds its tree from Reader.
+	Leaves [][]byte
+	// Reader reads the log consistently with Size.
+	Reader Reader
+}
+
+// MaxCatchUp is the most leaves a store hands a writer to catch up with
+// (LockedHead.Leaves): a writer further behind rebuilds its tree from the
+// stored nodes instead.
+const MaxCatchUp = 4096
+
+// CommitPath is how a commit reached the store, for metrics.
+type CommitPath string
+
+const (
+	// PathFast: onto the head this writer knew, in one round trip.
+	PathFast CommitPath = "fast"
+	// PathLocked: under the log's write lock, after catching up with
+	// the entries other replicas appended first.
+	PathLocked CommitPath = "locked"
+)
 
 // Lane says how an entry competes for commits. Entries of calls refused at
 // admission go in LaneDenied, which has a small queue of its own and a
@@ -100,7 +133,7 @@ type Sink interface {
 }
 
 // BatchObserver is told about every commit (for metrics).
-type BatchObserver func(entries int, took time.Duration, err error)
+type BatchObserver func(entries int, took time.Duration, path CommitPath, err error)
 
 // WriterOptions tune a Writer; zero values take the defaults.
 type WriterOptions struct {
@@ -146,6 +179,11 @@ type Writer struct {
 	tree   *Tree  // owned by loop; nil until loaded
 	root   []byte // tree's root, owned by loop
 	head   Head
+	// shared is set (by loop) while other writers append to the log too:
+	// the last locked commit found their entries. Then the next commit
+	// goes straight to the lock instead of trying a head that is most
+	// likely gone.
+	shared bool
 }
 
 // Head is the log's size and root as of a writer's last commit.
@@ -351,9 +389,9 @@ func (w *Writer) loop() {
 	}
 }
 
-// commit appends the batch: optimistically onto the tree this writer
-// knows, and, if another writer (a replica) moved the head, under the log's
-// write lock after reloading the tree.
+// commit appends the batch: onto the tree this writer knows, unless other
+// writers (replicas) are appending too or moved the head under it; then
+// under the log's write lock, after catching up with their entries.
 func (w *Writer) commit(batch []*Pending, n int) error {
 	if err := w.Broken(); err != nil {
 		return err
@@ -361,15 +399,21 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.CommitTimeout)
 	defer cancel()
 	start := time.Now()
+	path := PathFast
 	var err error
-	if w.tree != nil {
+	if w.tree != nil && !w.shared {
 		if err = w.append(ctx, batch, n, w.tree, w.app.AppendAudit); err == nil {
 			w.settle(batch)
 		}
 	}
-	if w.tree == nil || errors.Is(err, ErrHeadMoved) {
-		err = w.app.AppendAuditLocked(ctx, func(size uint64, r Reader) (*Batch, error) {
-			t, err := w.reload(ctx, size, r)
+	if w.tree == nil || w.shared || errors.Is(err, ErrHeadMoved) {
+		path = PathLocked
+		var after uint64
+		if w.tree != nil {
+			after = w.tree.Size()
+		}
+		err = w.app.AppendAuditLocked(ctx, after, func(h LockedHead) (*Batch, error) {
+			t, err := w.reload(ctx, h)
 			if err != nil {
 				return nil, err
 			}
@@ -384,7 +428,7 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 		}
 	}
 	if w.opts.Observe != nil {
-		w.opts.Observe(n, time.Since(start), err)
+		w.opts.Observe(n, time.Since(start), path, err)
 	}
 	if err != nil {
 		if errors.Is(err, signerr.ErrAuditLogBroken) {
@@ -395,21 +439,39 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 	return nil
 }
 
-// reload rebuilds the tree at size. A log smaller than what this writer
-// committed lost entries: that is the log broken, not a reason to append.
-func (w *Writer) reload(ctx context.Context, size uint64, r Reader) (*Tree, error) {
-	if w.tree != nil && w.tree.Size() == size {
+// reload returns the tree at the locked head: this writer's own if no one
+// appended since, its own extended with the leaves others appended when
+// the store handed them over, else rebuilt from the stored nodes. It
+// records whether others are appending (shared). A log smaller than what
+// this writer committed lost entries: that is the log broken, not a reason
+// to append.
+func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
+	if w.tree != nil && w.tree.Size() == h.Size {
+		w.shared = false
 		return w.tree, nil
 	}
-	if w.opts.skipTree {
-		return &Tree{n: size}, nil
-	}
-	if h := w.Head(); size < h.Size {
-		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d (entries after seq %d were removed)", signerr.ErrAuditLogBroken, size, h.Size, size)
+	if head := w.Head(); h.Size < head.Size {
+		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d (entries after seq %d were removed)", signerr.ErrAuditLogBroken, h.Size, head.Size, h.Size)
 		w.Fail(err)
 		return nil, err
 	}
-	return TreeAt(ctx, r, size)
+	w.shared = w.tree != nil // others appended since this writer's last commit
+	if w.opts.skipTree {
+		return &Tree{n: h.Size}, nil
+	}
+	base := w.tree
+	if base == nil {
+		base = NewTree()
+	}
+	if h.Leaves != nil && base.Size()+uint64(len(h.Leaves)) == h.Size {
+		t := base.Clone()
+		for _, leaf := range h.Leaves {
+			lh := auditlog.LeafHash(leaf)
+			t.Append(lh[:], nil)
+		}
+		return t, nil
+	}
+	return TreeAt(ctx, h.Reader, h.Size)
 }
 
 // append extends a copy of base with the batch, seals it and hands it to

@@ -31,6 +31,7 @@ type signerMetrics struct {
 	batchSize   prometheus.Histogram
 	commit      prometheus.Histogram
 	commitFails prometheus.Counter
+	commits     *prometheus.CounterVec
 	signLatency *prometheus.HistogramVec
 	signErrors  *prometheus.CounterVec
 	logBroken   prometheus.Gauge
@@ -59,6 +60,8 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 		Help: "Audit group-commit latency.", Buckets: metrics.Buckets})
 	m.commitFails = prometheus.NewCounter(prometheus.CounterOpts{Name: "plexsphere_signer_audit_commit_failures_total",
 		Help: "Audit commits that failed (their RPCs failed Unavailable)."})
+	m.commits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_audit_commits_total",
+		Help: "Audit group commits by path: fast (onto the head this replica knew, one round trip) or locked (under the log's lock, after catching up with other replicas' entries)."}, []string{"path"})
 	m.signLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "plexsphere_signer_provider_sign_duration_seconds",
 		Help: "Key provider signing latency.", Buckets: metrics.Buckets}, []string{"provider"})
 	m.signErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_provider_sign_errors_total",
@@ -81,7 +84,7 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 		Help: "1 while the dependency answered the last health check (every 5 s): store (ping) or provider (health)."}, []string{"dependency"})
 	m.jwks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_jwks_requests_total",
 		Help: "Requests to the JWKS endpoint by HTTP status code."}, []string{"code"})
-	m.MustRegister(m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.signLatency, m.signErrors,
+	m.MustRegister(m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.commits, m.signLatency, m.signErrors,
 		m.logBroken, m.logSize, m.logUnanchored, m.witnessedSize, m.anchoredAt, m.witnessRequests, m.connsRefused, m.dependencyUp, m.jwks,
 		&keyStates{list: keys}, metrics.SVIDExpiry("plexsphere_signer_svid_expiry_timestamp_seconds", svid))
 	// Failure counters start at 0 for every label value known up front, so
@@ -89,6 +92,9 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	// has no increase) and the alerts on them fire at once.
 	for _, reason := range refusedReasons {
 		m.connsRefused.WithLabelValues(reason)
+	}
+	for _, path := range []audit.CommitPath{audit.PathFast, audit.PathLocked} {
+		m.commits.WithLabelValues(string(path))
 	}
 	return m
 }
@@ -116,9 +122,10 @@ func (m *signerMetrics) observeRPC(method, outcome string, code codes.Code, took
 }
 
 // observeBatch is the audit writer's BatchObserver.
-func (m *signerMetrics) observeBatch(size int, took time.Duration, err error) {
+func (m *signerMetrics) observeBatch(size int, took time.Duration, path audit.CommitPath, err error) {
 	m.batchSize.Observe(float64(size))
 	m.commit.Observe(took.Seconds())
+	m.commits.WithLabelValues(string(path)).Inc()
 	if err != nil {
 		m.commitFails.Inc()
 	}

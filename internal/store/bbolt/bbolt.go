@@ -381,9 +381,16 @@ func (s *Store) AppendAudit(_ context.Context, b *audit.Batch) error {
 
 // AppendAuditLocked builds and commits a batch in one write transaction
 // (bbolt has one writer at a time: the lock is the transaction).
-func (s *Store) AppendAuditLocked(_ context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := build(metaUint(tx, metaSize), txReader{tx})
+		h := audit.LockedHead{Size: metaUint(tx, metaSize), Reader: txReader{tx}}
+		if h.Size > after && h.Size-after <= audit.MaxCatchUp {
+			// None when some were pruned: the writer rebuilds from nodes.
+			if leaves, err := (txReader{tx}).Leaves(ctx, after, h.Size); err == nil {
+				h.Leaves = leaves
+			}
+		}
+		b, err := build(h)
 		if err != nil {
 			return err
 		}

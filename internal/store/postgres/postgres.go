@@ -388,8 +388,8 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 // implicit transaction per batch: the leaves and the tree nodes they
 // complete, only if it gets the append lock at once and the
 // log holds exactly $1-1 entries. Otherwise nothing is written and the
-// writer (told ErrHeadMoved) reloads the tree under the lock, waiting for
-// it (AppendAuditLocked). So every append of every replica is serialised by
+// writer (told ErrHeadMoved) catches up under the lock, waiting for it
+// (AppendAuditLocked). So every append of every replica is serialised by
 // the one advisory lock, and a replica pays the wait only when it races.
 var appendSQL = `WITH head AS (
 	SELECT pg_try_advisory_xact_lock(` + strconv.FormatInt(appendLock, 10) + `)
@@ -414,20 +414,25 @@ func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
 }
 
 func appendBatch(ctx context.Context, q querier, b *audit.Batch) error {
-	levels := make([]int16, len(b.Nodes))
-	idx := make([]int64, len(b.Nodes))
-	hs := make([][]byte, len(b.Nodes))
-	for i, n := range b.Nodes {
-		levels[i], idx[i], hs[i] = int16(n.Level), int64(n.Index), n.Hash
-	}
 	var n int64
-	if err := q.QueryRow(ctx, appendSQL, int64(b.Start), b.Leaves, levels, idx, hs, b.Seal).Scan(&n); err != nil {
+	if err := q.QueryRow(ctx, appendSQL, appendArgs(b)...).Scan(&n); err != nil {
 		return err
 	}
 	if n != int64(len(b.Leaves)) {
 		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, audit.ErrHeadMoved)
 	}
 	return nil
+}
+
+// appendArgs are appendSQL's arguments for b.
+func appendArgs(b *audit.Batch) []any {
+	levels := make([]int16, len(b.Nodes))
+	idx := make([]int64, len(b.Nodes))
+	hs := make([][]byte, len(b.Nodes))
+	for i, n := range b.Nodes {
+		levels[i], idx[i], hs[i] = int16(n.Level), int64(n.Index), n.Hash
+	}
+	return []any{int64(b.Start), b.Leaves, levels, idx, hs, b.Seal}
 }
 
 const sizeSQL = `SELECT greatest((SELECT coalesce(max(seq), 0) FROM audit_entries), (SELECT coalesce(max(upto), 0) FROM audit_pruned))`
@@ -441,24 +446,54 @@ func (s *Store) AuditSize(ctx context.Context) (uint64, error) {
 // appendLock is the advisory lock key every append holds.
 const appendLock = 0x706c78_61756474 // "plx" "audt"
 
+// headSQL reads the log's size and, if there are at most $2 of them, the
+// leaves after seq $1 (fewer than the size says if some were pruned).
+// Run after the lock is taken, in its own statement: a statement's snapshot
+// is taken when it starts, so one that waited for the lock inside would not
+// see the commit it waited for.
+const headSQL = `WITH h AS (` + sizeSQL + ` AS size)
+SELECT h.size, CASE WHEN h.size - $1::bigint BETWEEN 1 AND $2::bigint THEN
+	(SELECT coalesce(array_agg(leaf ORDER BY seq), '{}') FROM audit_entries WHERE seq > $1::bigint AND seq <= h.size) END
+FROM h`
+
 // AppendAuditLocked builds and appends a batch under the append lock, in
-// one transaction: the size it builds on cannot move before it commits.
-func (s *Store) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(appendLock)); err != nil {
-			return err
-		}
-		var size int64
-		if err := tx.QueryRow(ctx, sizeSQL).Scan(&size); err != nil {
-			return err
-		}
-		b, err := build(uint64(size), reader{tx})
-		if err != nil {
-			return err
-		}
-		return appendBatch(ctx, tx, b)
-	})
-	return classify(err)
+// one transaction, in two round trips: BEGIN, the lock and the head
+// (headSQL) pipelined; then the append (appendSQL, which takes the lock
+// again: it is the session's already) and COMMIT pipelined. The size build
+// sees cannot move before the commit.
+func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return classify(err)
+	}
+	// A connection left in a transaction (a failed round trip) is closed
+	// by Release, not reused.
+	defer c.Release()
+	conn := c.Conn()
+	var size int64
+	var leaves [][]byte
+	first := &pgx.Batch{}
+	first.Queue(`BEGIN`)
+	first.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(appendLock))
+	first.Queue(headSQL, int64(after), int64(audit.MaxCatchUp)).QueryRow(func(row pgx.Row) error { return row.Scan(&size, &leaves) })
+	if err := conn.SendBatch(ctx, first).Close(); err != nil {
+		return classify(err)
+	}
+	b, err := build(audit.LockedHead{Size: uint64(size), Leaves: leaves, Reader: reader{conn}})
+	if err != nil {
+		return classify(err)
+	}
+	var n int64
+	second := &pgx.Batch{}
+	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
+	second.Queue(`COMMIT`)
+	if err := conn.SendBatch(ctx, second).Close(); err != nil {
+		return classify(err)
+	}
+	if n != int64(len(b.Leaves)) {
+		return fmt.Errorf("postgres: append at seq %d under the lock: %w", b.Start, audit.ErrHeadMoved)
+	}
+	return nil
 }
 
 func (s *Store) PrunedUpTo(ctx context.Context) (uint64, error) {
