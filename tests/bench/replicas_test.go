@@ -24,8 +24,8 @@ import (
 // would be, and unconstrained on this machine. Beside signs/s and x-one (the
 // ratio to one replica in the same mode and run): the replicas' CPU per
 // Sign together, Postgres's CPU and WAL bytes per Sign, and how the
-// replicas' commits went (commits per Sign, and the share that found
-// another replica's entries first and caught up, or took the log's lock).
+// replicas' commits went (commits per Sign, and those that found another
+// replica's entries first and caught up under the log's lock).
 //
 // BENCH_SIGNER_BEFORE, set to a plexsphere-signer binary (built from an
 // earlier commit), adds the same rows for it, named before/...: a
@@ -65,6 +65,9 @@ func replicaRows(b *testing.B, prefix, bin string, quota float64, n int) {
 	db := pg.NewDatabase(b)
 	ca := signertest.NewCA(b)
 	kek := randHex(32)
+	// The replicas' shared checkpoint directory, as the chart mounts one
+	// claim in every replica.
+	anchor := b.TempDir()
 	var replicas []*signerProc
 	var addrs []string
 	for i := range n {
@@ -75,6 +78,7 @@ func replicaRows(b *testing.B, prefix, bin string, quota float64, n int) {
 			"SIGNER_POSTGRES_DSN":       db.AppDSN,
 			"SIGNER_POSTGRES_MAX_CONNS": "8",
 			"SIGNER_LOCAL_KEK":          kek,
+			"SIGNER_CHECKPOINT_LOG":     anchor,
 		})
 		if quota > 0 {
 			limitCPU(b, fmt.Sprintf("r%d", i), sp.proc, quota)
@@ -87,7 +91,8 @@ func replicaRows(b *testing.B, prefix, bin string, quota float64, n int) {
 		b.Fatal(err)
 	}
 	conn := adminConn(b, db.AdminDSN)
-	meters := []meter{clientCPU("client"), scp.cpu(), replicasCPU(replicas)}
+	// With BENCH_PROFILE_DIR, the first replica's CPU profile of each row.
+	meters := []meter{clientCPU("client"), scp.cpu(), replicasCPU(replicas), replicas[0].profile()}
 	meters = append(meters, pgMeters(conn, pg)...)
 	meters = append(meters, commitMeters(replicas)...)
 	for _, inflight := range []int{1, 64} {
@@ -119,7 +124,8 @@ func replicasCPU(ps []*signerProc) meter {
 }
 
 // commitMeters read the replicas' plexsphere_signer_audit_commits_total by
-// path: commits per op, and the catch-up and locked ones per op.
+// path: commits per op, and the locked ones (another replica appended
+// first) per op.
 func commitMeters(ps []*signerProc) []meter {
 	sum := func(path string) func() (float64, error) {
 		return func() (float64, error) {
@@ -136,7 +142,6 @@ func commitMeters(ps []*signerProc) []meter {
 	}
 	return []meter{
 		{unit: "commits/op", read: sum("")},
-		{unit: "catchup-commits/op", read: sum(`path="catchup"`)},
 		{unit: "locked-commits/op", read: sum(`path="locked"`)},
 	}
 }
