@@ -408,20 +408,61 @@ var appendSQL = `WITH head AS (
 )
 SELECT count(*) FROM e`
 
-// AppendAudit commits the batch in one statement (see appendSQL).
+// AppendAudit commits the batch in one round trip: appendSQL in a
+// transaction committed without waiting for its WAL flush, then flushSQL,
+// which waits for it (see flushSQL).
 func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
-	return classify(appendBatch(ctx, s.pool, b))
-}
-
-func appendBatch(ctx context.Context, q querier, b *audit.Batch) error {
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return classify(err)
+	}
+	defer c.Release() // closes a connection a failure left in a transaction
 	var n int64
-	if err := q.QueryRow(ctx, appendSQL, appendArgs(b)...).Scan(&n); err != nil {
-		return err
+	batch := &pgx.Batch{}
+	batch.Queue(`BEGIN`)
+	batch.Queue(asyncCommit)
+	batch.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
+	batch.Queue(`COMMIT`)
+	batch.Queue(flushSQL)
+	if err := c.Conn().SendBatch(ctx, batch).Close(); err != nil {
+		return classify(err)
 	}
 	if n != int64(len(b.Leaves)) {
 		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, audit.ErrHeadMoved)
 	}
 	return nil
+}
+
+// An append holds the log's lock until its transaction ends, and every
+// replica's append queues on that lock. Were the commit to wait for its
+// WAL flush while holding it, the log would take one flush per commit,
+// one commit at a time, whichever replica made it: N replicas would split
+// the same number of flushes per second N ways (the cause of two replicas
+// signing less than one; docs/scaling.md). So the append commits without
+// waiting for the flush (asyncCommit: visible at once, the lock released
+// at once), and the store then waits for the flush outside the lock
+// (flushSQL), where concurrent replicas' flushes merge into one fsync
+// (Postgres's group commit). No answer leaves before the flush, so a
+// signature never outlives its entry. A Postgres crash can lose the
+// entries of commits whose flush had not returned: none of their
+// signatures were answered, and since the WAL is written in order, a
+// lost commit takes every later one with it, never leaving a gap. Readers
+// that anchor the log (the check that signs checkpoints) flush first
+// (SyncAudit), so no checkpoint covers an entry a crash could still take.
+const asyncCommit = `SET LOCAL synchronous_commit TO off`
+
+// flushSQL waits until the WAL is flushed past everything this session
+// committed: a transactional logical message writes WAL, so its
+// transaction's commit (at the session's synchronous_commit, on) waits for
+// its flush, which covers every earlier WAL record. Any role may call it,
+// at any wal_level from replica up.
+const flushSQL = `SELECT pg_logical_emit_message(true, 'plexsphere-signer', 'flush')`
+
+// SyncAudit waits until every entry committed so far is durable (see
+// asyncCommit).
+func (s *Store) SyncAudit(ctx context.Context) error {
+	_, err := s.pool.Exec(ctx, flushSQL)
+	return classify(err)
 }
 
 // appendArgs are appendSQL's arguments for b.
@@ -459,8 +500,9 @@ FROM h`
 // AppendAuditLocked builds and appends a batch under the append lock, in
 // one transaction, in two round trips: BEGIN, the lock and the head
 // (headSQL) pipelined; then the append (appendSQL, which takes the lock
-// again: it is the session's already) and COMMIT pipelined. The size build
-// sees cannot move before the commit.
+// again: it is the session's already), COMMIT and the flush (see
+// asyncCommit) pipelined. The size build sees cannot move before the
+// commit.
 func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -474,6 +516,7 @@ func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(
 	var leaves [][]byte
 	first := &pgx.Batch{}
 	first.Queue(`BEGIN`)
+	first.Queue(asyncCommit)
 	first.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(appendLock))
 	first.Queue(headSQL, int64(after), int64(audit.MaxCatchUp)).QueryRow(func(row pgx.Row) error { return row.Scan(&size, &leaves) })
 	if err := conn.SendBatch(ctx, first).Close(); err != nil {
@@ -487,6 +530,7 @@ func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(
 	second := &pgx.Batch{}
 	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
 	second.Queue(`COMMIT`)
+	second.Queue(flushSQL)
 	if err := conn.SendBatch(ctx, second).Close(); err != nil {
 		return classify(err)
 	}
