@@ -55,7 +55,11 @@ func (m *memLog) appendLocked(b *audit.Batch) error {
 		}
 	}
 	if b.Start != uint64(len(m.leaves))+1 {
-		return audit.ErrHeadMoved
+		moved := &audit.MovedError{Size: uint64(len(m.leaves))}
+		if !m.noCatchUp && b.Start-1 <= uint64(len(m.leaves)) {
+			moved.Leaves = m.leaves[b.Start-1:]
+		}
+		return moved
 	}
 	if m.nodes == nil {
 		m.nodes = map[audit.NodeID][]byte{}
@@ -303,49 +307,56 @@ func TestWriterReloadsWhenTheHeadMoves(t *testing.T) {
 	}
 }
 
-// A writer that found others appending goes to the lock first (no doomed
-// one-round-trip attempt), and back to the fast path once it finds no one
-// else appended.
+// A writer whose head moved catches up with the entries the store's answer
+// carries and tries again without the lock; only from a store that hands
+// none over does it take the lock.
 func TestWriterPathFollowsContention(t *testing.T) {
-	log := &memLog{}
-	ctx := context.Background()
-	var mu sync.Mutex
-	var paths []audit.CommitPath
-	a := audit.NewWriter(log, audit.WriterOptions{Observe: func(_ int, _ time.Duration, p audit.CommitPath, err error) {
-		if err != nil {
-			t.Error(err)
-		}
-		mu.Lock()
-		paths = append(paths, p)
-		mu.Unlock()
-	}})
-	b := audit.NewWriter(log, audit.WriterOptions{})
-	defer a.Close()
-	defer b.Close()
-	write := func(w *audit.Writer, i int) {
-		t.Helper()
-		if err := w.Write(ctx, entry(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(a, 0) // no tree yet: locked
-	write(a, 1) // fast
-	write(b, 2)
-	write(a, 3) // head moved: fast fails, locked catches up
-	write(b, 4)
-	write(a, 5) // others append: straight to the lock
-	write(a, 6) // the lock found no one else: locked, and fast next
-	write(a, 7)
-	want := []audit.CommitPath{audit.PathLocked, audit.PathFast, audit.PathLocked, audit.PathLocked, audit.PathLocked, audit.PathFast}
-	mu.Lock()
-	defer mu.Unlock()
-	if fmt.Sprint(paths) != fmt.Sprint(want) {
-		t.Fatalf("commit paths %v, want %v", paths, want)
-	}
-	// Four of a's commits and b's two took the lock; a tried the fast path
-	// for writes 1, 3 and 7 only, b for write 4.
-	if log.locked != 6 || log.fast != 4 {
-		t.Fatalf("%d locked and %d fast appends, want 6 and 4", log.locked, log.fast)
+	for _, tc := range []struct {
+		noCatchUp    bool
+		want         []audit.CommitPath
+		locked, fast int
+	}{
+		// a: 0 locked (no tree yet), 1 fast, 3 and 5 caught up (b wrote 2
+		// and 4), 6 and 7 fast; b: 2 locked, 4 caught up.
+		{false, []audit.CommitPath{audit.PathLocked, audit.PathFast, audit.PathCatchUp, audit.PathCatchUp, audit.PathFast, audit.PathFast}, 2, 9},
+		// Nothing handed over: every moved head is a lost attempt, then a
+		// locked commit (a: 0, 3, 5; b: 2, 4).
+		{true, []audit.CommitPath{audit.PathLocked, audit.PathFast, audit.PathLocked, audit.PathLocked, audit.PathFast, audit.PathFast}, 5, 6},
+	} {
+		t.Run(fmt.Sprintf("noCatchUp=%v", tc.noCatchUp), func(t *testing.T) {
+			log := &memLog{noCatchUp: tc.noCatchUp}
+			ctx := context.Background()
+			var mu sync.Mutex
+			var paths []audit.CommitPath
+			a := audit.NewWriter(log, audit.WriterOptions{Observe: func(_ int, _ time.Duration, p audit.CommitPath, err error) {
+				if err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				paths = append(paths, p)
+				mu.Unlock()
+			}})
+			b := audit.NewWriter(log, audit.WriterOptions{})
+			defer a.Close()
+			defer b.Close()
+			for i, w := range []*audit.Writer{a, a, b, a, b, a, a, a} {
+				if err := w.Write(ctx, entry(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if fmt.Sprint(paths) != fmt.Sprint(tc.want) {
+				t.Fatalf("a's commit paths %v, want %v", paths, tc.want)
+			}
+			if log.locked != tc.locked || log.fast != tc.fast {
+				t.Fatalf("%d locked and %d fast appends, want %d and %d", log.locked, log.fast, tc.locked, tc.fast)
+			}
+			tree, err := audit.TreeAt(ctx, log, 8)
+			if h := a.Head(); err != nil || h.Size != 8 || string(tree.Root()) != string(h.Root) {
+				t.Fatalf("the log's tree does not match the last writer's head: %v", err)
+			}
+		})
 	}
 }
 

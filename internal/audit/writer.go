@@ -20,6 +20,22 @@ var ErrClosed = errors.New("audit: writer closed")
 // someone removed entries). The writer reloads the tree and retries.
 var ErrHeadMoved = errors.New("audit: log head moved")
 
+// MovedError is ErrHeadMoved with what the store saw in the same round
+// trip: the log's size and, when it could read them all, the leaves after
+// the size the batch extended (as LockedHead.Leaves). With them the writer
+// catches up and tries again without taking the log's lock.
+type MovedError struct {
+	Size   uint64
+	Leaves [][]byte
+}
+
+func (e *MovedError) Error() string {
+	return fmt.Sprintf("audit: log head moved (the log holds %d entries)", e.Size)
+}
+
+// Is makes errors.Is(err, ErrHeadMoved) hold.
+func (e *MovedError) Is(target error) bool { return target == ErrHeadMoved }
+
 // Batch is one commit: the leaves for seqs Start.., the tree nodes they
 // complete (levels StoredLevel and up) and the seal of the log's size and
 // root after them (seal.go), which the store keeps with them.
@@ -35,7 +51,8 @@ type Appender interface {
 	Reader
 	// AppendAudit makes a batch durable atomically, all of it or nothing.
 	// It fails with ErrHeadMoved unless the log holds exactly Start-1
-	// entries (pruned ones included): the cheap path, one round trip.
+	// entries (pruned ones included): the cheap path, one round trip. A
+	// store that can says where the head went (MovedError).
 	AppendAudit(ctx context.Context, b *Batch) error
 	// AppendAuditLocked holds the log's write lock (replicas wait), calls
 	// build with the log's head as it is under the lock, and commits the
@@ -75,10 +92,19 @@ type CommitPath string
 const (
 	// PathFast: onto the head this writer knew, in one round trip.
 	PathFast CommitPath = "fast"
+	// PathCatchUp: the head had moved; the store's answer carried the
+	// entries other replicas appended, and a later attempt, still without
+	// the lock, went through.
+	PathCatchUp CommitPath = "catchup"
 	// PathLocked: under the log's write lock, after catching up with
-	// the entries other replicas appended first.
+	// the entries other replicas appended first (the attempts without it
+	// kept losing, or the store could not hand the entries over).
 	PathLocked CommitPath = "locked"
 )
+
+// maxAttempts bounds the commit attempts without the lock: each lost one
+// costs a round trip; the lock then guarantees progress.
+const maxAttempts = 4
 
 // Lane says how an entry competes for commits. Entries of calls refused at
 // admission go in LaneDenied, which has a small queue of its own and a
@@ -179,11 +205,6 @@ type Writer struct {
 	tree   *Tree  // owned by loop; nil until loaded
 	root   []byte // tree's root, owned by loop
 	head   Head
-	// shared is set (by loop) while other writers append to the log too:
-	// the last locked commit found their entries. Then the next commit
-	// goes straight to the lock instead of trying a head that is most
-	// likely gone.
-	shared bool
 }
 
 // Head is the log's size and root as of a writer's last commit.
@@ -389,9 +410,12 @@ func (w *Writer) loop() {
 	}
 }
 
-// commit appends the batch: onto the tree this writer knows, unless other
-// writers (replicas) are appending too or moved the head under it; then
-// under the log's write lock, after catching up with their entries.
+// commit appends the batch onto the tree this writer knows. If other
+// writers (replicas) moved the head, the store's answer says where to
+// (MovedError): the writer catches up with their entries and tries again,
+// still without the log's lock, which is held only inside the store's
+// statement. After maxAttempts lost races, or from a store that cannot say,
+// it appends under the lock.
 func (w *Writer) commit(batch []*Pending, n int) error {
 	if err := w.Broken(); err != nil {
 		return err
@@ -401,12 +425,26 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 	start := time.Now()
 	path := PathFast
 	var err error
-	if w.tree != nil && !w.shared {
+	for attempt := 0; w.tree != nil && attempt < maxAttempts; attempt++ {
+		if attempt > 0 {
+			path = PathCatchUp
+		}
 		if err = w.append(ctx, batch, n, w.tree, w.app.AppendAudit); err == nil {
 			w.settle(batch)
+			break
 		}
+		var moved *MovedError
+		if !errors.As(err, &moved) || moved.Leaves == nil {
+			break
+		}
+		t, rerr := w.reload(ctx, LockedHead{Size: moved.Size, Leaves: moved.Leaves})
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		w.tree = t
 	}
-	if w.tree == nil || w.shared || errors.Is(err, ErrHeadMoved) {
+	if w.tree == nil || errors.Is(err, ErrHeadMoved) {
 		path = PathLocked
 		var after uint64
 		if w.tree != nil {
@@ -439,15 +477,13 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 	return nil
 }
 
-// reload returns the tree at the locked head: this writer's own if no one
-// appended since, its own extended with the leaves others appended when
-// the store handed them over, else rebuilt from the stored nodes. It
-// records whether others are appending (shared). A log smaller than what
-// this writer committed lost entries: that is the log broken, not a reason
-// to append.
+// reload returns the tree at h: this writer's own if no one appended
+// since, its own extended with the leaves others appended when the store
+// handed them over, else (with a reader) rebuilt from the stored nodes. A
+// log smaller than what this writer committed lost entries: that is the
+// log broken, not a reason to append.
 func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
 	if w.tree != nil && w.tree.Size() == h.Size {
-		w.shared = false
 		return w.tree, nil
 	}
 	if head := w.Head(); h.Size < head.Size {
@@ -455,7 +491,6 @@ func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
 		w.Fail(err)
 		return nil, err
 	}
-	w.shared = w.tree != nil // others appended since this writer's last commit
 	if w.opts.skipTree {
 		return &Tree{n: h.Size}, nil
 	}
@@ -470,6 +505,9 @@ func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
 			t.Append(lh[:], nil)
 		}
 		return t, nil
+	}
+	if h.Reader == nil {
+		return nil, &MovedError{Size: h.Size} // no leaves to catch up with: the lock
 	}
 	return TreeAt(ctx, h.Reader, h.Size)
 }

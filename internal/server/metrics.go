@@ -61,7 +61,7 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	m.commitFails = prometheus.NewCounter(prometheus.CounterOpts{Name: "plexsphere_signer_audit_commit_failures_total",
 		Help: "Audit commits that failed (their RPCs failed Unavailable)."})
 	m.commits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_audit_commits_total",
-		Help: "Audit group commits by path: fast (onto the head this replica knew, one round trip) or locked (under the log's lock, after catching up with other replicas' entries)."}, []string{"path"})
+		Help: "Audit group commits by path: fast (onto the head this replica knew, one round trip), catchup (another replica had appended: caught up with the entries the failed attempt returned and tried again) or locked (under the log's lock, after the attempts kept losing)."}, []string{"path"})
 	m.signLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "plexsphere_signer_provider_sign_duration_seconds",
 		Help: "Key provider signing latency.", Buckets: metrics.Buckets}, []string{"provider"})
 	m.signErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_provider_sign_errors_total",
@@ -93,7 +93,7 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	for _, reason := range refusedReasons {
 		m.connsRefused.WithLabelValues(reason)
 	}
-	for _, path := range []audit.CommitPath{audit.PathFast, audit.PathLocked} {
+	for _, path := range []audit.CommitPath{audit.PathFast, audit.PathCatchUp, audit.PathLocked} {
 		m.commits.WithLabelValues(string(path))
 	}
 	return m

@@ -124,8 +124,8 @@ func replicasCPU(ps []*signerProc) meter {
 }
 
 // commitMeters read the replicas' plexsphere_signer_audit_commits_total by
-// path: commits per op, and the locked ones (another replica appended
-// first) per op.
+// path: commits per op, and per op those that found another replica's
+// entries first and caught up (without the lock, or under it).
 func commitMeters(ps []*signerProc) []meter {
 	sum := func(path string) func() (float64, error) {
 		return func() (float64, error) {
@@ -142,6 +142,7 @@ func commitMeters(ps []*signerProc) []meter {
 	}
 	return []meter{
 		{unit: "commits/op", read: sum("")},
+		{unit: "catchup-commits/op", read: sum(`path="catchup"`)},
 		{unit: "locked-commits/op", read: sum(`path="locked"`)},
 	}
 }

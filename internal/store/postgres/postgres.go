@@ -384,17 +384,20 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 	return changed, nil
 }
 
-// appendSQL extends the log in one statement, so one round trip and one
-// implicit transaction per batch: the leaves and the tree nodes they
-// complete, only if it gets the append lock at once and the
-// log holds exactly $1-1 entries. Otherwise nothing is written and the
-// writer (told ErrHeadMoved) catches up under the lock, waiting for it
-// (AppendAuditLocked). So every append of every replica is serialised by
-// the one advisory lock, and a replica pays the wait only when it races.
-var appendSQL = `WITH head AS (
-	SELECT pg_try_advisory_xact_lock(` + strconv.FormatInt(appendLock, 10) + `)
-	   AND greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
-	                (SELECT coalesce(max(upto), 0) FROM audit_pruned)) = $1::bigint - 1 AS ok
+// appendSQL extends the log in one statement: the leaves, the tree nodes
+// they complete and the commit's seal, only if it gets the append lock at
+// once and the log holds exactly $1-1 entries. Otherwise nothing is
+// written, and the statement answers where the head went: the size and,
+// if there are at most $7, the leaves after seq $1-1 (as seen when the
+// statement started), for the writer to catch up and try again
+// (MovedError). So every append of every replica is serialised by the one
+// advisory lock, held only while the statement runs (see asyncCommit).
+var appendSQL = `WITH h AS (
+	SELECT pg_try_advisory_xact_lock(` + strconv.FormatInt(appendLock, 10) + `) AS locked,
+	       greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
+	                (SELECT coalesce(max(upto), 0) FROM audit_pruned)) AS size
+), head AS (
+	SELECT locked AND size = $1::bigint - 1 AS ok, size FROM h
 ), e AS (
 	INSERT INTO audit_entries (seq, leaf)
 	SELECT $1::bigint + t.o - 1, t.l FROM unnest($2::bytea[]) WITH ORDINALITY AS t(l, o), head WHERE head.ok
@@ -406,7 +409,10 @@ var appendSQL = `WITH head AS (
 	INSERT INTO audit_seals (size, mac)
 	SELECT $1::bigint + cardinality($2::bytea[]) - 1, $6::bytea FROM head WHERE head.ok AND $6::bytea IS NOT NULL
 )
-SELECT count(*) FROM e`
+SELECT (SELECT count(*) FROM e), head.size,
+	CASE WHEN NOT head.ok AND head.size - ($1::bigint - 1) BETWEEN 0 AND $7::bigint THEN
+		(SELECT coalesce(array_agg(leaf ORDER BY seq), '{}') FROM audit_entries WHERE seq >= $1::bigint AND seq <= head.size) END
+FROM head`
 
 // AppendAudit commits the batch in one round trip: appendSQL in a
 // transaction committed without waiting for its WAL flush, then flushSQL,
@@ -417,18 +423,19 @@ func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
 		return classify(err)
 	}
 	defer c.Release() // closes a connection a failure left in a transaction
-	var n int64
+	var n, size int64
+	var leaves [][]byte
 	batch := &pgx.Batch{}
 	batch.Queue(`BEGIN`)
 	batch.Queue(asyncCommit)
-	batch.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
+	batch.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, &size, &leaves) })
 	batch.Queue(`COMMIT`)
 	batch.Queue(flushSQL)
 	if err := c.Conn().SendBatch(ctx, batch).Close(); err != nil {
 		return classify(err)
 	}
 	if n != int64(len(b.Leaves)) {
-		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, audit.ErrHeadMoved)
+		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, &audit.MovedError{Size: uint64(size), Leaves: leaves})
 	}
 	return nil
 }
@@ -473,7 +480,7 @@ func appendArgs(b *audit.Batch) []any {
 	for i, n := range b.Nodes {
 		levels[i], idx[i], hs[i] = int16(n.Level), int64(n.Index), n.Hash
 	}
-	return []any{int64(b.Start), b.Leaves, levels, idx, hs, b.Seal}
+	return []any{int64(b.Start), b.Leaves, levels, idx, hs, b.Seal, int64(audit.MaxCatchUp)}
 }
 
 const sizeSQL = `SELECT greatest((SELECT coalesce(max(seq), 0) FROM audit_entries), (SELECT coalesce(max(upto), 0) FROM audit_pruned))`
@@ -528,7 +535,7 @@ func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(
 	}
 	var n int64
 	second := &pgx.Batch{}
-	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
+	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, nil, nil) })
 	second.Queue(`COMMIT`)
 	second.Queue(flushSQL)
 	if err := conn.SendBatch(ctx, second).Close(); err != nil {
