@@ -409,7 +409,7 @@ var appendSQL = `WITH h AS (
 	INSERT INTO audit_seals (size, mac)
 	SELECT $1::bigint + cardinality($2::bytea[]) - 1, $6::bytea FROM head WHERE head.ok AND $6::bytea IS NOT NULL
 )
-SELECT (SELECT count(*) FROM e), head.size,
+SELECT (SELECT count(*) FROM e), head.size, set_config('plexsphere.appended', head.ok::text, false)::bool,
 	CASE WHEN NOT head.ok AND head.size - ($1::bigint - 1) BETWEEN 0 AND $7::bigint THEN
 		(SELECT coalesce(array_agg(leaf ORDER BY seq), '{}') FROM audit_entries WHERE seq >= $1::bigint AND seq <= head.size) END
 FROM head`
@@ -428,9 +428,9 @@ func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
 	batch := &pgx.Batch{}
 	batch.Queue(`BEGIN`)
 	batch.Queue(asyncCommit)
-	batch.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, &size, &leaves) })
+	batch.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, &size, nil, &leaves) })
 	batch.Queue(`COMMIT`)
-	batch.Queue(flushSQL)
+	batch.Queue(flushAppendedSQL)
 	if err := c.Conn().SendBatch(ctx, batch).Close(); err != nil {
 		return classify(err)
 	}
@@ -464,6 +464,11 @@ const asyncCommit = `SET LOCAL synchronous_commit TO off`
 // its flush, which covers every earlier WAL record. Any role may call it,
 // at any wal_level from replica up.
 const flushSQL = `SELECT pg_logical_emit_message(true, 'plexsphere-signer', 'flush')`
+
+// flushAppendedSQL is flushSQL after appendSQL in the same pipeline: only
+// if it appended (it says so in a session setting of its own). A lost race
+// has nothing to flush, and its flush would cost the retry a WAL fsync.
+const flushAppendedSQL = flushSQL + ` WHERE current_setting('plexsphere.appended', true) = 'true'`
 
 // SyncAudit waits until every entry committed so far is durable (see
 // asyncCommit).
@@ -535,7 +540,7 @@ func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(
 	}
 	var n int64
 	second := &pgx.Batch{}
-	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, nil, nil) })
+	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, nil, nil, nil) })
 	second.Queue(`COMMIT`)
 	second.Queue(flushSQL)
 	if err := conn.SendBatch(ctx, second).Close(); err != nil {
