@@ -104,9 +104,10 @@ e2e-kind:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 60m -tags '$(TAGS) bench' ./tests/bench/
 
-## bench-scale: 1 to 10,000 scopes, an empty to a large audit log (BENCH_SCALE_ROWS, default 10M), 1,000 connections.
+## bench-scale: 1 to 10,000 scopes, an empty to a large audit log (BENCH_SCALE_ROWS, default 10M), 1,000 connections,
+## 1 to 3 signer replicas on one Postgres (each under a CPU quota of BENCH_REPLICA_CPU cores, and unconstrained).
 bench-scale:
-	BENCH_SCALE=1 $(GO) test -run '^$$' -bench '^BenchmarkS_' -benchtime 3s -count 1 -timeout 180m -tags '$(TAGS) bench' ./tests/bench/
+	BENCH_SCALE=1 $(GO) test -run '^$$' -bench '^Benchmark(S|R)_' -benchtime 3s -count 1 -timeout 180m -tags '$(TAGS) bench' ./tests/bench/
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

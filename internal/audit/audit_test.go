@@ -19,10 +19,14 @@ type memLog struct {
 	leaves  [][]byte
 	nodes   map[audit.NodeID][]byte
 	batches []int
-	locked  int           // AppendAuditLocked calls
-	hold    chan struct{} // if set, the first commit closes started and waits for it
-	started chan struct{}
-	fail    func(b *audit.Batch) error
+	locked  int // AppendAuditLocked calls
+	fast    int // AppendAudit calls
+	// noCatchUp: AppendAuditLocked hands no leaves (a store that cannot),
+	// so the writer rebuilds its tree from the nodes.
+	noCatchUp bool
+	hold      chan struct{} // if set, the first commit closes started and waits for it
+	started   chan struct{}
+	fail      func(b *audit.Batch) error
 }
 
 func held() *memLog { return &memLog{hold: make(chan struct{}), started: make(chan struct{})} }
@@ -40,6 +44,7 @@ func (m *memLog) AppendAudit(_ context.Context, b *audit.Batch) error {
 	m.wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.fast++
 	return m.appendLocked(b)
 }
 
@@ -50,7 +55,11 @@ func (m *memLog) appendLocked(b *audit.Batch) error {
 		}
 	}
 	if b.Start != uint64(len(m.leaves))+1 {
-		return audit.ErrHeadMoved
+		moved := &audit.MovedError{Size: uint64(len(m.leaves))}
+		if !m.noCatchUp && b.Start-1 <= uint64(len(m.leaves)) {
+			moved.Leaves = m.leaves[b.Start-1:]
+		}
+		return moved
 	}
 	if m.nodes == nil {
 		m.nodes = map[audit.NodeID][]byte{}
@@ -63,12 +72,16 @@ func (m *memLog) appendLocked(b *audit.Batch) error {
 	return nil
 }
 
-func (m *memLog) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+func (m *memLog) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
 	m.wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.locked++
-	b, err := build(uint64(len(m.leaves)), lockedView{m})
+	h := audit.LockedHead{Size: uint64(len(m.leaves)), Reader: lockedView{m}}
+	if after < h.Size && !m.noCatchUp {
+		h.Leaves = m.leaves[after:]
+	}
+	b, err := build(h)
 	if err != nil {
 		return err
 	}
@@ -250,39 +263,100 @@ func TestWriterCloseDrains(t *testing.T) {
 	}
 }
 
-// Another writer moved the head: the writer reloads under the lock and the
-// log stays one tree.
+// Another writer moved the head: the writer catches up under the lock
+// (with the leaves the store hands it, or, from a store that hands none,
+// by rebuilding its tree from the stored nodes) and the log stays one tree.
 func TestWriterReloadsWhenTheHeadMoves(t *testing.T) {
-	log := &memLog{}
-	ctx := context.Background()
-	a := audit.NewWriter(log, audit.WriterOptions{})
-	b := audit.NewWriter(log, audit.WriterOptions{})
-	defer a.Close()
-	defer b.Close()
-	for i := range 20 {
-		w := a
-		if i%3 == 0 {
-			w = b
-		}
-		if err := w.Write(ctx, entry(i)); err != nil {
-			t.Fatal(err)
-		}
+	for _, noCatchUp := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noCatchUp=%v", noCatchUp), func(t *testing.T) {
+			log := &memLog{noCatchUp: noCatchUp}
+			ctx := context.Background()
+			a := audit.NewWriter(log, audit.WriterOptions{})
+			b := audit.NewWriter(log, audit.WriterOptions{})
+			defer a.Close()
+			defer b.Close()
+			for i := range 40 {
+				w := a
+				if i%3 == 0 {
+					w = b
+				}
+				if err := w.Write(ctx, entry(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tree, err := audit.TreeAt(ctx, log, 40)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := audit.NewReplay(audit.NewTree(), nil, log.Nodes)
+			for i, leaf := range log.leaves {
+				if err := r.Add(ctx, uint64(i+1), leaf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := r.Finish(ctx); err != nil || string(r.Root()) != string(tree.Root()) {
+				t.Fatalf("replay: %v", err)
+			}
+			if h := b.Head(); h.Size != 40 || string(h.Root) != string(tree.Root()) {
+				t.Fatalf("the last writer's head is %d %x, the log's %d %x", h.Size, h.Root, 40, tree.Root())
+			}
+			if log.locked < 2 {
+				t.Fatalf("%d locked appends; each writer catches up at least once", log.locked)
+			}
+		})
 	}
-	tree, err := audit.TreeAt(ctx, log, 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := audit.NewReplay(audit.NewTree(), nil, log.Nodes)
-	for i, leaf := range log.leaves {
-		if err := r.Add(ctx, uint64(i+1), leaf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := r.Finish(ctx); err != nil || string(r.Root()) != string(tree.Root()) {
-		t.Fatalf("replay: %v", err)
-	}
-	if log.locked < 2 {
-		t.Fatalf("%d locked appends; each writer reloads at least once", log.locked)
+}
+
+// A writer whose head moved catches up with the entries the store's answer
+// carries and tries again without the lock; only from a store that hands
+// none over does it take the lock.
+func TestWriterPathFollowsContention(t *testing.T) {
+	for _, tc := range []struct {
+		noCatchUp    bool
+		want         []audit.CommitPath
+		locked, fast int
+	}{
+		// a: 0 locked (no tree yet), 1 fast, 3 and 5 caught up (b wrote 2
+		// and 4), 6 and 7 fast; b: 2 locked, 4 caught up.
+		{false, []audit.CommitPath{audit.PathLocked, audit.PathFast, audit.PathCatchUp, audit.PathCatchUp, audit.PathFast, audit.PathFast}, 2, 9},
+		// Nothing handed over: every moved head is a lost attempt, then a
+		// locked commit (a: 0, 3, 5; b: 2, 4).
+		{true, []audit.CommitPath{audit.PathLocked, audit.PathFast, audit.PathLocked, audit.PathLocked, audit.PathFast, audit.PathFast}, 5, 6},
+	} {
+		t.Run(fmt.Sprintf("noCatchUp=%v", tc.noCatchUp), func(t *testing.T) {
+			log := &memLog{noCatchUp: tc.noCatchUp}
+			ctx := context.Background()
+			var mu sync.Mutex
+			var paths []audit.CommitPath
+			a := audit.NewWriter(log, audit.WriterOptions{Observe: func(_ int, _ time.Duration, p audit.CommitPath, err error) {
+				if err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				paths = append(paths, p)
+				mu.Unlock()
+			}})
+			b := audit.NewWriter(log, audit.WriterOptions{})
+			defer a.Close()
+			defer b.Close()
+			for i, w := range []*audit.Writer{a, a, b, a, b, a, a, a} {
+				if err := w.Write(ctx, entry(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if fmt.Sprint(paths) != fmt.Sprint(tc.want) {
+				t.Fatalf("a's commit paths %v, want %v", paths, tc.want)
+			}
+			if log.locked != tc.locked || log.fast != tc.fast {
+				t.Fatalf("%d locked and %d fast appends, want %d and %d", log.locked, log.fast, tc.locked, tc.fast)
+			}
+			tree, err := audit.TreeAt(ctx, log, 8)
+			if h := a.Head(); err != nil || h.Size != 8 || string(tree.Root()) != string(h.Root) {
+				t.Fatalf("the log's tree does not match the last writer's head: %v", err)
+			}
+		})
 	}
 }
 

@@ -32,6 +32,10 @@ func (l *Log) check(ctx context.Context, start time.Time) (problem, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Whatever the size counts is made durable before it is checkpointed.
+	if err := st.SyncAudit(ctx); err != nil {
+		return nil, err
+	}
 	if size < head.Size {
 		err := broken("the store holds %d entries, this signer committed %d (entries after seq %d were removed)", size, head.Size, size)
 		l.cfg.Writer.Fail(err)

@@ -40,6 +40,11 @@ type Store interface {
 	// PruneRecord is the seq of the log record (auditlog.PruneRecord) the
 	// prune mark names, 0 if it names none.
 	PruneRecord(ctx context.Context) (uint64, error)
+	// SyncAudit returns once every entry the store has shown is durable:
+	// a store may show a commit before its flush (Postgres: to keep the
+	// flush out of the log's lock), and a checkpoint must never cover
+	// entries a crash could still take.
+	SyncAudit(ctx context.Context) error
 }
 
 // LogConfig wires a Log.

@@ -20,6 +20,22 @@ var ErrClosed = errors.New("audit: writer closed")
 // someone removed entries). The writer reloads the tree and retries.
 var ErrHeadMoved = errors.New("audit: log head moved")
 
+// MovedError is ErrHeadMoved with what the store saw in the same round
+// trip: the log's size and, when it could read them all, the leaves after
+// the size the batch extended (as LockedHead.Leaves). With them the writer
+// catches up and tries again without taking the log's lock.
+type MovedError struct {
+	Size   uint64
+	Leaves [][]byte
+}
+
+func (e *MovedError) Error() string {
+	return fmt.Sprintf("audit: log head moved (the log holds %d entries)", e.Size)
+}
+
+// Is makes errors.Is(err, ErrHeadMoved) hold.
+func (e *MovedError) Is(target error) bool { return target == ErrHeadMoved }
+
 // Batch is one commit: the leaves for seqs Start.., the tree nodes they
 // complete (levels StoredLevel and up) and the seal of the log's size and
 // root after them (seal.go), which the store keeps with them.
@@ -35,17 +51,60 @@ type Appender interface {
 	Reader
 	// AppendAudit makes a batch durable atomically, all of it or nothing.
 	// It fails with ErrHeadMoved unless the log holds exactly Start-1
-	// entries (pruned ones included): the cheap path, one round trip.
+	// entries (pruned ones included): the cheap path, one round trip. A
+	// store that can says where the head went (MovedError).
 	AppendAudit(ctx context.Context, b *Batch) error
 	// AppendAuditLocked holds the log's write lock (replicas wait), calls
-	// build with the log's size and a reader consistent with it, and commits
-	// the batch build returns in the same transaction. The writer takes this
-	// path when another writer moved the head under it.
-	AppendAuditLocked(ctx context.Context, build func(size uint64, r Reader) (*Batch, error)) error
+	// build with the log's head as it is under the lock, and commits the
+	// batch build returns in the same transaction. The writer takes this
+	// path when another writer moved the head under it. A store reads the
+	// lock, the size and the leaves after the writer's own size in one
+	// round trip, and commits in a second: two replicas that take turns
+	// each wait about one round trip and a commit, not a reload of the
+	// tree.
+	AppendAuditLocked(ctx context.Context, after uint64, build func(LockedHead) (*Batch, error)) error
 	// AuditSize is the number of entries ever appended (pruned ones
 	// included): the seq of the newest entry.
 	AuditSize(ctx context.Context) (uint64, error)
 }
+
+// LockedHead is the log as AppendAuditLocked finds it under the lock.
+type LockedHead struct {
+	// Size is the number of entries ever appended (pruned ones included).
+	Size uint64
+	// Leaves are the leaves after the size the writer named (seqs
+	// after+1..Size), when the store could read them all: at most
+	// MaxCatchUp of them, none pruned. Otherwise nil, and the writer
+	// rebuilds its tree from Reader.
+	Leaves [][]byte
+	// Reader reads the log consistently with Size.
+	Reader Reader
+}
+
+// MaxCatchUp is the most leaves a store hands a writer to catch up with
+// (LockedHead.Leaves): a writer further behind rebuilds its tree from the
+// stored nodes instead.
+const MaxCatchUp = 4096
+
+// CommitPath is how a commit reached the store, for metrics.
+type CommitPath string
+
+const (
+	// PathFast: onto the head this writer knew, in one round trip.
+	PathFast CommitPath = "fast"
+	// PathCatchUp: the head had moved; the store's answer carried the
+	// entries other replicas appended, and a later attempt, still without
+	// the lock, went through.
+	PathCatchUp CommitPath = "catchup"
+	// PathLocked: under the log's write lock, after catching up with
+	// the entries other replicas appended first (the attempts without it
+	// kept losing, or the store could not hand the entries over).
+	PathLocked CommitPath = "locked"
+)
+
+// maxAttempts bounds the commit attempts without the lock: each lost one
+// costs a round trip; the lock then guarantees progress.
+const maxAttempts = 4
 
 // Lane says how an entry competes for commits. Entries of calls refused at
 // admission go in LaneDenied, which has a small queue of its own and a
@@ -100,7 +159,7 @@ type Sink interface {
 }
 
 // BatchObserver is told about every commit (for metrics).
-type BatchObserver func(entries int, took time.Duration, err error)
+type BatchObserver func(entries int, took time.Duration, path CommitPath, err error)
 
 // WriterOptions tune a Writer; zero values take the defaults.
 type WriterOptions struct {
@@ -351,9 +410,12 @@ func (w *Writer) loop() {
 	}
 }
 
-// commit appends the batch: optimistically onto the tree this writer
-// knows, and, if another writer (a replica) moved the head, under the log's
-// write lock after reloading the tree.
+// commit appends the batch onto the tree this writer knows. If other
+// writers (replicas) moved the head, the store's answer says where to
+// (MovedError): the writer catches up with their entries and tries again,
+// still without the log's lock, which is held only inside the store's
+// statement. After maxAttempts lost races, or from a store that cannot say,
+// it appends under the lock.
 func (w *Writer) commit(batch []*Pending, n int) error {
 	if err := w.Broken(); err != nil {
 		return err
@@ -361,15 +423,35 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.CommitTimeout)
 	defer cancel()
 	start := time.Now()
+	path := PathFast
 	var err error
-	if w.tree != nil {
+	for attempt := 0; w.tree != nil && attempt < maxAttempts; attempt++ {
+		if attempt > 0 {
+			path = PathCatchUp
+		}
 		if err = w.append(ctx, batch, n, w.tree, w.app.AppendAudit); err == nil {
 			w.settle(batch)
+			break
 		}
+		var moved *MovedError
+		if !errors.As(err, &moved) || moved.Leaves == nil {
+			break
+		}
+		t, rerr := w.reload(ctx, LockedHead{Size: moved.Size, Leaves: moved.Leaves})
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		w.tree = t
 	}
 	if w.tree == nil || errors.Is(err, ErrHeadMoved) {
-		err = w.app.AppendAuditLocked(ctx, func(size uint64, r Reader) (*Batch, error) {
-			t, err := w.reload(ctx, size, r)
+		path = PathLocked
+		var after uint64
+		if w.tree != nil {
+			after = w.tree.Size()
+		}
+		err = w.app.AppendAuditLocked(ctx, after, func(h LockedHead) (*Batch, error) {
+			t, err := w.reload(ctx, h)
 			if err != nil {
 				return nil, err
 			}
@@ -384,7 +466,7 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 		}
 	}
 	if w.opts.Observe != nil {
-		w.opts.Observe(n, time.Since(start), err)
+		w.opts.Observe(n, time.Since(start), path, err)
 	}
 	if err != nil {
 		if errors.Is(err, signerr.ErrAuditLogBroken) {
@@ -395,21 +477,39 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 	return nil
 }
 
-// reload rebuilds the tree at size. A log smaller than what this writer
-// committed lost entries: that is the log broken, not a reason to append.
-func (w *Writer) reload(ctx context.Context, size uint64, r Reader) (*Tree, error) {
-	if w.tree != nil && w.tree.Size() == size {
+// reload returns the tree at h: this writer's own if no one appended
+// since, its own extended with the leaves others appended when the store
+// handed them over, else (with a reader) rebuilt from the stored nodes. A
+// log smaller than what this writer committed lost entries: that is the
+// log broken, not a reason to append.
+func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
+	if w.tree != nil && w.tree.Size() == h.Size {
 		return w.tree, nil
 	}
-	if w.opts.skipTree {
-		return &Tree{n: size}, nil
-	}
-	if h := w.Head(); size < h.Size {
-		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d (entries after seq %d were removed)", signerr.ErrAuditLogBroken, size, h.Size, size)
+	if head := w.Head(); h.Size < head.Size {
+		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d (entries after seq %d were removed)", signerr.ErrAuditLogBroken, h.Size, head.Size, h.Size)
 		w.Fail(err)
 		return nil, err
 	}
-	return TreeAt(ctx, r, size)
+	if w.opts.skipTree {
+		return &Tree{n: h.Size}, nil
+	}
+	base := w.tree
+	if base == nil {
+		base = NewTree()
+	}
+	if h.Leaves != nil && base.Size()+uint64(len(h.Leaves)) == h.Size {
+		t := base.Clone()
+		for _, leaf := range h.Leaves {
+			lh := auditlog.LeafHash(leaf)
+			t.Append(lh[:], nil)
+		}
+		return t, nil
+	}
+	if h.Reader == nil {
+		return nil, &MovedError{Size: h.Size} // no leaves to catch up with: the lock
+	}
+	return TreeAt(ctx, h.Reader, h.Size)
 }
 
 // append extends a copy of base with the batch, seals it and hands it to

@@ -32,6 +32,7 @@ type signerMetrics struct {
 	batchSize   prometheus.Histogram
 	commit      prometheus.Histogram
 	commitFails prometheus.Counter
+	commits     *prometheus.CounterVec
 	signLatency *prometheus.HistogramVec
 	signErrors  *prometheus.CounterVec
 	logBroken   prometheus.Gauge
@@ -63,6 +64,8 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 		Help: "Audit group-commit latency.", Buckets: metrics.Buckets})
 	m.commitFails = prometheus.NewCounter(prometheus.CounterOpts{Name: "plexsphere_signer_audit_commit_failures_total",
 		Help: "Audit commits that failed (their RPCs failed Unavailable)."})
+	m.commits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_audit_commits_total",
+		Help: "Audit group commits by path: fast (onto the head this replica knew, one round trip), catchup (another replica had appended: caught up with the entries the failed attempt returned and tried again) or locked (under the log's lock, after the attempts kept losing)."}, []string{"path"})
 	m.signLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "plexsphere_signer_provider_sign_duration_seconds",
 		Help: "Key provider signing latency.", Buckets: metrics.Buckets}, []string{"provider"})
 	m.signErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_provider_sign_errors_total",
@@ -87,7 +90,7 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 		Help: "Requests to the JWKS endpoint by HTTP status code."}, []string{"code"})
 	m.handshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_signer_tls_handshake_failures_total",
 		Help: "Failed TLS handshakes on the gRPC port by reason (wrong_id, unknown_ca, foreign_trust_domain, expired, not_svid, bad_certificate, rejected_by_peer, not_tls, protocol, timeout, closed, other)."}, []string{"reason"})
-	m.MustRegister(m.handshakeFailures, m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.signLatency, m.signErrors,
+	m.MustRegister(m.handshakeFailures, m.rpcs, m.rpcDuration, m.admissions, m.batchSize, m.commit, m.commitFails, m.commits, m.signLatency, m.signErrors,
 		m.logBroken, m.logSize, m.logUnanchored, m.witnessedSize, m.anchoredAt, m.witnessRequests, m.connsRefused, m.dependencyUp, m.jwks,
 		&keyStates{list: keys}, metrics.SVIDExpiry("plexsphere_signer_svid_expiry_timestamp_seconds", svid))
 	// Failure counters start at 0 for every label value known up front, so
@@ -98,6 +101,9 @@ func newSignerMetrics(methods []string, keys func(context.Context) ([]store.Key,
 	}
 	for _, cause := range identity.HandshakeCauses {
 		m.handshakeFailures.WithLabelValues(cause)
+	}
+	for _, path := range []audit.CommitPath{audit.PathFast, audit.PathCatchUp, audit.PathLocked} {
+		m.commits.WithLabelValues(string(path))
 	}
 	return m
 }
@@ -125,9 +131,10 @@ func (m *signerMetrics) observeRPC(method, outcome string, code codes.Code, took
 }
 
 // observeBatch is the audit writer's BatchObserver.
-func (m *signerMetrics) observeBatch(size int, took time.Duration, err error) {
+func (m *signerMetrics) observeBatch(size int, took time.Duration, path audit.CommitPath, err error) {
 	m.batchSize.Observe(float64(size))
 	m.commit.Observe(took.Seconds())
+	m.commits.WithLabelValues(string(path)).Inc()
 	if err != nil {
 		m.commitFails.Inc()
 	}

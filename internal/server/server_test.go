@@ -289,11 +289,11 @@ func (f *faults) AppendAudit(ctx context.Context, b *audit.Batch) error {
 	return f.Store.AppendAudit(ctx, b)
 }
 
-func (f *faults) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+func (f *faults) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
 	if err := f.appendErrNow(); err != nil {
 		return err
 	}
-	return f.Store.AppendAuditLocked(ctx, build)
+	return f.Store.AppendAuditLocked(ctx, after, build)
 }
 
 // flakyProvider's keys fail to sign while down is set, as an HSM does when

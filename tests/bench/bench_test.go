@@ -199,8 +199,8 @@ func discardSigner(b *testing.B) *signertest.Env {
 
 func (d *discard) AppendAudit(context.Context, *audit.Batch) error { return nil }
 
-func (d *discard) AppendAuditLocked(_ context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
-	_, err := build(0, d)
+func (d *discard) AppendAuditLocked(_ context.Context, _ uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
+	_, err := build(audit.LockedHead{Reader: d})
 	return err
 }
 

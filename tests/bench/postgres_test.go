@@ -60,12 +60,7 @@ func pgSigner(b *testing.B, db pgtest.DB, set map[string]string) (*signerProc, *
 		vars[k] = v
 	}
 	sp := startSigner(b, signertest.NewCA(b), vars)
-	conn, err := pgx.Connect(context.Background(), db.AdminDSN)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close(context.Background()) })
-	return sp, conn
+	return sp, adminConn(b, db.AdminDSN)
 }
 
 // BenchmarkF_Postgres: the signer (its own process) on Postgres with fsync

@@ -30,6 +30,16 @@ type signerProc struct {
 // audit log, so large logs take a while).
 func startSigner(b testing.TB, ca *devpki.CA, set map[string]string) *signerProc {
 	b.Helper()
+	return startSignerBin(b, "", ca, set)
+}
+
+// startSignerBin is startSigner with the signer binary bin ("": this
+// checkout's).
+func startSignerBin(b testing.TB, bin string, ca *devpki.CA, set map[string]string) *signerProc {
+	b.Helper()
+	if bin == "" {
+		bin = binPath(b, "plexsphere-signer")
+	}
 	dir := b.TempDir()
 	files := writeSVID(b, ca, dir, "signer", signertest.SignerID)
 	addr, ops := freeAddr(b), freeAddr(b)
@@ -56,7 +66,7 @@ func startSigner(b testing.TB, ca *devpki.CA, set map[string]string) *signerProc
 	for _, k := range slices.Sorted(maps.Keys(vars)) {
 		env = append(env, k+"="+vars[k])
 	}
-	p := startProc(b, "signer", binPath(b, "plexsphere-signer"), env)
+	p := startProc(b, "signer", bin, env)
 	s := &signerProc{proc: p, Env: &signertest.Env{CA: ca, Addr: addr}, OpsAddr: ops}
 	if vars["SIGNER_STORE"] == "bbolt" {
 		s.BoltPath = vars["SIGNER_BBOLT_PATH"]

@@ -79,6 +79,16 @@ func TestFaultMatrix(t *testing.T) {
 			f.waitFailures(t, 10)
 			must(t, f.tp.pg.Start(context.Background()))
 		}},
+		// A crash, not a shutdown: commits whose WAL flush had not
+		// returned are lost (the append commits before its flush, outside
+		// the log's lock; docs/scaling.md). None of their signatures may
+		// have been answered.
+		{name: "Postgres killed and restarted", replicas: 2, fault: func(t *testing.T, f *faultCtx) {
+			zero := time.Duration(0)
+			must(t, f.tp.pg.Stop(context.Background(), &zero))
+			f.waitFailures(t, 10)
+			must(t, f.tp.pg.Start(context.Background()))
+		}},
 		{name: "HSM token removed", replicas: 1, setup: hsmSetup, fault: func(t *testing.T, f *faultCtx) {
 			tokens := filepath.Join(f.hsmDir, "tokens")
 			away := filepath.Join(f.hsmDir, "away")

@@ -53,11 +53,11 @@ func (f *failingAudit) AppendAudit(ctx context.Context, b *audit.Batch) error {
 	return f.Store.AppendAudit(ctx, b)
 }
 
-func (f *failingAudit) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+func (f *failingAudit) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
 	if err := f.failing(); err != nil {
 		return err
 	}
-	return f.Store.AppendAuditLocked(ctx, build)
+	return f.Store.AppendAuditLocked(ctx, after, build)
 }
 
 // Two signers (Postgres with a password in its DSN + keys in a token with a

@@ -5,6 +5,10 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -121,6 +125,16 @@ func TestTwoReplicasAuditEverySignOnce(t *testing.T) {
 			t.Fatalf("seq %d at position %d: the chain has a gap", s, i)
 		}
 	}
+	// The replicas took turns: commits found the other's entries and caught
+	// up (the paths BenchmarkR_Replicas prices).
+	caught := 0.0
+	for _, e := range envs {
+		caught += metricValue(t, e.Metrics, `plexsphere_signer_audit_commits_total{path="catchup"}`)
+		caught += metricValue(t, e.Metrics, `plexsphere_signer_audit_commits_total{path="locked"}`)
+	}
+	if caught == 0 {
+		t.Fatal("no commit caught up: the replicas never appended between each other's commits")
+	}
 	// One chain across both replicas.
 	verify, err := signerv1.NewAuditServiceClient(envs[1].Dial(t, envs[1].Issue(t, signertest.OperatorID))).Verify(context.Background(), &signerv1.VerifyAuditRequest{})
 	if err != nil || !verify.Ok {
@@ -208,3 +222,22 @@ func TestPostgresOutage(t *testing.T) {
 }
 
 func ed25519Verify(pub, msg, sig []byte) bool { return ed25519.Verify(pub, msg, sig) }
+
+// metricValue is the value of the sample whose line starts with series on
+// a signer's /metrics.
+func metricValue(t *testing.T, h http.Handler, series string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s on /metrics", series)
+	return 0
+}

@@ -387,9 +387,16 @@ func (s *Store) AppendAudit(_ context.Context, b *audit.Batch) error {
 
 // AppendAuditLocked builds and commits a batch in one write transaction
 // (bbolt has one writer at a time: the lock is the transaction).
-func (s *Store) AppendAuditLocked(_ context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
+func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := build(metaUint(tx, metaSize), txReader{tx})
+		h := audit.LockedHead{Size: metaUint(tx, metaSize), Reader: txReader{tx}}
+		if h.Size > after && h.Size-after <= audit.MaxCatchUp {
+			// None when some were pruned: the writer rebuilds from nodes.
+			if leaves, err := (txReader{tx}).Leaves(ctx, after, h.Size); err == nil {
+				h.Leaves = leaves
+			}
+		}
+		b, err := build(h)
 		if err != nil {
 			return err
 		}
@@ -452,6 +459,10 @@ func (s *Store) Sealed(context.Context) (sealed bool, err error) {
 	})
 	return sealed, err
 }
+
+// SyncAudit has nothing to wait for: a bbolt commit is durable before
+// anyone sees it.
+func (s *Store) SyncAudit(context.Context) error { return nil }
 
 func (s *Store) AuditSize(context.Context) (n uint64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {

@@ -384,17 +384,20 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 	return changed, nil
 }
 
-// appendSQL extends the log in one statement, so one round trip and one
-// implicit transaction per batch: the leaves and the tree nodes they
-// complete, only if it gets the append lock at once and the
-// log holds exactly $1-1 entries. Otherwise nothing is written and the
-// writer (told ErrHeadMoved) reloads the tree under the lock, waiting for
-// it (AppendAuditLocked). So every append of every replica is serialised by
-// the one advisory lock, and a replica pays the wait only when it races.
-var appendSQL = `WITH head AS (
-	SELECT pg_try_advisory_xact_lock(` + strconv.FormatInt(appendLock, 10) + `)
-	   AND greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
-	                (SELECT coalesce(max(upto), 0) FROM audit_pruned)) = $1::bigint - 1 AS ok
+// appendSQL extends the log in one statement: the leaves, the tree nodes
+// they complete and the commit's seal, only if it gets the append lock at
+// once and the log holds exactly $1-1 entries. Otherwise nothing is
+// written, and the statement answers where the head went: the size and,
+// if there are at most $7, the leaves after seq $1-1 (as seen when the
+// statement started), for the writer to catch up and try again
+// (MovedError). So every append of every replica is serialised by the one
+// advisory lock, held only while the statement runs (see asyncCommit).
+var appendSQL = `WITH h AS (
+	SELECT pg_try_advisory_xact_lock(` + strconv.FormatInt(appendLock, 10) + `) AS locked,
+	       greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
+	                (SELECT coalesce(max(upto), 0) FROM audit_pruned)) AS size
+), head AS (
+	SELECT locked AND size = $1::bigint - 1 AS ok, size FROM h
 ), e AS (
 	INSERT INTO audit_entries (seq, leaf)
 	SELECT $1::bigint + t.o - 1, t.l FROM unnest($2::bytea[]) WITH ORDINALITY AS t(l, o), head WHERE head.ok
@@ -406,28 +409,83 @@ var appendSQL = `WITH head AS (
 	INSERT INTO audit_seals (size, mac)
 	SELECT $1::bigint + cardinality($2::bytea[]) - 1, $6::bytea FROM head WHERE head.ok AND $6::bytea IS NOT NULL
 )
-SELECT count(*) FROM e`
+SELECT (SELECT count(*) FROM e), head.size, set_config('plexsphere.appended', head.ok::text, false)::bool,
+	CASE WHEN NOT head.ok AND head.size - ($1::bigint - 1) BETWEEN 0 AND $7::bigint THEN
+		(SELECT coalesce(array_agg(leaf ORDER BY seq), '{}') FROM audit_entries WHERE seq >= $1::bigint AND seq <= head.size) END
+FROM head`
 
-// AppendAudit commits the batch in one statement (see appendSQL).
+// AppendAudit commits the batch in one round trip: appendSQL in a
+// transaction committed without waiting for its WAL flush, then flushSQL,
+// which waits for it (see flushSQL).
 func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
-	return classify(appendBatch(ctx, s.pool, b))
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return classify(err)
+	}
+	defer c.Release() // closes a connection a failure left in a transaction
+	var n, size int64
+	var leaves [][]byte
+	batch := &pgx.Batch{}
+	batch.Queue(`BEGIN`)
+	batch.Queue(asyncCommit)
+	batch.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, &size, nil, &leaves) })
+	batch.Queue(`COMMIT`)
+	batch.Queue(flushAppendedSQL)
+	if err := c.Conn().SendBatch(ctx, batch).Close(); err != nil {
+		return classify(err)
+	}
+	if n != int64(len(b.Leaves)) {
+		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, &audit.MovedError{Size: uint64(size), Leaves: leaves})
+	}
+	return nil
 }
 
-func appendBatch(ctx context.Context, q querier, b *audit.Batch) error {
+// An append holds the log's lock until its transaction ends, and every
+// replica's append queues on that lock. Were the commit to wait for its
+// WAL flush while holding it, the log would take one flush per commit,
+// one commit at a time, whichever replica made it: N replicas would split
+// the same number of flushes per second N ways (the cause of two replicas
+// signing less than one; docs/scaling.md). So the append commits without
+// waiting for the flush (asyncCommit: visible at once, the lock released
+// at once), and the store then waits for the flush outside the lock
+// (flushSQL), where concurrent replicas' flushes merge into one fsync
+// (Postgres's group commit). No answer leaves before the flush, so a
+// signature never outlives its entry. A Postgres crash can lose the
+// entries of commits whose flush had not returned: none of their
+// signatures were answered, and since the WAL is written in order, a
+// lost commit takes every later one with it, never leaving a gap. Readers
+// that anchor the log (the check that signs checkpoints) flush first
+// (SyncAudit), so no checkpoint covers an entry a crash could still take.
+const asyncCommit = `SET LOCAL synchronous_commit TO off`
+
+// flushSQL waits until the WAL is flushed past everything this session
+// committed: a transactional logical message writes WAL, so its
+// transaction's commit (at the session's synchronous_commit, on) waits for
+// its flush, which covers every earlier WAL record. Any role may call it,
+// at any wal_level from replica up.
+const flushSQL = `SELECT pg_logical_emit_message(true, 'plexsphere-signer', 'flush')`
+
+// flushAppendedSQL is flushSQL after appendSQL in the same pipeline: only
+// if it appended (it says so in a session setting of its own). A lost race
+// has nothing to flush, and its flush would cost the retry a WAL fsync.
+const flushAppendedSQL = flushSQL + ` WHERE current_setting('plexsphere.appended', true) = 'true'`
+
+// SyncAudit waits until every entry committed so far is durable (see
+// asyncCommit).
+func (s *Store) SyncAudit(ctx context.Context) error {
+	_, err := s.pool.Exec(ctx, flushSQL)
+	return classify(err)
+}
+
+// appendArgs are appendSQL's arguments for b.
+func appendArgs(b *audit.Batch) []any {
 	levels := make([]int16, len(b.Nodes))
 	idx := make([]int64, len(b.Nodes))
 	hs := make([][]byte, len(b.Nodes))
 	for i, n := range b.Nodes {
 		levels[i], idx[i], hs[i] = int16(n.Level), int64(n.Index), n.Hash
 	}
-	var n int64
-	if err := q.QueryRow(ctx, appendSQL, int64(b.Start), b.Leaves, levels, idx, hs, b.Seal).Scan(&n); err != nil {
-		return err
-	}
-	if n != int64(len(b.Leaves)) {
-		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, audit.ErrHeadMoved)
-	}
-	return nil
+	return []any{int64(b.Start), b.Leaves, levels, idx, hs, b.Seal, int64(audit.MaxCatchUp)}
 }
 
 const sizeSQL = `SELECT greatest((SELECT coalesce(max(seq), 0) FROM audit_entries), (SELECT coalesce(max(upto), 0) FROM audit_pruned))`
@@ -441,24 +499,57 @@ func (s *Store) AuditSize(ctx context.Context) (uint64, error) {
 // appendLock is the advisory lock key every append holds.
 const appendLock = 0x706c78_61756474 // "plx" "audt"
 
+// headSQL reads the log's size and, if there are at most $2 of them, the
+// leaves after seq $1 (fewer than the size says if some were pruned).
+// Run after the lock is taken, in its own statement: a statement's snapshot
+// is taken when it starts, so one that waited for the lock inside would not
+// see the commit it waited for.
+const headSQL = `WITH h AS (` + sizeSQL + ` AS size)
+SELECT h.size, CASE WHEN h.size - $1::bigint BETWEEN 1 AND $2::bigint THEN
+	(SELECT coalesce(array_agg(leaf ORDER BY seq), '{}') FROM audit_entries WHERE seq > $1::bigint AND seq <= h.size) END
+FROM h`
+
 // AppendAuditLocked builds and appends a batch under the append lock, in
-// one transaction: the size it builds on cannot move before it commits.
-func (s *Store) AppendAuditLocked(ctx context.Context, build func(uint64, audit.Reader) (*audit.Batch, error)) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(appendLock)); err != nil {
-			return err
-		}
-		var size int64
-		if err := tx.QueryRow(ctx, sizeSQL).Scan(&size); err != nil {
-			return err
-		}
-		b, err := build(uint64(size), reader{tx})
-		if err != nil {
-			return err
-		}
-		return appendBatch(ctx, tx, b)
-	})
-	return classify(err)
+// one transaction, in two round trips: BEGIN, the lock and the head
+// (headSQL) pipelined; then the append (appendSQL, which takes the lock
+// again: it is the session's already), COMMIT and the flush (see
+// asyncCommit) pipelined. The size build sees cannot move before the
+// commit.
+func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(audit.LockedHead) (*audit.Batch, error)) error {
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return classify(err)
+	}
+	// A connection left in a transaction (a failed round trip) is closed
+	// by Release, not reused.
+	defer c.Release()
+	conn := c.Conn()
+	var size int64
+	var leaves [][]byte
+	first := &pgx.Batch{}
+	first.Queue(`BEGIN`)
+	first.Queue(asyncCommit)
+	first.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(appendLock))
+	first.Queue(headSQL, int64(after), int64(audit.MaxCatchUp)).QueryRow(func(row pgx.Row) error { return row.Scan(&size, &leaves) })
+	if err := conn.SendBatch(ctx, first).Close(); err != nil {
+		return classify(err)
+	}
+	b, err := build(audit.LockedHead{Size: uint64(size), Leaves: leaves, Reader: reader{conn}})
+	if err != nil {
+		return classify(err)
+	}
+	var n int64
+	second := &pgx.Batch{}
+	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, nil, nil, nil) })
+	second.Queue(`COMMIT`)
+	second.Queue(flushSQL)
+	if err := conn.SendBatch(ctx, second).Close(); err != nil {
+		return classify(err)
+	}
+	if n != int64(len(b.Leaves)) {
+		return fmt.Errorf("postgres: append at seq %d under the lock: %w", b.Start, audit.ErrHeadMoved)
+	}
+	return nil
 }
 
 func (s *Store) PrunedUpTo(ctx context.Context) (uint64, error) {
