@@ -44,6 +44,11 @@ type Batch struct {
 	Leaves [][]byte
 	Nodes  []Node
 	Seal   []byte
+	// Shared says other writers appended to the log within the last
+	// second: a store may then keep its durability wait out of the log's
+	// lock (Postgres: see asyncCommit), which pays off only when someone
+	// else waits for that lock.
+	Shared bool
 }
 
 // Appender is the store side of the writer.
@@ -101,6 +106,10 @@ const (
 	// kept losing, or the store could not hand the entries over).
 	PathLocked CommitPath = "locked"
 )
+
+// sharedFor is how long a writer takes the log for shared after it last
+// met other writers' entries.
+const sharedFor = time.Second
 
 // maxAttempts bounds the commit attempts without the lock: each lost one
 // costs a round trip; the lock then guarantees progress.
@@ -205,6 +214,9 @@ type Writer struct {
 	tree   *Tree  // owned by loop; nil until loaded
 	root   []byte // tree's root, owned by loop
 	head   Head
+	// sharedUntil: until then, commits say other writers are appending
+	// (Batch.Shared); set by loop whenever it meets their entries.
+	sharedUntil time.Time
 }
 
 // Head is the log's size and root as of a writer's last commit.
@@ -434,7 +446,11 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 			break
 		}
 		var moved *MovedError
-		if !errors.As(err, &moved) || moved.Leaves == nil {
+		if !errors.As(err, &moved) {
+			break
+		}
+		w.sharedUntil = time.Now().Add(sharedFor)
+		if moved.Leaves == nil {
 			break
 		}
 		t, rerr := w.reload(ctx, LockedHead{Size: moved.Size, Leaves: moved.Leaves})
@@ -486,6 +502,9 @@ func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
 	if w.tree != nil && w.tree.Size() == h.Size {
 		return w.tree, nil
 	}
+	if w.tree != nil {
+		w.sharedUntil = time.Now().Add(sharedFor) // others appended since
+	}
 	if head := w.Head(); h.Size < head.Size {
 		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d (entries after seq %d were removed)", signerr.ErrAuditLogBroken, h.Size, head.Size, h.Size)
 		w.Fail(err)
@@ -516,7 +535,7 @@ func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
 // store; on success the copy becomes the writer's tree.
 func (w *Writer) append(ctx context.Context, batch []*Pending, n int, base *Tree, store func(context.Context, *Batch) error) error {
 	t := base.Clone()
-	b := &Batch{Start: t.Size() + 1, Leaves: make([][]byte, 0, n)}
+	b := &Batch{Start: t.Size() + 1, Leaves: make([][]byte, 0, n), Shared: time.Now().Before(w.sharedUntil)}
 	keep := func(nd Node) { b.Nodes = append(b.Nodes, nd) }
 	for _, p := range batch {
 		for i := range p.entries {

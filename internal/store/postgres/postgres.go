@@ -414,17 +414,26 @@ SELECT (SELECT count(*) FROM e), head.size, set_config('plexsphere.appended', he
 		(SELECT coalesce(array_agg(leaf ORDER BY seq), '{}') FROM audit_entries WHERE seq >= $1::bigint AND seq <= head.size) END
 FROM head`
 
-// AppendAudit commits the batch in one round trip: appendSQL in a
-// transaction committed without waiting for its WAL flush, then flushSQL,
-// which waits for it (see flushSQL).
+// AppendAudit commits the batch in one round trip. While other replicas
+// append too (b.Shared): appendSQL in a transaction committed without
+// waiting for its WAL flush, then flushSQL, which waits for it outside the
+// log's lock (see asyncCommit). Alone, appendSQL in a transaction of its
+// own, which waits for its flush itself: one statement, the cheapest
+// commit when no one queues on the lock.
 func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
+	var n, size int64
+	var leaves [][]byte
+	if !b.Shared {
+		if err := s.pool.QueryRow(ctx, appendSQL, appendArgs(b)...).Scan(&n, &size, nil, &leaves); err != nil {
+			return classify(err)
+		}
+		return moved(b, n, size, leaves)
+	}
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return classify(err)
 	}
 	defer c.Release() // closes a connection a failure left in a transaction
-	var n, size int64
-	var leaves [][]byte
 	batch := &pgx.Batch{}
 	batch.Queue(`BEGIN`)
 	batch.Queue(asyncCommit)
@@ -434,6 +443,11 @@ func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
 	if err := c.Conn().SendBatch(ctx, batch).Close(); err != nil {
 		return classify(err)
 	}
+	return moved(b, n, size, leaves)
+}
+
+// moved is nil if appendSQL wrote b's n leaves, else where the head went.
+func moved(b *audit.Batch, n, size int64, leaves [][]byte) error {
 	if n != int64(len(b.Leaves)) {
 		return fmt.Errorf("postgres: append at seq %d: %w", b.Start, &audit.MovedError{Size: uint64(size), Leaves: leaves})
 	}
@@ -445,9 +459,10 @@ func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
 // WAL flush while holding it, the log would take one flush per commit,
 // one commit at a time, whichever replica made it: N replicas would split
 // the same number of flushes per second N ways (the cause of two replicas
-// signing less than one; docs/scaling.md). So the append commits without
-// waiting for the flush (asyncCommit: visible at once, the lock released
-// at once), and the store then waits for the flush outside the lock
+// signing less than one; docs/scaling.md). So while other replicas
+// append (Batch.Shared) the append commits without waiting for the flush
+// (asyncCommit: visible at once, the lock released at once), and the store
+// then waits for the flush outside the lock
 // (flushSQL), where concurrent replicas' flushes merge into one fsync
 // (Postgres's group commit). No answer leaves before the flush, so a
 // signature never outlives its entry. A Postgres crash can lose the
