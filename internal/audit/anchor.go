@@ -155,6 +155,14 @@ func (a *fileAnchor) read(path, origin string) error {
 	return nil
 }
 
+// CheckpointFile is the file this signer appends checkpoints to under
+// SIGNER_CHECKPOINT_LOG: the path itself, or, for a directory (one claim
+// shared by replicas), <hostname>.jsonl in it.
+func CheckpointFile(path string) (string, error) {
+	write, _, err := anchorFiles(path)
+	return write, err
+}
+
 // CheckpointFileEmpty reports whether the checkpoint file (or every file of
 // the directory) holds no complete line: SIGNER_CHECKPOINT_LOG_INIT starts
 // only an empty one.

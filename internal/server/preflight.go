@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/plexsphere/signer/internal/audit"
 	"github.com/plexsphere/signer/internal/config"
 )
 
@@ -20,7 +21,11 @@ import (
 func preflight(cfg *config.Signer) error {
 	var errs []error
 	if cfg.CheckpointLog != "" {
-		if err := checkAppendable(cfg.CheckpointLog); err != nil {
+		file, err := audit.CheckpointFile(cfg.CheckpointLog)
+		if err == nil {
+			err = checkAppendable(file)
+		}
+		if err != nil {
 			errs = append(errs, config.Errorf(cfg, "CheckpointLog", "%v: the signer appends every checkpoint to it; give it a writable file on storage the database's writers cannot reach", err))
 		}
 	}
