@@ -552,6 +552,12 @@ func (f *fakeReplica) serve(nc net.Conn, n uint32, goAwayAfter int) {
 	enc := hpack.NewEncoder(&buf)
 	fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1000})
 	answer := func(id uint32) {
+		// Counted before it is written: a core that has its answer may
+		// count the replica's answers at once.
+		select {
+		case f.answered <- [2]uint32{n, id}:
+		default: // only counted where few are answered
+		}
 		buf.Reset()
 		hs := []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
 		if !f.noTrailers {
@@ -563,10 +569,6 @@ func (f *fakeReplica) serve(nc net.Conn, n uint32, goAwayAfter int) {
 		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte(buf.String()), EndStream: !f.noTrailers, EndHeaders: true})
 		if f.noTrailers {
 			fr.WriteData(id, true, []byte{0, 0, 0, 0, 0})
-		}
-		select {
-		case f.answered <- [2]uint32{n, id}:
-		default: // only counted where few are answered
 		}
 	}
 	var held []uint32
