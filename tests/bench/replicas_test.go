@@ -25,7 +25,8 @@ import (
 // ratio to one replica in the same mode and run): the replicas' CPU per
 // Sign together, Postgres's CPU and WAL bytes per Sign, and how the
 // replicas' commits went (commits per Sign, and those that found another
-// replica's entries first and caught up under the log's lock).
+// replica's entries first and caught up) beside Postgres's transactions
+// and tuples read per Sign (pg_stat_database).
 //
 // BENCH_SIGNER_BEFORE, set to a plexsphere-signer binary (built from an
 // earlier commit), adds the same rows for it, named before/...: a
@@ -95,6 +96,12 @@ func replicaRows(b *testing.B, prefix, bin string, quota float64, n int) {
 	meters := []meter{clientCPU("client"), scp.cpu(), replicasCPU(replicas), replicas[0].profile()}
 	meters = append(meters, pgMeters(conn, pg)...)
 	meters = append(meters, commitMeters(replicas)...)
+	// Postgres's own count of transactions and of tuples it read, per op:
+	// what its CPU per Sign is spent on.
+	meters = append(meters,
+		meter{unit: "pg-xacts/op", read: pgQuery(conn, `SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database WHERE datname = current_database()`)},
+		meter{unit: "pg-tuples/op", read: pgQuery(conn, `SELECT sum(tup_returned + tup_fetched) FROM pg_stat_database WHERE datname = current_database()`)},
+	)
 	for _, inflight := range []int{1, 64} {
 		name := fmt.Sprintf("%s/replicas=%d", prefix, n)
 		run(b, name, inflight, side, func(b *testing.B, r result) {
