@@ -521,10 +521,7 @@ func TestSignerChartAuditRefusals(t *testing.T) {
 			for k, x := range tc.set {
 				set(v, k, x)
 			}
-			_, err := render(t, "plexsphere-signer", v)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want %q", err, tc.want)
-			}
+			refused(t, "plexsphere-signer", v, tc.want)
 		})
 	}
 }

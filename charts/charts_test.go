@@ -32,6 +32,15 @@ type manifests struct {
 
 // render installs the chart in dry-run, client-only mode and decodes every
 // manifest; an unknown field anywhere is an error.
+// refused fails t unless rendering dir with vals fails with an error
+// containing want.
+func refused(t *testing.T, dir string, vals map[string]any, want string) {
+	t.Helper()
+	if _, err := render(t, dir, vals); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+}
+
 func render(t *testing.T, dir string, vals map[string]any) (manifests, error) {
 	t.Helper()
 	chrt, err := loader.Load(dir)
@@ -469,10 +478,7 @@ func TestSignerChartRefusals(t *testing.T) {
 			for k, x := range values(t, tc.extra) {
 				v[k] = x
 			}
-			_, err := render(t, "plexsphere-signer", v)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want %q", err, tc.want)
-			}
+			refused(t, "plexsphere-signer", v, tc.want)
 		})
 	}
 }

@@ -310,10 +310,7 @@ func TestSidecarSettingRefusals(t *testing.T) {
 			for k, x := range tc.set {
 				set(v, k, x)
 			}
-			_, err := render(t, "example-core", v)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want %q", err, tc.want)
-			}
+			refused(t, "example-core", v, tc.want)
 		})
 	}
 }
