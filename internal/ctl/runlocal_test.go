@@ -169,6 +169,14 @@ func TestProcessMakeRun(t *testing.T) {
 	if code, out, errOut := signerctl(env, "audit", "verify"); code != 0 || strings.Contains(errOut, "warning") {
 		t.Fatalf("audit verify with signerctl.env: exit %d\n%s%s", code, out, errOut)
 	}
+	// An export takes whole tiles (audit.TileSize entries): eight more
+	// audited calls make sure one is complete, however few Signs the
+	// example core has made by now.
+	for range 8 {
+		if code, out, errOut := signerctl(env, "keys"); code != 0 {
+			t.Fatalf("keys: exit %d\n%s%s", code, out, errOut)
+		}
+	}
 	export := filepath.Join(t.TempDir(), "audit-0001.jsonl")
 	code, out, errOut := signerctl(env, "audit", "export", "--to", export)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
