@@ -5,7 +5,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export TESTCONTAINERS_RYUK_DISABLED := true
 
-.PHONY: all build run test deps unit generate-check proto lint bench bench-scale fmt clean spire witness fuzz images kind-node e2e-kind
+.PHONY: all build run test deps unit generate-check proto lint bench bench-scale fmt clean spire witness cosign fuzz images kind-node e2e-kind
 # Tests and benchmarks include the PKCS#11 provider (cgo); the default build
 # and the scratch images do not (see docs/hsm.md).
 TAGS  := pkcs11
@@ -26,7 +26,7 @@ run: build
 ## The kind node image (about 25 min of CPU cold, seconds when cached), helm and the SPIRE images
 ## are prepared at low priority while the Go tests run: those wait on containers and fsync much of the
 ## time. Its log is bin/kind-prepare.log (printed if it fails).
-test: deps generate-check lint spire witness
+test: deps generate-check lint spire witness cosign
 	@rm -f $(BIN)/fault-matrix.txt; mkdir -p $(BIN)
 	@echo "test: preparing the kind node image in the background (log: bin/kind-prepare.log)"
 	@E2E_PREPARE_ONLY=1 nice -n 15 ./scripts/e2e-kind.sh > $(BIN)/kind-prepare.log 2>&1 & prep=$$!; \
@@ -42,7 +42,7 @@ deps:
 	./scripts/deps.sh
 
 ## unit: the tests alone (no generate-check, no lint).
-unit: spire witness
+unit: spire witness cosign
 	$(GO) test -race -count=1 -tags $(TAGS) ./...
 
 ## spire: SPIRE server and agent v1.13.3 for the tests, from their own module (tools/spire).
@@ -54,6 +54,11 @@ $(BIN)/spire-server $(BIN)/spire-agent &: tools/spire/go.mod tools/spire/go.sum
 witness: $(BIN)/omniwitness
 $(BIN)/omniwitness: tools/witness/go.mod tools/witness/go.sum
 	cd tools/witness && CGO_ENABLED=0 $(GO) build -o $(BIN)/ github.com/transparency-dev/witness/cmd/omniwitness
+
+## cosign: the sigstore cosign CLI v3.1.3 the KMS plugin's tests drive, from its own module (tools/cosign).
+cosign: $(BIN)/cosign
+$(BIN)/cosign: tools/cosign/go.mod tools/cosign/go.sum
+	cd tools/cosign && CGO_ENABLED=0 $(GO) build -o $(BIN)/ github.com/sigstore/cosign/v3/cmd/cosign
 
 ## proto: regenerate Go code from proto/ (protoc from apt, plugins pinned in go.mod) and the descriptor set
 ## proto/plexsphere-signer.protoset (the schema plus google.rpc error details, for grpcurl).

@@ -13,9 +13,10 @@ import (
 	"github.com/plexsphere/signer/internal/nomaterial"
 )
 
-// noMaterialRoots are the binaries and libraries a core links: none may hold
-// an Ed25519 private half.
-var noMaterialRoots = []string{"./client/...", "./sidecar/...", "./cmd/plexsphere-sidecar", "./examples/core"}
+// noMaterialRoots are the binaries and libraries a core links, and the
+// sigstore KMS plugin cosign runs beside a core: none may hold an Ed25519
+// private half.
+var noMaterialRoots = []string{"./client/...", "./sidecar/...", "./cmd/plexsphere-sidecar", "./examples/core", "./cmd/sigstore-kms-plexsphere"}
 
 const module = "github.com/plexsphere/signer"
 
@@ -86,7 +87,7 @@ func TestCoreBinaryHoldsNoSigningMaterialTypeAware(t *testing.T) {
 	for _, f := range findings {
 		t.Error(f)
 	}
-	for _, must := range []string{module + "/client", module + "/sidecar", module + "/examples/core"} {
+	for _, must := range []string{module + "/client", module + "/sidecar", module + "/examples/core", module + "/internal/kmsplugin"} {
 		found := false
 		for _, p := range checked {
 			found = found || p == must
@@ -102,11 +103,12 @@ func TestCoreBinaryHoldsNoSigningMaterialTypeAware(t *testing.T) {
 var serverSide = []string{module + "/internal/store", module + "/internal/keyprovider", module + "/internal/audit",
 	module + "/internal/signerr", module + "/internal/server", module + "/internal/signing"}
 
-// The sidecar binary and the example core link no server-side package, so
-// not even a bug could make them reach keys or the audit log; the fixture
-// in internal/nomaterial proves the check fails when one does.
+// The sidecar binary, the example core and the sigstore KMS plugin link no
+// server-side package, so not even a bug could make them reach keys or the
+// audit log; the fixture in internal/nomaterial proves the check fails when
+// one does.
 func TestCoreBinaryLinksNoServerCode(t *testing.T) {
-	linked, err := nomaterial.Imports(repoRoot(t), serverSide, "./cmd/plexsphere-sidecar", "./examples/core", "./client/...", "./sidecar/...")
+	linked, err := nomaterial.Imports(repoRoot(t), serverSide, "./cmd/plexsphere-sidecar", "./examples/core", "./client/...", "./sidecar/...", "./cmd/sigstore-kms-plexsphere")
 	if err != nil {
 		t.Fatal(err)
 	}
