@@ -2,7 +2,9 @@ package client
 
 import (
 	"context"
+	"crypto"
 	"crypto/ed25519"
+	"crypto/sha512"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/local"
 
 	"github.com/plexsphere/signer/client/auditlog"
+	"github.com/plexsphere/signer/internal/signvariant"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -129,15 +132,51 @@ type Signature struct {
 	RequestID string
 }
 
-// Sign signs payload with the scope's ACTIVE key.
+// Sign signs payload with the scope's ACTIVE key (pure Ed25519).
 func (c *Client) Sign(ctx context.Context, scope string, payload []byte) (Signature, error) {
-	return c.sign(ctx, scope, payload, nil)
+	return c.sign(ctx, scope, payload, nil, nil)
 }
 
-func (c *Client) sign(ctx context.Context, scope string, payload []byte, keyID *string) (Signature, error) {
-	resp, err := c.rpc.Sign(ctx, &signerv1.SignRequest{Scope: scope, Payload: payload, KeyId: keyID})
+// SignWith signs with the scope's ACTIVE key in the RFC 8032 variant opts
+// selects, as crypto/ed25519's PrivateKey.Sign does:
+//
+//   - opts nil, or HashFunc() 0 without a context: pure Ed25519 over message;
+//   - HashFunc() crypto.SHA512 (crypto.SHA512 itself, or *ed25519.Options
+//     with Hash crypto.SHA512 and an optional Context): Ed25519ph, message
+//     being the 64-byte SHA-512 digest of the signed data;
+//   - *ed25519.Options with Hash 0 and a Context: Ed25519ctx over message.
+//
+// Any other hash, a context over 255 bytes or a digest of another length
+// is ErrInvalidArgument. Ed25519ph and Ed25519ctx must be allowed for the
+// scope on the signer (SIGNER_SCOPE_SIGN_VARIANTS), else the call fails
+// with ErrVariantNotAllowed. Verify the result with ed25519.VerifyWithOptions
+// and the same options.
+func (c *Client) SignWith(ctx context.Context, scope string, message []byte, opts crypto.SignerOpts) (Signature, error) {
+	return c.sign(ctx, scope, message, nil, opts)
+}
+
+func (c *Client) sign(ctx context.Context, scope string, payload []byte, keyID *string, opts crypto.SignerOpts) (Signature, error) {
+	req := &signerv1.SignRequest{Scope: scope, Payload: payload, KeyId: keyID}
+	if opts != nil {
+		v, context, err := signvariant.Of(opts)
+		if err != nil {
+			return Signature{}, fmt.Errorf("client: %v: %w", err, ErrInvalidArgument)
+		}
+		if v == signvariant.Ed25519ph && len(payload) != sha512.Size {
+			return Signature{}, fmt.Errorf("client: Ed25519ph signs the 64-byte SHA-512 digest of the message, not %d bytes: %w", len(payload), ErrInvalidArgument)
+		}
+		req.Variant, req.Context = signerv1.SignVariant(v), context
+	}
+	resp, err := c.rpc.Sign(ctx, req)
 	if err != nil {
 		return Signature{}, fromStatus(err)
+	}
+	if resp.GetVariant() != req.Variant {
+		// A signer that predates variants ignores the field and signs
+		// pure Ed25519: a signature in another scheme than asked for
+		// is never returned as the one asked for.
+		return Signature{}, fmt.Errorf("client: asked for %s, the signer answered %s (a signer without sign variants?): %w",
+			req.Variant, resp.GetVariant(), ErrVariantNotAllowed)
 	}
 	return Signature{Bytes: resp.GetSignature(), KeyID: resp.GetKeyId(), RequestID: resp.GetRequestId()}, nil
 }

@@ -40,6 +40,12 @@ var (
 	ErrInternal = errors.New("client: internal error")
 	// ErrNotFound: Prove found no such request of this caller in the log.
 	ErrNotFound = errors.New("client: audit entry not found")
+	// ErrVariantNotAllowed: the signer refused the Sign's RFC 8032 variant
+	// (Ed25519ph, Ed25519ctx): the scope does not allow it
+	// (SIGNER_SCOPE_SIGN_VARIANTS), the signer runs in FIPS 140-3 mode
+	// (Ed25519ctx), or its key provider cannot make it. Error.Variant and
+	// the message say which; retrying does not help.
+	ErrVariantNotAllowed = errors.New("client: sign variant not allowed")
 	// ErrInvalidSignature: Verify found the signature does not match.
 	ErrInvalidSignature = errors.New("client: invalid signature")
 )
@@ -62,6 +68,7 @@ var byReason = map[signerv1.ErrorReason]error{
 	signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_BROKEN:       ErrUnavailable,
 	signerv1.ErrorReason_ERROR_REASON_AUDIT_LOG_UNANCHORED:   ErrUnavailable,
 	signerv1.ErrorReason_ERROR_REASON_UNKNOWN_METHOD:         ErrInternal,
+	signerv1.ErrorReason_ERROR_REASON_VARIANT_NOT_ALLOWED:    ErrVariantNotAllowed,
 }
 
 // byCode covers errors without a wire reason: transport failures and the
@@ -93,6 +100,9 @@ type Error struct {
 	// and the rule it broke ("must be at most 65536 bytes"), from the
 	// ErrorInfo metadata of an InvalidArgument. They never repeat the input.
 	Field, Rule string
+	// Variant is the refused variant ("ed25519ph", "ed25519ctx") of an
+	// ErrVariantNotAllowed.
+	Variant string
 }
 
 func (e *Error) Error() string {
@@ -122,7 +132,8 @@ func fromStatus(err error) error {
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
 			if s, ok := byReason[signerv1.ErrorReason(signerv1.ErrorReason_value[info.Reason])]; ok {
-				return &Error{Sentinel: s, Status: st, Reason: info.Reason, Field: info.Metadata["field"], Rule: info.Metadata["rule"]}
+				return &Error{Sentinel: s, Status: st, Reason: info.Reason, Field: info.Metadata["field"], Rule: info.Metadata["rule"],
+					Variant: info.Metadata["variant"]}
 			}
 		}
 	}

@@ -3,12 +3,13 @@ package client
 import (
 	"context"
 	"crypto"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"time"
+
+	"github.com/plexsphere/signer/internal/signvariant"
 )
 
 // ScopeSigner is a crypto.Signer for one scope, so JWT, SSH and X.509
@@ -96,8 +97,13 @@ func (s *ScopeSigner) Public() crypto.PublicKey {
 	return k.Key
 }
 
-// Sign signs message (pure Ed25519: opts.HashFunc() must be 0, and message
-// is the whole message, not a digest) with the pinned key.
+// Sign signs message with the pinned key, in the variant opts selects as
+// crypto/ed25519's PrivateKey.Sign does (see Client.SignWith): pure
+// Ed25519 for HashFunc() 0 (message is the whole message), Ed25519ph for
+// crypto.SHA512 (message is the SHA-512 digest), Ed25519ctx for
+// *ed25519.Options with a Context and Hash 0. Another hash is
+// ErrInvalidArgument; a variant the scope does not allow
+// ErrVariantNotAllowed.
 func (s *ScopeSigner) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
@@ -106,18 +112,17 @@ func (s *ScopeSigner) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) 
 
 // SignContext is Sign with the caller's context.
 func (s *ScopeSigner) SignContext(ctx context.Context, message []byte, opts crypto.SignerOpts) ([]byte, error) {
-	if opts != nil && opts.HashFunc() != 0 {
-		return nil, fmt.Errorf("client: Ed25519 signs whole messages; pre-hashed (%v) is not supported: %w", opts.HashFunc(), ErrInvalidArgument)
-	}
-	if o, ok := opts.(*ed25519.Options); ok && o.Context != "" {
-		return nil, fmt.Errorf("client: Ed25519ctx is not supported: %w", ErrInvalidArgument)
+	if _, _, err := signvariant.Of(opts); err != nil {
+		// Refused before the key is bound: a bad option is the caller's
+		// error whatever the signer's state.
+		return nil, fmt.Errorf("client: %v: %w", err, ErrInvalidArgument)
 	}
 	k, err := s.bind(ctx)
 	if err != nil {
 		return nil, err
 	}
 	id := k.KeyID
-	sig, err := s.c.sign(ctx, s.scope, message, &id)
+	sig, err := s.c.sign(ctx, s.scope, message, &id, opts)
 	if err != nil {
 		if errors.Is(err, ErrKeyRetired) {
 			// The scope rotated: make the next Signer bind to the new key.

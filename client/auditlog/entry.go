@@ -49,6 +49,13 @@ const (
 	MethodPrune = "log/prune"
 )
 
+// Sign variants a version 3 leaf records (RFC 8032).
+const (
+	VariantEd25519    = "ed25519"
+	VariantEd25519ph  = "ed25519ph"
+	VariantEd25519ctx = "ed25519ctx"
+)
+
 // SubjectSigner is the fixed subject of every middleware entry; the peer's
 // identity lives on the separate admission entry (SubjectPeer).
 const SubjectSigner = "service:signer"
@@ -133,9 +140,16 @@ type Entry struct {
 	// Detail is a log record's statement (relation "log"), nil for every
 	// RPC's entry.
 	Detail []byte
+	// SignVariant is the RFC 8032 variant a Sign asked for when it was not
+	// pure Ed25519 (VariantEd25519ph, VariantEd25519ctx), or
+	// VariantEd25519 for a pure request that carried a context; "" for a
+	// plain pure Sign and every other entry. ContextSHA256 is the SHA-256
+	// of the request's context when it had one. Both need leaf version 3.
+	SignVariant   string
+	ContextSHA256 []byte
 	// Version is the leaf version the entry was read from, 0 for a new
-	// entry (written in LeafVersion). It is the leaf's first byte, not a
-	// field of its own.
+	// entry (written in the oldest version that can hold it: 3 with a sign
+	// variant, else 2). It is the leaf's first byte, not a field of its own.
 	Version byte
 }
 

@@ -11,16 +11,26 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 )
 
-// LeafVersion is the version AppendLeaf writes: the first byte of a leaf.
-// ParseLeaf reads every version up to it, so leaves written before a
+// LeafVersion is the newest version AppendLeaf writes: the first byte of a
+// leaf. ParseLeaf reads every version up to it, so leaves written before a
 // version change stay readable and keep their hash.
-const LeafVersion = 2
+//
+// A new entry is written in the oldest version that can hold it: version 3
+// only for a Sign that records a variant (Ed25519ph, Ed25519ctx), version 2
+// for everything else. A pure Sign's leaf is byte for byte what it was
+// before version 3 existed, costs nothing more, and stays readable by
+// signers and auditors that predate version 3 (a rolling upgrade, an
+// auditor's older signerctl) until a scope actually signs in a variant.
+const LeafVersion = 3
+
+// baseVersion is what a new entry without a sign variant is written in.
+const baseVersion = 2
 
 // The canonical leaf encoding. Every field the contract pins is in it, so
 // the Merkle tree commits to exactly what a reader is shown
 // (docs/audit.md has the byte tables):
 //
-//	u8        version (1 or 2)
+//	u8        version (1, 2 or 3)
 //	[16]byte  request id
 //	sym       subject   (1 "service:signer"; 2 "service:signer:peer=" + str)
 //	sym       relation
@@ -31,10 +41,13 @@ const LeafVersion = 2
 //	sym       method
 //	sym       code
 //	u8        present: bit 0 payload digest, bit 1 signature digest,
-//	          bit 2 detail (version 2 only)
+//	          bit 2 detail (version 2 on), bit 3 sign variant and bit 4
+//	          context digest (version 3)
 //	[32]byte  payload SHA-256, if present
 //	[32]byte  signature SHA-256, if present
 //	str       detail, if present (version 2): a log record's statement
+//	sym       sign variant, if present (version 3)
+//	[32]byte  context SHA-256, if present (version 3)
 //
 // str is a uvarint length and the bytes; sym is a u8 tag, 0 followed by a
 // str for a value outside the field's dictionary, else the value's index in
@@ -46,9 +59,10 @@ const LeafVersion = 2
 // version.
 
 // dicts are each version's dictionaries; dicts[v-1] is version v's.
-var dicts = [LeafVersion]struct{ relation, reason, method []string }{
+var dicts = [LeafVersion]struct{ relation, reason, method, variant []string }{
 	{relation: dictRelation[:6], reason: dictReason, method: dictMethod[:16]},
 	{relation: dictRelation, reason: dictReason, method: dictMethod},
+	{relation: dictRelation, reason: dictReason, method: dictMethod, variant: dictVariant},
 }
 
 var (
@@ -80,6 +94,8 @@ var (
 		MethodEpoch,
 		MethodPrune,
 	}
+	// version 3
+	dictVariant = []string{VariantEd25519, VariantEd25519ph, VariantEd25519ctx}
 	// gRPC status code names, in code order (codes.Code(i).String()); the
 	// same in every version.
 	dictCode = []string{"OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
@@ -117,18 +133,28 @@ func appendSym(b []byte, dict []string, s string) []byte {
 const MaxLeafSize = 8 << 10
 
 // AppendLeaf appends e's canonical encoding to b, in e.Version (0: the
-// current LeafVersion).
+// oldest version that holds e, see LeafVersion).
 func AppendLeaf(b []byte, e *Entry) ([]byte, error) {
 	start := len(b)
+	hasVariant := e.SignVariant != "" || e.ContextSHA256 != nil
 	v := e.Version
 	if v == 0 {
-		v = LeafVersion
+		v = baseVersion
+		if hasVariant {
+			v = 3
+		}
 	}
 	if v > LeafVersion {
 		return b, fmt.Errorf("auditlog: leaf version %d, this package writes up to %d", v, LeafVersion)
 	}
 	if v < 2 && e.Detail != nil {
 		return b, fmt.Errorf("auditlog: leaf version %d has no detail", v)
+	}
+	if v < 3 && hasVariant {
+		return b, fmt.Errorf("auditlog: leaf version %d has no sign variant", v)
+	}
+	if e.ContextSHA256 != nil && len(e.ContextSHA256) != 32 {
+		return b, fmt.Errorf("auditlog: context digest of %d bytes, want 32", len(e.ContextSHA256))
 	}
 	d := dicts[v-1]
 	b = append(b, v)
@@ -168,6 +194,12 @@ func AppendLeaf(b []byte, e *Entry) ([]byte, error) {
 	if e.Detail != nil {
 		flags |= 4
 	}
+	if e.SignVariant != "" {
+		flags |= 8
+	}
+	if e.ContextSHA256 != nil {
+		flags |= 16
+	}
 	b = append(b, flags)
 	b = append(b, e.PayloadSHA256...)
 	b = append(b, e.SignatureSHA256...)
@@ -175,6 +207,10 @@ func AppendLeaf(b []byte, e *Entry) ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(len(e.Detail)))
 		b = append(b, e.Detail...)
 	}
+	if e.SignVariant != "" {
+		b = appendSym(b, d.variant, e.SignVariant)
+	}
+	b = append(b, e.ContextSHA256...)
 	if len(b)-start > MaxLeafSize {
 		return b[:start], fmt.Errorf("auditlog: entry encodes to %d bytes, limit %d", len(b)-start, MaxLeafSize)
 	}
@@ -311,7 +347,10 @@ func ParseLeaf(leaf []byte) (Entry, error) {
 	e.Method = r.sym(d.method)
 	e.Code = r.sym(dictCode)
 	flags := r.u8()
-	if known := byte(3); e.Version >= 2 && flags&^(known|4) != 0 || e.Version < 2 && flags&^known != 0 {
+	// The present bits each version knows; any other is refused, so a
+	// leaf cannot carry a field its version's readers would skip.
+	known := [LeafVersion]byte{3, 3 | 4, 3 | 4 | 8 | 16}[e.Version-1]
+	if flags&^known != 0 {
 		r.fail()
 	}
 	if flags&1 != 0 {
@@ -323,6 +362,14 @@ func ParseLeaf(leaf []byte) (Entry, error) {
 	if flags&4 != 0 {
 		n := r.uvarint()
 		e.Detail = bytes.Clone(r.bytes(int(min(n, MaxLeafSize+1))))
+	}
+	if flags&8 != 0 {
+		if e.SignVariant = r.sym(d.variant); e.SignVariant == "" {
+			r.fail()
+		}
+	}
+	if flags&16 != 0 {
+		e.ContextSHA256 = bytes.Clone(r.bytes(32))
 	}
 	if r.err != nil || len(r.b) != 0 {
 		return Entry{}, ErrMalformedLeaf

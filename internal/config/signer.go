@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/plexsphere/signer/internal/names"
+	"github.com/plexsphere/signer/internal/signvariant"
 )
 
 // Signer is plexsphere-signer's configuration. Helm values map to these
@@ -33,6 +34,7 @@ type Signer struct {
 	RotationAllowSPIFFEIDs []string `envconfig:"SIGNER_ROTATION_ALLOW_SPIFFE_IDS" flag:"rotation-allow-spiffe-id" desc:"SPIFFE ID allowed to call RotationService and AuditService (operators)"`
 	AuditorAllowSPIFFEIDs  []string `envconfig:"SIGNER_AUDITOR_ALLOW_SPIFFE_IDS" flag:"auditor-allow-spiffe-id" desc:"SPIFFE ID allowed to read and verify the audit log (AuditService only, read-only)"`
 	ScopeGrants            []string `envconfig:"SIGNER_SCOPE_GRANTS" flag:"scope-grant" desc:"<spiffe-id>=<scope|*>: once any is set, each SignerService caller may use only its granted scopes"`
+	ScopeSignVariants      []string `envconfig:"SIGNER_SCOPE_SIGN_VARIANTS" flag:"scope-sign-variant" desc:"<scope>=<ed25519ph|ed25519ctx>, e.g. payments=ed25519ph: let the scope sign in that RFC 8032 variant too (every scope signs pure Ed25519; ed25519ctx is refused in FIPS 140-3 mode)"`
 	AutoRotate             []string `envconfig:"SIGNER_AUTO_ROTATE" flag:"auto-rotate" desc:"<scope>:<period>:<prepublish>:<verify-only>, e.g. payments:720h:1h:48h: rotate the scope automatically"`
 
 	Identity `ignored:"true" prefix:"SIGNER_"`
@@ -145,6 +147,9 @@ func (c *Signer) Validate() error {
 	}
 	if _, err := c.Grants(); err != nil {
 		add(Errorf(c, "ScopeGrants", "%v", err))
+	}
+	if _, err := c.SignVariants(); err != nil {
+		add(Errorf(c, "ScopeSignVariants", "%v", err))
 	}
 	if _, err := c.AutoRotations(); err != nil {
 		add(Errorf(c, "AutoRotate", "%v", err))
@@ -387,6 +392,38 @@ func (c *Signer) Grants() (map[string]map[string]bool, error) {
 			out[id] = map[string]bool{}
 		}
 		out[id][scope] = true
+	}
+	return out, nil
+}
+
+// SignVariants parses ScopeSignVariants into scope → the variants it may
+// sign in besides pure Ed25519. A variant FIPS 140-3 mode does not approve
+// (signvariant.Approved) is refused while the mode is on, so a signer that
+// would refuse every such Sign does not start as if it could make them.
+func (c *Signer) SignVariants() (map[string]map[signvariant.Variant]bool, error) {
+	out := map[string]map[signvariant.Variant]bool{}
+	for _, sv := range c.ScopeSignVariants {
+		scope, name, ok := strings.Cut(sv, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q is not <scope>=<variant> (e.g. payments=ed25519ph)", sv)
+		}
+		if names.CheckScope(scope) != nil {
+			return nil, fmt.Errorf("%q: %q is not a scope: a scope %s", sv, scope, names.ScopeRule)
+		}
+		v, err := signvariant.Parse(name)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %v", sv, err)
+		}
+		if v == signvariant.Ed25519 {
+			return nil, fmt.Errorf("%q: every scope signs pure Ed25519; list only ed25519ph or ed25519ctx", sv)
+		}
+		if err := signvariant.Approved(v); err != nil {
+			return nil, fmt.Errorf("%q: %v (Go's FIPS module is enabled: GODEBUG=fips140 or GOFIPS140); remove it, or run without FIPS mode", sv, err)
+		}
+		if out[scope] == nil {
+			out[scope] = map[signvariant.Variant]bool{}
+		}
+		out[scope][v] = true
 	}
 	return out, nil
 }

@@ -36,6 +36,8 @@ type entryJSON struct {
 	RequestID       string   `json:"request_id"`
 	PayloadSHA256   string   `json:"payload_sha256,omitempty"`
 	SignatureSHA256 string   `json:"signature_sha256,omitempty"`
+	SignVariant     string   `json:"sign_variant,omitempty"`
+	ContextSHA256   string   `json:"context_sha256,omitempty"`
 	Leaf            []byte   `json:"leaf"`
 }
 
@@ -46,7 +48,8 @@ func toEntryJSON(e *signerv1.AuditEntry) entryJSON {
 	}
 	return entryJSON{Seq: e.Seq, Timestamp: jsonTime(e.Timestamp), Subject: e.Subject, Relation: e.Relation,
 		Object: e.Object, Reason: e.Reason, CaveatContext: cav, Method: e.Method, Code: e.Code, RequestID: e.RequestId,
-		PayloadSHA256: e.PayloadSha256, SignatureSHA256: e.SignatureSha256, Leaf: e.Leaf}
+		PayloadSHA256: e.PayloadSha256, SignatureSHA256: e.SignatureSha256, SignVariant: e.SignVariant,
+		ContextSHA256: e.ContextSha256, Leaf: e.Leaf}
 }
 
 // checkpointJSON is a verified checkpoint in every command's JSON output.

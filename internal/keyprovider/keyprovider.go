@@ -17,13 +17,22 @@ import (
 	"github.com/plexsphere/signer/internal/signerr"
 )
 
-// Key is a provider-held Ed25519 key. Sign (crypto.Signer) signs the whole
-// message (opts.HashFunc() must be 0: pure Ed25519); SignContext is the same
-// with the caller's deadline and cancellation.
+// Key is a provider-held Ed25519 key. Sign (crypto.Signer) behaves as
+// crypto/ed25519's PrivateKey.Sign: pure Ed25519 for opts.HashFunc() 0 and
+// no context, Ed25519ph for SHA-512 (message is the digest), Ed25519ctx
+// for a *ed25519.Options with a context. SignContext signs pure Ed25519
+// with the caller's deadline and cancellation; SignOptions is the same for
+// any variant (opts nil: pure).
+//
+// A provider that cannot make a variant refuses with a
+// *signerr.VariantError, never with a signature in another scheme: a
+// token that ignores the variant's parameters is caught by verifying its
+// answer before it is returned.
 type Key interface {
 	crypto.Signer
 	ID() string
 	SignContext(ctx context.Context, message []byte) ([]byte, error)
+	SignOptions(ctx context.Context, message []byte, opts *ed25519.Options) ([]byte, error)
 }
 
 // Releaser is a Key whose private half lives in this process's memory.

@@ -469,13 +469,13 @@ func (r *Keyring) vouchLocked(rec store.Key) {
 
 // Sign signs message with the key of rec. A key released between Load and
 // its use (swept, or invalidated by a rotation) is loaded again once.
-func (r *Keyring) Sign(ctx context.Context, rec store.Key, message []byte) ([]byte, error) {
+func (r *Keyring) Sign(ctx context.Context, rec store.Key, message []byte, opts *ed25519.Options) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		key, err := r.Load(ctx, rec)
 		if err != nil {
 			return nil, err
 		}
-		sig, err := key.SignContext(ctx, message)
+		sig, err := key.SignOptions(ctx, message, opts)
 		if errors.Is(err, keyprovider.ErrReleased) && attempt == 0 {
 			continue
 		}

@@ -164,7 +164,7 @@ func TestKeyringLoadedKeyBoundToRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.kr.Sign(ctx, got, []byte("m")); !errors.Is(err, signerr.ErrInvariant) {
+	if _, err := f.kr.Sign(ctx, got, []byte("m"), nil); !errors.Is(err, signerr.ErrInvariant) {
 		t.Fatalf("Sign(billing) with the moved payments key: %v", err)
 	}
 }
@@ -205,7 +205,7 @@ func TestKeyringReleasesKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sig, err := f.kr.Sign(ctx, now, []byte("m")); err != nil || len(sig) != 64 {
+	if sig, err := f.kr.Sign(ctx, now, []byte("m"), nil); err != nil || len(sig) != 64 {
 		t.Fatalf("sign: %v", err)
 	}
 	f.clock.Advance(time.Minute)
@@ -214,7 +214,7 @@ func TestKeyringReleasesKeys(t *testing.T) {
 		t.Fatalf("an unused key outlived its life in memory: %v", err)
 	}
 	// Sign loads it again transparently.
-	if _, err := f.kr.Sign(ctx, now, []byte("m")); err != nil {
+	if _, err := f.kr.Sign(ctx, now, []byte("m"), nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -233,7 +233,7 @@ func TestKeyringConcurrentColdLoads(t *testing.T) {
 		errs := make(chan error, 32)
 		for range 32 {
 			go func() {
-				_, err := f.kr.Sign(ctx, rec, []byte("m"))
+				_, err := f.kr.Sign(ctx, rec, []byte("m"), nil)
 				errs <- err
 			}()
 		}

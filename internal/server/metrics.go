@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"sort"
 	"strconv"
 	"sync"
@@ -208,8 +209,12 @@ type timedKey struct {
 }
 
 func (k *timedKey) SignContext(ctx context.Context, msg []byte) ([]byte, error) {
+	return k.SignOptions(ctx, msg, nil)
+}
+
+func (k *timedKey) SignOptions(ctx context.Context, msg []byte, opts *ed25519.Options) ([]byte, error) {
 	start := time.Now()
-	sig, err := k.Key.SignContext(ctx, msg)
+	sig, err := k.Key.SignOptions(ctx, msg, opts)
 	k.p.m.signLatency.WithLabelValues(k.p.Name()).Observe(time.Since(start).Seconds())
 	if err != nil {
 		k.p.m.signErrors.WithLabelValues(k.p.Name()).Inc()

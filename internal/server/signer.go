@@ -179,6 +179,10 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	if err != nil {
 		return nil, config.Errorf(&cfg, "ScopeGrants", "%v", err)
 	}
+	variants, err := cfg.SignVariants()
+	if err != nil {
+		return nil, config.Errorf(&cfg, "ScopeSignVariants", "%v", err)
+	}
 	autos, err := cfg.AutoRotations()
 	if err != nil {
 		return nil, config.Errorf(&cfg, "AutoRotate", "%v", err)
@@ -250,7 +254,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	if err != nil {
 		return nil, err
 	}
-	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, reader, cfg.MaxPayloadBytes))
+	signerv1.RegisterSignerServiceServer(s.grpc, signing.NewService(s.keys, reader, cfg.MaxPayloadBytes, variants))
 	rotation := signing.NewRotation(s.life)
 	rotation.Log = s.log
 	signerv1.RegisterRotationServiceServer(s.grpc, rotation)

@@ -68,6 +68,11 @@ var (
 	// ErrRotationNotReady: Commit or Retire before its waiting window
 	// (pre-publication, verify-only) has passed.
 	ErrRotationNotReady = errors.New("signing: rotation step not ready")
+	// ErrVariantNotAllowed: the Sign's variant (Ed25519ph, Ed25519ctx) may
+	// not be used: its scope does not allow it (SIGNER_SCOPE_SIGN_VARIANTS),
+	// the signer runs in FIPS 140-3 mode (Ed25519ctx is not approved), or
+	// the key provider cannot make it. VariantError says which.
+	ErrVariantNotAllowed = errors.New("signing: sign variant not allowed")
 	// ErrInternal: anything unclassified. Its details stay in the signer's log.
 	ErrInternal = errors.New("signing: internal error")
 )
@@ -78,8 +83,23 @@ var Sentinels = []error{
 	ErrClientIdentityDenied, ErrKeyNotFound, ErrScopeMismatch, ErrInvariant,
 	ErrKeyRetired, ErrRotationInProgress, ErrProviderUnavailable,
 	ErrStoreUnavailable, ErrAuditUnavailable, ErrAuditLogBroken, ErrAuditLogUnanchored, ErrEntryNotFound,
-	ErrInvalidArgument, ErrKeyActive, ErrRotationNotReady, ErrInternal,
+	ErrInvalidArgument, ErrKeyActive, ErrRotationNotReady, ErrVariantNotAllowed, ErrInternal,
 }
+
+// VariantError is an ErrVariantNotAllowed that says why, in words safe to
+// show the caller: the variant's name and the signer's own rule (a setting,
+// FIPS mode, the provider), never request input.
+type VariantError struct {
+	Variant string // "ed25519ph", "ed25519ctx"
+	Why     string // e.g. "scope \"payments\" does not allow it (SIGNER_SCOPE_SIGN_VARIANTS)"
+}
+
+func (e *VariantError) Error() string {
+	return ErrVariantNotAllowed.Error() + ": " + e.Variant + ": " + e.Why
+}
+
+// Unwrap makes errors.Is(err, ErrVariantNotAllowed) hold.
+func (e *VariantError) Unwrap() error { return ErrVariantNotAllowed }
 
 // InvalidError is an ErrInvalidArgument that names the rule a request
 // broke, in words safe to show the caller: it never repeats the input.

@@ -19,6 +19,7 @@ import (
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing/peeridentity"
+	"github.com/plexsphere/signer/internal/signvariant"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -139,6 +140,7 @@ func (a *Auditor) serve(ctx context.Context, method string, req any, handler fun
 	mw.Object = auditlog.Object(scope, d.keyID)
 	mw.Reason, mw.Code = c.Reason, c.Code.String()
 	mw.PayloadSHA256, mw.SignatureSHA256 = d.payload, d.signature
+	mw.SignVariant, mw.ContextSHA256 = d.variant, d.context
 	actx, cancel := auditContext(ctx)
 	defer cancel()
 	p := a.Writer.Submit(actx, audit.LaneAdmitted, adm, mw)
@@ -230,8 +232,9 @@ func scopeOf(req any) string {
 
 // what an RPC was about, for its middleware entry.
 type about struct {
-	keyID              string
-	payload, signature []byte // SHA-256 digests
+	keyID                       string
+	payload, signature, context []byte // SHA-256 digests
+	variant                     string // a Sign's, when not plain pure Ed25519
 }
 
 // describe reads what an RPC was about from its request, response and
@@ -241,6 +244,20 @@ func describe(req, resp any, err error) about {
 	if r, ok := req.(*signerv1.SignRequest); ok {
 		sum := sha256.Sum256(r.GetPayload())
 		d.payload = sum[:]
+		// What was asked, refused or not: a refused variant is recorded
+		// with the refusal. A plain pure Sign records nothing more (and
+		// keeps its version 2 leaf).
+		if n := r.GetVariant(); n != 0 || len(r.GetContext()) > 0 {
+			if n >= 0 && n <= 255 {
+				d.variant = signvariant.Variant(n).String()
+			} else {
+				d.variant = "variant(invalid)"
+			}
+		}
+		if len(r.GetContext()) > 0 {
+			sum := sha256.Sum256(r.GetContext())
+			d.context = sum[:]
+		}
 	}
 	if err != nil {
 		var ke *keyring.KeyError

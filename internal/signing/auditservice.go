@@ -298,7 +298,8 @@ func EntryProto(e *auditlog.Entry) *signerv1.AuditEntry {
 	return &signerv1.AuditEntry{Seq: e.Seq, RequestId: e.RequestID.String(), Subject: e.Subject, Relation: e.Relation,
 		Object: e.Object, Reason: e.Reason, CaveatContext: e.CaveatContext, Timestamp: timestamppb.New(e.Timestamp),
 		Method: e.Method, Code: e.Code, PayloadSha256: hex.EncodeToString(e.PayloadSHA256),
-		SignatureSha256: hex.EncodeToString(e.SignatureSHA256), Leaf: leaf, Detail: e.Detail}
+		SignatureSha256: hex.EncodeToString(e.SignatureSHA256), Leaf: leaf, Detail: e.Detail,
+		SignVariant: e.SignVariant, ContextSha256: hex.EncodeToString(e.ContextSHA256)}
 }
 
 // callerID is the SPIFFE ID admission granted.

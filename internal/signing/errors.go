@@ -39,6 +39,10 @@ var Table = []Class{
 	{signerr.ErrKeyActive, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_KEY_ACTIVE},
 	{signerr.ErrRotationNotReady, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_ROTATION_NOT_READY},
 	{signerr.ErrInvalidArgument, codes.InvalidArgument, auditlog.ReasonInsufficientRelation, signerv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	// A variant refused by policy (the scope's setting, FIPS mode) or by
+	// the provider: a state-time refusal like a retired key, retrying
+	// cannot help until an operator changes the configuration.
+	{signerr.ErrVariantNotAllowed, codes.FailedPrecondition, auditlog.ReasonCaveatViolation, signerv1.ErrorReason_ERROR_REASON_VARIANT_NOT_ALLOWED},
 	// Outages of the store and of the audit log are unclassified in the
 	// contract's terms: insufficient_relation, the reason a later reader
 	// would see if the entry could be stored.
@@ -118,6 +122,11 @@ func Status(err error) error {
 		details[0].(*errdetails.ErrorInfo).Metadata = map[string]string{"field": inv.Field, "rule": inv.Rule}
 		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
 			{Field: inv.Field, Description: inv.Rule}}})
+	}
+	var ve *signerr.VariantError
+	if c.Err == signerr.ErrVariantNotAllowed && errors.As(err, &ve) {
+		msg = ve.Error()
+		details[0].(*errdetails.ErrorInfo).Metadata = map[string]string{"variant": ve.Variant}
 	}
 	var nr *signerr.NotReadyError
 	if c.Err == signerr.ErrRotationNotReady && errors.As(err, &nr) {

@@ -2,6 +2,7 @@ package signing
 
 import (
 	"context"
+	"crypto/sha512"
 	"fmt"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/signvariant"
 	"github.com/plexsphere/signer/internal/store"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -23,15 +25,22 @@ type Service struct {
 	keys       *keyring.Keyring
 	audit      *AuditReader
 	maxPayload int
+	variants   Variants
 }
 
+// Variants says which scopes may sign in which variants besides pure
+// Ed25519, which every scope may use (config.Signer.SignVariants, from
+// SIGNER_SCOPE_SIGN_VARIANTS).
+type Variants map[string]map[signvariant.Variant]bool
+
 // NewService serves keys from kr and proofs of a caller's own requests from
-// ar; payloads over maxPayload bytes are refused.
-func NewService(kr *keyring.Keyring, ar *AuditReader, maxPayload int) *Service {
+// ar; payloads over maxPayload bytes are refused; a scope signs in Ed25519ph
+// or Ed25519ctx only if variants allows it.
+func NewService(kr *keyring.Keyring, ar *AuditReader, maxPayload int, variants Variants) *Service {
 	if maxPayload <= 0 {
 		maxPayload = DefaultMaxPayload
 	}
-	return &Service{keys: kr, audit: ar, maxPayload: maxPayload}
+	return &Service{keys: kr, audit: ar, maxPayload: maxPayload, variants: variants}
 }
 
 // Prove proves a request of the caller's own is in the audit log.
@@ -57,15 +66,66 @@ func (s *Service) Sign(ctx context.Context, req *signerv1.SignRequest) (*signerv
 			return nil, err
 		}
 	}
+	v, err := checkVariant(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.allow(req.GetScope(), v); err != nil {
+		return nil, err
+	}
 	rec, err := s.keys.Signing(ctx, req.GetScope(), req.GetKeyId())
 	if err != nil {
 		return nil, keyring.OnKey(rec.ID, err)
 	}
-	sig, err := s.keys.Sign(ctx, rec, req.GetPayload())
+	sig, err := s.keys.Sign(ctx, rec, req.GetPayload(), signvariant.Options(v, req.GetContext()))
 	if err != nil {
 		return nil, keyring.OnKey(rec.ID, err)
 	}
-	return &signerv1.SignResponse{Signature: sig, KeyId: rec.ID, Scope: req.GetScope()}, nil
+	return &signerv1.SignResponse{Signature: sig, KeyId: rec.ID, Scope: req.GetScope(), Variant: req.GetVariant()}, nil
+}
+
+// checkVariant checks the request's variant and context against RFC 8032:
+// the rules, never the input, are named in the refusal.
+func checkVariant(req *signerv1.SignRequest) (signvariant.Variant, error) {
+	n := req.GetVariant()
+	if n < 0 || n > 255 || !signvariant.Variant(n).Known() {
+		return 0, signerr.Invalid("variant", "must be SIGN_VARIANT_ED25519, SIGN_VARIANT_ED25519PH or SIGN_VARIANT_ED25519CTX")
+	}
+	v, c := signvariant.Variant(n), req.GetContext()
+	if len(c) > signvariant.MaxContext {
+		return 0, signerr.Invalid("context", fmt.Sprintf("must be at most %d bytes (RFC 8032)", signvariant.MaxContext))
+	}
+	switch v {
+	case signvariant.Ed25519:
+		if len(c) != 0 {
+			return 0, signerr.Invalid("context", "must be empty with pure Ed25519 (a context is Ed25519ctx or Ed25519ph)")
+		}
+	case signvariant.Ed25519ph:
+		if len(req.GetPayload()) != sha512.Size {
+			return 0, signerr.Invalid("payload", "must be the 64-byte SHA-512 digest of the message with SIGN_VARIANT_ED25519PH")
+		}
+	case signvariant.Ed25519ctx:
+		if len(c) == 0 {
+			return 0, signerr.Invalid("context", "must not be empty with SIGN_VARIANT_ED25519CTX")
+		}
+	}
+	return v, nil
+}
+
+// allow refuses a variant the scope may not use, or that FIPS mode does
+// not approve (signvariant.Approved: the one FIPS rule). Pure Ed25519 is
+// always allowed.
+func (s *Service) allow(scope string, v signvariant.Variant) error {
+	if v == signvariant.Ed25519 {
+		return nil
+	}
+	if err := signvariant.Approved(v); err != nil {
+		return &signerr.VariantError{Variant: v.String(), Why: "the signer runs in FIPS 140-3 mode, which does not approve it"}
+	}
+	if !s.variants[scope][v] {
+		return &signerr.VariantError{Variant: v.String(), Why: fmt.Sprintf("scope %q does not allow it (SIGNER_SCOPE_SIGN_VARIANTS / --scope-sign-variant)", scope)}
+	}
+	return nil
 }
 
 // PublicKey returns the scope's published keys, or the one pinned key.

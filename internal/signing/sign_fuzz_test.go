@@ -30,7 +30,7 @@ func FuzzSignRequest(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	svc := signing.NewService(kr, nil, 1024)
+	svc := signing.NewService(kr, nil, 1024, nil)
 	for _, req := range []*signerv1.SignRequest{
 		{Scope: "payments", Payload: []byte("hello")},
 		{Scope: "payments", Payload: []byte("x"), KeyId: proto.String(key.ID)},

@@ -199,26 +199,49 @@ func (k *key) ID() string               { return k.id }
 func (k *key) Public() crypto.PublicKey { return k.pub }
 
 func (k *key) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
-	if opts != nil && opts.HashFunc() != 0 {
-		return nil, fmt.Errorf("local: only pure Ed25519 is supported: %w", signerr.ErrInvalidArgument)
+	if opts == nil {
+		return k.sign(message, nil)
 	}
-	return k.sign(message)
+	if o, ok := opts.(*ed25519.Options); ok {
+		return k.sign(message, o)
+	}
+	switch opts.HashFunc() {
+	case 0:
+		return k.sign(message, nil)
+	case crypto.SHA512:
+		return k.sign(message, &ed25519.Options{Hash: crypto.SHA512})
+	}
+	return nil, fmt.Errorf("local: hash %v: Ed25519 signs unhashed messages or SHA-512 digests: %w", opts.HashFunc(), signerr.ErrInvalidArgument)
 }
 
 func (k *key) SignContext(ctx context.Context, message []byte) ([]byte, error) {
+	return k.SignOptions(ctx, message, nil)
+}
+
+func (k *key) SignOptions(ctx context.Context, message []byte, opts *ed25519.Options) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return k.sign(message)
+	return k.sign(message, opts)
 }
 
-func (k *key) sign(message []byte) ([]byte, error) {
+func (k *key) sign(message []byte, opts *ed25519.Options) ([]byte, error) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.priv == nil {
 		return nil, fmt.Errorf("local: key %q: %w", k.id, keyprovider.ErrReleased)
 	}
-	return ed25519.Sign(k.priv, message), nil
+	if opts == nil {
+		return ed25519.Sign(k.priv, message), nil
+	}
+	// crypto/ed25519 checks the digest length (Ed25519ph), the context
+	// length and the hash; the signer checked them already, so a refusal
+	// here is a caller of the provider passing what the wire never could.
+	sig, err := k.priv.Sign(nil, message, opts)
+	if err != nil {
+		return nil, fmt.Errorf("local: %v: %w", err, signerr.ErrInvalidArgument)
+	}
+	return sig, nil
 }
 
 // Release zeroes the private key. The expanded key crypto/ed25519 derives

@@ -354,7 +354,8 @@ func (p *Provider) with(ctx context.Context, op string, fn func(c *conn, s p11.S
 	c.sessions <- s
 	if err != nil {
 		var ee *errKeyMissing
-		if errors.As(err, &ee) {
+		var ve *signerr.VariantError
+		if errors.As(err, &ee) || errors.As(err, &ve) {
 			return err
 		}
 		if fatal(err) && c.broken.CompareAndSwap(false, true) {
@@ -601,17 +602,65 @@ func (k *key) ID() string               { return k.id }
 func (k *key) Public() crypto.PublicKey { return k.pub }
 
 func (k *key) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
-	if opts != nil && opts.HashFunc() != 0 {
-		return nil, fmt.Errorf("pkcs11: only pure Ed25519 is supported: %w", signerr.ErrInvalidArgument)
+	var o *ed25519.Options
+	switch v := opts.(type) {
+	case nil:
+	case *ed25519.Options:
+		o = v
+	default:
+		switch opts.HashFunc() {
+		case 0:
+		case crypto.SHA512:
+			o = &ed25519.Options{Hash: crypto.SHA512}
+		default:
+			return nil, fmt.Errorf("pkcs11: hash %v: Ed25519 signs unhashed messages or SHA-512 digests: %w", opts.HashFunc(), signerr.ErrInvalidArgument)
+		}
 	}
-	return k.SignContext(context.Background(), message)
+	return k.SignOptions(context.Background(), message, o)
 }
 
-// SignContext signs in the token with CKM_EDDSA. The context bounds the wait
-// for a free session; a PKCS#11 call itself cannot be interrupted.
+// SignContext signs pure Ed25519 in the token with CKM_EDDSA.
 func (k *key) SignContext(ctx context.Context, message []byte) ([]byte, error) {
+	return k.SignOptions(ctx, message, nil)
+}
+
+// SignOptions signs in the token with CKM_EDDSA: without a parameter for
+// pure Ed25519, with CK_EDDSA_PARAMS (phFlag, context) for Ed25519ph and
+// Ed25519ctx. The context bounds the wait for a free session; a PKCS#11
+// call itself cannot be interrupted.
+//
+// A token may accept CK_EDDSA_PARAMS and ignore them: SoftHSM2 2.6.1 signs
+// pure Ed25519 over the digest or message whatever the parameter says. So
+// every Ed25519ph or Ed25519ctx signature is verified here before it is
+// returned, and one that does not verify in the requested scheme is
+// refused (signerr.VariantError), never handed out as if it were one.
+func (k *key) SignOptions(ctx context.Context, message []byte, opts *ed25519.Options) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	variant := ""
+	var param []byte
+	if opts != nil {
+		switch {
+		case opts.Hash == crypto.SHA512:
+			variant = "ed25519ph"
+			if len(message) != 64 {
+				return nil, fmt.Errorf("pkcs11: Ed25519ph takes a 64-byte SHA-512 digest, not %d bytes: %w", len(message), signerr.ErrInvalidArgument)
+			}
+		case opts.Hash == 0 && opts.Context != "":
+			variant = "ed25519ctx"
+		case opts.Hash == 0:
+		default:
+			return nil, fmt.Errorf("pkcs11: hash %v: Ed25519 signs unhashed messages or SHA-512 digests: %w", opts.Hash, signerr.ErrInvalidArgument)
+		}
+		if len(opts.Context) > 255 {
+			return nil, fmt.Errorf("pkcs11: context of %d bytes, at most 255: %w", len(opts.Context), signerr.ErrInvalidArgument)
+		}
+	}
+	if variant != "" {
+		var free func()
+		param, free = eddsaParams(opts.Hash == crypto.SHA512, []byte(opts.Context))
+		defer free()
 	}
 	var sig []byte
 	err := k.p.with(ctx, "sign", func(c *conn, s p11.SessionHandle) error {
@@ -619,11 +668,21 @@ func (k *key) SignContext(ctx context.Context, message []byte) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		if err := k.p.module.SignInit(s, []*p11.Mechanism{p11.NewMechanism(ckmEdDSA, nil)}, o); err != nil {
+		if err := k.p.module.SignInit(s, []*p11.Mechanism{p11.NewMechanism(ckmEdDSA, param)}, o); err != nil {
+			var pe p11.Error
+			if variant != "" && errors.As(err, &pe) && (pe == p11.CKR_MECHANISM_PARAM_INVALID || pe == p11.CKR_ARGUMENTS_BAD) {
+				return &signerr.VariantError{Variant: variant, Why: "the PKCS#11 token refuses CK_EDDSA_PARAMS (" + pe.Error() + ")"}
+			}
 			return err
 		}
 		sig, err = k.p.module.Sign(s, message)
 		return err
 	})
-	return sig, err
+	if err != nil || variant == "" {
+		return sig, err
+	}
+	if ed25519.VerifyWithOptions(k.pub, message, sig, opts) != nil {
+		return nil, &signerr.VariantError{Variant: variant, Why: "the PKCS#11 token does not sign it (it ignored CK_EDDSA_PARAMS; SoftHSM2 2.6.1 does): use pure Ed25519 or another token (docs/hsm.md)"}
+	}
+	return sig, nil
 }

@@ -118,6 +118,10 @@ const (
 	// No audit entry or checkpoint matches the request (a request id not in
 	// the log, or not the caller's; a seq or size beyond the log).
 	ErrorReason_ERROR_REASON_ENTRY_NOT_FOUND ErrorReason = 17
+	// The request's sign variant may not be used: the scope does not allow
+	// it (SIGNER_SCOPE_SIGN_VARIANTS), the signer runs in FIPS 140-3 mode
+	// (Ed25519ctx is not approved there), or the key provider cannot make it.
+	ErrorReason_ERROR_REASON_VARIANT_NOT_ALLOWED ErrorReason = 18
 )
 
 // Enum value maps for ErrorReason.
@@ -141,6 +145,7 @@ var (
 		15: "ERROR_REASON_UNKNOWN_METHOD",
 		16: "ERROR_REASON_AUDIT_LOG_UNANCHORED",
 		17: "ERROR_REASON_ENTRY_NOT_FOUND",
+		18: "ERROR_REASON_VARIANT_NOT_ALLOWED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -161,6 +166,7 @@ var (
 		"ERROR_REASON_UNKNOWN_METHOD":         15,
 		"ERROR_REASON_AUDIT_LOG_UNANCHORED":   16,
 		"ERROR_REASON_ENTRY_NOT_FOUND":        17,
+		"ERROR_REASON_VARIANT_NOT_ALLOWED":    18,
 	}
 )
 
@@ -191,11 +197,74 @@ func (ErrorReason) EnumDescriptor() ([]byte, []int) {
 	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{1}
 }
 
+// SignVariant is the RFC 8032 signature scheme a Sign uses. Unset is pure
+// Ed25519, what every client that predates the field sends; the others must
+// be allowed for the scope (SIGNER_SCOPE_SIGN_VARIANTS).
+type SignVariant int32
+
+const (
+	// Pure Ed25519 over the payload (context must be empty).
+	SignVariant_SIGN_VARIANT_ED25519 SignVariant = 0
+	// HashEdDSA with SHA-512: the payload is the 64-byte SHA-512 digest of the
+	// message (as crypto/ed25519 with Options{Hash: crypto.SHA512}); context
+	// is optional.
+	SignVariant_SIGN_VARIANT_ED25519PH SignVariant = 1
+	// Ed25519 with a context: the payload is the message; context must be
+	// 1..255 bytes. Not approved in FIPS 140-3 mode.
+	SignVariant_SIGN_VARIANT_ED25519CTX SignVariant = 2
+)
+
+// Enum value maps for SignVariant.
+var (
+	SignVariant_name = map[int32]string{
+		0: "SIGN_VARIANT_ED25519",
+		1: "SIGN_VARIANT_ED25519PH",
+		2: "SIGN_VARIANT_ED25519CTX",
+	}
+	SignVariant_value = map[string]int32{
+		"SIGN_VARIANT_ED25519":    0,
+		"SIGN_VARIANT_ED25519PH":  1,
+		"SIGN_VARIANT_ED25519CTX": 2,
+	}
+)
+
+func (x SignVariant) Enum() *SignVariant {
+	p := new(SignVariant)
+	*p = x
+	return p
+}
+
+func (x SignVariant) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SignVariant) Descriptor() protoreflect.EnumDescriptor {
+	return file_plexsphere_signer_v1_signer_proto_enumTypes[2].Descriptor()
+}
+
+func (SignVariant) Type() protoreflect.EnumType {
+	return &file_plexsphere_signer_v1_signer_proto_enumTypes[2]
+}
+
+func (x SignVariant) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SignVariant.Descriptor instead.
+func (SignVariant) EnumDescriptor() ([]byte, []int) {
+	return file_plexsphere_signer_v1_signer_proto_rawDescGZIP(), []int{2}
+}
+
 type SignRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Scope         string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
-	Payload       []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
-	KeyId         *string                `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3,oneof" json:"key_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Scope   string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	Payload []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	KeyId   *string                `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3,oneof" json:"key_id,omitempty"`
+	Variant SignVariant            `protobuf:"varint,4,opt,name=variant,proto3,enum=plexsphere.signer.v1.SignVariant" json:"variant,omitempty"`
+	// The RFC 8032 context, at most 255 bytes: required by Ed25519ctx,
+	// optional with Ed25519ph, refused with pure Ed25519. Bytes, not string:
+	// a context is an octet string and need not be UTF-8.
+	Context       []byte `protobuf:"bytes,5,opt,name=context,proto3" json:"context,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +320,20 @@ func (x *SignRequest) GetKeyId() string {
 	return ""
 }
 
+func (x *SignRequest) GetVariant() SignVariant {
+	if x != nil {
+		return x.Variant
+	}
+	return SignVariant_SIGN_VARIANT_ED25519
+}
+
+func (x *SignRequest) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 type SignResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Ed25519 signature (64 bytes) over payload.
@@ -261,7 +344,9 @@ type SignResponse struct {
 	// `signerctl audit prove <request_id>` proves they are in the log.
 	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// The seq of the call's audit entry (committed before this answer).
-	AuditSeq      uint64 `protobuf:"varint,5,opt,name=audit_seq,json=auditSeq,proto3" json:"audit_seq,omitempty"`
+	AuditSeq uint64 `protobuf:"varint,5,opt,name=audit_seq,json=auditSeq,proto3" json:"audit_seq,omitempty"`
+	// The variant the signature was made with (the request's).
+	Variant       SignVariant `protobuf:"varint,6,opt,name=variant,proto3,enum=plexsphere.signer.v1.SignVariant" json:"variant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -329,6 +414,13 @@ func (x *SignResponse) GetAuditSeq() uint64 {
 		return x.AuditSeq
 	}
 	return 0
+}
+
+func (x *SignResponse) GetVariant() SignVariant {
+	if x != nil {
+		return x.Variant
+	}
+	return SignVariant_SIGN_VARIANT_ED25519
 }
 
 type PublicKeyRequest struct {
@@ -1039,7 +1131,12 @@ type AuditEntry struct {
 	Leaf []byte `protobuf:"bytes,16,opt,name=leaf,proto3" json:"leaf,omitempty"`
 	// A log record's statement (relation "log"): JSON, client/auditlog's
 	// EpochRecord or PruneRecord. Empty for every RPC's entry.
-	Detail        []byte `protobuf:"bytes,17,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail []byte `protobuf:"bytes,17,opt,name=detail,proto3" json:"detail,omitempty"`
+	// A Sign's variant when it was not pure Ed25519 ("ed25519ph",
+	// "ed25519ctx", or "ed25519" for a pure request that carried a context),
+	// and the SHA-256 of its context (hex) when it had one. Empty otherwise.
+	SignVariant   string `protobuf:"bytes,18,opt,name=sign_variant,json=signVariant,proto3" json:"sign_variant,omitempty"`
+	ContextSha256 string `protobuf:"bytes,19,opt,name=context_sha256,json=contextSha256,proto3" json:"context_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1170,6 +1267,20 @@ func (x *AuditEntry) GetDetail() []byte {
 		return x.Detail
 	}
 	return nil
+}
+
+func (x *AuditEntry) GetSignVariant() string {
+	if x != nil {
+		return x.SignVariant
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetContextSha256() string {
+	if x != nil {
+		return x.ContextSha256
+	}
+	return ""
 }
 
 type ListAuditRequest struct {
@@ -2074,19 +2185,22 @@ var File_plexsphere_signer_v1_signer_proto protoreflect.FileDescriptor
 
 const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\n" +
-	"!plexsphere/signer/v1/signer.proto\x12\x14plexsphere.signer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n" +
+	"!plexsphere/signer/v1/signer.proto\x12\x14plexsphere.signer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n" +
 	"\vSignRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1a\n" +
-	"\x06key_id\x18\x03 \x01(\tH\x00R\x05keyId\x88\x01\x01B\t\n" +
-	"\a_key_id\"\x95\x01\n" +
+	"\x06key_id\x18\x03 \x01(\tH\x00R\x05keyId\x88\x01\x01\x12;\n" +
+	"\avariant\x18\x04 \x01(\x0e2!.plexsphere.signer.v1.SignVariantR\avariant\x12\x18\n" +
+	"\acontext\x18\x05 \x01(\fR\acontextB\t\n" +
+	"\a_key_id\"\xd2\x01\n" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x14\n" +
 	"\x05scope\x18\x03 \x01(\tR\x05scope\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\x12\x1b\n" +
-	"\taudit_seq\x18\x05 \x01(\x04R\bauditSeq\"O\n" +
+	"\taudit_seq\x18\x05 \x01(\x04R\bauditSeq\x12;\n" +
+	"\avariant\x18\x06 \x01(\x0e2!.plexsphere.signer.v1.SignVariantR\avariant\"O\n" +
 	"\x10PublicKeyRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1a\n" +
 	"\x06key_id\x18\x02 \x01(\tH\x00R\x05keyId\x88\x01\x01B\t\n" +
@@ -2131,7 +2245,7 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x0fListKeysRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\"A\n" +
 	"\x10ListKeysResponse\x12-\n" +
-	"\x04keys\x18\x01 \x03(\v2\x19.plexsphere.signer.v1.KeyR\x04keys\"\xd5\x03\n" +
+	"\x04keys\x18\x01 \x03(\v2\x19.plexsphere.signer.v1.KeyR\x04keys\"\x9f\x04\n" +
 	"\n" +
 	"AuditEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
@@ -2149,7 +2263,9 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x0epayload_sha256\x18\f \x01(\tR\rpayloadSha256\x12)\n" +
 	"\x10signature_sha256\x18\r \x01(\tR\x0fsignatureSha256\x12\x12\n" +
 	"\x04leaf\x18\x10 \x01(\fR\x04leaf\x12\x16\n" +
-	"\x06detail\x18\x11 \x01(\fR\x06detailJ\x04\b\x02\x10\x03J\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x02idR\tprev_hashR\x04hash\"\xb8\x01\n" +
+	"\x06detail\x18\x11 \x01(\fR\x06detail\x12!\n" +
+	"\fsign_variant\x18\x12 \x01(\tR\vsignVariant\x12%\n" +
+	"\x0econtext_sha256\x18\x13 \x01(\tR\rcontextSha256J\x04\b\x02\x10\x03J\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x02idR\tprev_hashR\x04hash\"\xb8\x01\n" +
 	"\x10ListAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x18\n" +
@@ -2217,7 +2333,7 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x11KEY_STATE_PENDING\x10\x01\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x02\x12\x16\n" +
 	"\x12KEY_STATE_PREVIOUS\x10\x03\x12\x15\n" +
-	"\x11KEY_STATE_RETIRED\x10\x04*\xf2\x04\n" +
+	"\x11KEY_STATE_RETIRED\x10\x04*\x98\x05\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12'\n" +
 	"#ERROR_REASON_CLIENT_IDENTITY_DENIED\x10\x01\x12\x1e\n" +
@@ -2237,7 +2353,12 @@ const file_plexsphere_signer_v1_signer_proto_rawDesc = "" +
 	"\x1dERROR_REASON_AUDIT_LOG_BROKEN\x10\x0e\x12\x1f\n" +
 	"\x1bERROR_REASON_UNKNOWN_METHOD\x10\x0f\x12%\n" +
 	"!ERROR_REASON_AUDIT_LOG_UNANCHORED\x10\x10\x12 \n" +
-	"\x1cERROR_REASON_ENTRY_NOT_FOUND\x10\x112\x97\x02\n" +
+	"\x1cERROR_REASON_ENTRY_NOT_FOUND\x10\x11\x12$\n" +
+	" ERROR_REASON_VARIANT_NOT_ALLOWED\x10\x12*`\n" +
+	"\vSignVariant\x12\x18\n" +
+	"\x14SIGN_VARIANT_ED25519\x10\x00\x12\x1a\n" +
+	"\x16SIGN_VARIANT_ED25519PH\x10\x01\x12\x1b\n" +
+	"\x17SIGN_VARIANT_ED25519CTX\x10\x022\x97\x02\n" +
 	"\rSignerService\x12M\n" +
 	"\x04Sign\x12!.plexsphere.signer.v1.SignRequest\x1a\".plexsphere.signer.v1.SignResponse\x12\\\n" +
 	"\tPublicKey\x12&.plexsphere.signer.v1.PublicKeyRequest\x1a'.plexsphere.signer.v1.PublicKeyResponse\x12Y\n" +
@@ -2270,99 +2391,102 @@ func file_plexsphere_signer_v1_signer_proto_rawDescGZIP() []byte {
 	return file_plexsphere_signer_v1_signer_proto_rawDescData
 }
 
-var file_plexsphere_signer_v1_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_plexsphere_signer_v1_signer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_plexsphere_signer_v1_signer_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_plexsphere_signer_v1_signer_proto_goTypes = []any{
 	(KeyState)(0),                         // 0: plexsphere.signer.v1.KeyState
 	(ErrorReason)(0),                      // 1: plexsphere.signer.v1.ErrorReason
-	(*SignRequest)(nil),                   // 2: plexsphere.signer.v1.SignRequest
-	(*SignResponse)(nil),                  // 3: plexsphere.signer.v1.SignResponse
-	(*PublicKeyRequest)(nil),              // 4: plexsphere.signer.v1.PublicKeyRequest
-	(*PublicKeyResponse)(nil),             // 5: plexsphere.signer.v1.PublicKeyResponse
-	(*Key)(nil),                           // 6: plexsphere.signer.v1.Key
-	(*OpenRequest)(nil),                   // 7: plexsphere.signer.v1.OpenRequest
-	(*OpenResponse)(nil),                  // 8: plexsphere.signer.v1.OpenResponse
-	(*CommitRequest)(nil),                 // 9: plexsphere.signer.v1.CommitRequest
-	(*CommitResponse)(nil),                // 10: plexsphere.signer.v1.CommitResponse
-	(*AbortRequest)(nil),                  // 11: plexsphere.signer.v1.AbortRequest
-	(*AbortResponse)(nil),                 // 12: plexsphere.signer.v1.AbortResponse
-	(*RetireRequest)(nil),                 // 13: plexsphere.signer.v1.RetireRequest
-	(*RetireResponse)(nil),                // 14: plexsphere.signer.v1.RetireResponse
-	(*ListKeysRequest)(nil),               // 15: plexsphere.signer.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),              // 16: plexsphere.signer.v1.ListKeysResponse
-	(*AuditEntry)(nil),                    // 17: plexsphere.signer.v1.AuditEntry
-	(*ListAuditRequest)(nil),              // 18: plexsphere.signer.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),             // 19: plexsphere.signer.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),            // 20: plexsphere.signer.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),           // 21: plexsphere.signer.v1.VerifyAuditResponse
-	(*CheckpointRequest)(nil),             // 22: plexsphere.signer.v1.CheckpointRequest
-	(*CheckpointResponse)(nil),            // 23: plexsphere.signer.v1.CheckpointResponse
-	(*ProveInclusionRequest)(nil),         // 24: plexsphere.signer.v1.ProveInclusionRequest
-	(*ProveRequest)(nil),                  // 25: plexsphere.signer.v1.ProveRequest
-	(*ProveInclusionResponse)(nil),        // 26: plexsphere.signer.v1.ProveInclusionResponse
-	(*InclusionProof)(nil),                // 27: plexsphere.signer.v1.InclusionProof
-	(*ProveConsistencyRequest)(nil),       // 28: plexsphere.signer.v1.ProveConsistencyRequest
-	(*ProveConsistencyResponse)(nil),      // 29: plexsphere.signer.v1.ProveConsistencyResponse
-	(*ListCheckpointsRequest)(nil),        // 30: plexsphere.signer.v1.ListCheckpointsRequest
-	(*ListCheckpointsResponse)(nil),       // 31: plexsphere.signer.v1.ListCheckpointsResponse
-	(*CheckpointVerifierKeyRequest)(nil),  // 32: plexsphere.signer.v1.CheckpointVerifierKeyRequest
-	(*CheckpointVerifierKeyResponse)(nil), // 33: plexsphere.signer.v1.CheckpointVerifierKeyResponse
-	(*timestamppb.Timestamp)(nil),         // 34: google.protobuf.Timestamp
+	(SignVariant)(0),                      // 2: plexsphere.signer.v1.SignVariant
+	(*SignRequest)(nil),                   // 3: plexsphere.signer.v1.SignRequest
+	(*SignResponse)(nil),                  // 4: plexsphere.signer.v1.SignResponse
+	(*PublicKeyRequest)(nil),              // 5: plexsphere.signer.v1.PublicKeyRequest
+	(*PublicKeyResponse)(nil),             // 6: plexsphere.signer.v1.PublicKeyResponse
+	(*Key)(nil),                           // 7: plexsphere.signer.v1.Key
+	(*OpenRequest)(nil),                   // 8: plexsphere.signer.v1.OpenRequest
+	(*OpenResponse)(nil),                  // 9: plexsphere.signer.v1.OpenResponse
+	(*CommitRequest)(nil),                 // 10: plexsphere.signer.v1.CommitRequest
+	(*CommitResponse)(nil),                // 11: plexsphere.signer.v1.CommitResponse
+	(*AbortRequest)(nil),                  // 12: plexsphere.signer.v1.AbortRequest
+	(*AbortResponse)(nil),                 // 13: plexsphere.signer.v1.AbortResponse
+	(*RetireRequest)(nil),                 // 14: plexsphere.signer.v1.RetireRequest
+	(*RetireResponse)(nil),                // 15: plexsphere.signer.v1.RetireResponse
+	(*ListKeysRequest)(nil),               // 16: plexsphere.signer.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),              // 17: plexsphere.signer.v1.ListKeysResponse
+	(*AuditEntry)(nil),                    // 18: plexsphere.signer.v1.AuditEntry
+	(*ListAuditRequest)(nil),              // 19: plexsphere.signer.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),             // 20: plexsphere.signer.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),            // 21: plexsphere.signer.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),           // 22: plexsphere.signer.v1.VerifyAuditResponse
+	(*CheckpointRequest)(nil),             // 23: plexsphere.signer.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),            // 24: plexsphere.signer.v1.CheckpointResponse
+	(*ProveInclusionRequest)(nil),         // 25: plexsphere.signer.v1.ProveInclusionRequest
+	(*ProveRequest)(nil),                  // 26: plexsphere.signer.v1.ProveRequest
+	(*ProveInclusionResponse)(nil),        // 27: plexsphere.signer.v1.ProveInclusionResponse
+	(*InclusionProof)(nil),                // 28: plexsphere.signer.v1.InclusionProof
+	(*ProveConsistencyRequest)(nil),       // 29: plexsphere.signer.v1.ProveConsistencyRequest
+	(*ProveConsistencyResponse)(nil),      // 30: plexsphere.signer.v1.ProveConsistencyResponse
+	(*ListCheckpointsRequest)(nil),        // 31: plexsphere.signer.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),       // 32: plexsphere.signer.v1.ListCheckpointsResponse
+	(*CheckpointVerifierKeyRequest)(nil),  // 33: plexsphere.signer.v1.CheckpointVerifierKeyRequest
+	(*CheckpointVerifierKeyResponse)(nil), // 34: plexsphere.signer.v1.CheckpointVerifierKeyResponse
+	(*timestamppb.Timestamp)(nil),         // 35: google.protobuf.Timestamp
 }
 var file_plexsphere_signer_v1_signer_proto_depIdxs = []int32{
-	6,  // 0: plexsphere.signer.v1.PublicKeyResponse.keys:type_name -> plexsphere.signer.v1.Key
-	0,  // 1: plexsphere.signer.v1.Key.state:type_name -> plexsphere.signer.v1.KeyState
-	34, // 2: plexsphere.signer.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	34, // 3: plexsphere.signer.v1.Key.activated_at:type_name -> google.protobuf.Timestamp
-	34, // 4: plexsphere.signer.v1.Key.deactivated_at:type_name -> google.protobuf.Timestamp
-	34, // 5: plexsphere.signer.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
-	6,  // 6: plexsphere.signer.v1.OpenResponse.key:type_name -> plexsphere.signer.v1.Key
-	34, // 7: plexsphere.signer.v1.OpenResponse.committable_at:type_name -> google.protobuf.Timestamp
-	6,  // 8: plexsphere.signer.v1.CommitResponse.activated:type_name -> plexsphere.signer.v1.Key
-	6,  // 9: plexsphere.signer.v1.CommitResponse.previous:type_name -> plexsphere.signer.v1.Key
-	6,  // 10: plexsphere.signer.v1.AbortResponse.key:type_name -> plexsphere.signer.v1.Key
-	6,  // 11: plexsphere.signer.v1.RetireResponse.key:type_name -> plexsphere.signer.v1.Key
-	6,  // 12: plexsphere.signer.v1.ListKeysResponse.keys:type_name -> plexsphere.signer.v1.Key
-	34, // 13: plexsphere.signer.v1.AuditEntry.timestamp:type_name -> google.protobuf.Timestamp
-	17, // 14: plexsphere.signer.v1.ListAuditResponse.entries:type_name -> plexsphere.signer.v1.AuditEntry
-	34, // 15: plexsphere.signer.v1.VerifyAuditResponse.checked_at:type_name -> google.protobuf.Timestamp
-	27, // 16: plexsphere.signer.v1.ProveInclusionResponse.proofs:type_name -> plexsphere.signer.v1.InclusionProof
-	17, // 17: plexsphere.signer.v1.InclusionProof.entry:type_name -> plexsphere.signer.v1.AuditEntry
-	2,  // 18: plexsphere.signer.v1.SignerService.Sign:input_type -> plexsphere.signer.v1.SignRequest
-	4,  // 19: plexsphere.signer.v1.SignerService.PublicKey:input_type -> plexsphere.signer.v1.PublicKeyRequest
-	25, // 20: plexsphere.signer.v1.SignerService.Prove:input_type -> plexsphere.signer.v1.ProveRequest
-	7,  // 21: plexsphere.signer.v1.RotationService.Open:input_type -> plexsphere.signer.v1.OpenRequest
-	9,  // 22: plexsphere.signer.v1.RotationService.Commit:input_type -> plexsphere.signer.v1.CommitRequest
-	11, // 23: plexsphere.signer.v1.RotationService.Abort:input_type -> plexsphere.signer.v1.AbortRequest
-	13, // 24: plexsphere.signer.v1.RotationService.Retire:input_type -> plexsphere.signer.v1.RetireRequest
-	15, // 25: plexsphere.signer.v1.RotationService.ListKeys:input_type -> plexsphere.signer.v1.ListKeysRequest
-	18, // 26: plexsphere.signer.v1.AuditService.List:input_type -> plexsphere.signer.v1.ListAuditRequest
-	20, // 27: plexsphere.signer.v1.AuditService.Verify:input_type -> plexsphere.signer.v1.VerifyAuditRequest
-	22, // 28: plexsphere.signer.v1.AuditService.Checkpoint:input_type -> plexsphere.signer.v1.CheckpointRequest
-	24, // 29: plexsphere.signer.v1.AuditService.ProveInclusion:input_type -> plexsphere.signer.v1.ProveInclusionRequest
-	28, // 30: plexsphere.signer.v1.AuditService.ProveConsistency:input_type -> plexsphere.signer.v1.ProveConsistencyRequest
-	30, // 31: plexsphere.signer.v1.AuditService.ListCheckpoints:input_type -> plexsphere.signer.v1.ListCheckpointsRequest
-	32, // 32: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:input_type -> plexsphere.signer.v1.CheckpointVerifierKeyRequest
-	3,  // 33: plexsphere.signer.v1.SignerService.Sign:output_type -> plexsphere.signer.v1.SignResponse
-	5,  // 34: plexsphere.signer.v1.SignerService.PublicKey:output_type -> plexsphere.signer.v1.PublicKeyResponse
-	26, // 35: plexsphere.signer.v1.SignerService.Prove:output_type -> plexsphere.signer.v1.ProveInclusionResponse
-	8,  // 36: plexsphere.signer.v1.RotationService.Open:output_type -> plexsphere.signer.v1.OpenResponse
-	10, // 37: plexsphere.signer.v1.RotationService.Commit:output_type -> plexsphere.signer.v1.CommitResponse
-	12, // 38: plexsphere.signer.v1.RotationService.Abort:output_type -> plexsphere.signer.v1.AbortResponse
-	14, // 39: plexsphere.signer.v1.RotationService.Retire:output_type -> plexsphere.signer.v1.RetireResponse
-	16, // 40: plexsphere.signer.v1.RotationService.ListKeys:output_type -> plexsphere.signer.v1.ListKeysResponse
-	19, // 41: plexsphere.signer.v1.AuditService.List:output_type -> plexsphere.signer.v1.ListAuditResponse
-	21, // 42: plexsphere.signer.v1.AuditService.Verify:output_type -> plexsphere.signer.v1.VerifyAuditResponse
-	23, // 43: plexsphere.signer.v1.AuditService.Checkpoint:output_type -> plexsphere.signer.v1.CheckpointResponse
-	26, // 44: plexsphere.signer.v1.AuditService.ProveInclusion:output_type -> plexsphere.signer.v1.ProveInclusionResponse
-	29, // 45: plexsphere.signer.v1.AuditService.ProveConsistency:output_type -> plexsphere.signer.v1.ProveConsistencyResponse
-	31, // 46: plexsphere.signer.v1.AuditService.ListCheckpoints:output_type -> plexsphere.signer.v1.ListCheckpointsResponse
-	33, // 47: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:output_type -> plexsphere.signer.v1.CheckpointVerifierKeyResponse
-	33, // [33:48] is the sub-list for method output_type
-	18, // [18:33] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	2,  // 0: plexsphere.signer.v1.SignRequest.variant:type_name -> plexsphere.signer.v1.SignVariant
+	2,  // 1: plexsphere.signer.v1.SignResponse.variant:type_name -> plexsphere.signer.v1.SignVariant
+	7,  // 2: plexsphere.signer.v1.PublicKeyResponse.keys:type_name -> plexsphere.signer.v1.Key
+	0,  // 3: plexsphere.signer.v1.Key.state:type_name -> plexsphere.signer.v1.KeyState
+	35, // 4: plexsphere.signer.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	35, // 5: plexsphere.signer.v1.Key.activated_at:type_name -> google.protobuf.Timestamp
+	35, // 6: plexsphere.signer.v1.Key.deactivated_at:type_name -> google.protobuf.Timestamp
+	35, // 7: plexsphere.signer.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	7,  // 8: plexsphere.signer.v1.OpenResponse.key:type_name -> plexsphere.signer.v1.Key
+	35, // 9: plexsphere.signer.v1.OpenResponse.committable_at:type_name -> google.protobuf.Timestamp
+	7,  // 10: plexsphere.signer.v1.CommitResponse.activated:type_name -> plexsphere.signer.v1.Key
+	7,  // 11: plexsphere.signer.v1.CommitResponse.previous:type_name -> plexsphere.signer.v1.Key
+	7,  // 12: plexsphere.signer.v1.AbortResponse.key:type_name -> plexsphere.signer.v1.Key
+	7,  // 13: plexsphere.signer.v1.RetireResponse.key:type_name -> plexsphere.signer.v1.Key
+	7,  // 14: plexsphere.signer.v1.ListKeysResponse.keys:type_name -> plexsphere.signer.v1.Key
+	35, // 15: plexsphere.signer.v1.AuditEntry.timestamp:type_name -> google.protobuf.Timestamp
+	18, // 16: plexsphere.signer.v1.ListAuditResponse.entries:type_name -> plexsphere.signer.v1.AuditEntry
+	35, // 17: plexsphere.signer.v1.VerifyAuditResponse.checked_at:type_name -> google.protobuf.Timestamp
+	28, // 18: plexsphere.signer.v1.ProveInclusionResponse.proofs:type_name -> plexsphere.signer.v1.InclusionProof
+	18, // 19: plexsphere.signer.v1.InclusionProof.entry:type_name -> plexsphere.signer.v1.AuditEntry
+	3,  // 20: plexsphere.signer.v1.SignerService.Sign:input_type -> plexsphere.signer.v1.SignRequest
+	5,  // 21: plexsphere.signer.v1.SignerService.PublicKey:input_type -> plexsphere.signer.v1.PublicKeyRequest
+	26, // 22: plexsphere.signer.v1.SignerService.Prove:input_type -> plexsphere.signer.v1.ProveRequest
+	8,  // 23: plexsphere.signer.v1.RotationService.Open:input_type -> plexsphere.signer.v1.OpenRequest
+	10, // 24: plexsphere.signer.v1.RotationService.Commit:input_type -> plexsphere.signer.v1.CommitRequest
+	12, // 25: plexsphere.signer.v1.RotationService.Abort:input_type -> plexsphere.signer.v1.AbortRequest
+	14, // 26: plexsphere.signer.v1.RotationService.Retire:input_type -> plexsphere.signer.v1.RetireRequest
+	16, // 27: plexsphere.signer.v1.RotationService.ListKeys:input_type -> plexsphere.signer.v1.ListKeysRequest
+	19, // 28: plexsphere.signer.v1.AuditService.List:input_type -> plexsphere.signer.v1.ListAuditRequest
+	21, // 29: plexsphere.signer.v1.AuditService.Verify:input_type -> plexsphere.signer.v1.VerifyAuditRequest
+	23, // 30: plexsphere.signer.v1.AuditService.Checkpoint:input_type -> plexsphere.signer.v1.CheckpointRequest
+	25, // 31: plexsphere.signer.v1.AuditService.ProveInclusion:input_type -> plexsphere.signer.v1.ProveInclusionRequest
+	29, // 32: plexsphere.signer.v1.AuditService.ProveConsistency:input_type -> plexsphere.signer.v1.ProveConsistencyRequest
+	31, // 33: plexsphere.signer.v1.AuditService.ListCheckpoints:input_type -> plexsphere.signer.v1.ListCheckpointsRequest
+	33, // 34: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:input_type -> plexsphere.signer.v1.CheckpointVerifierKeyRequest
+	4,  // 35: plexsphere.signer.v1.SignerService.Sign:output_type -> plexsphere.signer.v1.SignResponse
+	6,  // 36: plexsphere.signer.v1.SignerService.PublicKey:output_type -> plexsphere.signer.v1.PublicKeyResponse
+	27, // 37: plexsphere.signer.v1.SignerService.Prove:output_type -> plexsphere.signer.v1.ProveInclusionResponse
+	9,  // 38: plexsphere.signer.v1.RotationService.Open:output_type -> plexsphere.signer.v1.OpenResponse
+	11, // 39: plexsphere.signer.v1.RotationService.Commit:output_type -> plexsphere.signer.v1.CommitResponse
+	13, // 40: plexsphere.signer.v1.RotationService.Abort:output_type -> plexsphere.signer.v1.AbortResponse
+	15, // 41: plexsphere.signer.v1.RotationService.Retire:output_type -> plexsphere.signer.v1.RetireResponse
+	17, // 42: plexsphere.signer.v1.RotationService.ListKeys:output_type -> plexsphere.signer.v1.ListKeysResponse
+	20, // 43: plexsphere.signer.v1.AuditService.List:output_type -> plexsphere.signer.v1.ListAuditResponse
+	22, // 44: plexsphere.signer.v1.AuditService.Verify:output_type -> plexsphere.signer.v1.VerifyAuditResponse
+	24, // 45: plexsphere.signer.v1.AuditService.Checkpoint:output_type -> plexsphere.signer.v1.CheckpointResponse
+	27, // 46: plexsphere.signer.v1.AuditService.ProveInclusion:output_type -> plexsphere.signer.v1.ProveInclusionResponse
+	30, // 47: plexsphere.signer.v1.AuditService.ProveConsistency:output_type -> plexsphere.signer.v1.ProveConsistencyResponse
+	32, // 48: plexsphere.signer.v1.AuditService.ListCheckpoints:output_type -> plexsphere.signer.v1.ListCheckpointsResponse
+	34, // 49: plexsphere.signer.v1.AuditService.CheckpointVerifierKey:output_type -> plexsphere.signer.v1.CheckpointVerifierKeyResponse
+	35, // [35:50] is the sub-list for method output_type
+	20, // [20:35] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_plexsphere_signer_v1_signer_proto_init() }
@@ -2382,7 +2506,7 @@ func file_plexsphere_signer_v1_signer_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plexsphere_signer_v1_signer_proto_rawDesc), len(file_plexsphere_signer_v1_signer_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   3,
