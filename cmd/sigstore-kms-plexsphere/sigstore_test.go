@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"errors"
 	"strings"
 	"testing"
@@ -82,6 +83,34 @@ func testSigstore(t *testing.T, r *rig) {
 	}
 	if !active.Key.Equal(cs.Public()) {
 		t.Fatal("CryptoSigner.Public is not the ACTIVE key")
+	}
+	// Ed25519ph: a message over the signer's payload limit, hashed here;
+	// the signer gets its SHA-512 digest only.
+	large := make([]byte, 1<<20)
+	rand.Read(large)
+	sig, err = sv.SignMessage(bytes.NewReader(large), options.WithCryptoSignerOpts(crypto.SHA512))
+	if err != nil {
+		t.Fatalf("SignMessage, SHA-512: %v", err)
+	}
+	d512 := sha512.Sum512(large)
+	if err := ed25519.VerifyWithOptions(active.Key, d512[:], sig, &ed25519.Options{Hash: crypto.SHA512}); err != nil {
+		t.Fatalf("the Ed25519ph signature does not verify with ed25519.VerifyWithOptions: %v", err)
+	}
+	if ed25519.Verify(active.Key, large, sig) {
+		t.Fatal("an Ed25519ph signature verified as pure Ed25519")
+	}
+	// The digest given by the caller (cosign's way), through the crypto.Signer too.
+	if sig, err = cs.Sign(rand.Reader, d512[:], crypto.SHA512); err != nil {
+		t.Fatalf("CryptoSigner.Sign, SHA-512: %v", err)
+	}
+	if err := ed25519.VerifyWithOptions(active.Key, d512[:], sig, &ed25519.Options{Hash: crypto.SHA512}); err != nil {
+		t.Fatalf("the CryptoSigner's Ed25519ph signature: %v", err)
+	}
+	if err := sv.VerifySignature(bytes.NewReader(sig), bytes.NewReader(large)); err != nil {
+		t.Fatalf("VerifySignature of an Ed25519ph signature over the whole message: %v", err)
+	}
+	if err := sv.VerifySignature(bytes.NewReader(sig), bytes.NewReader(nil), options.WithDigest(d512[:])); err != nil {
+		t.Fatalf("VerifySignature of an Ed25519ph signature over its digest: %v", err)
 	}
 	// A SHA-256 prehash is not Ed25519: refused before anything is signed.
 	d := sha256.Sum256(msg)

@@ -31,7 +31,8 @@ const (
 
 // Algorithm names as sigstore spells them (signature.FormatSignatureAlgorithmFlag).
 const (
-	AlgorithmEd25519 = "ed25519"
+	AlgorithmEd25519   = "ed25519"
+	AlgorithmEd25519ph = "ed25519-ph"
 )
 
 // defaultTimeout bounds a call when sigstore passes no deadline.
@@ -123,8 +124,11 @@ func NewSignerVerifier(ctx context.Context, c *client.Client, scope, target stri
 // DefaultAlgorithm is Ed25519: every plexsphere key is one.
 func (s *SignerVerifier) DefaultAlgorithm() string { return AlgorithmEd25519 }
 
-// SupportedAlgorithms lists what SignMessage can produce.
-func (s *SignerVerifier) SupportedAlgorithms() []string { return []string{AlgorithmEd25519} }
+// SupportedAlgorithms lists what SignMessage can produce (Ed25519ph only
+// for a scope the signer allows it: SIGNER_SCOPE_SIGN_VARIANTS).
+func (s *SignerVerifier) SupportedAlgorithms() []string {
+	return []string{AlgorithmEd25519, AlgorithmEd25519ph}
+}
 
 // CreateKey refuses: keys are made by rotation in the signer, under its
 // rotation allow-list and audit, never by a signing client.
@@ -269,9 +273,10 @@ func (s *SignerVerifier) SignMessage(message io.Reader, opts ...signature.SignOp
 	return sig.Bytes, nil
 }
 
-// signPH signs a SHA-512 digest as Ed25519ph.
-func (s *SignerVerifier) signPH(context.Context, []byte) (client.Signature, error) {
-	return client.Signature{}, fmt.Errorf("%w: Ed25519ph (a pre-hashed message, as cosign signs when it uploads to a transparency log) is not available in this build: sign with --tlog-upload=false", ErrNotSupported)
+// signPH signs a SHA-512 digest as Ed25519ph: the signer gets the 64
+// bytes, never the message, so a message of any size can be signed.
+func (s *SignerVerifier) signPH(ctx context.Context, digest []byte) (client.Signature, error) {
+	return s.c.SignWith(ctx, s.scope, digest, crypto.SHA512)
 }
 
 // VerifySignature checks signature over the message (or digest, as
@@ -294,6 +299,17 @@ func (s *SignerVerifier) VerifySignature(sig, message io.Reader, opts ...signatu
 	if err != nil {
 		return err
 	}
+	// A whole message with no hash named may carry either scheme: cosign
+	// v3.1.3 signs images Ed25519ph whatever its flags say but verifies
+	// through a KMS key with the message alone. An Ed25519ph signature
+	// over SHA-512(message) signs that message too (RFC 8032's dom2 prefix
+	// keeps the two schemes apart), so either proves it.
+	alsoPH := whole(mopts)
+	var digest []byte
+	if m == pure && alsoPH {
+		d := sha512.Sum512(data)
+		digest = d[:]
+	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	keys, err := s.c.PublicKeys(ctx, s.scope)
@@ -306,11 +322,23 @@ func (s *SignerVerifier) VerifySignature(sig, message io.Reader, opts ...signatu
 			continue
 		}
 		tried = append(tried, k.KeyID)
-		if verify(k.Key, m, data, sigBytes) {
+		if verify(k.Key, m, data, sigBytes) || digest != nil && verify(k.Key, ph, digest, sigBytes) {
 			return nil
 		}
 	}
 	return fmt.Errorf("plexsphere: the signature does not verify with scope %q's keys %v: %w", s.scope, tried, client.ErrInvalidSignature)
+}
+
+// whole reports whether opts name neither a digest nor a hash: the
+// message is all there is.
+func whole(opts []signature.MessageOption) bool {
+	var digest []byte
+	var so crypto.SignerOpts
+	for _, o := range opts {
+		o.ApplyDigest(&digest)
+		o.ApplyCryptoSignerOpts(&so)
+	}
+	return len(digest) == 0 && so == nil
 }
 
 func verify(pub ed25519.PublicKey, m mode, data, sig []byte) bool {
@@ -327,6 +355,8 @@ func (s *SignerVerifier) explain(op string, err error) error {
 		return fmt.Errorf("plexsphere: %s: scope %q is unknown to the signer or has no key (an operator creates it: `signerctl rotate open --create %s`, then `signerctl rotate commit %s <key-id>`): %w", op, s.scope, s.scope, s.scope, err)
 	case errors.Is(err, client.ErrClientIdentityDenied):
 		return fmt.Errorf("plexsphere: %s: the signer refused this pod's identity (its SIGNER_ALLOW_SPIFFE_IDS): %w", op, err)
+	case errors.Is(err, client.ErrVariantNotAllowed):
+		return fmt.Errorf("plexsphere: %s: the signer refused Ed25519ph for scope %q (cosign signs a SHA-512 prehash for images and for blobs it uploads to a transparency log): an operator allows it with %s=ed25519ph in SIGNER_SCOPE_SIGN_VARIANTS: %w", op, s.scope, s.scope, err)
 	case errors.Is(err, client.ErrUnavailable):
 		return fmt.Errorf("plexsphere: %s: the sidecar at %s (%s) or the signer behind it is unreachable: %w", op, s.target, EnvSidecar, err)
 	}
@@ -341,7 +371,7 @@ func (s *SignerVerifier) explainSign(err error, n int, m mode) error {
 		if rule == "" {
 			rule = ce.Status.Message()
 		}
-		return fmt.Errorf("plexsphere: sign: the message is %d bytes and the signer's payload %s (SIGNER_MAX_PAYLOAD_BYTES, 64 KiB by default): pure Ed25519 sends the whole message; sign a digest instead (Ed25519ph), or raise the signer's limit: %w", n, rule, err)
+		return fmt.Errorf("plexsphere: sign: the message is %d bytes and the signer's payload %s (SIGNER_MAX_PAYLOAD_BYTES, 64 KiB by default): pure Ed25519 sends the whole message; sign its SHA-512 digest instead (Ed25519ph: cosign does for images and with a transparency log; sigstore callers pass options.WithCryptoSignerOpts(crypto.SHA512)), or raise the signer's limit: %w", n, rule, err)
 	}
 	return s.explain("sign", err)
 }
