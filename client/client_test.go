@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha512"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -63,6 +64,7 @@ func TestErrorMapping(t *testing.T) {
 		{withReason(codes.Unavailable, signerv1.ErrorReason_ERROR_REASON_PROVIDER_UNAVAILABLE), client.ErrProviderUnavailable},
 		{withReason(codes.Unavailable, signerv1.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE), client.ErrUnavailable},
 		{withReason(codes.Internal, signerv1.ErrorReason_ERROR_REASON_INVARIANT), client.ErrInvariant},
+		{withReason(codes.FailedPrecondition, signerv1.ErrorReason_ERROR_REASON_VARIANT_NOT_ALLOWED), client.ErrVariantNotAllowed},
 		{status.Error(codes.Unavailable, "connection refused"), client.ErrUnavailable},
 		{status.Error(codes.DeadlineExceeded, "late"), context.DeadlineExceeded},
 		{status.Error(codes.Unknown, "?"), client.ErrInternal},
@@ -85,10 +87,15 @@ type env struct {
 	core   *client.Client
 }
 
-func start(t *testing.T) env {
+func start(t *testing.T) env { return startWith(t, nil) }
+
+func startWith(t *testing.T, edit func(*config.Signer)) env {
 	clk := signertest.NewClock(time.Now())
 	s := signertest.Start(t, signertest.WithClock(clk), signertest.WithConfig(func(c *config.Signer) {
 		c.PrePublish, c.VerifyOnly = time.Minute, time.Hour
+		if edit != nil {
+			edit(c)
+		}
 	}))
 	sc := signertest.StartSidecar(t, s.Addr, s.Source(s.Issue(t, signertest.CoreID)))
 	c, err := client.Dial(context.Background(), sc.Socket, client.WithCacheTTL(time.Hour), client.WithClock(clk.Now))
@@ -341,5 +348,99 @@ func TestInvalidArgumentNamesTheRule(t *testing.T) {
 	var ce *client.Error
 	if !errors.Is(err, client.ErrInvalidArgument) || !errors.As(err, &ce) || ce.Field != "key_id" || ce.Rule != names.KeyIDRule || strings.Contains(err.Error(), secret) {
 		t.Fatalf("malformed key id: %v (%+v)", err, ce)
+	}
+}
+
+// SignWith and ScopeSigner sign as crypto/ed25519's private key does:
+// crypto.SHA512 is Ed25519ph over the digest, *ed25519.Options with a
+// context Ed25519ctx; each verifies with the standard library in its
+// variant only. Another hash or a bad digest length is refused before
+// anything is sent; a variant the scope does not allow is
+// ErrVariantNotAllowed, naming the variant. Through a real sidecar to a
+// real signer over mTLS.
+func TestSignVariants(t *testing.T) {
+	const other = "docs"
+	e := startWith(t, func(c *config.Signer) {
+		c.ScopeSignVariants = []string{scope + "=ed25519ph", scope + "=ed25519ctx"}
+		c.BootstrapScopes = append(c.BootstrapScopes, other)
+	})
+	ctx := context.Background()
+	s, err := e.core.NewSigner(ctx, scope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := s.Public().(ed25519.PublicKey)
+	msg := []byte("settle invoice 42")
+	digest := sha512.Sum512(msg)
+	for _, tc := range []struct {
+		name    string
+		message []byte
+		opts    crypto.SignerOpts
+		verify  *ed25519.Options
+	}{
+		{"pure (nil)", msg, nil, &ed25519.Options{}},
+		{"pure (Hash 0)", msg, crypto.Hash(0), &ed25519.Options{}},
+		{"pure (*ed25519.Options{})", msg, &ed25519.Options{}, &ed25519.Options{}},
+		{"ed25519ph (crypto.SHA512)", digest[:], crypto.SHA512, &ed25519.Options{Hash: crypto.SHA512}},
+		{"ed25519ph (*ed25519.Options)", digest[:], &ed25519.Options{Hash: crypto.SHA512}, &ed25519.Options{Hash: crypto.SHA512}},
+		{"ed25519ph with context", digest[:], &ed25519.Options{Hash: crypto.SHA512, Context: "c"}, &ed25519.Options{Hash: crypto.SHA512, Context: "c"}},
+		{"ed25519ctx", msg, &ed25519.Options{Context: "c"}, &ed25519.Options{Context: "c"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sig, err := e.core.SignWith(ctx, scope, tc.message, tc.opts)
+			if err != nil || sig.RequestID == "" || sig.KeyID != s.KeyID() {
+				t.Fatalf("SignWith: %+v, %v", sig, err)
+			}
+			viaSigner, err := s.Sign(rand.Reader, tc.message, tc.opts)
+			if err != nil {
+				t.Fatalf("ScopeSigner.Sign: %v", err)
+			}
+			for _, b := range [][]byte{sig.Bytes, viaSigner} {
+				if err := ed25519.VerifyWithOptions(pub, tc.message, b, tc.verify); err != nil {
+					t.Fatalf("does not verify in its variant: %v", err)
+				}
+				pure := tc.verify.Hash == 0 && tc.verify.Context == ""
+				if !pure && (ed25519.Verify(pub, tc.message, b) || ed25519.Verify(pub, msg, b)) {
+					t.Fatal("a variant signature verifies as pure Ed25519")
+				}
+				if pure && ed25519.VerifyWithOptions(pub, digest[:], b, &ed25519.Options{Hash: crypto.SHA512}) == nil {
+					t.Fatal("a pure signature verifies as Ed25519ph")
+				}
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name    string
+		scope   string
+		message []byte
+		opts    crypto.SignerOpts
+		want    error
+		variant string
+	}{
+		{"SHA-256", scope, make([]byte, 32), crypto.SHA256, client.ErrInvalidArgument, ""},
+		{"SHA-256 in *ed25519.Options", scope, make([]byte, 32), &ed25519.Options{Hash: crypto.SHA256}, client.ErrInvalidArgument, ""},
+		{"ed25519ph over the message", scope, msg, crypto.SHA512, client.ErrInvalidArgument, ""},
+		{"context of 256 bytes", scope, msg, &ed25519.Options{Context: strings.Repeat("c", 256)}, client.ErrInvalidArgument, ""},
+		{"ed25519ph not allowed", other, digest[:], crypto.SHA512, client.ErrVariantNotAllowed, "ed25519ph"},
+		{"ed25519ctx not allowed", other, msg, &ed25519.Options{Context: "c"}, client.ErrVariantNotAllowed, "ed25519ctx"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.core.SignWith(ctx, tc.scope, tc.message, tc.opts)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("SignWith: %v, want %v", err, tc.want)
+			}
+			var ce *client.Error
+			if tc.variant != "" && (!errors.As(err, &ce) || ce.Variant != tc.variant) {
+				t.Fatalf("refusal %v does not name the variant %s", err, tc.variant)
+			}
+			signer, err := e.core.NewSigner(ctx, tc.scope)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := signer.Sign(rand.Reader, tc.message, tc.opts); !errors.Is(err, tc.want) {
+				t.Fatalf("ScopeSigner.Sign: %v, want %v", err, tc.want)
+			}
+		})
 	}
 }

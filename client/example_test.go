@@ -3,7 +3,9 @@ package client_test
 import (
 	"context"
 	"crypto"
+	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha512"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -107,5 +109,36 @@ func ExampleError() {
 	_, err = c.Sign(ctx, "payments", make([]byte, 100_000)) // over the default 64 KiB
 	if e := (*client.Error)(nil); errors.As(err, &e) && e.Rule != "" {
 		fmt.Println(e.Field, e.Rule) // payload must be at most 65536 bytes
+	}
+}
+
+// Sign in Ed25519ph (HashEdDSA): hash the message locally, send only the
+// 64-byte SHA-512 digest, verify with the standard library in the same
+// variant. The scope must allow it on the signer
+// (SIGNER_SCOPE_SIGN_VARIANTS=payments=ed25519ph).
+func ExampleClient_SignWith() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "unix:///run/plexsphere/signer.sock")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	digest := sha512.Sum512([]byte("a large artifact, hashed where it lives"))
+	opts := &ed25519.Options{Hash: crypto.SHA512}
+	sig, err := c.SignWith(ctx, "payments", digest[:], opts)
+	if errors.Is(err, client.ErrVariantNotAllowed) {
+		log.Fatalf("ask the operator to allow ed25519ph for the scope: %v", err)
+	} else if err != nil {
+		log.Fatal(err)
+	}
+	keys, err := c.PublicKeys(ctx, "payments")
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.KeyID == sig.KeyID && ed25519.VerifyWithOptions(k.Key, digest[:], sig.Bytes, opts) == nil {
+			fmt.Printf("Ed25519ph signature by %s (request %s)\n", sig.KeyID, sig.RequestID)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"regexp"
 	"testing"
@@ -47,5 +48,35 @@ func TestAuditDocFormats(t *testing.T) {
 	}
 	if !regexp.MustCompile(`Example: the middleware entry of a granted Sign \(`+"131"+` bytes`).Match(doc) || len(leaf) != 131 {
 		t.Fatalf("the example is %d bytes; the page says otherwise", len(leaf))
+	}
+
+	// The version 3 example: the same entry with a sign variant and the
+	// context's digest, and nothing else changed.
+	m = regexp.MustCompile("<!-- leaf-example-v3 -->\n`([0-9a-f]+)`").FindSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/audit.md has no version 3 leaf example")
+	}
+	leaf3, err := hex.DecodeString(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e3, err := auditlog.ParseLeaf(leaf3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sha256.Sum256([]byte("invoices/v1"))
+	if e3.Version != 3 || e3.SignVariant != auditlog.VariantEd25519ctx || !bytes.Equal(e3.ContextSHA256, c[:]) {
+		t.Fatalf("the documented version 3 leaf decodes to %+v", e3)
+	}
+	e3.Version, e3.SignVariant, e3.ContextSHA256, e.Version = 0, "", nil, 0
+	if a, b := fmt.Sprintf("%+v", e3), fmt.Sprintf("%+v", e); a != b {
+		t.Fatalf("the version 3 example is not the version 2 example's entry:\n%s\n%s", a, b)
+	}
+	h = auditlog.LeafHash(leaf3)
+	if !bytes.Contains(doc, []byte(hex.EncodeToString(h[:]))) {
+		t.Fatalf("docs/audit.md does not give the version 3 example's leaf hash %x", h)
+	}
+	if !bytes.Contains(doc, []byte("`invoices/v1`\n("+fmt.Sprint(len(leaf3))+" bytes)")) {
+		t.Fatalf("the version 3 example is %d bytes; the page says otherwise", len(leaf3))
 	}
 }

@@ -157,9 +157,96 @@ func TestLogRecordDetail(t *testing.T) {
 	}
 }
 
+// A Sign in Ed25519ph or Ed25519ctx records its variant and its context's
+// digest in a version 3 leaf, 34 bytes more than the pure Sign's; a pure
+// Sign keeps its version 2 leaf, and the fields no earlier version has are
+// refused in one.
+func TestSignVariantLeaf(t *testing.T) {
+	pure := sample()
+	pureLeaf, err := auditlog.AppendLeaf(nil, &pure)
+	if err != nil || pureLeaf[0] != 2 {
+		t.Fatalf("a pure Sign is written in version %d (%v), want 2", pureLeaf[0], err)
+	}
+	c := sha256.Sum256([]byte("invoices/v1"))
+	for _, tc := range []struct {
+		variant string
+		context []byte
+		extra   int
+	}{
+		{auditlog.VariantEd25519ph, nil, 1 + 1},
+		{auditlog.VariantEd25519ph, c[:], 1 + 1 + 32},
+		{auditlog.VariantEd25519ctx, c[:], 1 + 1 + 32},
+		{auditlog.VariantEd25519, c[:], 1 + 1 + 32},        // a pure request that carried a context (refused)
+		{"variant(7)", nil, 1 + 1 + 1 + len("variant(7)")}, // a literal: a number no dictionary has
+	} {
+		e := sample()
+		e.SignVariant, e.ContextSHA256 = tc.variant, tc.context
+		leaf, err := auditlog.AppendLeaf(nil, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leaf[0] != 3 || len(leaf) != len(pureLeaf)+tc.extra-1 {
+			t.Fatalf("%s: version %d, %d bytes (pure: %d)", tc.variant, leaf[0], len(leaf), len(pureLeaf))
+		}
+		got, err := auditlog.ParseLeaf(leaf)
+		if err != nil || got.Version != 3 || got.SignVariant != tc.variant || !bytes.Equal(got.ContextSHA256, tc.context) ||
+			!bytes.Equal(got.PayloadSHA256, e.PayloadSHA256) {
+			t.Fatalf("%s read back as %+v (%v)", tc.variant, got, err)
+		}
+		if again, err := auditlog.AppendLeaf(nil, &got); err != nil || !bytes.Equal(again, leaf) {
+			t.Fatalf("%s does not re-encode to its bytes: %v", tc.variant, err)
+		}
+		// The same bytes labelled version 2 carry bits version 2 lacks.
+		old := bytes.Clone(leaf)
+		old[0] = 2
+		if _, err := auditlog.ParseLeaf(old); err == nil {
+			t.Fatalf("%s: a version 2 leaf with a sign variant decoded", tc.variant)
+		}
+		e.Version = 2
+		if _, err := auditlog.AppendLeaf(nil, &e); err == nil {
+			t.Fatalf("%s encoded in version 2", tc.variant)
+		}
+	}
+	// A present bit no version knows is refused.
+	e := sample()
+	e.SignVariant = auditlog.VariantEd25519ctx
+	leaf, _ := auditlog.AppendLeaf(nil, &e)
+	flags := len(leaf) - 1 - 64 - 1 // the present byte: before both digests and the variant tag
+	if leaf[flags] != 1|2|8 {
+		t.Fatalf("present byte %#x at %d", leaf[flags], flags)
+	}
+	for _, bit := range []byte{32, 64, 128} {
+		bad := bytes.Clone(leaf)
+		bad[flags] |= bit
+		if _, err := auditlog.ParseLeaf(bad); err == nil {
+			t.Fatalf("present bit %#x decoded", bit)
+		}
+	}
+	// An empty literal is no variant.
+	empty := append(bytes.Clone(leaf[:len(leaf)-1]), 0, 0)
+	if _, err := auditlog.ParseLeaf(empty); err == nil {
+		t.Fatal("an empty sign variant decoded")
+	}
+	e.ContextSHA256 = make([]byte, 31)
+	if _, err := auditlog.AppendLeaf(nil, &e); err == nil {
+		t.Fatal("a 31-byte context digest encoded")
+	}
+	// A version 3 leaf need not record a variant: written in version 3 on
+	// purpose, a pure Sign's entry is still one leaf per version.
+	pure.Version = 3
+	v3, err := auditlog.AppendLeaf(nil, &pure)
+	if err != nil || v3[0] != 3 || !bytes.Equal(v3[1:], pureLeaf[1:]) {
+		t.Fatalf("pure Sign in version 3: %x (%v)", v3, err)
+	}
+}
+
 func FuzzParseLeaf(f *testing.F) {
 	e := sample()
 	leaf, _ := auditlog.AppendLeaf(nil, &e)
+	f.Add(leaf)
+	c := sha256.Sum256([]byte("c"))
+	e.SignVariant, e.ContextSHA256 = auditlog.VariantEd25519ctx, c[:]
+	leaf, _ = auditlog.AppendLeaf(nil, &e)
 	f.Add(leaf)
 	f.Add([]byte{1})
 	f.Add(bytes.Repeat([]byte{1}, 64))

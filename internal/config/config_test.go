@@ -192,7 +192,7 @@ func TestConfigIsALeaf(t *testing.T) {
 		t.Fatalf("load: %v", err)
 	}
 	const module = "github.com/plexsphere/signer/"
-	allowed := map[string]bool{module + "internal/names": true, module + "internal/localaddr": true}
+	allowed := map[string]bool{module + "internal/names": true, module + "internal/localaddr": true, module + "internal/signvariant": true}
 	seen := map[string]bool{}
 	var walk func(p *packages.Package)
 	walk = func(p *packages.Package) {

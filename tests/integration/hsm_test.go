@@ -2,18 +2,22 @@ package integration
 
 import (
 	"context"
+	"crypto/sha512"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/plexsphere/signer/internal/testing/testenv"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/plexsphere/signer/client/auditlog"
+	"github.com/plexsphere/signer/internal/config"
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/pkcs11"
 	"github.com/plexsphere/signer/internal/store"
@@ -109,5 +113,44 @@ func TestSignerOnHSM(t *testing.T) {
 	pk, err := c.PublicKey(ctx, &signerv1.PublicKeyRequest{Scope: signertest.Scope})
 	if err != nil || !ed25519Verify(pk.Keys[0].PublicKey, []byte("hsm"), resp.Signature) {
 		t.Fatalf("signature does not verify with the published key: %v", err)
+	}
+}
+
+// On SoftHSM2 2.6.1 a scope allowed Ed25519ph and Ed25519ctx still gets no
+// such signature: the token accepts CK_EDDSA_PARAMS and ignores them, the
+// provider catches the pure signature it made instead and the signer
+// refuses (FailedPrecondition, VARIANT_NOT_ALLOWED, naming the token),
+// audited caveat_violation with no signature digest. Pure Ed25519 signs.
+func TestSignVariantsOnHSM(t *testing.T) {
+	p, _ := openHSM(t)
+	env := signertest.Start(t, signertest.WithProvider(p), signertest.WithConfig(func(c *config.Signer) {
+		c.ScopeSignVariants = []string{signertest.Scope + "=ed25519ph", signertest.Scope + "=ed25519ctx"}
+	}))
+	c := signerv1.NewSignerServiceClient(env.Dial(t, env.Issue(t, signertest.CoreID)))
+	ctx := context.Background()
+	digest := sha512.Sum512([]byte("hsm"))
+	for _, req := range []*signerv1.SignRequest{
+		{Scope: signertest.Scope, Payload: digest[:], Variant: signerv1.SignVariant_SIGN_VARIANT_ED25519PH},
+		{Scope: signertest.Scope, Payload: []byte("hsm"), Variant: signerv1.SignVariant_SIGN_VARIANT_ED25519CTX, Context: []byte("c")},
+	} {
+		size, err := env.Store.AuditSize(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Sign(ctx, req)
+		if st := status.Convert(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "PKCS#11 token does not sign it") {
+			t.Fatalf("%v on SoftHSM2: %v, want FailedPrecondition naming the token", req.Variant, err)
+		}
+		entries, err := store.ListAudit(ctx, env.Store, store.AuditQuery{AfterSeq: size, Subject: auditlog.SubjectSigner})
+		if err != nil || len(entries) != 1 {
+			t.Fatalf("%d middleware entries (%v), want 1", len(entries), err)
+		}
+		if e := entries[0]; e.Reason != auditlog.ReasonCaveatViolation || e.Code != "FailedPrecondition" || e.SignatureSHA256 != nil ||
+			e.SignVariant != strings.ToLower(strings.TrimPrefix(req.Variant.String(), "SIGN_VARIANT_")) {
+			t.Fatalf("entry %+v", e)
+		}
+	}
+	if _, err := c.Sign(ctx, &signerv1.SignRequest{Scope: signertest.Scope, Payload: []byte("hsm")}); err != nil {
+		t.Fatalf("pure Ed25519 on the same token: %v", err)
 	}
 }

@@ -168,6 +168,8 @@ containers:
         value: {{ join "," .Values.auditorAllowSpiffeIDs | quote }}
       - name: SIGNER_SCOPE_GRANTS
         value: {{ join "," .Values.scopeGrants | quote }}
+      - name: SIGNER_SCOPE_SIGN_VARIANTS
+        value: {{ join "," .Values.scopeSignVariants | quote }}
       - name: SIGNER_BOOTSTRAP_SCOPES
         value: {{ join "," .Values.bootstrapScopes | quote }}
       - name: SIGNER_AUTO_ROTATE

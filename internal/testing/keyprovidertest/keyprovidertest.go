@@ -7,6 +7,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha512"
 	"errors"
 	"fmt"
 	"sync"
@@ -23,6 +24,11 @@ type Options struct {
 	// handle only names a key the provider holds (an HSM's objects), and
 	// after Destroy the old handle must load nothing.
 	SealedHandles bool
+	// VariantsRefused: the provider cannot sign Ed25519ph and Ed25519ctx
+	// (SoftHSM2 2.6.1 ignores CK_EDDSA_PARAMS) and must refuse them with a
+	// *signerr.VariantError; otherwise it must sign them as crypto/ed25519
+	// verifies.
+	VariantsRefused bool
 }
 
 // Run runs the suite. open returns a provider; calls to open within one Run
@@ -72,8 +78,63 @@ func Run(t *testing.T, open func(t *testing.T) keyprovider.Provider, o Options) 
 		if err != nil || !ed25519.Verify(pub, msg, sig2) {
 			t.Fatalf("crypto.Signer Sign: err=%v", err)
 		}
-		if _, err := k.Sign(rand.Reader, msg, crypto.SHA256); err == nil {
-			t.Fatal("Sign with a pre-hash option must be refused (pure Ed25519 only)")
+		if _, err := k.Sign(rand.Reader, msg, crypto.SHA256); !errors.Is(err, signerr.ErrInvalidArgument) {
+			t.Fatalf("Sign with a SHA-256 pre-hash: %v, want ErrInvalidArgument (Ed25519 hashes with SHA-512 only)", err)
+		}
+	})
+
+	// Ed25519ph and Ed25519ctx, through SignOptions and crypto.Signer's
+	// Sign: signed as crypto/ed25519 verifies them and in no other scheme,
+	// or refused with a VariantError, never answered with a signature in
+	// another scheme.
+	t.Run("Variants", func(t *testing.T) {
+		_, pub, k := newKey(t, "conf-variants")
+		msg := []byte("conformance message")
+		digest := sha512.Sum512(msg)
+		for _, tc := range []struct {
+			name    string
+			message []byte
+			opts    *ed25519.Options
+			signer  crypto.SignerOpts // for crypto.Signer's Sign
+		}{
+			{"ed25519ph", digest[:], &ed25519.Options{Hash: crypto.SHA512}, crypto.SHA512},
+			{"ed25519ph with context", digest[:], &ed25519.Options{Hash: crypto.SHA512, Context: "conformance"}, &ed25519.Options{Hash: crypto.SHA512, Context: "conformance"}},
+			{"ed25519ctx", msg, &ed25519.Options{Context: "conformance"}, &ed25519.Options{Context: "conformance"}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				for i, sign := range []func() ([]byte, error){
+					func() ([]byte, error) { return k.SignOptions(ctx, tc.message, tc.opts) },
+					func() ([]byte, error) { return k.Sign(rand.Reader, tc.message, tc.signer) },
+				} {
+					sig, err := sign()
+					if o.VariantsRefused {
+						var ve *signerr.VariantError
+						if !errors.As(err, &ve) || sig != nil {
+							t.Fatalf("call %d: %x, %v; want a VariantError and no signature", i, sig, err)
+						}
+						continue
+					}
+					if err != nil {
+						t.Fatalf("call %d: %v", i, err)
+					}
+					if err := ed25519.VerifyWithOptions(pub, tc.message, sig, tc.opts); err != nil {
+						t.Fatalf("call %d: does not verify in its variant: %v", i, err)
+					}
+					if ed25519.Verify(pub, tc.message, sig) || ed25519.Verify(pub, msg, sig) {
+						t.Fatalf("call %d: verifies as pure Ed25519", i)
+					}
+				}
+			})
+		}
+		if _, err := k.SignOptions(ctx, msg, &ed25519.Options{Hash: crypto.SHA512}); !errors.Is(err, signerr.ErrInvalidArgument) {
+			t.Fatalf("Ed25519ph over a %d-byte message: %v, want ErrInvalidArgument", len(msg), err)
+		}
+		if _, err := k.SignOptions(ctx, msg, &ed25519.Options{Context: string(make([]byte, 256))}); !errors.Is(err, signerr.ErrInvalidArgument) {
+			t.Fatalf("a 256-byte context: %v, want ErrInvalidArgument", err)
+		}
+		// nil options are pure Ed25519, as SignContext.
+		if sig, err := k.SignOptions(ctx, msg, nil); err != nil || !ed25519.Verify(pub, msg, sig) {
+			t.Fatalf("SignOptions(nil): %v", err)
 		}
 	})
 
