@@ -6,10 +6,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -149,10 +152,45 @@ func (r *rig) exportKey(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("cosign's exported key: %v\n%s", err, raw)
 	}
-	if want := r.active(t, signertest.Scope).Key; !want.Equal(pub) {
-		t.Fatalf("cosign exported %x, the signer's ACTIVE key is %x", pub, want)
+	active := r.active(t, signertest.Scope)
+	if !active.Key.Equal(pub) {
+		t.Fatalf("cosign exported %x, the signer's ACTIVE key is %x", pub, active.Key)
+	}
+	if r.signer.JWKSURL != "" {
+		if x := jwksKey(t, r.signer, signertest.Scope, active.KeyID); !bytes.Equal(x, active.Key) {
+			t.Fatalf("the signer's JWKS has %x for %s, cosign exported %x", x, active.KeyID, pub)
+		}
 	}
 	return pemFile
+}
+
+// jwksKey is key kid's public key as the signer's HTTPS JWKS endpoint
+// publishes it.
+func jwksKey(t *testing.T, s *signertest.Env, scope, kid string) []byte {
+	t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.JWKSRoots}}}
+	resp, err := hc.Get(s.JWKSURL + "/scopes/" + scope + "/.well-known/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var set struct {
+		Keys []struct{ Kty, Crv, Kid, X string }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("JWKS: %s %v", resp.Status, err)
+	}
+	for _, k := range set.Keys {
+		if k.Kid == kid && k.Kty == "OKP" && k.Crv == "Ed25519" {
+			x, err := base64.RawURLEncoding.DecodeString(k.X)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return x
+		}
+	}
+	t.Fatalf("the JWKS has no Ed25519 key %s: %+v", kid, set.Keys)
+	return nil
 }
 
 var requestLine = regexp.MustCompile(`plexsphere: signed \((Ed25519|Ed25519ph)\) with scope (\S+) key (\S+), request id ([0-9a-f]{32}) \(prove: signerctl audit prove ([0-9a-f]{32})\)`)
@@ -191,11 +229,12 @@ func (r *rig) requestID(t *testing.T, stderr string, payloadSHA256 []byte, keyID
 }
 
 // cosign sign-blob through the plugin, then cosign verify-blob with the
-// exported PEM: the signature verifies, a tampered blob does not, and the
+// exported PEM (the signer's ACTIVE key, as its PublicKey RPC and its JWKS
+// endpoint publish it): the signature verifies, a tampered blob does not, and the
 // request the plugin names is the audit log's granted sign entry over the
 // blob.
 func TestCosignSignBlob(t *testing.T) {
-	r := start(t)
+	r := start(t, signertest.WithJWKS())
 	pemFile := r.exportKey(t)
 	blob := make([]byte, 1000)
 	rand.Read(blob)
