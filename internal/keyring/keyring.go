@@ -468,14 +468,23 @@ func (r *Keyring) vouchLocked(rec store.Key) {
 }
 
 // Sign signs message with the key of rec. A key released between Load and
-// its use (swept, or invalidated by a rotation) is loaded again once.
+// its use (swept, or invalidated by a rotation) is loaded again once. opts
+// nil is pure Ed25519 (Key.SignContext); otherwise Key.SignOptions signs in
+// the variant opts selects.
 func (r *Keyring) Sign(ctx context.Context, rec store.Key, message []byte, opts *ed25519.Options) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		key, err := r.Load(ctx, rec)
 		if err != nil {
 			return nil, err
 		}
-		sig, err := key.SignOptions(ctx, message, opts)
+		var sig []byte
+		if opts == nil {
+			// Pure Ed25519 takes the path every provider and wrapper
+			// (metrics, fault-injecting test keys) has always served.
+			sig, err = key.SignContext(ctx, message)
+		} else {
+			sig, err = key.SignOptions(ctx, message, opts)
+		}
 		if errors.Is(err, keyprovider.ErrReleased) && attempt == 0 {
 			continue
 		}

@@ -209,17 +209,26 @@ type timedKey struct {
 }
 
 func (k *timedKey) SignContext(ctx context.Context, msg []byte) ([]byte, error) {
-	return k.SignOptions(ctx, msg, nil)
+	start := time.Now()
+	sig, err := k.Key.SignContext(ctx, msg)
+	k.observe(start, err)
+	return sig, err
 }
 
+// SignOptions is timed like SignContext; each goes to the wrapped key's own
+// method, so a provider's two paths stay distinct.
 func (k *timedKey) SignOptions(ctx context.Context, msg []byte, opts *ed25519.Options) ([]byte, error) {
 	start := time.Now()
 	sig, err := k.Key.SignOptions(ctx, msg, opts)
+	k.observe(start, err)
+	return sig, err
+}
+
+func (k *timedKey) observe(start time.Time, err error) {
 	k.p.m.signLatency.WithLabelValues(k.p.Name()).Observe(time.Since(start).Seconds())
 	if err != nil {
 		k.p.m.signErrors.WithLabelValues(k.p.Name()).Inc()
 	}
-	return sig, err
 }
 
 // keyStates reports keys per scope and state at scrape time, from a

@@ -60,6 +60,9 @@ func TestClassifyContract(t *testing.T) {
 		{signerr.ErrKeyRetired, codes.FailedPrecondition, auditlog.ReasonCaveatViolation},
 		{signerr.ErrRotationInProgress, codes.FailedPrecondition, auditlog.ReasonCaveatViolation},
 		{signerr.ErrProviderUnavailable, codes.Unavailable, auditlog.ReasonCaveatViolation},
+		// Not in the contract's list: a refused sign variant is a state-time
+		// refusal (configuration, FIPS mode, provider) like a retired key.
+		{&signerr.VariantError{Variant: "ed25519ph", Why: "x"}, codes.FailedPrecondition, auditlog.ReasonCaveatViolation},
 		{errors.New("something unforeseen"), codes.Internal, auditlog.ReasonInsufficientRelation},
 		{fmt.Errorf("store: %w", signerr.ErrStoreUnavailable), codes.Unavailable, auditlog.ReasonInsufficientRelation},
 		{fmt.Errorf("writer: %w", signerr.ErrAuditUnavailable), codes.Unavailable, auditlog.ReasonInsufficientRelation},

@@ -3,6 +3,7 @@ package signing_test
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha512"
 	"errors"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing"
+	"github.com/plexsphere/signer/internal/signvariant"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -30,9 +32,13 @@ func FuzzSignRequest(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	svc := signing.NewService(kr, nil, 1024, nil)
+	svc := signing.NewService(kr, nil, 1024, signing.Variants{"payments": {signvariant.Ed25519ph: true, signvariant.Ed25519ctx: true}})
+	digest := sha512.Sum512([]byte("hello"))
 	for _, req := range []*signerv1.SignRequest{
 		{Scope: "payments", Payload: []byte("hello")},
+		{Scope: "payments", Payload: digest[:], Variant: signerv1.SignVariant_SIGN_VARIANT_ED25519PH, Context: []byte("c")},
+		{Scope: "payments", Payload: []byte("hello"), Variant: signerv1.SignVariant_SIGN_VARIANT_ED25519CTX, Context: []byte("c")},
+		{Scope: "other", Payload: []byte("hello"), Variant: 9},
 		{Scope: "payments", Payload: []byte("x"), KeyId: proto.String(key.ID)},
 		{Scope: "bad:scope"},
 		{Scope: "payments", KeyId: proto.String("")},
@@ -53,7 +59,11 @@ func FuzzSignRequest(f *testing.F) {
 			}
 			return
 		}
-		if resp.KeyId != key.ID || !ed25519.Verify(key.Public, req.Payload, resp.Signature) || len(req.Payload) > 1024 {
+		opts := signvariant.Options(signvariant.Variant(req.Variant), req.Context)
+		if opts == nil {
+			opts = &ed25519.Options{}
+		}
+		if resp.KeyId != key.ID || resp.Variant != req.Variant || ed25519.VerifyWithOptions(key.Public, req.Payload, resp.Signature, opts) != nil || len(req.Payload) > 1024 {
 			t.Fatalf("granted %v with key %s", &req, resp.KeyId)
 		}
 	})
