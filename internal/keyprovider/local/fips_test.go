@@ -106,7 +106,7 @@ func fipsOnlyChild(t *testing.T, kekHex, v2Hex string) {
 	h2, _ := hex.DecodeString(v2Hex)
 	seedPub := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)).Public().(ed25519.PublicKey)
 	_, err = p.Load(ctx, keyprovider.KeyRef{ID: "k2", Scope: "s", Public: seedPub}, h2)
-	if !errors.Is(err, signerr.ErrProviderUnavailable) || !strings.Contains(err.Error(), "fips140=only") || !strings.Contains(err.Error(), "rotate scope") {
+	if !errors.Is(err, signerr.ErrProviderUnavailable) || !errors.Is(err, local.ErrNotApproved) || !strings.Contains(err.Error(), "fips140=only") || !strings.Contains(err.Error(), "rotate scope") {
 		t.Fatalf("a format 2 handle under fips140=only: %v", err)
 	}
 }

@@ -66,6 +66,12 @@ const kekSize = 32
 // checkSize is the length of the KEK check value in each handle.
 const checkSize = 8
 
+// ErrNotApproved is a key sealed with an algorithm FIPS 140-only mode
+// (GODEBUG=fips140=only) forbids: format 2, XChaCha20-Poly1305. It comes
+// with signerr.ErrProviderUnavailable (the key cannot be used here; the
+// record is intact), and start-up names the mode rather than the KEK.
+var ErrNotApproved = errors.New("sealed with an algorithm FIPS 140-only mode does not approve")
+
 // Provider is the local provider.
 type Provider struct {
 	// aead seals and opens format 3: AES-256-GCM whose 96-bit nonce the
@@ -186,8 +192,8 @@ func (p *Provider) Load(_ context.Context, ref keyprovider.KeyRef, handle []byte
 	aead, nonceSize := p.aead, 0 // format 3: the nonce is part of what Open takes
 	if len(handle) >= 1 && handle[0] == sealV2 {
 		if p.v2 == nil {
-			return nil, fmt.Errorf("local: key %q: sealed with XChaCha20-Poly1305 (format 2, before this version), which FIPS 140-only mode (GODEBUG=fips140=only) forbids: "+
-				"start the signer once with fips140=on and rotate scope %q (new keys are sealed with AES-256-GCM), or use the pkcs11 provider: %w", id, ref.Scope, signerr.ErrProviderUnavailable)
+			return nil, fmt.Errorf("local: key %q: %w (XChaCha20-Poly1305, seal format 2, before this version) under GODEBUG=fips140=only: "+
+				"run with fips140=on and rotate scope %q (new keys are sealed with AES-256-GCM), or use the pkcs11 provider: %w", id, ErrNotApproved, ref.Scope, signerr.ErrProviderUnavailable)
 		}
 		aead, nonceSize = p.v2, p.v2.NonceSize()
 	}
