@@ -16,7 +16,7 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/... ./examples/core
 
 ## FIPS140: the FIPS 140-3 Go Cryptographic Module of the FIPS build (GOFIPS140). v1.0.0 is the one
-## /usr/local/go/lib/fips140/certified.txt names (v1.0.0-c2097c7c, CMVP-validated); v1.26.0 is only
+## /usr/local/go/lib/fips140/certified.txt names (v1.0.0-c2097c7c, the GOFIPS140=certified alias); v1.26.0 is only
 ## "in process" (inprocess.txt). See README, FIPS 140-3 build.
 FIPS140 ?= v1.0.0
 
@@ -113,7 +113,7 @@ fuzz:
 images:
 	./scripts/build-images.sh dev
 
-## images-fips: signer, sidecar and signerctl built with GOFIPS140=$(FIPS140), tagged dev-fips. Not part of
+## images-fips: signer, sidecar, signerctl and signer-pkcs11 built with GOFIPS140=$(FIPS140), tagged dev-fips. Not part of
 ## make test (nothing there runs them; test-fips tests the same build as binaries).
 images-fips:
 	GOFIPS140=$(FIPS140) ./scripts/build-images.sh dev-fips

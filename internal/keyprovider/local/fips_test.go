@@ -109,4 +109,14 @@ func fipsOnlyChild(t *testing.T, kekHex, v2Hex string) {
 	if !errors.Is(err, signerr.ErrProviderUnavailable) || !errors.Is(err, local.ErrNotApproved) || !strings.Contains(err.Error(), "fips140=only") || !strings.Contains(err.Error(), "rotate scope") {
 		t.Fatalf("a format 2 handle under fips140=only: %v", err)
 	}
+	// Under another KEK the KEK is named, not the mode.
+	other, _ := local.ParseKEK(strings.Repeat("cd", 32))
+	po, err := local.New(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = po.Load(ctx, keyprovider.KeyRef{ID: "k2", Scope: "s", Public: seedPub}, h2)
+	if !errors.Is(err, signerr.ErrProviderUnavailable) || errors.Is(err, local.ErrNotApproved) || !strings.Contains(err.Error(), "another key-encryption key") {
+		t.Fatalf("a format 2 handle under another KEK: %v", err)
+	}
 }

@@ -191,12 +191,9 @@ func (p *Provider) Load(_ context.Context, ref keyprovider.KeyRef, handle []byte
 	id := ref.ID
 	aead, nonceSize := p.aead, 0 // format 3: the nonce is part of what Open takes
 	if len(handle) >= 1 && handle[0] == sealV2 {
-		if p.v2 == nil {
-			return nil, fmt.Errorf("local: key %q: %w (XChaCha20-Poly1305, seal format 2, before this version) under GODEBUG=fips140=only: "+
-				"run with fips140=on and rotate scope %q (new keys are sealed with AES-256-GCM), or use the pkcs11 provider: %w", id, ErrNotApproved, ref.Scope, signerr.ErrProviderUnavailable)
-		}
-		aead, nonceSize = p.v2, p.v2.NonceSize()
+		aead, nonceSize = p.v2, chacha20poly1305.NonceSizeX
 	}
+	// A wrong KEK is named before the mode: it is the more basic mistake.
 	switch {
 	case len(handle) >= 1 && handle[0] == 1:
 		return nil, fmt.Errorf("local: key %q: sealed in format 1, which did not bind scope and public key; this version refuses it (recreate the store): %w", id, signerr.ErrInvariant)
@@ -206,6 +203,9 @@ func (p *Provider) Load(_ context.Context, ref keyprovider.KeyRef, handle []byte
 		return nil, fmt.Errorf("local: key %q: sealed under another key-encryption key (its check value differs): %w", id, signerr.ErrProviderUnavailable)
 	case len(ref.Public) != ed25519.PublicKeySize:
 		return nil, fmt.Errorf("local: key %q: record has no valid public key: %w", id, signerr.ErrInvariant)
+	case aead == nil: // format 2 under fips140=only
+		return nil, fmt.Errorf("local: key %q: %w (XChaCha20-Poly1305, seal format 2, before this version) under GODEBUG=fips140=only: "+
+			"run with fips140=on and rotate scope %q (new keys are sealed with AES-256-GCM), or use the pkcs11 provider: %w", id, ErrNotApproved, ref.Scope, signerr.ErrProviderUnavailable)
 	}
 	nonce := handle[1+checkSize : 1+checkSize+nonceSize]
 	seed, err := aead.Open(nil, nonce, handle[1+checkSize+nonceSize:], aad(ref, ref.Public))
