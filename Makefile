@@ -30,7 +30,9 @@ build-fips:
 ## test-fips: the three contracts' tests in a FIPS 140-3 build, once (make test runs it): the no-material
 ## check and the audit contract on Postgres (tests/integration), the mTLS admission contract
 ## (internal/server), each package with TestFIPSMode, which fails the run unless crypto/fips140 is on
-## with module $(FIPS140). No -race and no cgo, as build-fips: both share one build cache.
+## with module $(FIPS140). No -race and no cgo, as build-fips: both share one build cache (nothing with
+## the -race build of make test: the FIPS module changes every package that uses crypto). Measured on
+## the 2-core CI machine under load: 301 s with an empty build cache, 16 s cached (26 s after an edit).
 FIPS_TESTS := ^(TestFIPSMode|TestCoreBinaryHoldsNoSigningMaterial|TestSignerAuditContract|TestAdmission)$$
 test-fips: build-fips
 	CGO_ENABLED=0 GOFIPS140=$(FIPS140) PLEXSPHERE_TEST_FIPS140=$(FIPS140) $(GO) test -count=1 -run '$(FIPS_TESTS)' ./tests/integration/ ./internal/server/
