@@ -14,6 +14,7 @@ import (
 	"github.com/plexsphere/signer/internal/keyprovider"
 	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/testing/testenv"
 )
 
 // New keys are sealed in format 3 (AES-256-GCM); a key sealed in format 2
@@ -21,7 +22,7 @@ import (
 // bound to its record.
 func TestFormat2StillOpens(t *testing.T) {
 	if fips140.Enforced() {
-		t.Skip("fips140=only: format 2 is refused (TestFIPSOnlyMode)")
+		testenv.Require(t, "a run outside GODEBUG=fips140=only", "format 2 is refused under fips140=only (TestFIPSOnlyMode checks that)")
 	}
 	ctx := context.Background()
 	p, err := local.New(newKEK(t))
@@ -63,6 +64,10 @@ func TestFIPSOnlyMode(t *testing.T) {
 	if os.Getenv("LOCAL_FIPS_ONLY_CHILD") == "1" {
 		fipsOnlyChild(t, kek, os.Getenv("LOCAL_FIPS_ONLY_V2"))
 		return
+	}
+	if fips140.Enforced() {
+		// The parent seals a format 2 handle, which fips140=only forbids.
+		testenv.Require(t, "a run outside GODEBUG=fips140=only", "this run is fips140=only; the test starts such a run itself")
 	}
 	k, _ := local.ParseKEK(kek)
 	p, err := local.New(k)
