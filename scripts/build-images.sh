@@ -10,10 +10,19 @@
 # assembled FROM scratch out of the cgo binary, the shared libraries ldd
 # names, and Debian's SoftHSM2 module (mount a vendor's module for a real HSM):
 #   plexsphere/signer-pkcs11:dev
-# Usage: scripts/build-images.sh [tag]
+# With GOFIPS140 set (make images-fips), the FIPS 140-3 build of the images an
+# operator deploys, tagged <tag>-fips: signer, sidecar, signerctl and
+# signer-pkcs11, built against that Go Cryptographic Module; the test-only
+# images are left out.
+# Usage: [GOFIPS140=v1.0.0] scripts/build-images.sh [tag]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-dev}
+fips=${GOFIPS140:-off}
+if [[ $fips != off ]]; then
+  export GOFIPS140
+  [[ $TAG == *-fips ]] || TAG=$TAG-fips
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The build says which commit it is (--version, the start-up line,
@@ -38,11 +47,13 @@ DOCKERFILE
 
 static signer ./cmd/plexsphere-signer
 static sidecar ./cmd/plexsphere-sidecar
-static example-core ./examples/core
 static signerctl ./cmd/signerctl
-static e2e-probe ./tests/e2e/probe
-static e2e-svidprobe ./tests/e2e/svidprobe
-static pause ./tests/e2e/pause # holds a test "pod's" network namespace
+if [[ $fips == off ]]; then
+  static example-core ./examples/core
+  static e2e-probe ./tests/e2e/probe
+  static e2e-svidprobe ./tests/e2e/svidprobe
+  static pause ./tests/e2e/pause # holds a test "pod's" network namespace
+fi
 
 # The PKCS#11 variant: a dynamically linked binary and its libraries.
 ctx=$work/signer-pkcs11
@@ -67,3 +78,11 @@ ENTRYPOINT ["/app"]
 DOCKERFILE
 DOCKER_BUILDKIT=0 docker build -q -t "plexsphere/signer-pkcs11:$TAG" "$ctx" >/dev/null
 echo "build-images: plexsphere/signer-pkcs11:$TAG (cgo, with $(basename "$module"))"
+if [[ $fips != off ]]; then
+  # The image must say what it is: each reports the mode and the module.
+  for img in signer sidecar signerctl signer-pkcs11; do
+    line=$(docker run --rm "plexsphere/$img:$TAG" --version)
+    [[ $line == *"fips140=on module $fips"* ]] || { echo "build-images: plexsphere/$img:$TAG reports \"$line\", not fips140=on module $fips" >&2; exit 1; }
+    echo "build-images: plexsphere/$img:$TAG: $line"
+  done
+fi

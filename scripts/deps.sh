@@ -3,7 +3,8 @@
 # fresh Debian machine with Go, Docker and root runs the whole suite:
 #   apt:    protobuf-compiler (generate-check), shellcheck (lint),
 #           postgresql-15 (the Postgres test image is assembled from it),
-#           softhsm2 (a real PKCS#11 token), gcc (cgo for the pkcs11 provider)
+#           softhsm2 (a real PKCS#11 token), gcc (cgo for the pkcs11 provider),
+#           openssl (third-party verification of exported keys: signerctl keys export)
 #   images: plexsphere/postgres-test:15 (rebuilt only when its inputs change),
 #           the project's images from this checkout (make images)
 # SPIRE is built by `make spire` (its own module). Prints one line saying
@@ -17,6 +18,7 @@ command -v shellcheck >/dev/null || need+=(shellcheck)
 [[ -x /usr/lib/postgresql/15/bin/postgres ]] || need+=(postgresql-15)
 [[ -e /usr/lib/softhsm/libsofthsm2.so ]] || need+=(softhsm2)
 command -v gcc >/dev/null || need+=(gcc)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   echo "deps: installing ${need[*]} (apt)"
   if [[ $(id -u) != 0 ]]; then

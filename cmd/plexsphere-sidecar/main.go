@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	log := config.Logger(os.Stderr, cfg.LogLevel)
 	v := version.Get()
-	log.Info(prog+" starting", "version", v.Version, "commit", v.Commit, "go", v.GoVersion)
+	log.Info(prog+" starting", "version", v.Version, "commit", v.Commit, "go", v.GoVersion, "fips", v.FIPS, "fips_module", v.FIPSModule)
 	// The ops listener answers liveness while the SVID is awaited: a pod
 	// waiting for its SPIRE registration is not restarted in a loop.
 	var ep *ops.Endpoint

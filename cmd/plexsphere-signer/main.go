@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	log := config.Logger(os.Stderr, cfg.LogLevel)
 	v := version.Get()
-	log.Info(prog+" starting", "version", v.Version, "commit", v.Commit, "go", v.GoVersion)
+	log.Info(prog+" starting", "version", v.Version, "commit", v.Commit, "go", v.GoVersion, "fips", v.FIPS, "fips_module", v.FIPSModule)
 	setMemoryLimit(log, memlimit.FromCgroup)
 	if cfg.Maintenance() {
 		return server.Maintain(ctx, cfg, log)

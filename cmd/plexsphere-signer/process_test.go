@@ -20,6 +20,7 @@ import (
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/testing/devpki"
 	"github.com/plexsphere/signer/internal/testing/proctest"
+	"github.com/plexsphere/signer/internal/version"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -255,6 +256,12 @@ func TestServingLogsAndMetrics(t *testing.T) {
 	if !ok || v.Str("version") == "" || v.Str("commit") == "" || !strings.HasPrefix(v.Str("go"), "go1.") {
 		t.Fatalf("no version line: %s", v.Raw)
 	}
+	// The binary is built with this test's environment (GOFIPS140,
+	// GODEBUG): it runs in the mode this process does.
+	build := version.Get()
+	if v.Str("fips") != build.FIPS || v.Str("fips_module") != build.FIPSModule {
+		t.Fatalf("version line says fips %q module %q, want %q %q: %s", v.Str("fips"), v.Str("fips_module"), build.FIPS, build.FIPSModule, v.Raw)
+	}
 	if _, ok := p.WaitLine(60*time.Second, proctest.Msg("signer serving")); !ok {
 		t.Fatal("the signer did not serve")
 	}
@@ -317,7 +324,8 @@ func TestServingLogsAndMetrics(t *testing.T) {
 	if err != nil || code != 200 {
 		t.Fatalf("/metrics: %d %v", code, err)
 	}
-	for _, want := range []string{`plexsphere_signer_tls_handshake_failures_total{reason="unknown_ca"} 1`, `plexsphere_build_info{commit="`} {
+	for _, want := range []string{`plexsphere_signer_tls_handshake_failures_total{reason="unknown_ca"} 1`, `plexsphere_build_info{commit="`,
+		`fips="` + build.FIPS + `",fips_module="` + build.FIPSModule + `"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

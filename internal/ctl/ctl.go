@@ -53,6 +53,10 @@ const usage = `usage: signerctl [global flags] <command> [arguments]
 commands:
   keys list [--scope S]                    list keys in every state (an unknown --scope is NotFound);
                                            keys alone is keys list
+  keys export [--key-id ID | --state active|pending|previous|all] [--format pem|json] [--out FILE] <scope>
+                                           the scope's public keys as PEM PUBLIC KEY blocks (SPKI) for
+                                           openssl, cosign and the like: the ACTIVE key by default;
+                                           never a RETIRED one (not published: refused, exit 1)
   rotate open [--create] <scope>           open a rotation (new PENDING key); a scope without keys
                                            is refused (NotFound) unless --create says to create it
   rotate commit <scope> <key-id>           make the PENDING key ACTIVE
@@ -89,7 +93,8 @@ commands:
   version                                  which build this is (also: --version)
 
 exit codes: 0 ok (help and --help too: they need no settings and send nothing),
-1 refused by the signer (NotFound, not ready, invalid argument, rotation in progress),
+1 refused by the signer (NotFound, not ready, invalid argument, rotation in progress;
+keys export: a RETIRED key),
 2 usage or configuration (a missing setting; an SVID, key or bundle file that is missing,
 does not load, has expired or does not chain; a signer certificate the bundle does not
 verify; a wrong --signer-spiffe-id: each naming its flag and variable), 3 signer
@@ -270,6 +275,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) int {
 	switch cmd := strings.Join(args[:min(2, len(args))], " "); {
 	case cmd == "keys list":
 		err = c.keysList(ctx, args[2:])
+	case cmd == "keys export":
+		err = c.keysExport(ctx, args[2:])
 	case args[0] == "rotate":
 		err = c.rotate(ctx, args[1], args[2:])
 	case cmd == "audit tail":

@@ -42,12 +42,14 @@ func NewRegistry(methods []string) *Registry {
 }
 
 // buildInfo is the plexsphere_build_info gauge (always 1): which build
-// answers, joinable to any other series by instance.
+// answers, joinable to any other series by instance; fips is off, on or
+// only and fips_module the Go Cryptographic Module (version.Info).
 func buildInfo() prometheus.Collector {
 	v := version.Get()
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "plexsphere_build_info",
-		Help:        "Always 1; the labels say which build of the binary is running.",
-		ConstLabels: prometheus.Labels{"version": v.Version, "commit": v.Commit, "goversion": v.GoVersion}})
+		Help: "Always 1; the labels say which build of the binary is running.",
+		ConstLabels: prometheus.Labels{"version": v.Version, "commit": v.Commit, "goversion": v.GoVersion,
+			"fips": v.FIPS, "fips_module": v.FIPSModule}})
 	g.Set(1)
 	return g
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -106,6 +107,10 @@ func openPKCS11(cfg *config.Signer, log *slog.Logger) (keyprovider.Provider, err
 // PKCS#11. Other errors pass unchanged.
 func providerError(cfg *config.Signer, what string, err error) error {
 	switch {
+	case cfg.Provider == "local" && errors.Is(err, local.ErrNotApproved):
+		// Not the KEK: the mode forbids the key's sealing (the error says
+		// which mode and the fix).
+		return fmt.Errorf("%s: %w", what, err)
 	case cfg.Provider == "local" && errors.Is(err, signerr.ErrProviderUnavailable):
 		return config.Errorf(cfg, kekField(cfg), "%s does not unseal with this key-encryption key: is it the KEK this store's keys were sealed with? %v",
 			what, err)

@@ -28,6 +28,7 @@ import (
 	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/jwks"
 	"github.com/plexsphere/signer/internal/keyprovider"
+	"github.com/plexsphere/signer/internal/keyprovider/local"
 	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/names"
 	"github.com/plexsphere/signer/internal/ops"
@@ -503,6 +504,10 @@ func LogKey(ctx context.Context, st store.Store, p keyprovider.Provider, clock f
 		return nil, store.Key{}, fmt.Errorf("the checkpoint key belongs to provider %q, this signer runs %q: %w", rec.Provider, p.Name(), signerr.ErrProviderUnavailable)
 	}
 	k, err := p.Load(ctx, keyprovider.KeyRef{ID: rec.ID, Scope: rec.Scope, Public: rec.Public}, rec.Handle)
+	if errors.Is(err, local.ErrNotApproved) {
+		// The provider's advice (rotate) does not apply to this key.
+		return nil, store.Key{}, fmt.Errorf("%w; the checkpoint key is never replaced while the log holds entries, so this store runs with GODEBUG=fips140=on, not only", err)
+	}
 	if err != nil {
 		return nil, store.Key{}, err
 	}
