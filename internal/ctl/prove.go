@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -115,8 +117,11 @@ func (c *cli) auditProve(ctx context.Context, args []string) error {
 			return brokenError{err.Error()}
 		}
 		e, err := auditlog.ParseLeaf(p.Entry.Leaf)
-		if err != nil || e.RequestID.String() != p.Entry.RequestId || e.Object != p.Entry.Object || e.Reason != p.Entry.Reason {
-			return brokenError{fmt.Sprintf("entry %d: the fields served do not match its leaf", p.Entry.Seq)}
+		if err != nil {
+			return brokenError{fmt.Sprintf("entry %d: its leaf: %v", p.Entry.Seq, err)}
+		}
+		if f := servedMismatch(e, p.Entry); f != "" {
+			return brokenError{fmt.Sprintf("entry %d: the %s served does not match its leaf", p.Entry.Seq, f)}
 		}
 		if id := req.GetRequestId(); id != "" && e.RequestID.String() != id {
 			return brokenError{fmt.Sprintf("entry %d belongs to request %s, not %s", p.Entry.Seq, e.RequestID, id)}
@@ -229,11 +234,48 @@ func printEntryProof(w io.Writer, p *signerv1.InclusionProof) {
 	if len(e.Detail) > 0 {
 		field("detail", string(e.Detail))
 	}
+	if e.SignVariant != "" || e.ContextSha256 != "" {
+		field("sign_variant", e.SignVariant)
+		field("context_sha256", e.ContextSha256)
+	}
 	field("leaf", base64.StdEncoding.EncodeToString(e.Leaf))
 	fmt.Fprintf(w, "  inclusion proof (%d hash%s, from the leaf's sibling up):\n", len(p.Hashes), plural(len(p.Hashes), "", "es"))
 	for _, h := range p.Hashes {
 		fmt.Fprintf(w, "    %s\n", base64.StdEncoding.EncodeToString(h))
 	}
+}
+
+// servedMismatch names the first field of an entry as served that is not
+// what its leaf says, "" when all agree. The proof covers the leaf only,
+// while text and JSON print the served fields: each must be checked, or a
+// signer could show a proved entry with another payload digest, sign
+// variant or outcome than the one its log commits to.
+func servedMismatch(e auditlog.Entry, s *signerv1.AuditEntry) string {
+	ts := s.GetTimestamp()
+	for _, f := range []struct {
+		name string
+		ok   bool
+	}{
+		{"request_id", e.RequestID.String() == s.GetRequestId()},
+		{"timestamp", ts != nil && ts.IsValid() && ts.AsTime().Equal(e.Timestamp)},
+		{"subject", e.Subject == s.GetSubject()},
+		{"relation", e.Relation == s.GetRelation()},
+		{"object", e.Object == s.GetObject()},
+		{"reason", e.Reason == s.GetReason()},
+		{"caveat_context", slices.Equal(e.CaveatContext, s.GetCaveatContext())},
+		{"method", e.Method == s.GetMethod()},
+		{"code", e.Code == s.GetCode()},
+		{"payload_sha256", hex.EncodeToString(e.PayloadSHA256) == s.GetPayloadSha256()},
+		{"signature_sha256", hex.EncodeToString(e.SignatureSHA256) == s.GetSignatureSha256()},
+		{"detail", bytes.Equal(e.Detail, s.GetDetail())},
+		{"sign_variant", e.SignVariant == s.GetSignVariant()},
+		{"context_sha256", hex.EncodeToString(e.ContextSHA256) == s.GetContextSha256()},
+	} {
+		if !f.ok {
+			return f.name
+		}
+	}
+	return ""
 }
 
 // writeJSON is c.json's encoding into w.
