@@ -53,6 +53,30 @@ func TestFormat2StillOpens(t *testing.T) {
 	if _, err := p.Load(ctx, keyprovider.KeyRef{ID: "k3", Scope: "s", Public: pub3}, h3); err != nil {
 		t.Fatal(err)
 	}
+	// A handle relabelled as the other format (the version byte is not in
+	// the AAD; the formats' sealing keys differ, so neither opens), a
+	// format 3 handle cut short or with a flipped bit, a format 3 handle
+	// moved to another record: tampering (ErrInvariant), never a key.
+	relabel := func(h []byte, v byte) []byte { return append([]byte{v}, h[1:]...) }
+	flip := append([]byte(nil), h3...)
+	flip[len(flip)-1] ^= 1
+	for _, tc := range []struct {
+		name   string
+		ref    keyprovider.KeyRef
+		handle []byte
+	}{
+		{"format 3 relabelled 2", keyprovider.KeyRef{ID: "k3", Scope: "s", Public: pub3}, relabel(h3, 2)},
+		{"format 2 relabelled 3", ref2, relabel(h2, 3)},
+		{"format 3 cut after the check value", keyprovider.KeyRef{ID: "k3", Scope: "s", Public: pub3}, h3[:9]},
+		{"format 3 cut inside the nonce", keyprovider.KeyRef{ID: "k3", Scope: "s", Public: pub3}, h3[:15]},
+		{"format 3 bit flipped", keyprovider.KeyRef{ID: "k3", Scope: "s", Public: pub3}, flip},
+		{"format 3 moved to another scope", keyprovider.KeyRef{ID: "k3", Scope: "other", Public: pub3}, h3},
+		{"format 3 under another id", keyprovider.KeyRef{ID: "k4", Scope: "s", Public: pub3}, h3},
+	} {
+		if k, err := p.Load(ctx, tc.ref, tc.handle); !errors.Is(err, signerr.ErrInvariant) || k != nil {
+			t.Errorf("%s: key=%v err=%v, want ErrInvariant", tc.name, k, err)
+		}
+	}
 }
 
 // Under GODEBUG=fips140=only (which no running process can switch on, so
