@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -70,5 +71,28 @@ func TestVariantPolicy(t *testing.T) {
 	cmd.Env = append(os.Environ(), "FIPS_CHILD=1", "GODEBUG=fips140=on")
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "--- PASS: TestVariantPolicy") {
 		t.Fatalf("FIPS child: %v\n%s", err, out)
+	}
+}
+
+// Whatever variant number a Sign carries, its middleware entry records it
+// in a leaf that encodes (an entry that did not would fail the RPC with no
+// middleware entry at all): a number past a byte is not recorded as the
+// variant it is modulo 256.
+func TestDescribeVariantNumbers(t *testing.T) {
+	for n, want := range map[int32]string{0: "", 1: "ed25519ph", 2: "ed25519ctx", 3: "variant(3)", 255: "variant(255)",
+		256: "variant(invalid)", 257: "variant(invalid)", -1: "variant(invalid)", -2147483648: "variant(invalid)"} {
+		d := describe(&signerv1.SignRequest{Scope: "s", Payload: []byte("m"), Variant: signerv1.SignVariant(n)}, nil, signerr.ErrInvalidArgument)
+		if d.variant != want {
+			t.Errorf("variant %d recorded as %q, want %q", n, d.variant, want)
+		}
+		e := auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, auditlog.RelationSign, "/plexsphere.signer.v1.SignerService/Sign", time.Now())
+		e.SignVariant, e.ContextSHA256, e.PayloadSHA256 = d.variant, d.context, d.payload
+		leaf, err := auditlog.AppendLeaf(nil, &e)
+		if err != nil {
+			t.Fatalf("variant %d: %v", n, err)
+		}
+		if got, err := auditlog.ParseLeaf(leaf); err != nil || got.SignVariant != want {
+			t.Fatalf("variant %d: leaf reads %q, %v", n, got.SignVariant, err)
+		}
 	}
 }
