@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -86,8 +87,10 @@ func (c *cli) keysExport(ctx context.Context, args []string) error {
 			if k.KeyId != *keyID {
 				continue
 			}
-			if k.State == signerv1.KeyState_KEY_STATE_RETIRED {
-				return status.Errorf(codes.FailedPrecondition, "key %s of scope %q is RETIRED: it is not published, so it is not exported (its signatures no longer verify against the scope's keys)", k.KeyId, scope)
+			// Only the published states export (exportStates["all"]), so a
+			// state this version does not know is refused too, not exported.
+			if !slices.Contains(exportStates["all"], k.State) {
+				return status.Errorf(codes.FailedPrecondition, "key %s of scope %q is %s: it is not published, so it is not exported (its signatures no longer verify against the scope's keys)", k.KeyId, scope, strings.TrimPrefix(k.State.String(), "KEY_STATE_"))
 			}
 			chosen = append(chosen, k)
 		}
