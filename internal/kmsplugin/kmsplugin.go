@@ -232,17 +232,27 @@ func input(message io.Reader, opts []signature.MessageOption) (mode, []byte, err
 	return pure, msg, nil
 }
 
-// SignMessage signs with the scope's ACTIVE key and reports the key and the
-// request id on stderr, so the signature's audit entries can be proved
-// (signerctl audit prove <request-id>).
-func (s *SignerVerifier) SignMessage(message io.Reader, opts ...signature.SignOption) ([]byte, error) {
-	ctx, version := s.ctx, ""
+// readOptions reads what SignMessage and VerifySignature take from their
+// options alike: the context, a key version and the message options.
+func readOptions[O interface {
+	signature.RPCOption
+	signature.MessageOption
+}](ctx context.Context, opts []O) (context.Context, string, []signature.MessageOption) {
+	version := ""
 	mopts := make([]signature.MessageOption, 0, len(opts))
 	for _, o := range opts {
 		o.ApplyContext(&ctx)
 		o.ApplyKeyVersion(&version)
 		mopts = append(mopts, o)
 	}
+	return ctx, version, mopts
+}
+
+// SignMessage signs with the scope's ACTIVE key and reports the key and the
+// request id on stderr, so the signature's audit entries can be proved
+// (signerctl audit prove <request-id>).
+func (s *SignerVerifier) SignMessage(message io.Reader, opts ...signature.SignOption) ([]byte, error) {
+	ctx, version, mopts := readOptions(s.ctx, opts)
 	if version != "" {
 		// The signer signs with the scope's ACTIVE key; a pinned version
 		// could silently be another key after a rotation.
@@ -259,7 +269,9 @@ func (s *SignerVerifier) SignMessage(message io.Reader, opts ...signature.SignOp
 	case pure:
 		sig, err = s.c.Sign(ctx, s.scope, data)
 	case ph:
-		sig, err = s.signPH(ctx, data)
+		// The signer gets the 64-byte SHA-512 digest, never the message, so
+		// a message of any size can be signed.
+		sig, err = s.c.SignWith(ctx, s.scope, data, crypto.SHA512)
 	}
 	if err != nil {
 		return nil, s.explainSign(err, len(data), m)
@@ -273,24 +285,12 @@ func (s *SignerVerifier) SignMessage(message io.Reader, opts ...signature.SignOp
 	return sig.Bytes, nil
 }
 
-// signPH signs a SHA-512 digest as Ed25519ph: the signer gets the 64
-// bytes, never the message, so a message of any size can be signed.
-func (s *SignerVerifier) signPH(ctx context.Context, digest []byte) (client.Signature, error) {
-	return s.c.SignWith(ctx, s.scope, digest, crypto.SHA512)
-}
-
 // VerifySignature checks signature over the message (or digest, as
 // SignMessage reads its options) against the scope's ACTIVE and PREVIOUS
 // keys, or the key version given: a signature made before a rotation still
 // verifies while its key is published.
 func (s *SignerVerifier) VerifySignature(sig, message io.Reader, opts ...signature.VerifyOption) error {
-	ctx, version := s.ctx, ""
-	mopts := make([]signature.MessageOption, 0, len(opts))
-	for _, o := range opts {
-		o.ApplyContext(&ctx)
-		o.ApplyKeyVersion(&version)
-		mopts = append(mopts, o)
-	}
+	ctx, version, mopts := readOptions(s.ctx, opts)
 	sigBytes, err := io.ReadAll(sig)
 	if err != nil {
 		return fmt.Errorf("plexsphere: read the signature: %w", err)
