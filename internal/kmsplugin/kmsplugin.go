@@ -85,11 +85,24 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	defer c.Close()
 	sv := &SignerVerifier{ctx: ctx, c: c, scope: scope, target: target, log: stderr}
-	resp, err := handler.Dispatch(stdout, stdin, pa, sv)
+	resp, err := dispatch(stdout, stdin, pa, sv)
 	if err != nil || resp.ErrorMessage != "" {
 		return 1
 	}
 	return 0
+}
+
+// dispatch is handler.Dispatch answering malformed arguments with an error
+// response: the handler dereferences option structs a sigstore client
+// always sends, so a hand-written call without them would crash it.
+func dispatch(stdout io.Writer, stdin io.Reader, pa *common.PluginArgs, sv *SignerVerifier) (resp *common.PluginResp, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("plexsphere: malformed arguments for method %q (%v): this plugin is run by cosign or the sigstore library", pa.MethodName, r)
+			handler.WriteErrorResponse(stdout, err)
+		}
+	}()
+	return handler.Dispatch(stdout, stdin, pa, sv)
 }
 
 // ParseRef returns the scope of a key reference: plexsphere://<scope>, or

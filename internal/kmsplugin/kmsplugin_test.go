@@ -96,6 +96,24 @@ func TestMainRefusesBadInvocations(t *testing.T) {
 	}
 }
 
+// A call without the option structs a sigstore client always sends (as
+// someone might write by hand) is an error response, not a crash of the
+// handler that reads them.
+func TestMainAnswersMalformedArguments(t *testing.T) {
+	b, _ := json.Marshal(common.PluginArgs{InitOptions: &common.InitOptions{ProtocolVersion: "v1", KeyResourceID: "payments"},
+		MethodArgs: &common.MethodArgs{MethodName: common.PublicKeyMethodName, PublicKey: &common.PublicKeyArgs{}}})
+	var out bytes.Buffer
+	code := Main(context.Background(), []string{"p", "v1", string(b)}, strings.NewReader(""), &out, &bytes.Buffer{},
+		func(k string) string { return map[string]string{EnvSidecar: "unix:///nonexistent/plexsphere.sock"}[k] })
+	var resp common.PluginResp
+	if err := json.Unmarshal(out.Bytes(), &resp); err != nil {
+		t.Fatalf("stdout is not a plugin response: %q", out.String())
+	}
+	if code == 0 || !strings.Contains(resp.ErrorMessage, `malformed arguments for method "publicKey"`) {
+		t.Fatalf("exit %d, error %q", code, resp.ErrorMessage)
+	}
+}
+
 // A sidecar target that is not local is refused before anything is sent:
 // the client only talks to a Unix socket or loopback.
 func TestMainRefusesARemoteSidecar(t *testing.T) {
