@@ -6,15 +6,12 @@ import (
 	"crypto/sha512"
 	"errors"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/signvariant"
-	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -23,16 +20,9 @@ import (
 // scope's key, or an error of a known class. Never a panic, never an
 // unclassified error.
 func FuzzSignRequest(f *testing.F) {
-	st := signertest.OpenBolt(f)
-	p := signertest.NewLocalProvider(f)
-	kr := keyring.New(st, p, time.Minute, nil)
-	rot := keyring.NewLifecycle(st, p, kr, keyring.Windows{}, nil)
+	svc, keys := boltService(f, signing.Variants{"payments": {signvariant.Ed25519ph: true, signvariant.Ed25519ctx: true}}, "payments")
+	key := keys[0]
 	ctx := context.Background()
-	key, _, err := rot.Bootstrap(ctx, "payments", discard{})
-	if err != nil {
-		f.Fatal(err)
-	}
-	svc := signing.NewService(kr, nil, 1024, signing.Variants{"payments": {signvariant.Ed25519ph: true, signvariant.Ed25519ctx: true}})
 	digest := sha512.Sum512([]byte("hello"))
 	for _, req := range []*signerv1.SignRequest{
 		{Scope: "payments", Payload: []byte("hello")},

@@ -5,15 +5,12 @@ import (
 	"crypto/sha512"
 	"errors"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/plexsphere/signer/internal/keyring"
 	"github.com/plexsphere/signer/internal/signerr"
 	"github.com/plexsphere/signer/internal/signing"
 	"github.com/plexsphere/signer/internal/signvariant"
-	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
 
@@ -23,20 +20,9 @@ import (
 // scope's policy, and pinning another scope's key from an allowed scope
 // is a scope mismatch, never a way to sign that key in a variant.
 func TestSignVariantEdges(t *testing.T) {
-	st := signertest.OpenBolt(t)
-	p := signertest.NewLocalProvider(t)
-	kr := keyring.New(st, p, time.Minute, nil)
-	rot := keyring.NewLifecycle(st, p, kr, keyring.Windows{}, nil)
+	svc, keys := boltService(t, signing.Variants{"payments": {signvariant.Ed25519ph: true}}, "payments", "docs")
+	pay, docs := keys[0], keys[1]
 	ctx := context.Background()
-	pay, _, err := rot.Bootstrap(ctx, "payments", discard{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs, _, err := rot.Bootstrap(ctx, "docs", discard{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := signing.NewService(kr, nil, 1024, signing.Variants{"payments": {signvariant.Ed25519ph: true}})
 	digest := sha512.Sum512([]byte("m"))
 	ph := signerv1.SignVariant_SIGN_VARIANT_ED25519PH
 	for _, tc := range []struct {
