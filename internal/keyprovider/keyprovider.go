@@ -15,6 +15,7 @@ import (
 	"fmt"
 
 	"github.com/plexsphere/signer/internal/signerr"
+	"github.com/plexsphere/signer/internal/signvariant"
 )
 
 // Key is a provider-held Ed25519 key. Sign (crypto.Signer) behaves as
@@ -76,4 +77,16 @@ type Provider interface {
 	// Health reports whether the provider can sign now.
 	Health(ctx context.Context) error
 	Close() error
+}
+
+// SignerOptions is what a provider key's crypto.Signer Sign does with its
+// opts, as crypto/ed25519's own key does: nil for pure Ed25519,
+// Ed25519ph for SHA-512, Ed25519ctx for a context; any other hash is
+// ErrInvalidArgument.
+func SignerOptions(opts crypto.SignerOpts) (*ed25519.Options, error) {
+	v, c, err := signvariant.Of(opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, signerr.ErrInvalidArgument)
+	}
+	return signvariant.Options(v, c), nil
 }

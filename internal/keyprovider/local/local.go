@@ -249,19 +249,11 @@ func (k *key) ID() string               { return k.id }
 func (k *key) Public() crypto.PublicKey { return k.pub }
 
 func (k *key) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
-	if opts == nil {
-		return k.sign(message, nil)
+	o, err := keyprovider.SignerOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("local: %w", err)
 	}
-	if o, ok := opts.(*ed25519.Options); ok {
-		return k.sign(message, o)
-	}
-	switch opts.HashFunc() {
-	case 0:
-		return k.sign(message, nil)
-	case crypto.SHA512:
-		return k.sign(message, &ed25519.Options{Hash: crypto.SHA512})
-	}
-	return nil, fmt.Errorf("local: hash %v: Ed25519 signs unhashed messages or SHA-512 digests: %w", opts.HashFunc(), signerr.ErrInvalidArgument)
+	return k.sign(message, o)
 }
 
 func (k *key) SignContext(ctx context.Context, message []byte) ([]byte, error) {

@@ -602,19 +602,9 @@ func (k *key) ID() string               { return k.id }
 func (k *key) Public() crypto.PublicKey { return k.pub }
 
 func (k *key) Sign(_ io.Reader, message []byte, opts crypto.SignerOpts) ([]byte, error) {
-	var o *ed25519.Options
-	switch v := opts.(type) {
-	case nil:
-	case *ed25519.Options:
-		o = v
-	default:
-		switch opts.HashFunc() {
-		case 0:
-		case crypto.SHA512:
-			o = &ed25519.Options{Hash: crypto.SHA512}
-		default:
-			return nil, fmt.Errorf("pkcs11: hash %v: Ed25519 signs unhashed messages or SHA-512 digests: %w", opts.HashFunc(), signerr.ErrInvalidArgument)
-		}
+	o, err := keyprovider.SignerOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("pkcs11: %w", err)
 	}
 	return k.SignOptions(context.Background(), message, o)
 }
