@@ -305,26 +305,34 @@ func TestReplicaLostInTheMiddleOfABatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tl.Close()
+	// The replica connects at once but first allows no streams, so the
+	// calls wait in the sidecar (no timeout runs meanwhile); then it allows
+	// them, and the sidecar sends them all as one batch.
+	held := make(chan error, 1)
 	proceed := make(chan struct{})
 	replica := make(chan error, 1)
 	go func() {
 		nc, err := tl.Accept()
 		tl.Close() // one connection; later dials are refused
 		if err != nil {
-			replica <- err
+			held <- err
 			return
 		}
 		defer nc.Close()
 		nc.(*net.TCPConn).SetReadBuffer(64 << 10) // no autotuning: the sidecar's writes block soon
-		<-proceed                                 // the sidecar waits in its handshake
 		c := tls.Server(nc, cfg)
 		if err := c.Handshake(); err != nil {
-			replica <- err
+			held <- err
 			return
 		}
-		// A server's preface: the sidecar takes a replica as connected once
-		// its first frame arrives.
-		if err := http2.NewFramer(c, nil).WriteSettings(); err != nil {
+		fr := http2.NewFramer(c, c)
+		if err := fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0}); err != nil {
+			held <- err
+			return
+		}
+		held <- awaitSettingsAck(c, fr) // the sidecar now holds every call
+		<-proceed
+		if err := fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1000}); err != nil {
 			replica <- err
 			return
 		}
@@ -335,6 +343,9 @@ func TestReplicaLostInTheMiddleOfABatch(t *testing.T) {
 		replica <- err
 	}()
 	sc := signertest.StartSidecar(t, tl.Addr().String(), env.Source(env.Issue(t, signertest.CoreID)))
+	if err := <-held; err != nil {
+		t.Fatalf("replica: %v", err)
+	}
 	r := newRawCore(t, sc.TCP)
 	// 200 Sign calls with 60 KiB of grpc-encoding each (passed on to the
 	// signer): 12 MB of headers, no flow control, one batch.
@@ -360,6 +371,23 @@ func TestReplicaLostInTheMiddleOfABatch(t *testing.T) {
 	}
 	if len(missing) > 0 {
 		t.Fatalf("%d of %d calls never answered after the replica connection broke (streams %s...)", len(missing), calls, strings.Join(missing[:min(len(missing), 5)], ","))
+	}
+}
+
+// awaitSettingsAck reads the client's preface and frames until it acks
+// the server's SETTINGS.
+func awaitSettingsAck(c io.Reader, fr *http2.Framer) error {
+	if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+		return err
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return err
+		}
+		if s, ok := f.(*http2.SettingsFrame); ok && s.IsAck() {
+			return nil
+		}
 	}
 }
 
