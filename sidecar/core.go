@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,9 @@ const (
 	// maxQueued bounds the bytes waiting for one core connection that does
 	// not read; past it the connection is closed.
 	maxQueued = 4 << 20
+	// inlineWriteTimeout bounds an answer's write from the upstream
+	// reader to a core connection (writeInline).
+	inlineWriteTimeout = time.Millisecond
 	// itemCost is about what a queued item costs besides its data. Frames
 	// the sidecar only acknowledges (PING, SETTINGS) carry no data, but a
 	// core that sends them and never reads would otherwise grow the queue
@@ -130,6 +134,7 @@ type coreConn struct {
 	nc net.Conn
 	br *bufio.Reader
 	fr *http2.Framer
+	hb *headerBlock // read loop only
 
 	lastID atomic.Uint32 // the newest stream the core opened
 
@@ -144,8 +149,15 @@ type coreConn struct {
 	queued    int
 	closed    bool
 	wake      chan struct{}
+	// The writer's turn: whoever sets writing owns the writer-only state
+	// below (the writer goroutine, or writeInline's caller).
+	writing    bool
+	stalled    bool // the last inline write hit its deadline
+	writeEnded bool
+	missed     bool // someone found the turn taken: the holder kicks the writer
+	spare      []item
 
-	// Writer only.
+	// Writer only (the holder of the writer's turn).
 	bw       *batchWriter
 	wfr      *http2.Framer
 	henc     *hpack.Encoder
@@ -198,7 +210,7 @@ func newCoreConn(p *Proxy, nc net.Conn) *coreConn {
 	cc.fr.SetMaxReadFrameSize(maxFrame)
 	cc.fr.SetReuseFrames()
 	cc.fr.MaxHeaderListSize = maxHeaderList
-	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	cc.hb = newHeaderBlock(maxHeaderList)
 	cc.bw = &batchWriter{nc: nc}
 	cc.wfr = http2.NewFramer(cc.bw, nil)
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
@@ -293,7 +305,10 @@ func (cc *coreConn) flushReads() {
 		clear(cc.batch)
 		cc.batch = cc.batch[:0]
 	}
-	if n := cc.connAck; n > 0 {
+	// The connection window is given back once half of it is used, not
+	// per burst: a WINDOW_UPDATE per burst would wake the writer for
+	// every batch of requests (maxBuffered bounds what is held anyway).
+	if n := cc.connAck; n >= coreConnWindow/2 {
 		cc.connAck = 0
 		cc.send(item{kind: itemControl, write: func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(n)) }})
 	}
@@ -301,8 +316,16 @@ func (cc *coreConn) flushReads() {
 
 func (cc *coreConn) frame(f http2.Frame) error {
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return cc.headers(f)
+	case *http2.HeadersFrame, *http2.ContinuationFrame:
+		done, err := cc.hb.add(f)
+		switch {
+		case errors.Is(err, errHeaderListTooLarge):
+			return connError{http2.ErrCodeProtocol, "protocol", fmt.Sprintf("a header list larger than %d bytes", maxHeaderList)}
+		case err != nil:
+			return connError{http2.ErrCodeProtocol, "protocol", "bad header block from the core: " + err.Error()}
+		case done:
+			return cc.headers(cc.hb)
+		}
 	case *http2.DataFrame:
 		return cc.data(f)
 	case *http2.RSTStreamFrame:
@@ -344,20 +367,18 @@ func (cc *coreConn) frame(f http2.Frame) error {
 	return nil // PRIORITY and unknown frame types are ignored, as HTTP/2 says
 }
 
-func (cc *coreConn) headers(f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
-	if f.Truncated {
-		return connError{http2.ErrCodeProtocol, "protocol", fmt.Sprintf("a header list larger than %d bytes", maxHeaderList)}
-	}
+func (cc *coreConn) headers(hb *headerBlock) error {
+	id := hb.id
 	if id%2 == 0 || id <= cc.lastID.Load() {
 		// gRPC clients send no trailers and never reuse a stream.
 		return connError{http2.ErrCodeProtocol, "protocol", "HEADERS on a stream the core may not open"}
 	}
 	cc.lastID.Store(id)
-	method, path := f.PseudoValue("method"), f.PseudoValue("path")
+	method, path := hb.pseudo(":method"), hb.pseudo(":path")
 	c := &call{cc: cc, id: id, method: path, start: time.Now(), recvWin: initialWindow}
-	for _, h := range f.RegularFields() {
+	for _, h := range hb.fields {
 		switch {
+		case h.IsPseudo():
 		case h.Name == "content-type":
 			c.ctype = h.Value
 		case passedHeaders[h.Name]:
@@ -396,7 +417,7 @@ func (cc *coreConn) headers(f *http2.MetaHeadersFrame) error {
 	} else {
 		c.held = n
 	}
-	if f.StreamEnded() {
+	if hb.end {
 		cc.complete(c)
 	}
 	return nil
@@ -544,14 +565,15 @@ func (cc *coreConn) cancel(c *call) {
 
 // send queues it for the writer. A core that does not read what the
 // sidecar writes is cut off once maxQueued bytes wait for it.
-func (cc *coreConn) send(it item) { cc.sendAll([]item{it}) }
+func (cc *coreConn) send(it item) {
+	cc.enqueue(it)
+	cc.kick()
+}
 
-func (cc *coreConn) sendAll(its []item) {
+// enqueue queues it without waking the writer (handOn writes inline).
+func (cc *coreConn) enqueue(it item) {
 	cc.mu.Lock()
-	for _, it := range its {
-		if cc.closed && it.kind == itemStream {
-			continue
-		}
+	if !cc.closed || it.kind != itemStream {
 		cc.queue = append(cc.queue, it)
 		cc.queued += itemCost + len(it.data) + 8*len(it.settings)
 	}
@@ -562,7 +584,6 @@ func (cc *coreConn) sendAll(its []item) {
 		cc.p.warn("core connection closed: it does not read its answers", "queued_bytes", maxQueued)
 		cc.nc.Close()
 	}
-	cc.kick()
 }
 
 func (cc *coreConn) kick() {
@@ -576,39 +597,96 @@ func (cc *coreConn) kick() {
 func (cc *coreConn) goAway() { cc.send(item{kind: itemGoAway}) }
 
 // writeLoop writes everything queued, flushing once per batch: answers
-// that arrive together leave in one write.
+// that arrive together leave in one write. Most answers never wake it:
+// the upstream reader writes them itself (writeInline) while the core
+// reads; this goroutine takes over when that write would block.
 func (cc *coreConn) writeLoop() {
-	var q []item
 	for range cc.wake {
-		cc.mu.Lock()
-		q, cc.queue = cc.queue, q[:0]
-		cc.queued = 0
-		closed := cc.closed
-		cc.mu.Unlock()
-		cc.bw.start()
-		for i := range q {
-			if err := cc.write(q[i]); err != nil {
-				cc.nc.Close()
-				return
-			}
-			q[i] = item{}
-		}
-		if err := cc.bw.Flush(); err != nil {
-			cc.nc.Close()
-			return
-		}
-		cc.mu.Lock()
-		idle := len(cc.streams) == 0 && len(cc.queue) == 0
-		more := len(cc.queue) > 0
-		cc.mu.Unlock()
-		if closed && !more {
-			return
-		}
-		if cc.sentAway && idle {
-			cc.nc.Close() // drained: the read loop ends and closes the rest
+		if over := cc.flushQueue(false); over {
 			return
 		}
 	}
+}
+
+// writeInline writes what is queued from the calling goroutine (the
+// upstream reader), saving the writer goroutine's wake-up, unless the
+// writer is busy or the core stopped reading. The write gets
+// inlineWriteTimeout: a core that does not read costs the caller that
+// once, then its connection is left to its own writer until it reads.
+func (cc *coreConn) writeInline() {
+	cc.flushQueue(true)
+}
+
+// flushQueue writes the queue once if it gets the writer's turn; over
+// reports that the connection's writing has ended.
+func (cc *coreConn) flushQueue(inline bool) (over bool) {
+	cc.mu.Lock()
+	if cc.writing || cc.writeEnded || (inline && (cc.stalled || cc.closed)) {
+		cc.missed = cc.writing
+		ended := cc.writeEnded
+		cc.mu.Unlock()
+		if inline {
+			cc.kick()
+		}
+		return ended
+	}
+	cc.writing = true
+	q := cc.queue
+	cc.queue, cc.spare = cc.spare[:0], nil
+	cc.queued = 0
+	closed := cc.closed
+	cc.mu.Unlock()
+
+	err := cc.writeQueue(q, inline)
+	clear(q)
+	stalled := errors.Is(err, errStalled)
+	if err != nil && !stalled {
+		cc.nc.Close()
+	}
+	cc.mu.Lock()
+	cc.writing = false
+	cc.spare = q[:0]
+	cc.stalled = stalled
+	more := len(cc.queue) > 0
+	idle := len(cc.streams) == 0 && !more
+	switch {
+	case err != nil && !stalled:
+		cc.writeEnded = true
+	case !inline && closed && !more:
+		cc.writeEnded = true
+	case !inline && cc.sentAway && idle:
+		cc.nc.Close() // drained: the read loop ends and closes the rest
+		cc.writeEnded = true
+	}
+	over = cc.writeEnded
+	kick := more || stalled || cc.sentAway || cc.closed || over || cc.missed
+	cc.missed = false
+	cc.mu.Unlock()
+	if inline && kick {
+		cc.kick() // the writer goroutine decides what follows
+	}
+	return over
+}
+
+// writeQueue writes q and flushes it: inline, under a deadline, and what
+// the deadline cuts off stays in cc.bw for the writer goroutine
+// (errStalled).
+func (cc *coreConn) writeQueue(q []item, inline bool) error {
+	if inline {
+		cc.nc.SetWriteDeadline(time.Now().Add(inlineWriteTimeout))
+		defer cc.nc.SetWriteDeadline(time.Time{})
+	}
+	cc.bw.start()
+	// Left over from an inline write the deadline cut off: first.
+	if err := cc.bw.flush(); err != nil {
+		return err
+	}
+	for i := range q {
+		if err := cc.write(q[i]); err != nil {
+			return err
+		}
+	}
+	return cc.bw.Flush()
 }
 
 func (cc *coreConn) write(it item) error {
@@ -704,17 +782,18 @@ func (cc *coreConn) write(it item) error {
 			return nil
 		}
 	}
-	return cc.writeBody(&pending{it: item{kind: itemStream, c: it.c, data: it.data, trailers: it.trailers, end: it.end}})
+	return cc.writeBody(pending{it: item{kind: itemStream, c: it.c, data: it.data, trailers: it.trailers, end: it.end}})
 }
 
 // writeBody writes p's data as far as the windows allow, then its
 // trailers; what does not fit waits for a WINDOW_UPDATE.
-func (cc *coreConn) writeBody(p *pending) error {
+func (cc *coreConn) writeBody(p pending) error {
 	id := p.it.c.id
 	for p.off < len(p.it.data) {
 		n := min(int32(len(p.it.data)-p.off), int32(cc.peerMax), cc.sendWin, cc.win[id])
 		if n <= 0 {
-			cc.blocked = append(cc.blocked, p)
+			waiting := p // on the heap only when it has to wait
+			cc.blocked = append(cc.blocked, &waiting)
 			return nil
 		}
 		if err := cc.wfr.WriteData(id, false, p.it.data[p.off:p.off+int(n)]); err != nil {
@@ -746,7 +825,7 @@ func (cc *coreConn) unblock() error {
 		if !open {
 			continue
 		}
-		if err := cc.writeBody(p); err != nil {
+		if err := cc.writeBody(*p); err != nil {
 			return err
 		}
 	}
@@ -876,20 +955,31 @@ func encodeGrpcMessage(msg string) string {
 
 // batchWriter collects one batch of frames in a pooled buffer and writes
 // it with one call (or in 32 KiB pieces): an idle connection holds no
-// write buffer.
+// write buffer. A write cut off by a deadline (an inline write, see
+// flushQueue) keeps the rest and answers errStalled from then on.
 type batchWriter struct {
-	nc  net.Conn
-	buf *[]byte
+	nc      net.Conn
+	buf     *[]byte
+	stalled bool
 }
+
+// errStalled: the core did not read within the inline write's deadline;
+// the rest waits in the batchWriter for the connection's writer.
+var errStalled = errors.New("sidecar: core not reading")
 
 var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
 
-func (w *batchWriter) start() { w.buf = writeBufs.Get().(*[]byte) }
+func (w *batchWriter) start() {
+	if w.buf == nil {
+		w.buf = writeBufs.Get().(*[]byte)
+	}
+	w.stalled = false
+}
 
 func (w *batchWriter) Write(p []byte) (int, error) {
 	*w.buf = append(*w.buf, p...)
-	if len(*w.buf) >= 32<<10 {
-		if err := w.flush(); err != nil {
+	if len(*w.buf) >= 32<<10 && !w.stalled {
+		if err := w.flush(); err != nil && !errors.Is(err, errStalled) {
 			return 0, err
 		}
 	}
@@ -898,17 +988,26 @@ func (w *batchWriter) Write(p []byte) (int, error) {
 
 func (w *batchWriter) flush() error {
 	b := *w.buf
-	*w.buf = b[:0]
-	if len(b) == 0 {
+	if len(b) == 0 || w.stalled {
 		return nil
 	}
-	_, err := w.nc.Write(b)
+	n, err := w.nc.Write(b)
+	if err != nil && n < len(b) && errors.Is(err, os.ErrDeadlineExceeded) {
+		*w.buf = b[:copy(b, b[n:])]
+		w.stalled = true
+		return errStalled
+	}
+	*w.buf = b[:0]
 	return err
 }
 
-// Flush writes what is left and returns the buffer to the pool.
+// Flush writes what is left and returns the buffer to the pool (unless
+// a deadline cut the write off: errStalled).
 func (w *batchWriter) Flush() error {
 	err := w.flush()
+	if w.stalled {
+		return errStalled
+	}
 	if cap(*w.buf) <= 64<<10 {
 		writeBufs.Put(w.buf)
 	}

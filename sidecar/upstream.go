@@ -390,7 +390,7 @@ func (p *pool) dial(ctx context.Context, addr string) (*upConn, error) {
 	u.br = bufio.NewReaderSize(nc, 32<<10)
 	u.fr = http2.NewFramer(nil, u.br)
 	u.fr.SetReuseFrames()
-	u.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	u.hb = newHeaderBlock(maxHeaderList)
 	u.fr.MaxHeaderListSize = maxHeaderList
 	u.bw = bufio.NewWriterSize(nc, 32<<10)
 	u.wfr = http2.NewFramer(u.bw, nil)
@@ -423,12 +423,14 @@ type upConn struct {
 	nc        net.Conn
 	br        *bufio.Reader
 	fr        *http2.Framer // read loop only
+	hb        *headerBlock  // read loop only
 
 	active       atomic.Int32  // streams picked for this connection
 	maxStreams   atomic.Uint32 // the signer's SETTINGS_MAX_CONCURRENT_STREAMS
 	streamWindow uint32
-	recvAck      int32   // read loop only
-	answered     []*call // read loop only: answers of this burst, not yet handed on
+	recvAck      int32       // read loop only
+	answered     []*call     // read loop only: answers of this burst, not yet handed on
+	touched      []*coreConn // read loop only: the core connections handOn queued answers for
 
 	waiters          atomic.Int32 // goroutines waiting for mu: the last one flushes
 	mu               sync.Mutex
@@ -624,20 +626,27 @@ func (u *upConn) read() error {
 			return err
 		}
 		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
+		case *http2.HeadersFrame, *http2.ContinuationFrame:
+			done, err := u.hb.add(f)
+			if err != nil {
+				return fmt.Errorf("bad header block from the signer: %w", err)
+			}
+			if !done {
+				continue
+			}
 			u.lock()
-			c := u.streams[f.StreamID]
+			c := u.streams[u.hb.id]
 			u.unlock()
 			if c == nil {
 				continue
 			}
 			if c.respHdrs == nil {
-				c.respHdrs = f.Fields
+				c.respHdrs = slices.Clone(u.hb.fields)
 			} else {
-				c.respTrl = f.Fields
+				c.respTrl = slices.Clone(u.hb.fields)
 			}
-			if f.StreamEnded() {
-				u.end(f.StreamID, c)
+			if u.hb.end {
+				u.end(u.hb.id, c)
 			}
 		case *http2.DataFrame:
 			if u.recvAck += int32(f.Length); u.recvAck >= upConnWindow/2 {
@@ -779,7 +788,6 @@ func (u *upConn) handOn() {
 		return
 	}
 	u.p.kick()
-	var its []item
 	for i, c := range u.answered {
 		u.answered[i] = nil
 		if !c.finish() {
@@ -797,23 +805,18 @@ func (u *upConn) handOn() {
 		if it.hdrs == nil {
 			it.hdrs = responseHeaders() // DATA before any HEADERS: not gRPC either
 		}
-		its = append(its, it)
+		// Queued in order; each core connection is written once below.
+		c.cc.enqueue(it)
+		if !slices.Contains(u.touched, c.cc) {
+			u.touched = append(u.touched, c.cc)
+		}
 	}
 	u.answered = u.answered[:0]
-	// Grouped by core connection, in order.
-	for len(its) > 0 {
-		cc := its[0].c.cc
-		var mine, rest []item
-		for _, it := range its {
-			if it.c.cc == cc {
-				mine = append(mine, it)
-			} else {
-				rest = append(rest, it)
-			}
-		}
-		cc.sendAll(mine)
-		its = rest
+	for i, cc := range u.touched {
+		cc.writeInline()
+		u.touched[i] = nil
 	}
+	u.touched = u.touched[:0]
 }
 
 func hasStatus(fs []hpack.HeaderField) bool {
