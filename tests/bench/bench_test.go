@@ -288,11 +288,28 @@ func seats(b *testing.B, env *signertest.Env, upstream []meter, client meter) {
 			b.Fatal(err)
 		}
 	}
-	sideMeters := append([]meter{client, scp.cpu(), scp.rss(), scp.profile()}, upstream...)
+	sideMeters := append(append([]meter{client, scp.cpu(), scp.rss(), scp.profile()}, scp.syscalls()...), upstream...)
+	// BENCH_SIDECAR_BEFORE: an earlier build of plexsphere-sidecar in a
+	// seat of its own, measured right before the sidecar at 64 in flight.
+	var before func(context.Context) error
+	var beforeMeters []meter
+	if bin := os.Getenv("BENCH_SIDECAR_BEFORE"); bin != "" {
+		sock, bp := startSidecarBinary(b, env, "sidecar-before", bin, "SIDECAR_MAX_CONNECTIONS=1200")
+		before = unixCall(b, sock)
+		if err := waitReady(before); err != nil {
+			b.Fatal(err)
+		}
+		beforeMeters = append(append([]meter{client, bp.cpu(), bp.rss()}, bp.syscalls()...), upstream...)
+	}
 	for _, n := range []int{1, 64} {
 		run(b, "direct", n, direct, nil, append([]meter{client}, upstream...)...)
 		run(b, "floor-relay", n, relay, against(n, "direct", "direct"),
-			append([]meter{client, rp.cpu(), rp.rss()}, upstream...)...)
+			append(append([]meter{client, rp.cpu(), rp.rss()}, rp.syscalls()...), upstream...)...)
+		if before != nil && n == 64 {
+			run(b, "sidecar-before", n, before, against(n, "floor-relay", "floor", "direct", "direct"), beforeMeters...)
+			run(b, "sidecar", n, side, against(n, "floor-relay", "floor", "direct", "direct", "sidecar-before", "before"), sideMeters...)
+			continue
+		}
 		run(b, "sidecar", n, side, against(n, "floor-relay", "floor", "direct", "direct"), sideMeters...)
 	}
 	idle := idleConns(b, sideSock, 128)

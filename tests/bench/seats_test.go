@@ -106,10 +106,17 @@ func startRelay(b testing.TB, env *signertest.Env) (string, *proc) {
 // bench does not depend on the sidecar's Go API); it returns the Unix socket.
 func startSidecarProcess(b testing.TB, env *signertest.Env, extraEnv ...string) (string, *proc) {
 	b.Helper()
+	return startSidecarBinary(b, env, "sidecar", binPath(b, "plexsphere-sidecar"), extraEnv...)
+}
+
+// startSidecarBinary is startSidecarProcess with another sidecar binary
+// (BENCH_SIDECAR_BEFORE) in the seat named role.
+func startSidecarBinary(b testing.TB, env *signertest.Env, role, bin string, extraEnv ...string) (string, *proc) {
+	b.Helper()
 	dir := b.TempDir()
 	files := writeSVID(b, env.CA, dir, "core", signertest.CoreID)
 	sock := filepath.Join(dir, "signer.sock")
-	p := startProc(b, "sidecar", binPath(b, "plexsphere-sidecar"), append([]string{
+	p := startProc(b, role, bin, append([]string{
 		"SIDECAR_LISTEN=unix://" + sock,
 		"SIDECAR_UPSTREAM=" + env.Addr,
 		"SIDECAR_SIGNER_SPIFFE_ID=" + signertest.SignerID,
