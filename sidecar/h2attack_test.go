@@ -9,11 +9,15 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
@@ -892,5 +896,63 @@ func TestResetStreamsBlockedOnTheCoresWindowAreForgotten(t *testing.T) {
 	t.Logf("heap grew by %d KiB after %d reset streams", grew>>10, rounds*1000)
 	if grew > 8<<20 {
 		t.Fatalf("%d streams reset with their answers waiting for the window grew the heap by %d MiB", rounds*1000, grew>>20)
+	}
+}
+
+// The upstream reader writes answers to the core connections itself
+// (writeInline). A core that stops reading must cost the other core
+// connections nothing: its answers wait for its own writer, and another
+// core's calls on the same replica connection are answered meanwhile.
+func TestCoreThatStopsReadingHoldsUpNoOtherCore(t *testing.T) {
+	ca := signertest.NewCA(t)
+	env := &signertest.Env{CA: ca}
+	var seen atomic.Int32
+	big := &signerv1.SignResponse{Signature: make([]byte, 16<<10)} // 13 fill a Unix socket's buffer
+	up := grpc.NewServer(grpc.Creds(credentials.NewTLS(identity.ServerTLS(env.Source(env.Issue(t, signertest.SignerID))))),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			var req signerv1.SignRequest
+			if err := ss.RecvMsg(&req); err != nil {
+				return err
+			}
+			seen.Add(1)
+			return ss.SendMsg(big)
+		}))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(lis)
+	defer up.Stop()
+	sc := signertest.StartSidecar(t, lis.Addr().String(), env.Source(env.Issue(t, signertest.CoreID)))
+
+	// The stalled core: windows wide open, 100 calls (1.6 MB of answers,
+	// under maxQueued, so it is not cut off), and it never reads.
+	stalled := newUnixRawCore(t, sc.Socket)
+	stalled.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+	stalled.fr.WriteWindowUpdate(0, 1<<30)
+	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	block := stalled.block(req(signMethod)...)
+	const calls = 100
+	for i := range calls {
+		id := uint32(2*i + 1)
+		stalled.headers(t, id, false, block)
+		stalled.fr.WriteData(id, true, body)
+	}
+	for deadline := time.Now().Add(10 * time.Second); seen.Load() < calls; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the upstream saw %d of the stalled core's %d calls", seen.Load(), calls)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a count, not synchronising
+	}
+	// Another core, the same replica connection: every call answered.
+	cc, err := grpc.NewClient(sc.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	for i := range 50 {
+		if err := cc.Invoke(ctx10s(t), signMethod, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")}, &signerv1.SignResponse{}); err != nil {
+			t.Fatalf("call %d of another core while one core does not read: %v", i, err)
+		}
 	}
 }
