@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -48,9 +48,6 @@ const (
 	// maxQueued bounds the bytes waiting for one core connection that does
 	// not read; past it the connection is closed.
 	maxQueued = 4 << 20
-	// inlineWriteTimeout bounds an answer's write from the upstream
-	// reader to a core connection (writeInline).
-	inlineWriteTimeout = time.Millisecond
 	// itemCost is about what a queued item costs besides its data. Frames
 	// the sidecar only acknowledges (PING, SETTINGS) carry no data, but a
 	// core that sends them and never reads would otherwise grow the queue
@@ -152,7 +149,7 @@ type coreConn struct {
 	// The writer's turn: whoever sets writing owns the writer-only state
 	// below (the writer goroutine, or writeInline's caller).
 	writing    bool
-	stalled    bool // the last inline write hit its deadline
+	stalled    bool // the core's socket was full at the last inline write
 	writeEnded bool
 	missed     bool // someone found the turn taken: the holder kicks the writer
 	spare      []item
@@ -212,6 +209,9 @@ func newCoreConn(p *Proxy, nc net.Conn) *coreConn {
 	cc.fr.MaxHeaderListSize = maxHeaderList
 	cc.hb = newHeaderBlock(maxHeaderList)
 	cc.bw = &batchWriter{nc: nc}
+	if sc, ok := nc.(syscall.Conn); ok {
+		cc.bw.raw, _ = sc.SyscallConn()
+	}
 	cc.wfr = http2.NewFramer(cc.bw, nil)
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
 	// The server's preface is its first frame, queued before anything else
@@ -610,9 +610,9 @@ func (cc *coreConn) writeLoop() {
 
 // writeInline writes what is queued from the calling goroutine (the
 // upstream reader), saving the writer goroutine's wake-up, unless the
-// writer is busy or the core stopped reading. The write gets
-// inlineWriteTimeout: a core that does not read costs the caller that
-// once, then its connection is left to its own writer until it reads.
+// writer is busy or the core stopped reading. It never waits for the
+// core: what its socket does not take at once is left to the
+// connection's writer, which alone writes to it until it has caught up.
 func (cc *coreConn) writeInline() {
 	cc.flushQueue(true)
 }
@@ -621,7 +621,7 @@ func (cc *coreConn) writeInline() {
 // reports that the connection's writing has ended.
 func (cc *coreConn) flushQueue(inline bool) (over bool) {
 	cc.mu.Lock()
-	if cc.writing || cc.writeEnded || (inline && (cc.stalled || cc.closed)) {
+	if cc.writing || cc.writeEnded || (inline && (cc.stalled || cc.closed || cc.bw.raw == nil)) {
 		cc.missed = cc.writing
 		ended := cc.writeEnded
 		cc.mu.Unlock()
@@ -668,16 +668,11 @@ func (cc *coreConn) flushQueue(inline bool) (over bool) {
 	return over
 }
 
-// writeQueue writes q and flushes it: inline, under a deadline, and what
-// the deadline cuts off stays in cc.bw for the writer goroutine
-// (errStalled).
+// writeQueue writes q and flushes it; inline, what the socket does not
+// take at once stays in cc.bw for the writer goroutine (errStalled).
 func (cc *coreConn) writeQueue(q []item, inline bool) error {
-	if inline {
-		cc.nc.SetWriteDeadline(time.Now().Add(inlineWriteTimeout))
-		defer cc.nc.SetWriteDeadline(time.Time{})
-	}
-	cc.bw.start()
-	// Left over from an inline write the deadline cut off: first.
+	cc.bw.start(inline)
+	// Left over from an inline write the socket did not take: first.
 	if err := cc.bw.flush(); err != nil {
 		return err
 	}
@@ -955,25 +950,28 @@ func encodeGrpcMessage(msg string) string {
 
 // batchWriter collects one batch of frames in a pooled buffer and writes
 // it with one call (or in 32 KiB pieces): an idle connection holds no
-// write buffer. A write cut off by a deadline (an inline write, see
-// flushQueue) keeps the rest and answers errStalled from then on.
+// write buffer. An inline batch (writeInline) is written only as far as
+// the socket takes it at once; the rest stays here and every write answers
+// errStalled until the connection's writer has sent it.
 type batchWriter struct {
 	nc      net.Conn
+	raw     syscall.RawConn // nil: the connection gets no inline writes
 	buf     *[]byte
+	inline  bool
 	stalled bool
 }
 
-// errStalled: the core did not read within the inline write's deadline;
-// the rest waits in the batchWriter for the connection's writer.
+// errStalled: the core's socket is full; the rest waits in the batchWriter
+// for the connection's writer goroutine.
 var errStalled = errors.New("sidecar: core not reading")
 
 var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
 
-func (w *batchWriter) start() {
+func (w *batchWriter) start(inline bool) {
 	if w.buf == nil {
 		w.buf = writeBufs.Get().(*[]byte)
 	}
-	w.stalled = false
+	w.inline, w.stalled = inline, false
 }
 
 func (w *batchWriter) Write(p []byte) (int, error) {
@@ -991,8 +989,14 @@ func (w *batchWriter) flush() error {
 	if len(b) == 0 || w.stalled {
 		return nil
 	}
-	n, err := w.nc.Write(b)
-	if err != nil && n < len(b) && errors.Is(err, os.ErrDeadlineExceeded) {
+	var n int
+	var err error
+	if w.inline {
+		n, err = w.writeNow(b)
+	} else {
+		n, err = w.nc.Write(b)
+	}
+	if err == nil && n < len(b) {
 		*w.buf = b[:copy(b, b[n:])]
 		w.stalled = true
 		return errStalled
@@ -1001,8 +1005,36 @@ func (w *batchWriter) flush() error {
 	return err
 }
 
+// writeNow writes what the socket takes without waiting for it: one
+// non-blocking write(2) (again after EINTR), no timer, no wake-up.
+func (w *batchWriter) writeNow(b []byte) (n int, err error) {
+	rerr := w.raw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, e := syscall.Write(int(fd), b[n:])
+			if m > 0 {
+				n += m
+			}
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+			case e != nil:
+				err = e
+			case m > 0:
+				continue
+			}
+			break
+		}
+		return true // done: never wait for the socket here
+	})
+	if err == nil {
+		err = rerr
+	}
+	return n, err
+}
+
 // Flush writes what is left and returns the buffer to the pool (unless
-// a deadline cut the write off: errStalled).
+// the socket was full: errStalled).
 func (w *batchWriter) Flush() error {
 	err := w.flush()
 	if w.stalled {

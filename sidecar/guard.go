@@ -2,8 +2,10 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -29,6 +31,15 @@ type localConn struct {
 	hasCred  bool
 	release  func()
 	once     sync.Once
+}
+
+// SyscallConn reaches the socket under c (for non-blocking writes).
+func (c *localConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
 }
 
 func (c *localConn) Close() error {
