@@ -98,6 +98,7 @@ func TestValidateNamesTheSetting(t *testing.T) {
 		{"no pending denials", map[string]string{"SIGNER_MAX_PENDING_DENIALS": "0"}, nil, "--max-pending-denials / SIGNER_MAX_PENDING_DENIALS"},
 		{"denial queue too slow to drain", nil, []string{"--denial-rate", "10", "--max-pending-denials", "51"}, "--max-pending-denials / SIGNER_MAX_PENDING_DENIALS: 51 denials take more than 5s to drain at --denial-rate / SIGNER_DENIAL_RATE=10"},
 		{"denial wait zero", nil, []string{"--denial-max-wait", "0s"}, "--denial-max-wait / SIGNER_DENIAL_MAX_WAIT"},
+		{"denied connection rate zero", nil, []string{"--denied-connection-rate", "0"}, "--denied-connection-rate / SIGNER_DENIED_CONNECTION_RATE: must be at least 1"},
 		{"file init without a file", map[string]string{"SIGNER_CHECKPOINT_LOG": "", "SIGNER_WITNESS_POLICY_FILE": "/p"}, []string{"--checkpoint-log-init"}, "--checkpoint-log-init / SIGNER_CHECKPOINT_LOG_INIT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -96,6 +96,7 @@ type Signer struct {
 	ConnectionTimeout       time.Duration `envconfig:"SIGNER_CONNECTION_TIMEOUT" flag:"connection-timeout" default:"5s" desc:"how long a new connection may take for its TLS handshake and HTTP/2 preface before it is closed"`
 	MaxPendingDenials       int           `envconfig:"SIGNER_MAX_PENDING_DENIALS" flag:"max-pending-denials" default:"400" desc:"most denied calls waiting for their turn at the denial rate; past it, a call that would be denied is refused with its connection before it becomes an RPC"`
 	DenialMaxWait           time.Duration `envconfig:"SIGNER_DENIAL_MAX_WAIT" flag:"denial-max-wait" default:"1s" desc:"a denied call whose turn at the denial rate is further away than this is still audited in its turn, and its connection closed"`
+	DeniedConnectionRate    int           `envconfig:"SIGNER_DENIED_CONNECTION_RATE" flag:"denied-connection-rate" default:"1" desc:"denied connections per second allowed from one source address (bursts of 10x): a connection without a client certificate, or closed for repeated denials before any admitted call; past it, the source's new connections are closed before the TLS handshake until it has budget again (never while it holds an admitted connection)"`
 
 	MaxConnectionAge time.Duration `envconfig:"SIGNER_MAX_CONNECTION_AGE" flag:"max-connection-age" default:"10m" desc:"clients reconnect (and re-handshake with their current SVID) after this long; keep it under half the SVID TTL"`
 	ShutdownTimeout  time.Duration `envconfig:"SIGNER_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"20s" desc:"how long shutdown waits for in-flight RPCs"`
@@ -234,7 +235,8 @@ func (c *Signer) Validate() error {
 		v     int
 	}{{"MaxConnections", c.MaxConnections}, {"ConnectionRate", c.ConnectionRate}, {"MaxConcurrentStreams", c.MaxConcurrentStreams},
 		{"DenialRate", c.DenialRate}, {"DenialsPerConnection", c.DenialsPerConnection},
-		{"MaxConnectionsPerSource", c.MaxConnectionsPerSource}, {"MaxPendingDenials", c.MaxPendingDenials}} {
+		{"MaxConnectionsPerSource", c.MaxConnectionsPerSource}, {"MaxPendingDenials", c.MaxPendingDenials},
+		{"DeniedConnectionRate", c.DeniedConnectionRate}} {
 		if n.v < 1 {
 			add(Errorf(c, n.field, "must be at least 1"))
 		}

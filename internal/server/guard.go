@@ -40,7 +40,17 @@ import (
 //     closed, before it becomes an RPC;
 //   - a connection is closed after perConn denials, and after its first
 //     when the peer has no client certificate; its further calls are
-//     refused in the transport meanwhile.
+//     refused in the transport meanwhile;
+//   - a source whose connections keep being denied is refused before the
+//     TLS handshake (penalties): each of its connections that completes a
+//     handshake without a client certificate, or is closed for repeated
+//     denials without its peer ever being admitted, spends one of the
+//     source's strikes (deniedConnRate a second, bursts of 10×); while it
+//     has none left its new connections are closed at accept, so a
+//     reconnecting attacker costs the signer an accept and a close, not a
+//     handshake and an audited denial. Only the source's own connections
+//     spend its strikes, and a source holding an admitted connection is
+//     never refused for them.
 //
 // Closing a connection waits for its denied calls still in their turn, so
 // that their answers (after their entries) can leave, unless the peer goes
@@ -62,8 +72,15 @@ type guard struct {
 	pending atomic.Int64 // denied calls holding a turn (waiting, or being audited)
 	mu      sync.Mutex
 	conns   map[string]*guardedConn // remote address → connection
-	sources map[netip.Addr]int      // open connections per source
+	sources map[netip.Addr]*source  // per source with connections open
 	perIP   *ops.Budgets            // new-connection budget per source, bounded
+	strikes *penalties              // denied-connection budget per source, bounded; under mu
+}
+
+// source is what the guard knows of one source's open connections.
+type source struct {
+	open     int // connections open
+	admitted int // of them, those whose peer was admitted to a call
 }
 
 type guardLimits struct {
@@ -76,6 +93,10 @@ type guardLimits struct {
 	DenialsPerConn     int
 	MaxPendingDenials  int
 	DenialMaxWait      time.Duration
+	// DeniedConnRate is how many connections a second one source may have
+	// denied (no client certificate, or closed for repeated denials
+	// without an admitted call), after bursts of 10×.
+	DeniedConnRate float64
 }
 
 // Reasons a connection is refused or closed (the reason label of
@@ -88,10 +109,11 @@ const (
 	refusedNoCert        = "no_client_certificate"
 	refusedPending       = "denials_in_flight"
 	refusedBacklog       = "denial_backlog"
+	refusedPenalised     = "source_penalised"
 	errClosingConnection = "signer: connection closed by flood control"
 )
 
-var refusedReasons = []string{refusedMaxConns, refusedPerSource, refusedConnRate, refusedRepeated, refusedNoCert, refusedPending, refusedBacklog}
+var refusedReasons = []string{refusedMaxConns, refusedPerSource, refusedConnRate, refusedRepeated, refusedNoCert, refusedPending, refusedBacklog, refusedPenalised}
 
 func newGuard(l guardLimits, foresee func(context.Context, string) bool, refused func(reason string)) *guard {
 	if refused == nil {
@@ -103,8 +125,9 @@ func newGuard(l guardLimits, foresee func(context.Context, string) bool, refused
 	return &guard{maxConns: l.MaxConns, perSource: l.MaxConnsPerSource, perConn: int64(l.DenialsPerConn),
 		maxPending: int64(l.MaxPendingDenials), maxWait: l.DenialMaxWait,
 		denials: rate.NewLimiter(rate.Limit(l.DenialRate), l.DenialBurst), refused: refused, foresee: foresee,
-		conns: map[string]*guardedConn{}, sources: map[netip.Addr]int{},
-		perIP: ops.NewBudgets(l.ConnRatePerSource, l.ConnBurstPerSource, maxTrackedSources)}
+		conns: map[string]*guardedConn{}, sources: map[netip.Addr]*source{},
+		perIP:   ops.NewBudgets(l.ConnRatePerSource, l.ConnBurstPerSource, maxTrackedSources),
+		strikes: newPenalties(l.DeniedConnRate, 10*l.DeniedConnRate, maxTrackedSources, time.Now)}
 }
 
 // listener wraps l with the connection limits.
@@ -121,16 +144,17 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		src, reason := l.g.admit(c)
-		if reason != "" {
+		gc := &guardedConn{Conn: c, g: l.g, key: c.RemoteAddr().String()}
+		if reason := l.g.admit(gc); reason != "" {
 			l.g.refused(reason)
+			// A reset, not a FIN: nothing was said on it, and the signer
+			// keeps no TIME_WAIT for each connection of a flood.
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
 			c.Close()
 			continue
 		}
-		gc := &guardedConn{Conn: c, g: l.g, key: c.RemoteAddr().String(), src: src}
-		l.g.mu.Lock()
-		l.g.conns[gc.key] = gc
-		l.g.mu.Unlock()
 		return gc, nil
 	}
 }
@@ -140,30 +164,50 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 // tracked one is still spending.
 const maxTrackedSources = 10000
 
-// admit decides a new connection before its TLS handshake; it returns the
-// connection's source (invalid when its address is not IP) or why it is
-// refused.
-func (g *guard) admit(c net.Conn) (netip.Addr, string) {
+// admit decides a new connection before its TLS handshake: it registers c
+// (with its source, when its address is IP) or returns why it is refused.
+func (g *guard) admit(c *guardedConn) string {
 	if g.open.Load() >= int64(g.maxConns) {
-		return netip.Addr{}, refusedMaxConns
+		return refusedMaxConns
 	}
-	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	ap, err := netip.ParseAddrPort(c.key)
 	if err != nil {
 		g.open.Add(1)
-		return netip.Addr{}, ""
+		g.mu.Lock()
+		g.conns[c.key] = c
+		g.mu.Unlock()
+		return ""
 	}
 	src := ops.Source(ap.Addr())
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.sources[src] >= g.perSource {
-		return netip.Addr{}, refusedPerSource
+	s := g.sources[src]
+	if s != nil && s.open >= g.perSource {
+		return refusedPerSource
+	}
+	// A source holding an admitted connection is not refused for its
+	// strikes: they may be another peer's behind the same address, and the
+	// admitted one must not lose its next connection to them.
+	exempt := s != nil && s.admitted > 0
+	if !exempt && g.strikes.spent(src) {
+		return refusedPenalised
 	}
 	if g.perIP.Take(ap.Addr()) != 0 {
-		return netip.Addr{}, refusedConnRate
+		return refusedConnRate
 	}
-	g.sources[src]++
+	if s == nil {
+		s = &source{}
+		g.sources[src] = s
+	}
+	s.open++
 	g.open.Add(1)
-	return src, ""
+	c.src = src
+	// A source with strikes spent lately pays for each new connection up
+	// front (given back unless the connection is denied), so that no more
+	// handshakes than it has strikes left are under way at once.
+	c.charged = !exempt && g.strikes.charge(src)
+	g.conns[c.key] = c
+	return ""
 }
 
 type guardedConn struct {
@@ -177,19 +221,30 @@ type guardedConn struct {
 	// calls refused in the transport while closing
 	refusedCalls atomic.Int64
 	once         sync.Once
+	// admitted: its peer was admitted to a call (never set back).
+	admitted atomic.Bool
+	// charged: it spent one of its source's strikes at accept; struck:
+	// it was denied (it keeps the strike); gone: closed. Under g.mu.
+	charged, struck, gone bool
 }
 
 func (c *guardedConn) Close() error {
 	c.once.Do(func() {
 		c.g.open.Add(-1)
 		c.g.mu.Lock()
+		c.gone = true
 		if c.g.conns[c.key] == c {
 			delete(c.g.conns, c.key)
 		}
-		if c.src.IsValid() {
-			if c.g.sources[c.src]--; c.g.sources[c.src] <= 0 {
+		if s := c.g.sources[c.src]; c.src.IsValid() && s != nil {
+			if s.open--; s.open <= 0 {
 				delete(c.g.sources, c.src)
+			} else if c.admitted.Load() {
+				s.admitted--
 			}
+		}
+		if c.charged && !c.struck {
+			c.g.strikes.refund(c.src)
 		}
 		c.g.mu.Unlock()
 	})
@@ -211,6 +266,11 @@ func (c *guardedConn) shut(reason string) {
 		return
 	}
 	c.g.refused(reason)
+	if reason == refusedNoCert || reason == refusedRepeated {
+		// The connection's own doing; the other reasons (a full queue,
+		// a backlog) may be another source's.
+		c.g.strike(c)
+	}
 	// With doneWaiting: whichever of the two sees the other's write closes.
 	if c.waiting.Load() == 0 {
 		time.AfterFunc(closeGrace, func() { c.Close() })
@@ -220,6 +280,60 @@ func (c *guardedConn) shut(reason string) {
 func (c *guardedConn) doneWaiting() {
 	if c.waiting.Add(-1) == 0 && c.closing.Load() {
 		time.AfterFunc(closeGrace, func() { c.Close() })
+	}
+}
+
+// strike spends one of c's source's strikes for c's denials, once per
+// connection, unless its peer was admitted to a call (then the denials are
+// an admitted caller's mistakes, paced and counted per connection).
+func (g *guard) strike(c *guardedConn) {
+	if c.admitted.Load() {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c.struck || c.admitted.Load() || !c.src.IsValid() {
+		return
+	}
+	c.struck = true
+	if !c.charged {
+		g.strikes.take(c.src)
+	}
+}
+
+// markAdmitted records that c's peer was admitted to a call: its source
+// is exempt from refusals for strikes while c is open, and c gives back
+// what it was charged at accept.
+func (g *guard) markAdmitted(c *guardedConn) {
+	if c.admitted.Load() {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c.admitted.Load() || c.gone {
+		return
+	}
+	c.admitted.Store(true)
+	if s := g.sources[c.src]; s != nil {
+		s.admitted++
+	}
+	if c.charged && !c.struck {
+		g.strikes.refund(c.src)
+		c.charged = false
+	}
+}
+
+// handshook is told of every completed TLS handshake: a peer without a
+// client certificate is refused every call (the TLS layer lets it through
+// only so that its denial is audited), so its connection is a strike at
+// once, whether or not it ever makes a call.
+func (g *guard) handshook(raw net.Conn, info credentials.AuthInfo) {
+	c, ok := raw.(*guardedConn)
+	if !ok {
+		return
+	}
+	if ti, ok := info.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) == 0 {
+		g.strike(c)
 	}
 }
 
@@ -276,6 +390,7 @@ func (g *guard) tap(ctx context.Context, info *tap.Info) (context.Context, error
 		return nil, errClosing
 	}
 	if !g.foresee(ctx, info.FullMethodName) {
+		g.markAdmitted(c)
 		return ctx, nil
 	}
 	limit, reason := g.limit(p)

@@ -26,14 +26,21 @@ const handshakeLogEvery = 10 * time.Second
 // its own logger, which the signer does not print.
 type observedCreds struct {
 	credentials.TransportCredentials
-	cfg     *config.Signer
-	log     *slog.Logger
-	failed  func(cause string)
-	limiter *lograte.Limiter
+	cfg    *config.Signer
+	log    *slog.Logger
+	failed func(cause string)
+	// handshook is told of every completed handshake (the flood control
+	// counts those without a client certificate against their source).
+	handshook func(raw net.Conn, info credentials.AuthInfo)
+	limiter   *lograte.Limiter
 }
 
-func newObservedCreds(inner credentials.TransportCredentials, cfg *config.Signer, log *slog.Logger, failed func(string)) *observedCreds {
-	return &observedCreds{TransportCredentials: inner, cfg: cfg, log: log, failed: failed, limiter: lograte.New(handshakeLogEvery)}
+func newObservedCreds(inner credentials.TransportCredentials, cfg *config.Signer, log *slog.Logger, failed func(string),
+	handshook func(net.Conn, credentials.AuthInfo)) *observedCreds {
+	if handshook == nil {
+		handshook = func(net.Conn, credentials.AuthInfo) {}
+	}
+	return &observedCreds{TransportCredentials: inner, cfg: cfg, log: log, failed: failed, handshook: handshook, limiter: lograte.New(handshakeLogEvery)}
 }
 
 func (c *observedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -43,6 +50,7 @@ func (c *observedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Aut
 		c.failure(raw.RemoteAddr(), err)
 		return conn, info, err
 	}
+	c.handshook(raw, info)
 	if c.log.Enabled(context.Background(), slog.LevelDebug) {
 		if ti, ok := info.(credentials.TLSInfo); ok {
 			peerID := ""
@@ -96,7 +104,7 @@ func (c *observedCreds) hint(cause string) string {
 }
 
 func (c *observedCreds) Clone() credentials.TransportCredentials {
-	return &observedCreds{TransportCredentials: c.TransportCredentials.Clone(), cfg: c.cfg, log: c.log, failed: c.failed, limiter: c.limiter}
+	return &observedCreds{TransportCredentials: c.TransportCredentials.Clone(), cfg: c.cfg, log: c.log, failed: c.failed, handshook: c.handshook, limiter: c.limiter}
 }
 
 // debugRPC logs one line per RPC at debug: method, peer, code, duration.

@@ -212,7 +212,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	s.guard = newGuard(guardLimits{MaxConns: cfg.MaxConnections, MaxConnsPerSource: cfg.MaxConnectionsPerSource,
 		ConnRatePerSource: float64(cfg.ConnectionRate), ConnBurstPerSource: 10 * cfg.ConnectionRate,
 		DenialRate: float64(cfg.DenialRate), DenialBurst: cfg.DenialRate, DenialsPerConn: cfg.DenialsPerConnection,
-		MaxPendingDenials: cfg.MaxPendingDenials, DenialMaxWait: cfg.DenialMaxWait},
+		MaxPendingDenials: cfg.MaxPendingDenials, DenialMaxWait: cfg.DenialMaxWait, DeniedConnRate: float64(cfg.DeniedConnectionRate)},
 		foresee, func(reason string) { s.metrics.connsRefused.WithLabelValues(reason).Inc() })
 	s.metrics.pendingDenials(s.guard)
 	auditor := &signing.Auditor{
@@ -228,7 +228,7 @@ func New(ctx context.Context, cfg config.Signer, opts Options) (_ *Signer, err e
 	// and audit first.
 	s.grpc = grpc.NewServer(
 		grpc.Creds(newObservedCreds(credentials.NewTLS(identity.ServerTLS(s.ident)), &s.cfg, s.log,
-			func(cause string) { s.metrics.handshakeFailures.WithLabelValues(cause).Inc() })),
+			func(cause string) { s.metrics.handshakeFailures.WithLabelValues(cause).Inc() }, s.guard.handshook)),
 		// The debug summary is outside admission, so denied calls get one.
 		grpc.ChainUnaryInterceptor(debugRPC(s.log), auditor.Unary()),
 		grpc.UnknownServiceHandler(auditor.UnknownMethod),

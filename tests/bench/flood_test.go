@@ -1,7 +1,11 @@
 package bench
 
 import (
+	"context"
+	"fmt"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -19,37 +23,94 @@ import (
 // flight on each, 10 s deadlines, reconnecting whenever a connection is
 // refused or closed) floods the signer with calls it must deny. Every
 // denied call is still audited, at the denial rate; the flood control
-// (internal/server/guard.go) answers the rest at the connection. Reported
-// for the flooded run: the admitted throughput as a ratio to the same
-// signer without the flood, measured in the same run (target ≥ 0.8), the
-// p99 as a ratio to quiet (target ≤ 2), the denials audited a second
-// (at most SIGNER_DENIAL_RATE, 200), the connections refused or closed a
-// second, the attacker's CPU (cores; it shares this machine), the admitted
-// ratio against the CPU left to the signer and its client, and the peak of
-// goroutines in this process.
+// (internal/server/guard.go) answers the rest at the connection, and a
+// source whose connections keep being denied before the TLS handshake.
+//
+// The attacker runs twice per signer: in a cgroup v1 CPU quota of its own
+// (BENCH_FLOODER_CPU cores, default 0.5), as an attacker on another machine
+// takes none of the signer's CPU (rows left out where there is no cgroup v1
+// cpu controller to write), and unconstrained on this machine. Each
+// flooded row has a fresh source address (the flood's onset is in the
+// window). The signer runs twice: with the production flood settings, and
+// with the per-source penalty out of the way
+// (SIGNER_DENIED_CONNECTION_RATE=1e9, rows named penalty-off/): the rule
+// measured against its absence in one run.
+//
+// Reported for each flooded run: the admitted throughput as a ratio to the
+// same signer without the flood, measured just before (target ≥ 0.8), the
+// p99 as a ratio to quiet (target ≤ 2), the denials audited a second (at
+// most SIGNER_DENIAL_RATE, 200), the connections refused or closed a
+// second (source_penalised ones apart), the CPU of this process (client and
+// signer) per admitted call, the attacker's CPU (cores) and how
+// hard it tried (TCP connections dialled and calls made a second), the
+// admitted ratio against the CPU left to the signer and its client, and
+// the peak of goroutines in this process.
 func BenchmarkF_DenialFlood(b *testing.B) {
-	env := signertest.Start(b, signertest.WithConfig(func(c *config.Signer) {
-		// The production defaults (signertest relaxes them for its tests).
-		c.MaxConnections, c.MaxConnectionsPerSource, c.ConnectionRate, c.ConnectionTimeout = 4096, 64, 100, 5*time.Second
-		c.DenialRate, c.DenialsPerConnection, c.MaxPendingDenials, c.DenialMaxWait = 200, 8, 400, time.Second
-	}))
-	call := directCall(b, env)
-	var quiet result
-	b.Run("quiet", func(b *testing.B) { quiet = drive(b, 64, call) })
+	quota := 0.5
+	if v := os.Getenv("BENCH_FLOODER_CPU"); v != "" {
+		var err error
+		if quota, err = strconv.ParseFloat(v, 64); err != nil || quota <= 0 {
+			b.Fatalf("BENCH_FLOODER_CPU=%q: want a number of cores above 0", v)
+		}
+	}
+	modes := []struct {
+		name  string
+		quota float64
+	}{{fmt.Sprintf("flooder-quota=%g", quota), quota}, {"flooder-unconstrained", 0}}
+	// The quota needs the cgroup v1 cpu controller, writable (root): where
+	// it is not, the unconstrained rows run alone and the log says so.
+	if _, err := os.Stat("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err != nil || os.Geteuid() != 0 {
+		b.Logf("no flooder-quota rows: a CPU quota needs the cgroup v1 cpu controller and root (%v)", err)
+		modes = modes[1:]
+	}
+	source := 1
+	for _, signer := range []struct {
+		name     string
+		deniedCR int
+	}{{"", 1}, {"penalty-off/", 1_000_000_000}} {
+		env := signertest.Start(b, signertest.WithConfig(func(c *config.Signer) {
+			// The production defaults (signertest relaxes them for its tests).
+			c.MaxConnections, c.MaxConnectionsPerSource, c.ConnectionRate, c.ConnectionTimeout = 4096, 64, 100, 5*time.Second
+			c.DenialRate, c.DenialsPerConnection, c.MaxPendingDenials, c.DenialMaxWait = 200, 8, 400, time.Second
+			c.DeniedConnectionRate = signer.deniedCR
+		}))
+		call := directCall(b, env)
+		var quiet result
+		b.Run(signer.name+"quiet", func(b *testing.B) { quiet = drive(b, 64, call, clientCPU("client+signer")) })
+		for _, mode := range modes {
+			source++
+			floodRow(b, signer.name+"flooded/"+mode.name, env, call, quiet, mode.quota, fmt.Sprintf("127.0.0.%d", source))
+		}
+	}
+}
 
-	flooder := startProc(b, "flooder", binPath(b, "flooder"), nil, "--addr", env.Addr, "--source", "127.0.0.2")
-	// The flood is under way once the signer has denied some of it.
+// floodRow measures the admitted calls while a flooder from source (in a
+// CPU quota of its own unless quota is 0) floods env's signer.
+func floodRow(b *testing.B, name string, env *signertest.Env, call func(context.Context) error, quiet result, quota float64, source string) {
+	stats := filepath.Join(b.TempDir(), "flooder.stats")
+	flooder := startProc(b, "flooder", binPath(b, "flooder"), nil, "--addr", env.Addr, "--source", source, "--stats", stats)
+	defer flooder.stop()
+	if quota > 0 {
+		limitCPU(b, "flooder", flooder, quota)
+	}
+	// The flood is under way once its calls are being answered (denied,
+	// or refused at the connection).
 	deadline := time.Now().Add(30 * time.Second)
-	for metricSum(b, env, `plexsphere_signer_admissions_total{outcome="denied_no_client_cert"`) == 0 {
+	for {
+		if st, err := readFlooder(stats); err == nil && st.calls > 0 {
+			break
+		}
 		if time.Now().After(deadline) {
-			b.Fatal("the flooder got no call denied in 30 s")
+			b.Fatal("the flooder got no call answered in 30 s")
 		}
 		time.Sleep(50 * time.Millisecond) // polling a condition, not synchronising
 	}
-	b.Run("flooded", func(b *testing.B) {
+	b.Run(name, func(b *testing.B) {
 		cpu0, _ := procCPU(flooder.pid)
+		st0, _ := readFlooder(stats)
 		d0 := metricSum(b, env, `plexsphere_signer_admissions_total{outcome="denied`)
 		r0 := metricSum(b, env, `plexsphere_signer_connections_refused_total{`)
+		p0 := metricSum(b, env, `plexsphere_signer_connections_refused_total{reason="source_penalised"`)
 		peak := 0
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
@@ -68,29 +129,50 @@ func BenchmarkF_DenialFlood(b *testing.B) {
 			}
 		}()
 		t0 := time.Now()
-		flooded := drive(b, 64, call)
+		// The bench process's CPU per admitted call (the client and the
+		// signer): what the flood costs the signer shows here, apart from
+		// the CPU the machine has left for it.
+		flooded := drive(b, 64, call, clientCPU("client+signer"))
 		elapsed := time.Since(t0).Seconds()
 		close(stop)
 		wg.Wait()
 		cpu1, _ := procCPU(flooder.pid)
+		st1, _ := readFlooder(stats)
 		flooderCores := (cpu1 - cpu0) / 1e6 / elapsed
 		if quiet.rate > 0 {
 			b.ReportMetric(flooded.rate/quiet.rate, "x-admitted-under-flood")
 			b.ReportMetric(float64(flooded.p99)/float64(quiet.p99), "x-p99-under-flood")
-			// The attacker runs on this machine and takes CPU the signer
-			// and its client had when quiet: the ratio against the share
-			// of the machine left to them is what the flood control
-			// itself costs (derived, and only as good as "CPU-bound").
+			// An attacker on this machine takes CPU the signer and its
+			// client had when quiet: the ratio against the share of the
+			// machine left to them is what the flood control itself
+			// costs (derived, and only as good as "CPU-bound").
 			if left := 1 - flooderCores/float64(runtime.NumCPU()); left > 0 {
 				b.ReportMetric(flooded.rate/quiet.rate/left, "x-admitted-per-cpu-left")
 			}
 		}
 		b.ReportMetric((metricSum(b, env, `plexsphere_signer_admissions_total{outcome="denied`)-d0)/elapsed, "denials-audited/s")
 		b.ReportMetric((metricSum(b, env, `plexsphere_signer_connections_refused_total{`)-r0)/elapsed, "conns-refused/s")
+		b.ReportMetric((metricSum(b, env, `plexsphere_signer_connections_refused_total{reason="source_penalised"`)-p0)/elapsed, "penalised-refused/s")
 		b.ReportMetric(flooderCores, "flooder-cores")
+		// How hard the attacker tried: a quota slows it down, and the
+		// rows say by how much.
+		b.ReportMetric(float64(st1.dials-st0.dials)/elapsed, "flooder-dials/s")
+		b.ReportMetric(float64(st1.calls-st0.calls)/elapsed, "flooder-calls/s")
 		b.ReportMetric(float64(peak), "peak-goroutines")
 	})
-	flooder.stop()
+}
+
+// flooderStats are cmd/flooder's counters (its --stats file).
+type flooderStats struct{ dials, calls, denied, unavailable, other int64 }
+
+func readFlooder(path string) (flooderStats, error) {
+	var st flooderStats
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return st, err
+	}
+	_, err = fmt.Sscan(string(raw), &st.dials, &st.calls, &st.denied, &st.unavailable, &st.other)
+	return st, err
 }
 
 // metricSum adds up the samples of the signer's /metrics whose line starts

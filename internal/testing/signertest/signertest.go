@@ -383,6 +383,7 @@ func Config(dir string, f devpki.Files) config.Signer {
 		MaxConnectionAge: 10 * time.Minute, CheckpointInterval: 10 * time.Second,
 		MaxConnections: 4096, ConnectionRate: 1000, MaxConcurrentStreams: 256, DenialRate: 1000, DenialsPerConnection: 1000,
 		MaxConnectionsPerSource: 4096, ConnectionTimeout: 5 * time.Second, MaxPendingDenials: 5000, DenialMaxWait: 5 * time.Second,
+		DeniedConnectionRate: 1000,
 		// Anchored by a checkpoint file, as production requires; tests add
 		// witnesses (witnesstest) where they are the subject.
 		CheckpointLog: filepath.Join(dir, "checkpoints.jsonl"), AuditAnchorRequired: true, AuditMaxUnanchored: time.Minute,

@@ -5,7 +5,9 @@
 // runs as its own process, from its own loopback source address, as a pod
 // on the network would. It is a test program (tests/bench starts it for
 // BenchmarkF_DenialFlood); it is never shipped. On SIGINT it prints what it
-// saw on one line to stderr.
+// saw on one line to stderr; with --stats it also keeps its counters in a
+// file (rewritten every 100 ms) so that the bench can tell how hard it
+// tried during a measured run, whatever CPU it was given.
 package main
 
 import (
@@ -44,6 +46,7 @@ func run(ctx context.Context) error {
 	conns := flag.Int("conns", 64, "connections (callers) at once")
 	inflight := flag.Int("inflight", 4, "calls in flight on each connection")
 	deadline := flag.Duration("deadline", 10*time.Second, "each call's deadline")
+	stats := flag.String("stats", "", "file to keep the counters in: dials calls denied unavailable other")
 	flag.Parse()
 	if *addr == "" {
 		return fmt.Errorf("--addr is required")
@@ -56,7 +59,7 @@ func run(ctx context.Context) error {
 	// No client certificate; the signer's identity is not checked (an
 	// attacker does not care whom it floods).
 	creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}) //nolint:gosec // the attacker
-	var denied, unavailable, other, connects atomic.Int64
+	var denied, unavailable, other, connects, dials, calls atomic.Int64
 	var wg sync.WaitGroup
 	for range *conns {
 		wg.Add(1)
@@ -65,6 +68,7 @@ func run(ctx context.Context) error {
 			for ctx.Err() == nil {
 				cc, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(creds),
 					grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+						dials.Add(1)
 						return dialer.DialContext(ctx, "tcp", a)
 					}))
 				if err != nil {
@@ -72,15 +76,16 @@ func run(ctx context.Context) error {
 				}
 				connects.Add(1)
 				rpc := signerv1.NewSignerServiceClient(cc)
-				var calls sync.WaitGroup
+				var callers sync.WaitGroup
 				for range *inflight {
-					calls.Add(1)
+					callers.Add(1)
 					go func() {
-						defer calls.Done()
+						defer callers.Done()
 						for ctx.Err() == nil {
 							cctx, cancel := context.WithTimeout(ctx, *deadline)
 							_, err := rpc.Sign(cctx, &signerv1.SignRequest{Scope: "payments", Payload: []byte("flood")})
 							cancel()
+							calls.Add(1)
 							switch status.Code(err) {
 							case codes.PermissionDenied:
 								denied.Add(1)
@@ -94,14 +99,35 @@ func run(ctx context.Context) error {
 						}
 					}()
 				}
-				calls.Wait()
+				callers.Wait()
 				cc.Close()
+			}
+		}()
+	}
+	if *stats != "" {
+		write := func() {
+			line := fmt.Sprintf("%d %d %d %d %d\n", dials.Load(), calls.Load(), denied.Load(), unavailable.Load(), other.Load())
+			tmp := *stats + ".tmp"
+			if os.WriteFile(tmp, []byte(line), 0o644) == nil {
+				os.Rename(tmp, *stats)
+			}
+		}
+		go func() {
+			t := time.NewTicker(100 * time.Millisecond)
+			defer t.Stop()
+			for {
+				write()
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
 			}
 		}()
 	}
 	<-ctx.Done()
 	wg.Wait()
-	fmt.Fprintf(os.Stderr, "flooder: %d connections, %d denied, %d unavailable, %d other\n",
-		connects.Load(), denied.Load(), unavailable.Load(), other.Load())
+	fmt.Fprintf(os.Stderr, "flooder: %d clients, %d dials, %d calls: %d denied, %d unavailable, %d other\n",
+		connects.Load(), dials.Load(), calls.Load(), denied.Load(), unavailable.Load(), other.Load())
 	return nil
 }
