@@ -44,11 +44,6 @@ type Batch struct {
 	Leaves [][]byte
 	Nodes  []Node
 	Seal   []byte
-	// Shared says other writers appended to the log within the last
-	// second: a store may then keep its durability wait out of the log's
-	// lock (Postgres: see asyncCommit), which pays off only when someone
-	// else waits for that lock.
-	Shared bool
 }
 
 // Appender is the store side of the writer.
@@ -56,17 +51,20 @@ type Appender interface {
 	Reader
 	// AppendAudit makes a batch durable atomically, all of it or nothing.
 	// It fails with ErrHeadMoved unless the log holds exactly Start-1
-	// entries (pruned ones included): the cheap path, one round trip. A
-	// store that can says where the head went (MovedError).
+	// entries (pruned ones included) and its lock is free: the cheap path
+	// of a writer alone on the log, one round trip. A store that can says
+	// where the head went (MovedError).
 	AppendAudit(ctx context.Context, b *Batch) error
 	// AppendAuditLocked holds the log's write lock (replicas wait), calls
 	// build with the log's head as it is under the lock, and commits the
 	// batch build returns in the same transaction. The writer takes this
-	// path when another writer moved the head under it. A store reads the
-	// lock, the size and the leaves after the writer's own size in one
-	// round trip, and commits in a second: two replicas that take turns
-	// each wait about one round trip and a commit, not a reload of the
-	// tree.
+	// path while other writers append to the log too: one attempt a
+	// commit, where racing for the lock lost most attempts. A store reads
+	// the lock, the size and the leaves after the writer's own size in one
+	// round trip, and commits in a second; it keeps its durability wait
+	// out of the lock (Postgres: see asyncCommit), so replicas that take
+	// turns each wait about one round trip and a statement, and their
+	// flushes merge.
 	AppendAuditLocked(ctx context.Context, after uint64, build func(LockedHead) (*Batch, error)) error
 	// AuditSize is the number of entries ever appended (pruned ones
 	// included): the seq of the newest entry.
@@ -95,25 +93,21 @@ const MaxCatchUp = 4096
 type CommitPath string
 
 const (
-	// PathFast: onto the head this writer knew, in one round trip.
+	// PathFast: onto the head this writer knew, in one round trip, without
+	// waiting for the lock (no other writer appended within SharedFor).
 	PathFast CommitPath = "fast"
-	// PathCatchUp: the head had moved; the store's answer carried the
-	// entries other replicas appended, and a later attempt, still without
-	// the lock, went through.
+	// PathCatchUp: the head had moved since this writer's last commit
+	// (other replicas appended); it caught up with their entries and
+	// committed under the log's write lock.
 	PathCatchUp CommitPath = "catchup"
-	// PathLocked: under the log's write lock, after catching up with
-	// the entries other replicas appended first (the attempts without it
-	// kept losing, or the store could not hand the entries over).
+	// PathLocked: under the log's write lock onto the head this writer
+	// knew (other writers append to the log, but none did since its last
+	// commit), or with its first tree.
 	PathLocked CommitPath = "locked"
 )
 
-// sharedFor is how long a writer takes the log for shared after it last
-// met other writers' entries.
+// sharedFor is WriterOptions.SharedFor's default.
 const sharedFor = time.Second
-
-// maxAttempts bounds the commit attempts without the lock: each lost one
-// costs a round trip; the lock then guarantees progress.
-const maxAttempts = 4
 
 // Lane says how an entry competes for commits. Entries of calls refused at
 // admission go in LaneDenied, which has a small queue of its own and a
@@ -176,7 +170,11 @@ type WriterOptions struct {
 	QueueSize     int           // admitted entries waiting; default 8192
 	DeniedQueue   int           // denied entries waiting; default 256
 	CommitTimeout time.Duration // per commit; default 5s
-	Observe       BatchObserver
+	// SharedFor is how long the writer takes the log for shared, and
+	// appends under its lock, after it last met other writers' entries;
+	// default 1s.
+	SharedFor time.Duration
+	Observe   BatchObserver
 	// Sealer seals every commit. Without one, commits carry no seal and
 	// the log's checks refuse them: only stores' own tests go without.
 	Sealer *Sealer
@@ -214,8 +212,9 @@ type Writer struct {
 	tree   *Tree  // owned by loop; nil until loaded
 	root   []byte // tree's root, owned by loop
 	head   Head
-	// sharedUntil: until then, commits say other writers are appending
-	// (Batch.Shared); set by loop whenever it meets their entries.
+	// sharedUntil: until then, other writers append to the log too and
+	// commits take the lock (commit); set whenever the writer meets their
+	// entries.
 	sharedUntil time.Time
 }
 
@@ -238,6 +237,9 @@ func NewWriter(app Appender, opts WriterOptions) *Writer {
 	}
 	if opts.CommitTimeout <= 0 {
 		opts.CommitTimeout = 5 * time.Second
+	}
+	if opts.SharedFor <= 0 {
+		opts.SharedFor = sharedFor
 	}
 	w := &Writer{app: app, opts: opts, queue: make(chan *Pending, opts.QueueSize),
 		denied: make(chan *Pending, opts.DeniedQueue), done: make(chan struct{})}
@@ -422,12 +424,15 @@ func (w *Writer) loop() {
 	}
 }
 
-// commit appends the batch onto the tree this writer knows. If other
-// writers (replicas) moved the head, the store's answer says where to
-// (MovedError): the writer catches up with their entries and tries again,
-// still without the log's lock, which is held only inside the store's
-// statement. After maxAttempts lost races, or from a store that cannot say,
-// it appends under the lock.
+// commit appends the batch. A writer alone on the log appends onto the
+// tree it knows, in one round trip, without waiting for the log's lock
+// (PathFast). While other writers (replicas) append too, racing them for
+// the lock costs more than queueing for it: a lost race is a wasted
+// attempt, and with two or three replicas most attempts were lost. So a
+// writer that met other writers' entries within SharedFor, or whose fast
+// attempt found the head moved (after catching up with the entries the
+// store's answer carried), appends under the lock: the store reads the
+// head under it and commits what build makes of it, one attempt a commit.
 func (w *Writer) commit(batch []*Pending, n int) error {
 	if err := w.Broken(); err != nil {
 		return err
@@ -437,36 +442,36 @@ func (w *Writer) commit(batch []*Pending, n int) error {
 	start := time.Now()
 	path := PathFast
 	var err error
-	for attempt := 0; w.tree != nil && attempt < maxAttempts; attempt++ {
-		if attempt > 0 {
-			path = PathCatchUp
-		}
+	if w.tree != nil && !start.Before(w.sharedUntil) {
 		if err = w.append(ctx, batch, n, w.tree, w.app.AppendAudit); err == nil {
 			w.settle(batch)
-			break
 		}
 		var moved *MovedError
-		if !errors.As(err, &moved) {
-			break
+		if errors.As(err, &moved) {
+			w.sharedUntil = time.Now().Add(w.opts.SharedFor)
+			path = PathCatchUp
+			if moved.Leaves != nil {
+				t, rerr := w.reload(ctx, LockedHead{Size: moved.Size, Leaves: moved.Leaves})
+				if rerr != nil {
+					err = rerr
+				} else {
+					w.tree = t
+				}
+			}
 		}
-		w.sharedUntil = time.Now().Add(sharedFor)
-		if moved.Leaves == nil {
-			break
-		}
-		t, rerr := w.reload(ctx, LockedHead{Size: moved.Size, Leaves: moved.Leaves})
-		if rerr != nil {
-			err = rerr
-			break
-		}
-		w.tree = t
 	}
-	if w.tree == nil || errors.Is(err, ErrHeadMoved) {
-		path = PathLocked
+	if w.tree == nil || path == PathFast && start.Before(w.sharedUntil) || errors.Is(err, ErrHeadMoved) {
+		if path == PathFast {
+			path = PathLocked
+		}
 		var after uint64
 		if w.tree != nil {
 			after = w.tree.Size()
 		}
 		err = w.app.AppendAuditLocked(ctx, after, func(h LockedHead) (*Batch, error) {
+			if w.tree != nil && h.Size != w.tree.Size() {
+				path = PathCatchUp
+			}
 			t, err := w.reload(ctx, h)
 			if err != nil {
 				return nil, err
@@ -503,7 +508,7 @@ func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
 		return w.tree, nil
 	}
 	if w.tree != nil {
-		w.sharedUntil = time.Now().Add(sharedFor) // others appended since
+		w.sharedUntil = time.Now().Add(w.opts.SharedFor) // others appended since
 	}
 	if head := w.Head(); h.Size < head.Size {
 		err := fmt.Errorf("%w: the store holds %d entries, this signer committed %d (entries after seq %d were removed)", signerr.ErrAuditLogBroken, h.Size, head.Size, h.Size)
@@ -535,7 +540,7 @@ func (w *Writer) reload(ctx context.Context, h LockedHead) (*Tree, error) {
 // store; on success the copy becomes the writer's tree.
 func (w *Writer) append(ctx context.Context, batch []*Pending, n int, base *Tree, store func(context.Context, *Batch) error) error {
 	t := base.Clone()
-	b := &Batch{Start: t.Size() + 1, Leaves: make([][]byte, 0, n), Shared: time.Now().Before(w.sharedUntil)}
+	b := &Batch{Start: t.Size() + 1, Leaves: make([][]byte, 0, n)}
 	keep := func(nd Node) { b.Nodes = append(b.Nodes, nd) }
 	for _, p := range batch {
 		for i := range p.entries {

@@ -389,9 +389,12 @@ func (s *Store) Transition(ctx context.Context, op store.Op, scope, id string, a
 // once and the log holds exactly $1-1 entries. Otherwise nothing is
 // written, and the statement answers where the head went: the size and,
 // if there are at most $7, the leaves after seq $1-1 (as seen when the
-// statement started), for the writer to catch up and try again
-// (MovedError). So every append of every replica is serialised by the one
-// advisory lock, held only while the statement runs (see asyncCommit).
+// statement started), for the writer to catch up with before it appends
+// under the lock (MovedError). So every append of every replica is
+// serialised by the one advisory lock: held here only while the statement
+// runs; by AppendAuditLocked (which runs this statement under it) from
+// its first round trip to its COMMIT, never across a WAL flush (see
+// asyncCommit).
 var appendSQL = `WITH h AS (
 	SELECT pg_try_advisory_xact_lock(` + strconv.FormatInt(appendLock, 10) + `) AS locked,
 	       greatest((SELECT coalesce(max(seq), 0) FROM audit_entries),
@@ -409,38 +412,19 @@ var appendSQL = `WITH h AS (
 	INSERT INTO audit_seals (size, mac)
 	SELECT $1::bigint + cardinality($2::bytea[]) - 1, $6::bytea FROM head WHERE head.ok AND $6::bytea IS NOT NULL
 )
-SELECT (SELECT count(*) FROM e), head.size, set_config('plexsphere.appended', head.ok::text, false)::bool,
+SELECT (SELECT count(*) FROM e), head.size,
 	CASE WHEN NOT head.ok AND head.size - ($1::bigint - 1) BETWEEN 0 AND $7::bigint THEN
 		(SELECT coalesce(array_agg(leaf ORDER BY seq), '{}') FROM audit_entries WHERE seq >= $1::bigint AND seq <= head.size) END
 FROM head`
 
-// AppendAudit commits the batch in one round trip. While other replicas
-// append too (b.Shared): appendSQL in a transaction committed without
-// waiting for its WAL flush, then flushSQL, which waits for it outside the
-// log's lock (see asyncCommit). Alone, appendSQL in a transaction of its
-// own, which waits for its flush itself: one statement, the cheapest
-// commit when no one queues on the lock.
+// AppendAudit commits the batch in one statement, one round trip and one
+// transaction, which waits for its WAL flush itself: the cheapest commit
+// for a writer alone on the log, whom no one waits for. While other
+// replicas append, the writer takes AppendAuditLocked instead.
 func (s *Store) AppendAudit(ctx context.Context, b *audit.Batch) error {
 	var n, size int64
 	var leaves [][]byte
-	if !b.Shared {
-		if err := s.pool.QueryRow(ctx, appendSQL, appendArgs(b)...).Scan(&n, &size, nil, &leaves); err != nil {
-			return classify(err)
-		}
-		return moved(b, n, size, leaves)
-	}
-	c, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return classify(err)
-	}
-	defer c.Release() // closes a connection a failure left in a transaction
-	batch := &pgx.Batch{}
-	batch.Queue(`BEGIN`)
-	batch.Queue(asyncCommit)
-	batch.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, &size, nil, &leaves) })
-	batch.Queue(`COMMIT`)
-	batch.Queue(flushAppendedSQL)
-	if err := c.Conn().SendBatch(ctx, batch).Close(); err != nil {
+	if err := s.pool.QueryRow(ctx, appendSQL, appendArgs(b)...).Scan(&n, &size, &leaves); err != nil {
 		return classify(err)
 	}
 	return moved(b, n, size, leaves)
@@ -459,8 +443,9 @@ func moved(b *audit.Batch, n, size int64, leaves [][]byte) error {
 // WAL flush while holding it, the log would take one flush per commit,
 // one commit at a time, whichever replica made it: N replicas would split
 // the same number of flushes per second N ways (the cause of two replicas
-// signing less than one; docs/scaling.md). So while other replicas
-// append (Batch.Shared) the append commits without waiting for the flush
+// signing less than one; docs/scaling.md). So under the lock
+// (AppendAuditLocked, the path of replicas that share the log) the append
+// commits without waiting for the flush
 // (asyncCommit: visible at once, the lock released at once), and the store
 // then waits for the flush outside the lock
 // (flushSQL), where concurrent replicas' flushes merge into one fsync
@@ -479,11 +464,6 @@ const asyncCommit = `SET LOCAL synchronous_commit TO off`
 // its flush, which covers every earlier WAL record. Any role may call it,
 // at any wal_level from replica up.
 const flushSQL = `SELECT pg_logical_emit_message(true, 'plexsphere-signer', 'flush')`
-
-// flushAppendedSQL is flushSQL after appendSQL in the same pipeline: only
-// if it appended (it says so in a session setting of its own). A lost race
-// has nothing to flush, and its flush would cost the retry a WAL fsync.
-const flushAppendedSQL = flushSQL + ` WHERE current_setting('plexsphere.appended', true) = 'true'`
 
 // SyncAudit waits until every entry committed so far is durable (see
 // asyncCommit).
@@ -555,7 +535,7 @@ func (s *Store) AppendAuditLocked(ctx context.Context, after uint64, build func(
 	}
 	var n int64
 	second := &pgx.Batch{}
-	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, nil, nil, nil) })
+	second.Queue(appendSQL, appendArgs(b)...).QueryRow(func(row pgx.Row) error { return row.Scan(&n, nil, nil) })
 	second.Queue(`COMMIT`)
 	second.Queue(flushSQL)
 	if err := conn.SendBatch(ctx, second).Close(); err != nil {
