@@ -324,7 +324,9 @@ func (cc *coreConn) frame(f http2.Frame) error {
 		case err != nil:
 			return connError{http2.ErrCodeProtocol, "protocol", "bad header block from the core: " + err.Error()}
 		case done:
-			return cc.headers(cc.hb)
+			err := cc.headers(cc.hb)
+			cc.hb.drop()
+			return err
 		}
 	case *http2.DataFrame:
 		return cc.data(f)

@@ -239,6 +239,44 @@ func TestHeldHeadersCountAgainstTheBudget(t *testing.T) {
 	}
 }
 
+// A connection keeps nothing of a header block once the block's call has
+// what it holds (within the request budget): an idle connection whose last
+// request had 60 KiB of headers holds no more than one whose last request
+// was small. Both groups send the same big block, so the buffers HPACK and
+// the framer keep at their largest are alike; only group A then sends a
+// small one.
+func TestIdleConnectionKeepsNoHeaderBlock(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	forbidden := signerv1.RotationService_Open_FullMethodName
+	const conns = 48
+	open := func(small bool) {
+		for range conns {
+			r := newRawCore(t, sc.TCP)
+			r.headers(t, 1, true, r.block(append(req(forbidden), "x-a", strings.Repeat("x", 60<<10))...))
+			want := 1
+			if small {
+				r.headers(t, 3, true, r.block(req(forbidden)...))
+				want = 2
+			}
+			if got := r.answers(t, want, 10*time.Second); len(got) != want {
+				t.Fatalf("%d answers, want %d", len(got), want)
+			}
+		}
+	}
+	heap := func() uint64 { runtime.GC(); return heapInUse() } // pooled buffers too
+	before := heap()
+	open(true)
+	mid := heap()
+	open(false)
+	after := heap()
+	small, big := int64(mid)-int64(before), int64(after)-int64(mid)
+	t.Logf("%d idle connections: %d KiB after a small last block, %d KiB after a big one", conns, small>>10, big>>10)
+	if big-small > conns*16<<10 {
+		t.Fatalf("idle connections whose last header block was 60 KiB hold %d KiB more than the others (%d connections)", (big-small)>>10, conns)
+	}
+}
+
 // A core may set its streams' initial window to 0 and open each stream's
 // window with a WINDOW_UPDATE right after its request, before any answer
 // exists (RFC 9113 §6.9: a WINDOW_UPDATE on an open or half-closed stream).

@@ -134,6 +134,21 @@ func (h *headerBlock) add(f http2.Frame) (done bool, err error) {
 	return true, nil
 }
 
+// keptFields is the field list's capacity kept between blocks (a call's
+// request or answer has about eight); a larger list is let go.
+const keptFields = 32
+
+// drop lets go of the block's fields once its reader has taken what it
+// keeps: an idle connection must not hold its last block (up to
+// maxHeaderList decoded, outside the request budget) until its next one.
+func (h *headerBlock) drop() {
+	clear(h.fields)
+	if cap(h.fields) > keptFields {
+		h.fields = nil
+	}
+	h.fields = h.fields[:0]
+}
+
 // pseudo returns the value of pseudo-header name (":path", say).
 func (h *headerBlock) pseudo(name string) string {
 	for _, f := range h.fields {
