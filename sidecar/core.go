@@ -691,18 +691,25 @@ func (cc *coreConn) write(it item) error {
 	case itemControl:
 		return it.write(cc.wfr)
 	case itemSettings:
+		initWin := cc.initWin
 		for _, s := range it.settings {
 			switch s.ID {
 			case http2.SettingInitialWindowSize:
-				d := int32(s.Val) - cc.initWin
-				cc.initWin = int32(s.Val)
-				for id := range cc.win {
-					cc.win[id] += d
-				}
+				initWin = int32(s.Val)
 			case http2.SettingMaxFrameSize:
 				cc.peerMax = min(s.Val, maxFrame)
 			case http2.SettingHeaderTableSize:
 				cc.henc.SetMaxDynamicTableSize(s.Val)
+			}
+		}
+		// The frame's change of the initial window is applied to the
+		// open windows once, not per entry: a frame holds up to 2,730,
+		// and whoever holds the writer's turn (the upstream reader too)
+		// would walk every window for each.
+		if d := initWin - cc.initWin; d != 0 {
+			cc.initWin = initWin
+			for id := range cc.win {
+				cc.win[id] += d
 			}
 		}
 		if err := cc.wfr.WriteSettingsAck(); err != nil {

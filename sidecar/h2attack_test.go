@@ -277,6 +277,36 @@ func TestIdleConnectionKeepsNoHeaderBlock(t *testing.T) {
 	}
 }
 
+// A SETTINGS frame holds up to 2,730 settings; applying each
+// INITIAL_WINDOW_SIZE to every open stream's window was 2.8 million map
+// steps a frame with 1,020 windows (about 55 ms), so a core could make
+// whoever holds its writer's turn (the upstream reader too, writeInline)
+// spend seconds on 180 frames, 4 MB of queue. The frame's change is
+// applied once: the 180 frames are acknowledged at once (well within the
+// deadline, which only tells "milliseconds" from "many seconds").
+func TestInitialWindowSettingsFloodIsCheap(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newUnixRawCore(t, sc.Socket)
+	r.pingAcked(t, 10*time.Second)
+	for i := range 1020 { // open streams, each with a window the writer tracks
+		id := uint32(2*i + 1)
+		r.headers(t, id, false, r.block(req(signMethod)...))
+		r.fr.WriteWindowUpdate(id, 1)
+	}
+	r.pingAcked(t, 30*time.Second)
+	s := make([]http2.Setting, (16<<10)/6)
+	for i := range s {
+		s[i] = http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(60000 + i%2)}
+	}
+	for range 180 { // under maxQueued even if none is written before the last
+		if err := r.fr.WriteSettings(s...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.pingAcked(t, 5*time.Second)
+}
+
 // A core may set its streams' initial window to 0 and open each stream's
 // window with a WINDOW_UPDATE right after its request, before any answer
 // exists (RFC 9113 §6.9: a WINDOW_UPDATE on an open or half-closed stream).
