@@ -706,7 +706,8 @@ func (cc *coreConn) write(it item) error {
 		// open windows once, not per entry: a frame holds up to 2,730,
 		// and whoever holds the writer's turn (the upstream reader too)
 		// would walk every window for each.
-		if d := initWin - cc.initWin; d != 0 {
+		d := initWin - cc.initWin
+		if d != 0 {
 			cc.initWin = initWin
 			for id := range cc.win {
 				cc.win[id] += d
@@ -715,11 +716,24 @@ func (cc *coreConn) write(it item) error {
 		if err := cc.wfr.WriteSettingsAck(); err != nil {
 			return err
 		}
+		if d <= 0 {
+			return nil // no window grew: nothing waiting can go
+		}
 		return cc.unblock()
 	case itemWindow:
+		// What waits is retried only when this update can let some of it
+		// go: every answer waiting, a lock and an allocation apiece, for
+		// each 13-byte WINDOW_UPDATE was the core's to spend on whoever
+		// holds the writer's turn (the upstream reader too).
 		if it.id == 0 {
+			was := cc.sendWin
 			cc.sendWin += int32(it.n)
-		} else if w, ok := cc.win[it.id]; ok {
+			if was > 0 {
+				return nil // what waits, waits for its stream's window
+			}
+			return cc.unblock()
+		}
+		if w, ok := cc.win[it.id]; ok {
 			cc.win[it.id] = w + int32(it.n)
 		} else {
 			// The core may open a stream's window before its answer
@@ -732,7 +746,7 @@ func (cc *coreConn) write(it item) error {
 				cc.win[it.id] = cc.initWin + int32(it.n)
 			}
 		}
-		return cc.unblock()
+		return cc.unblockStream(it.id)
 	case itemForget:
 		delete(cc.win, it.id)
 		cc.blocked = slices.DeleteFunc(cc.blocked, func(p *pending) bool { return p.it.c.id == it.id })
@@ -822,7 +836,34 @@ func (cc *coreConn) writeBody(p pending) error {
 func (cc *coreConn) unblock() error {
 	waiting := cc.blocked
 	cc.blocked = nil
-	for _, p := range waiting {
+	return cc.retry(waiting)
+}
+
+// unblockStream retries what waits on stream id only: its WINDOW_UPDATE
+// lets nothing else go.
+func (cc *coreConn) unblockStream(id uint32) error {
+	if !slices.ContainsFunc(cc.blocked, func(p *pending) bool { return p.it.c.id == id }) {
+		return nil
+	}
+	var mine []*pending
+	cc.blocked = slices.DeleteFunc(cc.blocked, func(p *pending) bool {
+		if p.it.c.id == id {
+			mine = append(mine, p)
+			return true
+		}
+		return false
+	})
+	return cc.retry(mine)
+}
+
+// retry writes waiting in order as far as the windows allow; once the
+// connection's window is spent the rest waits as it was.
+func (cc *coreConn) retry(waiting []*pending) error {
+	for i, p := range waiting {
+		if cc.sendWin <= 0 {
+			cc.blocked = append(cc.blocked, waiting[i:]...)
+			return nil
+		}
 		cc.mu.Lock()
 		open := cc.streams[p.it.c.id] == p.it.c
 		cc.mu.Unlock()

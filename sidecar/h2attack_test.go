@@ -307,6 +307,54 @@ func TestInitialWindowSettingsFloodIsCheap(t *testing.T) {
 	r.pingAcked(t, 5*time.Second)
 }
 
+// A connection WINDOW_UPDATE while the connection's window is open lets
+// no answer go that waits for its stream's window: retrying the 1,020
+// waiting answers for each (a lock and an allocation apiece) made 13 bytes
+// from the core cost the turn's holder (the upstream reader too) about
+// 100 µs, 32,000 of them seconds. As with the SETTINGS flood, the deadline
+// only tells "milliseconds" from "seconds".
+func TestWindowUpdateFloodIsCheap(t *testing.T) {
+	env := &signertest.Env{CA: signertest.NewCA(t)}
+	f := startFakeReplica(t, env, 0, true) // answers with a message: flow controlled
+	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newRawCore(t, sc.TCP)
+	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	rd := http2.NewFramer(nil, r.conn)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	block := r.block(req(signMethod)...)
+	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	const n = 1020
+	for i := range n {
+		id := uint32(2*i + 1)
+		r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+		r.fr.WriteData(id, true, body)
+	}
+	r.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for seen := 0; seen < n; {
+		fm, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("waiting for the answers' headers: %v (%d of %d)", err, seen, n)
+		}
+		if _, ok := fm.(*http2.MetaHeadersFrame); ok {
+			seen++
+		}
+	}
+	floods := map[string]func() error{
+		"connection WINDOW_UPDATE":           func() error { return r.fr.WriteWindowUpdate(0, 1) },
+		"WINDOW_UPDATE on a stream not open": func() error { return r.fr.WriteWindowUpdate(2, 1) },
+		"empty SETTINGS":                     func() error { return r.fr.WriteSettings() },
+	}
+	for name, send := range floods {
+		for range 32000 { // under maxQueued even if none is written before the last
+			if err := send(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		t.Logf("%s: 32,000 sent", name)
+		r.pingAcked(t, 5*time.Second)
+	}
+}
+
 // A core may set its streams' initial window to 0 and open each stream's
 // window with a WINDOW_UPDATE right after its request, before any answer
 // exists (RFC 9113 §6.9: a WINDOW_UPDATE on an open or half-closed stream).
