@@ -324,7 +324,9 @@ func (cc *coreConn) frame(f http2.Frame) error {
 		case err != nil:
 			return connError{http2.ErrCodeProtocol, "protocol", "bad header block from the core: " + err.Error()}
 		case done:
-			return cc.headers(cc.hb)
+			err := cc.headers(cc.hb)
+			cc.hb.drop()
+			return err
 		}
 	case *http2.DataFrame:
 		return cc.data(f)
@@ -689,28 +691,49 @@ func (cc *coreConn) write(it item) error {
 	case itemControl:
 		return it.write(cc.wfr)
 	case itemSettings:
+		initWin := cc.initWin
 		for _, s := range it.settings {
 			switch s.ID {
 			case http2.SettingInitialWindowSize:
-				d := int32(s.Val) - cc.initWin
-				cc.initWin = int32(s.Val)
-				for id := range cc.win {
-					cc.win[id] += d
-				}
+				initWin = int32(s.Val)
 			case http2.SettingMaxFrameSize:
 				cc.peerMax = min(s.Val, maxFrame)
 			case http2.SettingHeaderTableSize:
 				cc.henc.SetMaxDynamicTableSize(s.Val)
 			}
 		}
+		// The frame's change of the initial window is applied to the
+		// open windows once, not per entry: a frame holds up to 2,730,
+		// and whoever holds the writer's turn (the upstream reader too)
+		// would walk every window for each.
+		d := initWin - cc.initWin
+		if d != 0 {
+			cc.initWin = initWin
+			for id := range cc.win {
+				cc.win[id] += d
+			}
+		}
 		if err := cc.wfr.WriteSettingsAck(); err != nil {
 			return err
 		}
+		if d <= 0 {
+			return nil // no window grew: nothing waiting can go
+		}
 		return cc.unblock()
 	case itemWindow:
+		// What waits is retried only when this update can let some of it
+		// go: every answer waiting, a lock and an allocation apiece, for
+		// each 13-byte WINDOW_UPDATE was the core's to spend on whoever
+		// holds the writer's turn (the upstream reader too).
 		if it.id == 0 {
+			was := cc.sendWin
 			cc.sendWin += int32(it.n)
-		} else if w, ok := cc.win[it.id]; ok {
+			if was > 0 {
+				return nil // what waits, waits for its stream's window
+			}
+			return cc.unblock()
+		}
+		if w, ok := cc.win[it.id]; ok {
 			cc.win[it.id] = w + int32(it.n)
 		} else {
 			// The core may open a stream's window before its answer
@@ -723,7 +746,7 @@ func (cc *coreConn) write(it item) error {
 				cc.win[it.id] = cc.initWin + int32(it.n)
 			}
 		}
-		return cc.unblock()
+		return cc.unblockStream(it.id)
 	case itemForget:
 		delete(cc.win, it.id)
 		cc.blocked = slices.DeleteFunc(cc.blocked, func(p *pending) bool { return p.it.c.id == it.id })
@@ -813,7 +836,34 @@ func (cc *coreConn) writeBody(p pending) error {
 func (cc *coreConn) unblock() error {
 	waiting := cc.blocked
 	cc.blocked = nil
-	for _, p := range waiting {
+	return cc.retry(waiting)
+}
+
+// unblockStream retries what waits on stream id only: its WINDOW_UPDATE
+// lets nothing else go.
+func (cc *coreConn) unblockStream(id uint32) error {
+	if !slices.ContainsFunc(cc.blocked, func(p *pending) bool { return p.it.c.id == id }) {
+		return nil
+	}
+	var mine []*pending
+	cc.blocked = slices.DeleteFunc(cc.blocked, func(p *pending) bool {
+		if p.it.c.id == id {
+			mine = append(mine, p)
+			return true
+		}
+		return false
+	})
+	return cc.retry(mine)
+}
+
+// retry writes waiting in order as far as the windows allow; once the
+// connection's window is spent the rest waits as it was.
+func (cc *coreConn) retry(waiting []*pending) error {
+	for i, p := range waiting {
+		if cc.sendWin <= 0 {
+			cc.blocked = append(cc.blocked, waiting[i:]...)
+			return nil
+		}
 		cc.mu.Lock()
 		open := cc.streams[p.it.c.id] == p.it.c
 		cc.mu.Unlock()

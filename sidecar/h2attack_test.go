@@ -239,6 +239,122 @@ func TestHeldHeadersCountAgainstTheBudget(t *testing.T) {
 	}
 }
 
+// A connection keeps nothing of a header block once the block's call has
+// what it holds (within the request budget): an idle connection whose last
+// request had 60 KiB of headers holds no more than one whose last request
+// was small. Both groups send the same big block, so the buffers HPACK and
+// the framer keep at their largest are alike; only group A then sends a
+// small one.
+func TestIdleConnectionKeepsNoHeaderBlock(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	forbidden := signerv1.RotationService_Open_FullMethodName
+	const conns = 48
+	open := func(small bool) {
+		for range conns {
+			r := newRawCore(t, sc.TCP)
+			r.headers(t, 1, true, r.block(append(req(forbidden), "x-a", strings.Repeat("x", 60<<10))...))
+			want := 1
+			if small {
+				r.headers(t, 3, true, r.block(req(forbidden)...))
+				want = 2
+			}
+			if got := r.answers(t, want, 10*time.Second); len(got) != want {
+				t.Fatalf("%d answers, want %d", len(got), want)
+			}
+		}
+	}
+	heap := func() uint64 { runtime.GC(); return heapInUse() } // pooled buffers too
+	before := heap()
+	open(true)
+	mid := heap()
+	open(false)
+	after := heap()
+	small, big := int64(mid)-int64(before), int64(after)-int64(mid)
+	t.Logf("%d idle connections: %d KiB after a small last block, %d KiB after a big one", conns, small>>10, big>>10)
+	if big-small > conns*16<<10 {
+		t.Fatalf("idle connections whose last header block was 60 KiB hold %d KiB more than the others (%d connections)", (big-small)>>10, conns)
+	}
+}
+
+// A SETTINGS frame holds up to 2,730 settings; applying each
+// INITIAL_WINDOW_SIZE to every open stream's window was 2.8 million map
+// steps a frame with 1,020 windows (about 55 ms), so a core could make
+// whoever holds its writer's turn (the upstream reader too, writeInline)
+// spend seconds on 180 frames, 4 MB of queue. The frame's change is
+// applied once: the 180 frames are acknowledged at once (well within the
+// deadline, which only tells "milliseconds" from "many seconds").
+func TestInitialWindowSettingsFloodIsCheap(t *testing.T) {
+	env := signertest.Start(t)
+	sc := signertest.StartSidecar(t, env.Addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newUnixRawCore(t, sc.Socket)
+	r.pingAcked(t, 10*time.Second)
+	for i := range 1020 { // open streams, each with a window the writer tracks
+		id := uint32(2*i + 1)
+		r.headers(t, id, false, r.block(req(signMethod)...))
+		r.fr.WriteWindowUpdate(id, 1)
+	}
+	r.pingAcked(t, 30*time.Second)
+	s := make([]http2.Setting, (16<<10)/6)
+	for i := range s {
+		s[i] = http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(60000 + i%2)}
+	}
+	for range 180 { // under maxQueued even if none is written before the last
+		if err := r.fr.WriteSettings(s...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.pingAcked(t, 5*time.Second)
+}
+
+// A connection WINDOW_UPDATE while the connection's window is open lets
+// no answer go that waits for its stream's window: retrying the 1,020
+// waiting answers for each (a lock and an allocation apiece) made 13 bytes
+// from the core cost the turn's holder (the upstream reader too) about
+// 100 µs, 32,000 of them seconds. As with the SETTINGS flood, the deadline
+// only tells "milliseconds" from "seconds".
+func TestWindowUpdateFloodIsCheap(t *testing.T) {
+	env := &signertest.Env{CA: signertest.NewCA(t)}
+	f := startFakeReplica(t, env, 0, true) // answers with a message: flow controlled
+	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r := newRawCore(t, sc.TCP)
+	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	rd := http2.NewFramer(nil, r.conn)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	block := r.block(req(signMethod)...)
+	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	const n = 1020
+	for i := range n {
+		id := uint32(2*i + 1)
+		r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+		r.fr.WriteData(id, true, body)
+	}
+	r.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for seen := 0; seen < n; {
+		fm, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("waiting for the answers' headers: %v (%d of %d)", err, seen, n)
+		}
+		if _, ok := fm.(*http2.MetaHeadersFrame); ok {
+			seen++
+		}
+	}
+	floods := map[string]func() error{
+		"connection WINDOW_UPDATE":           func() error { return r.fr.WriteWindowUpdate(0, 1) },
+		"WINDOW_UPDATE on a stream not open": func() error { return r.fr.WriteWindowUpdate(2, 1) },
+		"empty SETTINGS":                     func() error { return r.fr.WriteSettings() },
+	}
+	for name, send := range floods {
+		for range 32000 { // under maxQueued even if none is written before the last
+			if err := send(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		t.Logf("%s: 32,000 sent", name)
+		r.pingAcked(t, 5*time.Second)
+	}
+}
+
 // A core may set its streams' initial window to 0 and open each stream's
 // window with a WINDOW_UPDATE right after its request, before any answer
 // exists (RFC 9113 §6.9: a WINDOW_UPDATE on an open or half-closed stream).

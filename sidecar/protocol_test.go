@@ -103,6 +103,18 @@ func TestHeaderTricks(t *testing.T) {
 		"two paths": func(r *rawCore) {
 			r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.block(append(req(sign), ":path", rotate)...), EndStream: true, EndHeaders: true})
 		},
+		// Malformed pseudo-headers (RFC 9113 8.3), as x/net's
+		// MetaHeadersFrame refused them: a second :path, a name HTTP/2
+		// does not define, a response's among a request's.
+		"two paths among the pseudo-headers": func(r *rawCore) {
+			r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.block(append(append(req(sign)[:6:6], ":path", rotate), req(sign)[6:]...)...), EndStream: true, EndHeaders: true})
+		},
+		"unknown pseudo-header": func(r *rawCore) {
+			r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.block(append([]string{":foo", "bar"}, req(sign)...)...), EndStream: true, EndHeaders: true})
+		},
+		"response pseudo-header in a request": func(r *rawCore) {
+			r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.block(append([]string{":status", "200"}, req(sign)...)...), EndStream: true, EndHeaders: true})
+		},
 		"pseudo-header after a regular one": func(r *rawCore) {
 			r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: r.block(append(req(sign)[:6], "x-a", "b", ":authority", "x")...), EndStream: true, EndHeaders: true})
 		},

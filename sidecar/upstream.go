@@ -638,6 +638,7 @@ func (u *upConn) read() error {
 			c := u.streams[u.hb.id]
 			u.unlock()
 			if c == nil {
+				u.hb.drop()
 				continue
 			}
 			if c.respHdrs == nil {
@@ -645,6 +646,7 @@ func (u *upConn) read() error {
 			} else {
 				c.respTrl = slices.Clone(u.hb.fields)
 			}
+			u.hb.drop()
 			if u.hb.end {
 				u.end(u.hb.id, c)
 			}
