@@ -42,23 +42,28 @@ func (r *recorder) take() []string {
 	return s
 }
 
+// sidecarBefore starts an upstream that presents the signer's SPIFFE ID
+// and answers every method with h, and a sidecar in front of it.
+func sidecarBefore(t testing.TB, h grpc.StreamHandler, opts ...signertest.SidecarOption) *signertest.Sidecar {
+	t.Helper()
+	env := &signertest.Env{CA: signertest.NewCA(t)}
+	up := grpc.NewServer(grpc.Creds(credentials.NewTLS(identity.ServerTLS(env.Source(env.Issue(t, signertest.SignerID))))),
+		grpc.UnknownServiceHandler(h))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(lis)
+	t.Cleanup(up.Stop)
+	return signertest.StartSidecar(t, lis.Addr().String(), env.Source(env.Issue(t, signertest.CoreID)), opts...)
+}
+
 // Whatever method name a core sends, only SignerService/Sign, PublicKey
 // and Prove ever reach the upstream.
 func FuzzMethodFilter(f *testing.F) {
-	ca := signertest.NewCA(f)
-	env := &signertest.Env{CA: ca}
 	rec := &recorder{}
-	up := grpc.NewServer(grpc.Creds(credentials.NewTLS(identity.ServerTLS(env.Source(env.Issue(f, signertest.SignerID))))),
-		grpc.UnknownServiceHandler(rec.handle))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	go up.Serve(lis)
-	defer up.Stop()
 	// The fuzz engine forbids f.Log inside the target: no test log here.
-	sc := signertest.StartSidecar(f, lis.Addr().String(), env.Source(env.Issue(f, signertest.CoreID)),
-		func(c *sidecar.Config) { c.Log = slog.New(slog.DiscardHandler) })
+	sc := sidecarBefore(f, rec.handle, func(c *sidecar.Config) { c.Log = slog.New(slog.DiscardHandler) })
 	cc, err := grpc.NewClient(sc.TCP, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		f.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
@@ -314,15 +313,7 @@ func TestInitialWindowSettingsFloodIsCheap(t *testing.T) {
 // 100 µs, 32,000 of them seconds. As with the SETTINGS flood, the deadline
 // only tells "milliseconds" from "seconds".
 func TestWindowUpdateFloodIsCheap(t *testing.T) {
-	env := &signertest.Env{CA: signertest.NewCA(t)}
-	f := startFakeReplica(t, env, 0, true) // answers with a message: flow controlled
-	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
-	r := newRawCore(t, sc.TCP)
-	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	rd := http2.NewFramer(nil, r.conn)
-	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	block := r.block(req(signMethod)...)
-	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	r, rd, block, body := windowlessCore(t)
 	const n = 1020
 	for i := range n {
 		id := uint32(2*i + 1)
@@ -960,20 +951,30 @@ func TestIllegalStreamUseClosesTheConnection(t *testing.T) {
 	}
 }
 
+// windowlessCore is a raw core whose streams get no window (initial window
+// 0) before a replica that answers with a message, so every answer waits
+// for the core's WINDOW_UPDATE; rd reads the sidecar's frames, block and
+// body make a Sign request.
+func windowlessCore(t *testing.T) (r *rawCore, rd *http2.Framer, block, body []byte) {
+	t.Helper()
+	env := &signertest.Env{CA: signertest.NewCA(t)}
+	f := startFakeReplica(t, env, 0, true) // answers with a message: flow controlled
+	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
+	r = newRawCore(t, sc.TCP)
+	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	rd = http2.NewFramer(nil, r.conn)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	block = r.block(req(signMethod)...)
+	body = grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	return r, rd, block, body
+}
+
 // A core that never opens its windows and resets each call once its answer
 // has started leaves nothing behind: the answers waiting for its window
 // are dropped with their streams, not kept until a WINDOW_UPDATE that
 // never comes.
 func TestResetStreamsBlockedOnTheCoresWindowAreForgotten(t *testing.T) {
-	env := &signertest.Env{CA: signertest.NewCA(t)}
-	f := startFakeReplica(t, env, 0, true) // answers with a message: flow controlled
-	sc := signertest.StartSidecar(t, f.addr, env.Source(env.Issue(t, signertest.CoreID)))
-	r := newRawCore(t, sc.TCP)
-	r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	rd := http2.NewFramer(nil, r.conn)
-	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	block := r.block(req(signMethod)...)
-	body := grpcFrame(t, &signerv1.SignRequest{Scope: scope, Payload: []byte("m")})
+	r, rd, block, body := windowlessCore(t)
 	round := func(first uint32, n int) {
 		for i := range n {
 			id := first + uint32(2*i)
@@ -1020,26 +1021,16 @@ func TestResetStreamsBlockedOnTheCoresWindowAreForgotten(t *testing.T) {
 // connections nothing: its answers wait for its own writer, and another
 // core's calls on the same replica connection are answered meanwhile.
 func TestCoreThatStopsReadingHoldsUpNoOtherCore(t *testing.T) {
-	ca := signertest.NewCA(t)
-	env := &signertest.Env{CA: ca}
 	var seen atomic.Int32
 	big := &signerv1.SignResponse{Signature: make([]byte, 16<<10)} // 13 fill a Unix socket's buffer
-	up := grpc.NewServer(grpc.Creds(credentials.NewTLS(identity.ServerTLS(env.Source(env.Issue(t, signertest.SignerID))))),
-		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-			var req signerv1.SignRequest
-			if err := ss.RecvMsg(&req); err != nil {
-				return err
-			}
-			seen.Add(1)
-			return ss.SendMsg(big)
-		}))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go up.Serve(lis)
-	defer up.Stop()
-	sc := signertest.StartSidecar(t, lis.Addr().String(), env.Source(env.Issue(t, signertest.CoreID)))
+	sc := sidecarBefore(t, func(_ any, ss grpc.ServerStream) error {
+		var req signerv1.SignRequest
+		if err := ss.RecvMsg(&req); err != nil {
+			return err
+		}
+		seen.Add(1)
+		return ss.SendMsg(big)
+	})
 
 	// The stalled core: windows wide open, 100 calls (1.6 MB of answers,
 	// under maxQueued, so it is not cut off), and it never reads.

@@ -13,10 +13,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
-	"github.com/plexsphere/signer/internal/identity"
 	"github.com/plexsphere/signer/internal/testing/signertest"
 	signerv1 "github.com/plexsphere/signer/proto/plexsphere/signer/v1"
 )
@@ -71,18 +68,8 @@ func req(method string) []string {
 // a well-formed request to another method, are answered PermissionDenied):
 // the recorder upstream sees only the forwarded methods.
 func TestHeaderTricks(t *testing.T) {
-	ca := signertest.NewCA(t)
-	env := &signertest.Env{CA: ca}
 	rec := &recorder{}
-	up := grpc.NewServer(grpc.Creds(credentials.NewTLS(identity.ServerTLS(env.Source(env.Issue(t, signertest.SignerID))))),
-		grpc.UnknownServiceHandler(rec.handle))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go up.Serve(lis)
-	defer up.Stop()
-	sc := signertest.StartSidecar(t, lis.Addr().String(), env.Source(env.Issue(t, signertest.CoreID)))
+	sc := sidecarBefore(t, rec.handle)
 	sign := signerv1.SignerService_Sign_FullMethodName
 	rotate := signerv1.RotationService_Open_FullMethodName
 
