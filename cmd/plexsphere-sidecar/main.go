@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -30,9 +31,20 @@ import (
 // in flight (docs/performance.md, "The sidecar").
 const gcPercent = 50
 
+// procs replaces Go's GOMAXPROCS (the CPUs or the container's CPU limit,
+// at least 2) unless GOMAXPROCS is set. One pod's calls need a fraction of
+// a core (about 20 µs of CPU a call), and with one P a call's hand-offs
+// between the sidecar's goroutines stay on one thread: with two, every
+// hand-off wakes an idle thread that spins and sleeps again, which cost
+// more CPU than the calls themselves (docs/performance.md, "One P").
+const procs = 1
+
 func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(procs)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -53,15 +53,24 @@ func BenchmarkF_DenialFlood(b *testing.B) {
 			b.Fatalf("BENCH_FLOODER_CPU=%q: want a number of cores above 0", v)
 		}
 	}
-	modes := []struct {
-		name  string
-		quota float64
-	}{{fmt.Sprintf("flooder-quota=%g", quota), quota}, {"flooder-unconstrained", 0}}
+	modes := []floodMode{
+		{name: fmt.Sprintf("flooder-quota=%g", quota), shared: true, confine: func(b *testing.B, p *proc) { limitCPU(b, "flooder", p, quota) }},
+		{name: "flooder-unconstrained", shared: true},
+	}
 	// The quota needs the cgroup v1 cpu controller, writable (root): where
 	// it is not, the unconstrained rows run alone and the log says so.
 	if _, err := os.Stat("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err != nil || os.Geteuid() != 0 {
 		b.Logf("no flooder-quota rows: a CPU quota needs the cgroup v1 cpu controller and root (%v)", err)
 		modes = modes[1:]
+	}
+	// The attacker on a core of its own, as on another machine: this
+	// process (client and signer) pinned to CPU 0 with one P, the attacker
+	// to CPU 1, quiet and flooded alike. What the flood then costs the
+	// admitted calls is the signer's own work for it (accepting, refusing,
+	// auditing), not the attacker's CPU.
+	pinned := cpusetUsable() && runtime.NumCPU() >= 2
+	if !pinned {
+		b.Logf("no one-core rows: pinning needs the cgroup v1 cpuset controller, root and two CPUs")
 	}
 	source := 1
 	for _, signer := range []struct {
@@ -79,19 +88,47 @@ func BenchmarkF_DenialFlood(b *testing.B) {
 		b.Run(signer.name+"quiet", func(b *testing.B) { quiet = drive(b, 64, call, clientCPU("client+signer")) })
 		for _, mode := range modes {
 			source++
-			floodRow(b, signer.name+"flooded/"+mode.name, env, call, quiet, mode.quota, fmt.Sprintf("127.0.0.%d", source))
+			floodRow(b, signer.name+"flooded/"+mode.name, env, call, quiet, mode, fmt.Sprintf("127.0.0.%d", source))
+		}
+		if pinned {
+			source++
+			oneCore(b, func() {
+				b.Run(signer.name+"one-core/quiet", func(b *testing.B) { quiet = drive(b, 64, call, clientCPU("client+signer")) })
+				other := floodMode{name: "flooder-other-core", confine: func(b *testing.B, p *proc) { pinCPUs(b, "flooder", p.pid, "1") }}
+				floodRow(b, signer.name+"one-core/flooded/"+other.name, env, call, quiet, other, fmt.Sprintf("127.0.0.%d", source))
+			})
 		}
 	}
 }
 
-// floodRow measures the admitted calls while a flooder from source (in a
-// CPU quota of its own unless quota is 0) floods env's signer.
-func floodRow(b *testing.B, name string, env *signertest.Env, call func(context.Context) error, quiet result, quota float64, source string) {
+// floodMode is where the attacker runs: confine (nil: anywhere) puts it in
+// its cgroup; shared says it competes for this process's CPUs.
+type floodMode struct {
+	name    string
+	shared  bool
+	confine func(*testing.B, *proc)
+}
+
+// oneCore runs fn with this process pinned to CPU 0 and GOMAXPROCS 1, and
+// puts both back after.
+func oneCore(b *testing.B, fn func()) {
+	undo := pinCPUs(b, "bench", os.Getpid(), "0")
+	prev := runtime.GOMAXPROCS(1)
+	defer func() {
+		undo()
+		runtime.GOMAXPROCS(prev)
+	}()
+	fn()
+}
+
+// floodRow measures the admitted calls while a flooder from source
+// (confined as mode says) floods env's signer.
+func floodRow(b *testing.B, name string, env *signertest.Env, call func(context.Context) error, quiet result, mode floodMode, source string) {
 	stats := filepath.Join(b.TempDir(), "flooder.stats")
 	flooder := startProc(b, "flooder", binPath(b, "flooder"), nil, "--addr", env.Addr, "--source", source, "--stats", stats)
 	defer flooder.stop()
-	if quota > 0 {
-		limitCPU(b, "flooder", flooder, quota)
+	if mode.confine != nil {
+		mode.confine(b, flooder)
 	}
 	// The flood is under way once its calls are being answered (denied,
 	// or refused at the connection).
@@ -146,7 +183,7 @@ func floodRow(b *testing.B, name string, env *signertest.Env, call func(context.
 			// client had when quiet: the ratio against the share of the
 			// machine left to them is what the flood control itself
 			// costs (derived, and only as good as "CPU-bound").
-			if left := 1 - flooderCores/float64(runtime.NumCPU()); left > 0 {
+			if left := 1 - flooderCores/float64(runtime.NumCPU()); mode.shared && left > 0 {
 				b.ReportMetric(flooded.rate/quiet.rate/left, "x-admitted-per-cpu-left")
 			}
 		}

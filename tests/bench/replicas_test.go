@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -205,6 +206,57 @@ func limitCPU(b *testing.B, name string, p *proc, cores float64) {
 			b.Fatalf("cgroup %s: %s: %v", dir, w.file, err)
 		}
 	}
+}
+
+// cpusetUsable says whether pinCPUs can work here: the cgroup v1 cpuset
+// controller, writable (root).
+func cpusetUsable() bool {
+	_, err := os.Stat("/sys/fs/cgroup/cpuset/cpuset.cpus")
+	return err == nil && os.Geteuid() == 0
+}
+
+// pinCPUs moves process pid (all its threads) into a cgroup v1 cpuset group
+// of its own holding only cpus ("0", "1"), as a process on a machine of its
+// own. The returned func moves it back to the root group and removes the
+// group; it also runs when the benchmark ends.
+func pinCPUs(b *testing.B, name string, pid int, cpus string) (undo func()) {
+	b.Helper()
+	root := "/sys/fs/cgroup/cpuset"
+	dir := filepath.Join(root, "plexsphere-bench", fmt.Sprintf("%s-%d", name, pid))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	// A v1 cpuset group takes no process before it has CPUs and memory
+	// nodes; its parent's may be empty too, so each level gets the root's.
+	mems, err := os.ReadFile(filepath.Join(root, "cpuset.mems"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	all, err := os.ReadFile(filepath.Join(root, "cpuset.cpus"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, w := range []struct{ file, value string }{
+		{filepath.Join(filepath.Dir(dir), "cpuset.cpus"), string(all)},
+		{filepath.Join(filepath.Dir(dir), "cpuset.mems"), string(mems)},
+		{filepath.Join(dir, "cpuset.cpus"), cpus},
+		{filepath.Join(dir, "cpuset.mems"), string(mems)},
+		{filepath.Join(dir, "cgroup.procs"), strconv.Itoa(pid)},
+	} {
+		if err := os.WriteFile(w.file, []byte(w.value), 0); err != nil {
+			b.Fatalf("cpuset %s: %v", w.file, err)
+		}
+	}
+	var once sync.Once
+	undo = func() {
+		once.Do(func() {
+			// A process that has exited is in no group: nothing to move.
+			_ = os.WriteFile(filepath.Join(root, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+			os.Remove(dir)
+		})
+	}
+	b.Cleanup(undo)
+	return undo
 }
 
 // adminConn is an owner connection to a bench database, to read its
