@@ -94,6 +94,10 @@ type call struct {
 	respHdrs []hpack.HeaderField
 	respData []byte
 	respTrl  []hpack.HeaderField
+	// respFields backs respHdrs and respTrl: a signer's answer has
+	// :status and content-type, then grpc-status and grpc-message, so one
+	// call's fields fit without allocating (a longer block still may).
+	respFields [6]hpack.HeaderField
 }
 
 // grpcStatus is a gRPC status the sidecar answers itself.

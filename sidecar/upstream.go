@@ -641,10 +641,12 @@ func (u *upConn) read() error {
 				u.hb.drop()
 				continue
 			}
+			// Never nil once set, even for an empty block: nil respHdrs
+			// means no HEADERS yet.
 			if c.respHdrs == nil {
-				c.respHdrs = slices.Clone(u.hb.fields)
+				c.respHdrs = append(c.respFields[:0:3], u.hb.fields...)
 			} else {
-				c.respTrl = slices.Clone(u.hb.fields)
+				c.respTrl = append(c.respFields[3:3:6], u.hb.fields...)
 			}
 			u.hb.drop()
 			if u.hb.end {

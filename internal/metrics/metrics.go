@@ -10,6 +10,7 @@ package metrics
 import (
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,7 +111,23 @@ type Sidecar struct {
 	calls    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	refused  *prometheus.CounterVec
+	// series holds each method's children of calls and duration once
+	// used: looking them up by label values hashed the labels on every
+	// call, a few per cent of the sidecar's CPU. Built for every name
+	// method returns, read-only after NewSidecar.
+	series map[string]*callSeries
 }
+
+// callSeries are one method's series, each made on first use (so /metrics
+// shows only what happened, as the vectors alone did).
+type callSeries struct {
+	duration atomic.Pointer[prometheus.Observer]
+	codes    [maxCode + 1]atomic.Pointer[prometheus.Counter]
+}
+
+// maxCode is the highest gRPC status code (Unauthenticated); a higher one
+// goes through the vector.
+const maxCode = codes.Unauthenticated
 
 // SidecarRefusals are the reasons the sidecar refuses or closes a core
 // connection (the label's whole set, so every series exists from the start).
@@ -118,7 +135,10 @@ var SidecarRefusals = []string{"uid", "no_peer_cred", "max_connections", "prefac
 
 // NewSidecar registers the sidecar's metrics; ready reports the upstream.
 func NewSidecar(methods []string, ready func() bool, svid x509svid.Source) *Sidecar {
-	s := &Sidecar{Registry: NewRegistry(methods)}
+	s := &Sidecar{Registry: NewRegistry(methods), series: map[string]*callSeries{"other": {}}}
+	for _, m := range methods {
+		s.series[m] = &callSeries{}
+	}
 	s.calls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plexsphere_sidecar_calls_total",
 		Help: "Calls from the core by method and gRPC status code (refused methods are method=\"other\")."}, []string{"method", "code"})
 	s.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "plexsphere_sidecar_call_duration_seconds",
@@ -150,6 +170,24 @@ func (s *Sidecar) ObserveRefused(reason string) {
 // ObserveCall is the sidecar's call observer.
 func (s *Sidecar) ObserveCall(method string, code codes.Code, took time.Duration) {
 	m := s.method(method)
-	s.calls.WithLabelValues(m, code.String()).Inc()
-	s.duration.WithLabelValues(m).Observe(took.Seconds())
+	cs := s.series[m]
+	if code > maxCode {
+		s.calls.WithLabelValues(m, code.String()).Inc()
+	} else {
+		c := cs.codes[code].Load()
+		if c == nil {
+			// Racing first uses get the same child from the vector.
+			v := s.calls.WithLabelValues(m, code.String())
+			c = &v
+			cs.codes[code].Store(c)
+		}
+		(*c).Inc()
+	}
+	d := cs.duration.Load()
+	if d == nil {
+		v := s.duration.WithLabelValues(m)
+		d = &v
+		cs.duration.Store(d)
+	}
+	(*d).Observe(took.Seconds())
 }
