@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -59,7 +60,26 @@ func main() {
 
 const prog = "plexsphere-sidecar"
 
+// goRuntimeEnv refuses a GOGC or GOMAXPROCS that Go would ignore without
+// a word: it would then run on its own defaults, not the sidecar's.
+func goRuntimeEnv() error {
+	if v := os.Getenv("GOGC"); v != "" && v != "off" {
+		if _, err := strconv.Atoi(v); err != nil {
+			return fmt.Errorf("GOGC=%q is not a whole number or off: Go would ignore it and collect at 100; set a number, or unset it for the sidecar's %d", v, gcPercent)
+		}
+	}
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		if n, err := strconv.Atoi(v); err != nil || n < 1 {
+			return fmt.Errorf("GOMAXPROCS=%q is not a whole number above 0: Go would ignore it and use every CPU; set a number, or unset it for the sidecar's %d", v, procs)
+		}
+	}
+	return nil
+}
+
 func run(ctx context.Context, args []string) error {
+	if err := goRuntimeEnv(); err != nil {
+		return err
+	}
 	var cfg config.Sidecar
 	if err := config.Load(prog, "SIDECAR_", &cfg, args); err != nil {
 		if errors.Is(err, config.ErrVersion) {

@@ -65,6 +65,23 @@ func TestPortlessUpstreamRefused(t *testing.T) {
 	}
 }
 
+// A GOGC or GOMAXPROCS that Go would ignore (and so run on its own
+// defaults, not the sidecar's) is refused at start, naming the variable.
+func TestIgnoredRuntimeSettingsRefused(t *testing.T) {
+	for _, env := range []string{"GOMAXPROCS=abc", "GOMAXPROCS=0", "GOGC=fifty"} {
+		code, _, errOut := proctest.Run(t, bin, []string{env}, "--listen", "unix:///nonexistent/s.sock")
+		name := env[:strings.IndexByte(env, '=')]
+		if code != 1 || !strings.Contains(errOut, "cannot start") || !strings.Contains(errOut, name+"=") {
+			t.Errorf("%s: exit %d, stderr %q", env, code, errOut)
+		}
+	}
+	// Valid values start as far as the settings: the error is the next one.
+	code, _, errOut := proctest.Run(t, bin, []string{"GOMAXPROCS=2", "GOGC=off"}, "--listen", "unix:///nonexistent/s.sock")
+	if code != 1 || strings.Contains(errOut, "GOMAXPROCS") || strings.Contains(errOut, "GOGC") {
+		t.Errorf("valid values: exit %d, stderr %q", code, errOut)
+	}
+}
+
 func TestWaitsForSVIDAndStopsCleanly(t *testing.T) {
 	agent := proctest.NoSVIDAgent(t)
 	opsAddr := proctest.FreeAddr(t)
