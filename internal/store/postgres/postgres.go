@@ -69,6 +69,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	pc.AfterConnect = pinSynchronousCommit
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -85,6 +86,32 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// ErrSynchronousCommitOff is returned for a session whose
+// synchronous_commit is off.
+var ErrSynchronousCommitOff = errors.New("postgres: synchronous_commit is off for the signer's sessions, so the audit log's commits would be answered before they are durable: set it to on (e.g. ALTER ROLE <role> IN DATABASE <db> RESET synchronous_commit, and the same for ALTER DATABASE and the server's postgresql.conf)")
+
+// pinSynchronousCommit refuses a new session whose synchronous_commit is
+// off, and pins the value it found for the session's life. Every
+// durability wait of the store is a commit at that setting (the one-
+// statement append, the flush after an asynchronous commit, SyncAudit
+// before a checkpoint): at off they would return before the WAL is
+// flushed, and the signer would answer signatures a Postgres crash can
+// take back. A role's, a database's or the server's default applies when
+// a session starts, and the server's default also when its configuration
+// is reloaded: set as the session's own value, a later reload cannot turn
+// it off under an open connection. The operator's stronger levels
+// (remote_write, remote_apply) are kept, local and on accepted.
+func pinSynchronousCommit(ctx context.Context, conn *pgx.Conn) error {
+	var level string
+	if err := conn.QueryRow(ctx, `SELECT set_config('synchronous_commit', current_setting('synchronous_commit'), false)`).Scan(&level); err != nil {
+		return err
+	}
+	if level == "off" {
+		return ErrSynchronousCommitOff
+	}
+	return nil
 }
 
 // ErrNotMigrated is returned by Open when the database has no schema (or

@@ -433,3 +433,69 @@ func TestShutdownErrorsAreUnavailable(t *testing.T) {
 		t.Errorf("a syntax error is not an outage: %v", err)
 	}
 }
+
+// Every durability wait of the store is a commit at the session's
+// synchronous_commit. A role or database set to off would have commits
+// answered before the WAL is flushed: Open refuses it, a session opened
+// after someone set it refuses to serve (the store fails closed, naming the
+// setting), and the operator's levels other than off are kept.
+func TestSynchronousCommitOffRefused(t *testing.T) {
+	srv := pgtest.Require(t)
+	db := srv.NewDatabase(t)
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, db.AdminDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	set := func(level string) {
+		t.Helper()
+		if _, err := admin.Exec(ctx, "ALTER ROLE "+pgtest.AppRole+" IN DATABASE "+db.Name+" SET synchronous_commit = "+level); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer admin.Exec(ctx, "ALTER ROLE "+pgtest.AppRole+" IN DATABASE "+db.Name+" RESET synchronous_commit")
+
+	set("off")
+	if st, err := postgres.Open(ctx, postgres.Config{DSN: db.AppDSN, MaxConns: 2}); err == nil {
+		st.Close()
+		t.Fatal("opened a store whose commits do not wait for the WAL (synchronous_commit off)")
+	} else if !errors.Is(err, postgres.ErrSynchronousCommitOff) || !strings.Contains(err.Error(), "synchronous_commit") {
+		t.Fatalf("Open: %v, want ErrSynchronousCommitOff naming the setting", err)
+	}
+
+	set("remote_apply")
+	st, err := postgres.Open(ctx, postgres.Config{DSN: db.AppDSN, MaxConns: 2})
+	if err != nil {
+		t.Fatalf("synchronous_commit remote_apply: %v", err)
+	}
+	defer st.Close()
+	var level string
+	if err := st.Pool().QueryRow(ctx, `SELECT current_setting('synchronous_commit')`).Scan(&level); err != nil || level != "remote_apply" {
+		t.Fatalf("the session's level: %q %v, want the operator's remote_apply", level, err)
+	}
+
+	// Turned off while the store is open: the sessions it opens from then
+	// on refuse to serve.
+	set("off")
+	st.Pool().Reset()
+	w := audit.NewWriter(st, audit.WriterOptions{})
+	defer w.Close()
+	err = w.Write(ctx, auditlog.New(auditlog.NewRequestID(), auditlog.SubjectSigner, "sign", "/m", time.Now()))
+	if err == nil || !errors.Is(err, signerr.ErrAuditUnavailable) {
+		t.Fatalf("an append over a session with synchronous_commit off: %v, want ErrAuditUnavailable", err)
+	}
+	if n, err := store.ListAudit(ctx, mustOpenAdmin(t, db.AdminDSN), store.AuditQuery{}); err != nil || len(n) != 0 {
+		t.Fatalf("entries written over a session with synchronous_commit off: %d %v", len(n), err)
+	}
+}
+
+func mustOpenAdmin(t *testing.T, dsn string) *postgres.Store {
+	t.Helper()
+	st, err := postgres.Open(context.Background(), postgres.Config{DSN: dsn, MaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
