@@ -3,6 +3,7 @@ package ctl_test
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +33,16 @@ type runLocal struct {
 	cmd    *exec.Cmd
 	banner string // what it printed up to "press Ctrl-C"
 	rest   chan string
+	errors atomic.Int64
+	errLog atomic.Pointer[string]
+}
+
+// note keeps count of the binaries' ERROR log lines and the last of them.
+func (r *runLocal) note(l string) {
+	if strings.Contains(l, `"level":"ERROR"`) {
+		r.errors.Add(1)
+		r.errLog.Store(&l)
+	}
 }
 
 func startRunLocal(t *testing.T, bin, dir string, env ...string) *runLocal {
@@ -68,6 +80,8 @@ func startRunLocal(t *testing.T, bin, dir string, env ...string) *runLocal {
 			}
 			if !strings.HasPrefix(l, "{") { // not the binaries' JSON logs
 				b.WriteString(l + "\n")
+			} else {
+				r.note(l)
 			}
 		case <-timeout:
 			r.stop(t)
@@ -80,12 +94,23 @@ func startRunLocal(t *testing.T, bin, dir string, env ...string) *runLocal {
 		for l := range lines {
 			if !strings.HasPrefix(l, "{") {
 				rest.WriteString(l + "\n")
+			} else {
+				r.note(l)
 			}
 		}
 		r.rest <- rest.String()
 	}()
 	t.Cleanup(func() { r.stop(t) })
 	return r
+}
+
+// lastError is the binaries' last ERROR log line, if any, for a failure's
+// message (the JSON logs are left out of the banner and the rest).
+func (r *runLocal) lastError() string {
+	if l := r.errLog.Load(); l != nil {
+		return fmt.Sprintf("last of %d ERROR lines: %s\n", r.errors.Load(), *l)
+	}
+	return "no ERROR line from the binaries\n"
 }
 
 // stop sends SIGTERM (as Ctrl-C's INT would) and returns what it printed
@@ -219,7 +244,7 @@ func TestProcessMakeRun(t *testing.T) {
 		t.Fatalf("the kept run's checkpoint key %q, the first run's %q", lookup(kept, "SIGNERCTL_CHECKPOINT_KEY"), key)
 	}
 	if code, out, errOut := signerctl(kept, "keys"); code != 0 || out != keys {
-		t.Fatalf("the kept run's keys: exit %d\n%s%s\nwant\n%s", code, out, errOut, keys)
+		t.Fatalf("the kept run's keys: exit %d\n%s%s\nwant\n%s\nrun-local since its banner:\n%s%s", code, out, errOut, keys, run.stop(t), run.lastError())
 	}
 	if code, out, errOut := signerctl(kept, "audit", "verify", "--after", export); code != 0 {
 		t.Fatalf("audit verify of the kept, pruned run: exit %d\n%s%s", code, out, errOut)
