@@ -125,7 +125,11 @@ func oneCore(b *testing.B, fn func()) {
 // (confined as mode says) floods env's signer.
 func floodRow(b *testing.B, name string, env *signertest.Env, call func(context.Context) error, quiet result, mode floodMode, source string) {
 	stats := filepath.Join(b.TempDir(), "flooder.stats")
-	flooder := startProc(b, "flooder", binPath(b, "flooder"), nil, "--addr", env.Addr, "--source", source, "--stats", stats)
+	args := []string{"--addr", env.Addr, "--source", source, "--stats", stats}
+	if n := os.Getenv("BENCH_FLOODER_CONNS"); n != "" {
+		args = append(args, "--conns", n) // a harder attacker (default 64)
+	}
+	flooder := startProc(b, "flooder", binPath(b, "flooder"), nil, args...)
 	defer flooder.stop()
 	if mode.confine != nil {
 		mode.confine(b, flooder)
