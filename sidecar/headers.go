@@ -65,7 +65,11 @@ func (h *headerBlock) emit(f hpack.HeaderField) {
 // pseudoBits are the pseudo-headers HTTP/2 defines; any other is malformed
 // (RFC 9113 8.3), as is one that appears twice, or a response's beside a
 // request's. x/net's MetaHeadersFrame refused the same (checkPseudos).
-var pseudoBits = map[string]uint8{":method": 1, ":path": 2, ":scheme": 4, ":authority": 8, ":protocol": 16, ":status": 32}
+var pseudoBits = map[string]uint8{":method": 1, ":path": 2, ":scheme": 4, ":authority": 8, ":protocol": 16, ":status": statusBit}
+
+// statusBit is the response's one pseudo-header; every other bit is a
+// request's.
+const statusBit = 32
 
 // pseudo1 records pseudo-header name, or says why the block is malformed.
 func (h *headerBlock) pseudo1(name string) error {
@@ -77,7 +81,7 @@ func (h *headerBlock) pseudo1(name string) error {
 		return fmt.Errorf("pseudo-header %q twice", name)
 	}
 	h.pseudos |= bit
-	if status := pseudoBits[":status"]; h.pseudos&status != 0 && h.pseudos&^status != 0 {
+	if h.pseudos&statusBit != 0 && h.pseudos&^statusBit != 0 {
 		return fmt.Errorf("pseudo-header %q beside those of the other side", name)
 	}
 	return nil

@@ -174,20 +174,18 @@ func (s *Sidecar) ObserveCall(method string, code codes.Code, took time.Duration
 	if code > maxCode {
 		s.calls.WithLabelValues(m, code.String()).Inc()
 	} else {
-		c := cs.codes[code].Load()
-		if c == nil {
-			// Racing first uses get the same child from the vector.
-			v := s.calls.WithLabelValues(m, code.String())
-			c = &v
-			cs.codes[code].Store(c)
-		}
-		(*c).Inc()
+		child(&cs.codes[code], func() prometheus.Counter { return s.calls.WithLabelValues(m, code.String()) }).Inc()
 	}
-	d := cs.duration.Load()
-	if d == nil {
-		v := s.duration.WithLabelValues(m)
-		d = &v
-		cs.duration.Store(d)
+	child(&cs.duration, func() prometheus.Observer { return s.duration.WithLabelValues(m) }).Observe(took.Seconds())
+}
+
+// child returns the series p holds, made by mk on first use; racing first
+// uses get the same child from the vector.
+func child[T any](p *atomic.Pointer[T], mk func() T) T {
+	if c := p.Load(); c != nil {
+		return *c
 	}
-	(*d).Observe(took.Seconds())
+	c := mk()
+	p.Store(&c)
+	return c
 }

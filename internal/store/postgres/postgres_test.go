@@ -485,17 +485,8 @@ func TestSynchronousCommitOffRefused(t *testing.T) {
 	if err == nil || !errors.Is(err, signerr.ErrAuditUnavailable) {
 		t.Fatalf("an append over a session with synchronous_commit off: %v, want ErrAuditUnavailable", err)
 	}
-	if n, err := store.ListAudit(ctx, mustOpenAdmin(t, db.AdminDSN), store.AuditQuery{}); err != nil || len(n) != 0 {
-		t.Fatalf("entries written over a session with synchronous_commit off: %d %v", len(n), err)
+	var n int
+	if err := admin.QueryRow(ctx, `SELECT count(*) FROM audit_entries`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("entries written over a session with synchronous_commit off: %d %v", n, err)
 	}
-}
-
-func mustOpenAdmin(t *testing.T, dsn string) *postgres.Store {
-	t.Helper()
-	st, err := postgres.Open(context.Background(), postgres.Config{DSN: dsn, MaxConns: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
 }
