@@ -31,7 +31,11 @@ func TestMain(m *testing.M) {
 		}
 		if why := pgtest.Unavailable(context.Background()); why == "" {
 			// fsync on: the point is to price durability.
-			s, err := pgtest.Start(context.Background(), pgtest.Fsync())
+			opts := []pgtest.Option{pgtest.Fsync()}
+			if profileDir != "" {
+				opts = append(opts, pgtest.Preload("pg_stat_statements")) // pgStatements
+			}
+			s, err := pgtest.Start(context.Background(), opts...)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "bench: postgres:", err)
 			} else {

@@ -93,8 +93,9 @@ func replicaRows(b *testing.B, prefix, bin string, quota float64, n int) {
 		b.Fatal(err)
 	}
 	conn := adminConn(b, db.AdminDSN)
-	// With BENCH_PROFILE_DIR, the first replica's CPU profile of each row.
-	meters := []meter{clientCPU("client"), scp.cpu(), replicasCPU(replicas), replicas[0].profile()}
+	// With BENCH_PROFILE_DIR, the first replica's and the sidecar's CPU
+	// profiles of each row, and Postgres's statements.
+	meters := []meter{clientCPU("client"), scp.cpu(), replicasCPU(replicas), replicas[0].profile(), scp.profile(), pgStatements(b, conn)}
 	meters = append(meters, pgMeters(conn, pg)...)
 	meters = append(meters, commitMeters(replicas)...)
 	// Postgres's own count of transactions and of tuples it read, per op:

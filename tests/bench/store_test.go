@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -201,5 +202,57 @@ func pgDiag(b *testing.B, conn *pgx.Conn) []meter {
 				stop = func() float64 { close(done); return <-result }
 			},
 			read: func() (float64, error) { return stop(), nil }},
+	}
+}
+
+// pgStatements is Postgres's profile of a row, with BENCH_PROFILE_DIR (the
+// bench's Postgres then preloads pg_stat_statements): the statements the
+// row's database ran, by total execution time, with calls, time and rows
+// per op, written beside the processes' CPU profiles as
+// <row>.postgres-statements.txt. Execution time includes waits (a
+// statement queued on the append lock shows its wait). conn must be an
+// admin connection to the row's database.
+func pgStatements(b *testing.B, conn *pgx.Conn) meter {
+	if profileDir == "" {
+		return meter{}
+	}
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		b.Fatalf("pg_stat_statements: %v", err)
+	}
+	return meter{
+		reset: func() {
+			if _, err := conn.Exec(ctx, `SELECT pg_stat_statements_reset()`); err != nil {
+				b.Fatalf("pg_stat_statements_reset: %v", err)
+			}
+		},
+		after: func(b *testing.B) {
+			rows, err := conn.Query(ctx, `SELECT calls, total_exec_time, rows, regexp_replace(query, '\s+', ' ', 'g')
+				FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+				ORDER BY total_exec_time DESC LIMIT 20`)
+			if err != nil {
+				b.Fatalf("pg_stat_statements: %v", err)
+			}
+			defer rows.Close()
+			var out strings.Builder
+			fmt.Fprintf(&out, "%d ops\n%10s %12s %10s  %s\n", b.N, "calls/op", "exec-µs/op", "rows/op", "statement")
+			for rows.Next() {
+				var calls, nrows int64
+				var ms float64
+				var q string
+				if err := rows.Scan(&calls, &ms, &nrows, &q); err != nil {
+					b.Fatalf("pg_stat_statements: %v", err)
+				}
+				n := float64(b.N)
+				fmt.Fprintf(&out, "%10.4f %12.2f %10.4f  %.160s\n", float64(calls)/n, ms*1e3/n, float64(nrows)/n, q)
+			}
+			if err := rows.Err(); err != nil {
+				b.Fatalf("pg_stat_statements: %v", err)
+			}
+			name := filepath.Join(profileDir, strings.NewReplacer("/", "_", "=", "-").Replace(b.Name())+".postgres-statements.txt")
+			if err := os.WriteFile(name, []byte(out.String()), 0o644); err != nil {
+				b.Fatal(err)
+			}
+		},
 	}
 }

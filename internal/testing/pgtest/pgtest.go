@@ -68,6 +68,7 @@ type Option func(*options)
 type options struct {
 	fixedPort bool
 	fsync     bool
+	preload   string
 }
 
 // FixedPort publishes 5432 on a host port chosen once, so the DSN stays valid
@@ -76,6 +77,10 @@ func FixedPort() Option { return func(o *options) { o.fixedPort = true } }
 
 // Fsync runs Postgres with fsync on (benchmarks); tests default to off.
 func Fsync() Option { return func(o *options) { o.fsync = true } }
+
+// Preload loads a server library at start (shared_preload_libraries), e.g.
+// pg_stat_statements for a profiled benchmark.
+func Preload(lib string) Option { return func(o *options) { o.preload = lib } }
 
 // No registry is reachable, so testcontainers' reaper image cannot be
 // pulled; containers are removed by Close instead. Set before testcontainers
@@ -115,6 +120,9 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	cmd := []string{"postgres", "-c", "fsync=off", "-c", "max_connections=200"}
 	if o.fsync {
 		cmd = []string{"postgres", "-c", "max_connections=200"}
+	}
+	if o.preload != "" {
+		cmd = append(cmd, "-c", "shared_preload_libraries="+o.preload)
 	}
 	custom := []testcontainers.ContainerCustomizer{
 		tcpostgres.WithDatabase("postgres"), tcpostgres.WithUsername(superuser), tcpostgres.WithPassword(password),
