@@ -85,7 +85,7 @@ func BenchmarkF_Postgres(b *testing.B) {
 		maxBatch int
 	}{{"group-commit", 256}, {"one-call-per-commit", 1}} {
 		sp, conn := pgSigner(b, pg.NewDatabase(b), map[string]string{"SIGNER_AUDIT_MAX_BATCH": strconv.Itoa(tc.maxBatch)})
-		pgm := pgMeters(conn, pg)
+		pgm := append(pgMeters(conn, pg), pgStatements(b, conn))
 		direct := directCall(b, sp.Env)
 		calls := []func(context.Context) error{direct}
 		var side func(context.Context) error
@@ -108,7 +108,7 @@ func BenchmarkF_Postgres(b *testing.B) {
 			if side != nil {
 				run(b, tc.name+"/sidecar", n, side,
 					against(n, "BenchmarkD_Sidecar/floor-relay", "floor", "BenchmarkD_Sidecar/sidecar", "bbolt"),
-					append([]meter{clientCPU("client"), scp.cpu(), scp.rss(), sp.cpu()}, pgm...)...)
+					append([]meter{clientCPU("client"), scp.cpu(), scp.rss(), sp.cpu(), sp.profile(), scp.profile()}, pgm...)...)
 			}
 		}
 		sp.stop()
