@@ -79,6 +79,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("postgres: connect to %s/%s as %s: %w", pc.ConnConfig.Host, pc.ConnConfig.Database, pc.ConnConfig.User, redact(err))
 	}
 	s := &Store{pool: pool, conn: pc.ConnConfig.Copy(), log: cfg.Log}
+	if err := s.warnUnsafeServer(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
 	if cfg.Migrate {
 		if err := s.Migrate(ctx); err != nil {
 			pool.Close()
@@ -112,6 +116,37 @@ func pinSynchronousCommit(ctx context.Context, conn *pgx.Conn) error {
 		return ErrSynchronousCommitOff
 	}
 	return nil
+}
+
+// warnUnsafeServer logs, once per Open, a server configuration under which
+// a crash of Postgres's host (not of Postgres alone) can lose commits the
+// signer has answered: fsync off (the WAL never reaches the disk for
+// certain) or full_page_writes off (a torn page can leave the database
+// unrecoverable). They are server-wide settings the signer cannot pin
+// for its sessions as it pins synchronous_commit, and they do not stop
+// it from working, so the signer warns and serves: the operator decides.
+func (s *Store) warnUnsafeServer(ctx context.Context) error {
+	var fsync, fpw string
+	if err := s.pool.QueryRow(ctx, `SELECT current_setting('fsync'), current_setting('full_page_writes')`).Scan(&fsync, &fpw); err != nil {
+		return fmt.Errorf("postgres: read the server's fsync setting: %w", classify(err))
+	}
+	for _, msg := range unsafeServer(fsync, fpw) {
+		s.log.Warn(msg)
+	}
+	return nil
+}
+
+// unsafeServer says what is unsafe in the server's fsync and
+// full_page_writes, one message each, naming the setting and the fix.
+func unsafeServer(fsync, fullPageWrites string) []string {
+	var out []string
+	if fsync != "on" {
+		out = append(out, "postgres: the server runs with fsync="+fsync+": a crash of its host can lose audit entries whose signatures were already answered; set fsync = on in postgresql.conf (ALTER SYSTEM SET fsync = on; SELECT pg_reload_conf())")
+	}
+	if fullPageWrites != "on" {
+		out = append(out, "postgres: the server runs with full_page_writes="+fullPageWrites+": a crash of its host can leave the audit log's pages torn and the database unrecoverable; set full_page_writes = on in postgresql.conf (ALTER SYSTEM SET full_page_writes = on; SELECT pg_reload_conf())")
+	}
+	return out
 }
 
 // ErrNotMigrated is returned by Open when the database has no schema (or

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -488,5 +489,47 @@ func TestSynchronousCommitOffRefused(t *testing.T) {
 	var n int
 	if err := admin.QueryRow(ctx, `SELECT count(*) FROM audit_entries`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("entries written over a session with synchronous_commit off: %d %v", n, err)
+	}
+}
+
+// A server whose fsync is off (the test server's is) can lose answered
+// entries when its host crashes: Open says so in one warning that names
+// the setting and the fix, and still opens. full_page_writes is on there,
+// so that warning must not appear.
+func TestUnsafeServerWarned(t *testing.T) {
+	srv := pgtest.Require(t)
+	db := srv.NewDatabase(t)
+	var logs bytes.Buffer
+	st, err := postgres.Open(context.Background(), postgres.Config{DSN: db.AppDSN, MaxConns: 2, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("Open on a server with fsync off: %v (it warns, it does not refuse)", err)
+	}
+	st.Close()
+	got := logs.String()
+	if strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "fsync=off") || !strings.Contains(got, "fsync = on") {
+		t.Fatalf("want one warning naming fsync=off and the fix, got:\n%s", got)
+	}
+	if strings.Contains(got, "full_page_writes") {
+		t.Fatalf("warned of full_page_writes, which is on:\n%s", got)
+	}
+
+	for _, c := range []struct {
+		fsync, fpw string
+		want       []string
+	}{
+		{"on", "on", nil},
+		{"off", "on", []string{"fsync=off"}},
+		{"on", "off", []string{"full_page_writes=off"}},
+		{"off", "off", []string{"fsync=off", "full_page_writes=off"}},
+	} {
+		msgs := postgres.UnsafeServerForTest(c.fsync, c.fpw)
+		if len(msgs) != len(c.want) {
+			t.Fatalf("fsync=%s full_page_writes=%s: %q, want %d messages", c.fsync, c.fpw, msgs, len(c.want))
+		}
+		for i, w := range c.want {
+			if !strings.Contains(msgs[i], w) || !strings.Contains(msgs[i], "postgresql.conf") {
+				t.Fatalf("fsync=%s full_page_writes=%s: %q, want it to name %s and the fix", c.fsync, c.fpw, msgs[i], w)
+			}
+		}
 	}
 }
