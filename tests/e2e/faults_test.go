@@ -36,6 +36,15 @@ type scenario struct {
 	maxOutage time.Duration
 }
 
+// killReplica kills signer i at once (SIGKILL: no drain, no goodbye to
+// Postgres).
+func killReplica(i int) func(t *testing.T, f *faultCtx) {
+	return func(t *testing.T, f *faultCtx) {
+		zero := time.Duration(0)
+		must(t, f.tp.signers[i].Stop(context.Background(), &zero))
+	}
+}
+
 // faultCtx is what a fault may touch.
 type faultCtx struct {
 	tp     *topology
@@ -69,10 +78,11 @@ func TestFaultMatrix(t *testing.T) {
 	requireImages(t)
 	hsmtest.Setup(t) // SoftHSM2 must be installed for the token scenario
 	scenarios := []scenario{
-		{name: "signer replica killed", replicas: 2, restarted: map[int]bool{1: true}, fault: func(t *testing.T, f *faultCtx) {
-			zero := time.Duration(0)
-			must(t, f.tp.signers[1].Stop(context.Background(), &zero))
-		}},
+		{name: "signer replica killed", replicas: 2, restarted: map[int]bool{1: true}, fault: killReplica(1)},
+		// Three replicas share the log's append lock, and the one killed
+		// may hold it, mid-transaction: Postgres must release it and the
+		// other two go on appending onto the head the dead one left.
+		{name: "one of three replicas killed", replicas: 3, restarted: map[int]bool{1: true}, fault: killReplica(1)},
 		{name: "Postgres stopped and restarted", replicas: 2, fault: func(t *testing.T, f *faultCtx) {
 			stop := 5 * time.Second
 			must(t, f.tp.pg.Stop(context.Background(), &stop))
