@@ -127,6 +127,9 @@ func floodRow(b *testing.B, name string, env *signertest.Env, call func(context.
 	stats := filepath.Join(b.TempDir(), "flooder.stats")
 	args := []string{"--addr", env.Addr, "--source", source, "--stats", stats}
 	if n := os.Getenv("BENCH_FLOODER_CONNS"); n != "" {
+		if c, err := strconv.Atoi(n); err != nil || c <= 0 {
+			b.Fatalf("BENCH_FLOODER_CONNS=%q: want a whole number of connections above 0", n)
+		}
 		args = append(args, "--conns", n) // a harder attacker (default 64)
 	}
 	flooder := startProc(b, "flooder", binPath(b, "flooder"), nil, args...)
