@@ -140,11 +140,13 @@ func (s *Store) warnUnsafeServer(ctx context.Context) error {
 // full_page_writes, one message each, naming the setting and the fix.
 func unsafeServer(fsync, fullPageWrites string) []string {
 	var out []string
-	if fsync != "on" {
-		out = append(out, "postgres: the server runs with fsync="+fsync+": a crash of its host can lose audit entries whose signatures were already answered; set fsync = on in postgresql.conf (ALTER SYSTEM SET fsync = on; SELECT pg_reload_conf())")
-	}
-	if fullPageWrites != "on" {
-		out = append(out, "postgres: the server runs with full_page_writes="+fullPageWrites+": a crash of its host can leave the audit log's pages torn and the database unrecoverable; set full_page_writes = on in postgresql.conf (ALTER SYSTEM SET full_page_writes = on; SELECT pg_reload_conf())")
+	for _, c := range []struct{ name, value, risk string }{
+		{"fsync", fsync, "lose audit entries whose signatures were already answered"},
+		{"full_page_writes", fullPageWrites, "leave the audit log's pages torn and the database unrecoverable"},
+	} {
+		if c.value != "on" {
+			out = append(out, fmt.Sprintf("postgres: the server runs with %s=%s: a crash of its host can %s; set %s = on in postgresql.conf (ALTER SYSTEM SET %s = on; SELECT pg_reload_conf())", c.name, c.value, c.risk, c.name, c.name))
+		}
 	}
 	return out
 }
